@@ -1,0 +1,59 @@
+/* blob.h — Caffe's Blob: a float32 N-d array with data and diff.
+ *
+ * Shape: up to 32 axes (Caffe's limit); ResNet uses 4 (N,C,H,W) and 2 (N,D).
+ * Memory: host `data` and `diff`, each `count` floats. A blob either owns its
+ * memory or is a view into a larger allocation (the net's flat parameter
+ * buffer): `owns` says which. Device copies (CUDA backend) are explicit and
+ * live beside the host pointers; nothing here copies behind your back.
+ */
+#ifndef MOKA_BLOB_H
+#define MOKA_BLOB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define MOKA_MAX_AXES 32
+/* Element-count limit for one blob (2^31 - 1, as Caffe's INT_MAX check). */
+#define MOKA_MAX_BLOB_COUNT 2147483647LL
+
+typedef struct Blob {
+  char *name;
+  int num_axes;
+  int shape[MOKA_MAX_AXES];
+  size_t count;     /* product of shape (1 for 0 axes) */
+  size_t capacity;  /* floats allocated in data/diff (owned blobs) */
+  float *data;      /* (shape...) host values */
+  float *diff;      /* (shape...) host gradients */
+  bool owns;        /* false: data/diff point into someone else's buffer */
+  /* Device copies (CUDA backend); NULL on the CPU. */
+  float *dev_data;
+  float *dev_diff;
+} Blob;
+
+Blob *blob_new(const char *name);
+void blob_free(Blob *b);
+
+/* Set the shape; grows the allocation when needed (owned blobs). Shapes with
+ * a negative dimension or a count over MOKA_MAX_BLOB_COUNT are errors. New
+ * memory is zeroed. Returns 0 / -1. */
+int blob_reshape(Blob *b, int num_axes, const int *shape);
+int blob_reshape4(Blob *b, int n, int c, int h, int w);
+int blob_reshape_like(Blob *b, const Blob *other);
+/* Make `b` a view of `count(shape)` floats at data/diff (not owned). */
+int blob_set_view(Blob *b, int num_axes, const int *shape, float *data, float *diff);
+
+/* Caffe's CanonicalAxisIndex: negative axes count from the end. -1 and an
+ * error when out of range. */
+int blob_canonical_axis(const Blob *b, int axis);
+/* Product of shape[start..end) (end exclusive). */
+size_t blob_count_range(const Blob *b, int start, int end);
+/* Caffe's legacy 4-D accessors: axis or 1 when the blob has fewer axes. */
+int blob_legacy_dim(const Blob *b, int i);
+bool blob_same_shape(const Blob *a, const Blob *b);
+/* "2 3 224 224 (301056)" as Caffe prints shapes. */
+const char *blob_shape_string(const Blob *b, char *buf, size_t len);
+
+void blob_zero_data(Blob *b);
+void blob_zero_diff(Blob *b);
+
+#endif

@@ -1,0 +1,122 @@
+/* common.c — see common.h. */
+#include "cli/common.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/flags.h"
+#include "proto_io.h"
+#include "util.h"
+
+#ifdef MOKA_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+int cli_backend(const char *gpu, Backend *out) {
+  *out = MOKA_BACKEND_CPU;
+  if (!gpu || !*gpu) return 0;
+#ifdef MOKA_WITH_CUDA
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0)
+    return moka_errorf("--gpu=%s asked for a GPU, but no CUDA device is usable here (%s); "
+                       "run without --gpu to use the CPU",
+                       gpu, e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+  return moka_errorf("--gpu=%s: the CUDA backend is not complete in this version; run without "
+                     "--gpu to use the CPU",
+                     gpu);
+#else
+  return moka_errorf("--gpu=%s asked for a GPU, but this moka was built without CUDA "
+                     "(rebuild with nvcc installed, or run without --gpu)",
+                     gpu);
+#endif
+}
+
+Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend be) {
+  if (!model || !*model) {
+    moka_errorf("--model is required (a .prototxt net definition)");
+    return NULL;
+  }
+  NetOptions o;
+  net_options_default(&o);
+  o.phase = phase;
+  o.backend = be;
+  o.quiet = true;
+  Net *net = net_create_from_file(model, &o);
+  if (!net) return NULL;
+  if (weights && *weights && net_copy_from_file(net, weights)) {
+    net_free(net);
+    return NULL;
+  }
+  return net;
+}
+
+Blob *cli_input_blob(Net *net) {
+  for (int i = 0; i < net->n_layers; i++)
+    if (!strcmp(net->layers[i]->type->name, "Input") && net->layers[i]->n_top > 0)
+      return net->layers[i]->top[0];
+  moka_errorf("the net has no Input layer (and no input: header); use a deploy prototxt");
+  return NULL;
+}
+
+float *cli_load_mean(const char *mean_file, const char *mean_value, int c, int h, int w) {
+  size_t n = (size_t)c * h * w;
+  float *m = moka_calloc(n, sizeof(float));
+  if (!m) return NULL;
+  if (mean_file && *mean_file && mean_value && *mean_value) {
+    free(m);
+    moka_errorf("give --mean_file or --mean_value, not both");
+    return NULL;
+  }
+  if (mean_value && *mean_value) {
+    double v[64];
+    int k = flags_parse_doubles(mean_value, v, 64);
+    if (k <= 0 || (k != 1 && k != c)) {
+      free(m);
+      moka_errorf("--mean_value='%s': give one value or %d comma-separated values", mean_value, c);
+      return NULL;
+    }
+    for (int ch = 0; ch < c; ch++)
+      for (int i = 0; i < h * w; i++) m[(size_t)ch * h * w + i] = (float)v[k == 1 ? 0 : ch];
+    return m;
+  }
+  if (!mean_file || !*mean_file) return m;
+  ProtobufCMessage *msg;
+  if (proto_read_binary(&caffe__blob_proto__descriptor, mean_file, &msg)) {
+    free(m);
+    return NULL;
+  }
+  Blob *b = blob_new("mean");
+  int rc = b ? blobproto_load((Caffe__BlobProto *)msg, b, mean_file) : -1;
+  protobuf_c_message_free_unpacked(msg, NULL);
+  if (rc) {
+    blob_free(b);
+    free(m);
+    return NULL;
+  }
+  int mc = blob_legacy_dim(b, 1), mh = blob_legacy_dim(b, 2), mw = blob_legacy_dim(b, 3);
+  if (b->num_axes != 4 || blob_legacy_dim(b, 0) != 1 || mc != c) {
+    char s[128];
+    moka_errorf("mean file '%s' has shape %s; expected 1 x %d x H x W", mean_file,
+                blob_shape_string(b, s, sizeof s), c);
+    blob_free(b);
+    free(m);
+    return NULL;
+  }
+  if (mh >= h && mw >= w) {
+    int oh = (mh - h) / 2, ow = (mw - w) / 2;
+    for (int ch = 0; ch < c; ch++)
+      for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+          m[((size_t)ch * h + y) * w + x] = b->data[((size_t)ch * mh + y + oh) * mw + x + ow];
+  } else {
+    for (int ch = 0; ch < c; ch++) {
+      double s = 0;
+      for (int i = 0; i < mh * mw; i++) s += b->data[(size_t)ch * mh * mw + i];
+      float v = (float)(s / (mh * mw));
+      for (int i = 0; i < h * w; i++) m[(size_t)ch * h * w + i] = v;
+    }
+  }
+  blob_free(b);
+  return m;
+}

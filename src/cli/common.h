@@ -1,0 +1,23 @@
+/* common.h — what several subcommands share: loading a net with weights,
+ * choosing the backend from --gpu, reading a mean. */
+#ifndef MOKA_CLI_COMMON_H
+#define MOKA_CLI_COMMON_H
+
+#include "blob.h"
+#include "net.h"
+
+/* --gpu: "" = CPU. Anything else asks for CUDA: an error when this build or
+ * this machine has no usable GPU (never a silent CPU run). */
+int cli_backend(const char *gpu, Backend *out);
+/* Build `model` in `phase` and copy `weights` (comma-separated, may be NULL
+ * or ""). */
+Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend be);
+/* The first Input-layer top of a deploy net (the image input). */
+Blob *cli_input_blob(Net *net);
+/* A mean as (C,H,W) floats: from a binaryproto, or per-channel values
+ * "104,117,123" (or one value for all channels), for an input of c x h x w.
+ * A mean file whose size differs from h x w is centre-cropped when larger,
+ * or reduced to per-channel means when smaller. NULL inputs = zero mean. */
+float *cli_load_mean(const char *mean_file, const char *mean_value, int c, int h, int w);
+
+#endif

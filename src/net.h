@@ -1,0 +1,108 @@
+/* net.h — Caffe's Net: layers and blobs built from a NetParameter.
+ *
+ * Building (net_create) follows Caffe's Net::Init:
+ *   1. upgrade legacy definitions (V1 `layers`, deprecated `input` fields ->
+ *      an Input layer named "input");
+ *   2. keep the layers whose include/exclude rules match the NetState
+ *      (phase, level, stages);
+ *   3. insert a Split layer after every top that several layers consume, so
+ *      each consumer gets its own blob and gradients add up in the Split;
+ *   4. create blobs by name (a top named like one of the layer's bottoms is
+ *      computed in place), set up and shape each layer in order;
+ *   5. decide which layers and bottoms need backward (learnable params with
+ *      lr_mult != 0, blobs that lead to a loss, propagate_down, force_backward);
+ *   6. place every parameter blob in one flat allocation, in net order
+ *      (param_data / param_diff), with the layer's blobs as views into it.
+ */
+#ifndef MOKA_NET_H
+#define MOKA_NET_H
+
+#include <stdbool.h>
+
+#include "blob.h"
+#include "caffe.pb-c.h"
+#include "layer.h"
+#include "rng.h"
+
+typedef struct NetOptions {
+  Phase phase;
+  int level;
+  int n_stages;
+  const char *const *stages;
+  Backend backend;
+  uint32_t seed;     /* random_seed for fillers/Dropout; 0 with has_seed false = entropy */
+  bool has_seed;
+  bool quiet;        /* no per-layer set-up log lines */
+} NetOptions;
+
+typedef struct Net {
+  char *name;
+  Phase phase;
+  Backend backend;
+  Caffe__NetParameter *param; /* the upgraded, filtered definition (owned) */
+  Rng rng;
+
+  int n_layers;
+  Layer **layers;
+  Caffe__LayerParameter **split_params; /* Split layers the net made (owned) */
+  int n_split_params;
+  bool *layer_need_backward; /* [n_layers] */
+
+  int n_blobs;
+  Blob **blobs;              /* every named blob, in order of creation */
+
+  /* Every parameter blob of every layer, in net order (Caffe's params_). */
+  int n_params;
+  Blob **params;
+  int *param_layer;          /* [n_params] owning layer index */
+  float *param_lr_mult;      /* [n_params] */
+  float *param_decay_mult;   /* [n_params] */
+  size_t param_count;        /* total floats */
+  float *param_data;         /* (param_count) all values, one allocation */
+  float *param_diff;         /* (param_count) all gradients */
+
+  /* Outputs: blobs no layer consumes (Caffe's net_output_blobs_). */
+  int n_outputs;
+  Blob **outputs;
+} Net;
+
+void net_options_default(NetOptions *o);
+
+/* Build from a parsed definition. The net takes a private copy of `param`.
+ * `source` names the file in error messages. Returns NULL + moka_error(). */
+Net *net_create(const Caffe__NetParameter *param, const NetOptions *o, const char *source);
+/* Read a prototxt and build. */
+Net *net_create_from_file(const char *prototxt, const NetOptions *o);
+void net_free(Net *net);
+
+/* Upgrade a definition in place: V1 layers -> layers, input fields -> Input
+ * layer. Returns 0 / -1. Used by net_create and by weight loading. */
+int net_param_upgrade(Caffe__NetParameter *p, const char *source);
+
+/* Forward through every layer; *loss gets the weighted sum of loss tops. */
+int net_forward(Net *net, float *loss);
+/* Forward up to and including layer index `end` (Caffe's ForwardTo). */
+int net_forward_to(Net *net, int end, float *loss);
+/* Backward through every layer that needs it (param diffs accumulate). */
+int net_backward(Net *net);
+void net_clear_param_diffs(Net *net);
+/* Reshape every layer (after an input blob changed shape). */
+int net_reshape(Net *net);
+
+Blob *net_blob(const Net *net, const char *name);
+Layer *net_layer(const Net *net, const char *name);
+int net_layer_index(const Net *net, const char *name);
+
+/* Copy parameters from trained weights by layer name (Caffe's
+ * CopyTrainedLayersFrom): logs "Copying source layer …" / "Ignoring source
+ * layer …"; a shape mismatch is an error naming the layer and both shapes. */
+int net_copy_from(Net *net, const Caffe__NetParameter *weights, const char *source);
+/* Read a .caffemodel (or several, comma-separated) and copy. */
+int net_copy_from_file(Net *net, const char *paths);
+
+/* The net as a NetParameter with its parameters as blobs (Caffe's ToProto):
+ * a caffemodel. Free with protobuf_c_message_free_unpacked. */
+Caffe__NetParameter *net_to_proto(const Net *net, bool write_diff);
+int net_save_caffemodel(const Net *net, const char *path);
+
+#endif
