@@ -63,6 +63,8 @@ LIB_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) $(BUILD)/obj/proto/caf
 CLI_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLI_SRCS))
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TOOL_SRCS := $(wildcard tests/tools/*.c)
+TOOL_BINS := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
 CU_SRCS   := $(wildcard kernels/*.cu)
 ifeq ($(WITH_CUDA),1)
@@ -78,7 +80,7 @@ CFLAGS  := $(CFLAGS_BASE) $(CFLAGS_OPT) $(INCLUDES) $(EXTRA_CFLAGS)
 LDFLAGS := $(LDFLAGS_SAN) $(EXTRA_LDFLAGS)
 
 .PHONY: all probe deps demo test test-unit test-golden test-opencv clean gpu-check bench help
-all: probe $(BUILD)/moka
+all: probe $(BUILD)/moka $(TOOL_BINS)
 
 probe:
 	@echo "moka build: BUILD=$(BUILD) DEBUG=$(DEBUG) SANITIZE=$(SANITIZE) CUDA=$(CUDA) -> $(if $(filter 1,$(WITH_CUDA)),with CUDA ($(NVCC_PATH)),CPU only)"
@@ -130,18 +132,22 @@ $(BUILD)/libmoka.a: $(LIB_OBJS)
 	ar rcs $@ $^
 
 $(BUILD)/moka: $(CLI_OBJS) $(BUILD)/libmoka.a
-	$(CC) $(LDFLAGS) $(CLI_OBJS) $(BUILD)/libmoka.a $(LIBS) -o $@
+	$(CC) $(LDFLAGS) $(CLI_OBJS) -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LIBS) -o $@
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $< $(BUILD)/libmoka.a $(LDFLAGS) $(LIBS) -o $@
+	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
+
+$(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libmoka.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 
 # ---- the README's two commands --------------------------------------------------------------
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@sh data/demo.sh $(BUILD)
 
-test: probe $(BUILD)/moka $(TEST_BINS)
+test: probe $(BUILD)/moka $(TOOL_BINS) $(TEST_BINS)
 	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
 
 gpu-check:

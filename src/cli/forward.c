@@ -10,7 +10,7 @@
 
 #include "cli/common.h"
 #include "cli/flags.h"
-#include "cli/manifest.h"
+#include "manifest.h"
 #include "util.h"
 
 static void file_name_for(const char *blob, char *out, size_t n) {

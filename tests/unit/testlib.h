@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int t_passed, t_failed, t_cur_failed;
-static const char *t_cur_name;
+static int t_passed __attribute__((unused)), t_failed __attribute__((unused)), t_cur_failed __attribute__((unused));
+static const char *t_cur_name __attribute__((unused));
 
 #define CHECK(cond)                                                                    \
   do {                                                                                 \

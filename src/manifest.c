@@ -1,5 +1,5 @@
 /* manifest.c — see manifest.h. */
-#include "cli/manifest.h"
+#include "manifest.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,0 +1,203 @@
+/* batchnorm.c — Caffe's BatchNorm layer, CPU reference (plain loops, double
+ * accumulators for the per-channel sums; element-wise steps in float in
+ * Caffe's order).
+ *
+ * Blobs (statistics, never learned): b0 (C) = sum of means, b1 (C) = sum of
+ * variances, b2 (1) = scale factor s; the stored statistics are b0/s, b1/s.
+ *
+ * Global statistics (use_global_stats; default: phase == TEST):
+ *   f = (b2 == 0) ? 0 : 1/b2,  mean = f*b0,  var = f*b1
+ *   y = (x - mean) / sqrt(var + eps)
+ *   backward: dx = dy / sqrt(var + eps)
+ * Batch statistics (TRAIN), per channel over m = N*H*W values:
+ *   mean = sum(x)/m,  var = sum((x-mean)^2)/m   (biased)
+ *   y = (x - mean) / sqrt(var + eps)
+ *   b2 = maf*b2 + 1,  b0 = maf*b0 + mean,  b1 = maf*b1 + m/(m-1)*var
+ *   backward: dx = (dy - mean(dy) - mean(dy*y)*y) / sqrt(var + eps)
+ *
+ * Works on (N,C) and (N,C,spatial...) blobs; in place allowed (the
+ * normalised output is kept in priv for backward).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+#include "util.h"
+
+typedef struct BatchNormPriv {
+  bool use_global_stats;
+  float maf; /* moving_average_fraction */
+  float eps;
+  int channels;
+  size_t num, spatial;  /* N, count/(N*C) */
+  float *x_norm;        /* (N,C,spatial) normalised output, for backward */
+  size_t x_norm_cap;
+  float *mean, *var;    /* (C) statistics used by the last forward */
+  float *std;           /* (C) sqrt(var + eps) of the last forward */
+} BatchNormPriv;
+
+static const Caffe__BatchNormParameter *bn_param(const Layer *l) {
+  static const Caffe__BatchNormParameter def = CAFFE__BATCH_NORM_PARAMETER__INIT;
+  return l->param->batch_norm_param ? l->param->batch_norm_param : &def;
+}
+
+static int bn_setup(Layer *l) {
+  BatchNormPriv *p = l->priv;
+  const Caffe__BatchNormParameter *bp = bn_param(l);
+  const Blob *x = l->bottom[0];
+  p->use_global_stats = bp->has_use_global_stats ? bp->use_global_stats : l->phase == MOKA_TEST;
+  p->maf = bp->moving_average_fraction;
+  p->eps = bp->eps;
+  if (x->num_axes < 1)
+    return moka_errorf("bottom '%s' has no axes; BatchNorm needs (N,C,...)", x->name);
+  p->channels = x->num_axes == 1 ? 1 : x->shape[1];
+  int c = p->channels, one = 1;
+  /* Three zero-initialised blobs: (C), (C), (1). */
+  if (!layer_add_param(l, 1, &c, NULL) || !layer_add_param(l, 1, &c, NULL) ||
+      !layer_add_param(l, 1, &one, NULL))
+    return -1;
+  p->mean = moka_calloc((size_t)c + 1, sizeof(float));
+  p->var = moka_calloc((size_t)c + 1, sizeof(float));
+  p->std = moka_calloc((size_t)c + 1, sizeof(float));
+  if (!p->mean || !p->var || !p->std) return -1;
+  return 0;
+}
+
+static int bn_reshape(Layer *l) {
+  BatchNormPriv *p = l->priv;
+  Blob *x = l->bottom[0];
+  int c = x->num_axes == 1 ? 1 : (x->num_axes >= 2 ? x->shape[1] : -1);
+  if (c != p->channels) {
+    char s[256];
+    return moka_errorf("bottom '%s' has shape %s, but the layer was set up for %d channels",
+                       x->name, blob_shape_string(x, s, sizeof s), p->channels);
+  }
+  for (int i = 0; i < 3; i++) {
+    size_t want = i < 2 ? (size_t)c : 1;
+    if (l->params[i]->count != want)
+      return moka_errorf("statistics blob %d has %zu values, expected %zu", i,
+                         l->params[i]->count, want);
+  }
+  if (l->top[0] != x && blob_reshape_like(l->top[0], x)) return -1;
+  p->num = (size_t)x->shape[0];
+  p->spatial = p->num && c ? x->count / (p->num * (size_t)c) : 0;
+  if (x->count > p->x_norm_cap) {
+    float *n = moka_realloc(p->x_norm, x->count * sizeof(float));
+    if (!n) return -1;
+    p->x_norm = n;
+    p->x_norm_cap = x->count;
+  }
+  return 0;
+}
+
+static int bn_forward(Layer *l) {
+  BatchNormPriv *p = l->priv;
+  const float *x = l->bottom[0]->data; /* (N,C,S) */
+  float *y = l->top[0]->data;          /* (N,C,S), may be x */
+  const size_t N = p->num, C = (size_t)p->channels, S = p->spatial;
+  float *b0 = l->params[0]->data, *b1 = l->params[1]->data, *b2 = l->params[2]->data;
+
+  if (p->use_global_stats) {
+    const float f = b2[0] == 0 ? 0.0f : 1.0f / b2[0];
+    for (size_t c = 0; c < C; c++) {
+      p->mean[c] = f * b0[c];
+      p->var[c] = f * b1[c];
+    }
+  } else {
+    const size_t m = N * S;
+    for (size_t c = 0; c < C; c++) {
+      double sum = 0;
+      for (size_t n = 0; n < N; n++)
+        for (size_t s = 0; s < S; s++) sum += x[(n * C + c) * S + s];
+      p->mean[c] = (float)(sum / (double)m);
+      double sq = 0;
+      for (size_t n = 0; n < N; n++)
+        for (size_t s = 0; s < S; s++) {
+          float d = x[(n * C + c) * S + s] - p->mean[c];
+          sq += (double)d * (double)d;
+        }
+      p->var[c] = (float)(sq / (double)m);
+    }
+    /* Running statistics (weighted sums). */
+    const float bias_correction = m > 1 ? (float)m / (float)(m - 1) : 1.0f;
+    b2[0] = b2[0] * p->maf + 1.0f;
+    for (size_t c = 0; c < C; c++) {
+      b0[c] = p->maf * b0[c] + p->mean[c];
+      b1[c] = p->maf * b1[c] + bias_correction * p->var[c];
+    }
+  }
+  for (size_t c = 0; c < C; c++) p->std[c] = sqrtf(p->var[c] + p->eps);
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++) {
+      const float mu = p->mean[c], sd = p->std[c];
+      for (size_t s = 0; s < S; s++) {
+        size_t i = (n * C + c) * S + s;
+        float v = (x[i] - mu) / sd;
+        y[i] = v;
+        p->x_norm[i] = v;
+      }
+    }
+  return 0;
+}
+
+static int bn_backward(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  BatchNormPriv *p = l->priv;
+  const float *dy = l->top[0]->diff; /* (N,C,S) */
+  float *dx = l->bottom[0]->diff;    /* (N,C,S), may be dy */
+  const float *yn = p->x_norm;       /* (N,C,S) */
+  const size_t N = p->num, C = (size_t)p->channels, S = p->spatial;
+
+  if (p->use_global_stats) {
+    for (size_t n = 0; n < N; n++)
+      for (size_t c = 0; c < C; c++)
+        for (size_t s = 0; s < S; s++) {
+          size_t i = (n * C + c) * S + s;
+          dx[i] = dy[i] / p->std[c];
+        }
+    return 0;
+  }
+  const double inv_m = 1.0 / (double)(N * S);
+  for (size_t c = 0; c < C; c++) {
+    double sum_dy = 0, sum_dyy = 0;
+    for (size_t n = 0; n < N; n++)
+      for (size_t s = 0; s < S; s++) {
+        size_t i = (n * C + c) * S + s;
+        sum_dy += dy[i];
+        sum_dyy += (double)dy[i] * (double)yn[i];
+      }
+    const float mean_dy = (float)(sum_dy * inv_m), mean_dyy = (float)(sum_dyy * inv_m);
+    /* Each dx[i] reads only dy[i] and the channel sums: safe in place. */
+    for (size_t n = 0; n < N; n++)
+      for (size_t s = 0; s < S; s++) {
+        size_t i = (n * C + c) * S + s;
+        dx[i] = (dy[i] - mean_dy - mean_dyy * yn[i]) / p->std[c];
+      }
+  }
+  return 0;
+}
+
+static void bn_destroy(Layer *l) {
+  BatchNormPriv *p = l->priv;
+  free(p->x_norm);
+  free(p->mean);
+  free(p->var);
+  free(p->std);
+}
+
+const LayerType layer_type_batchnorm = {
+    .name = "BatchNorm",
+    .min_bottoms = 1,
+    .max_bottoms = 1,
+    .min_tops = 1,
+    .max_tops = 1,
+    .in_place_ok = true,
+    .params_frozen = true,
+    .priv_size = sizeof(BatchNormPriv),
+    .setup = bn_setup,
+    .reshape = bn_reshape,
+    .forward = {[MOKA_BACKEND_CPU] = bn_forward, [MOKA_BACKEND_CPU_FAST] = bn_forward},
+    .backward = {[MOKA_BACKEND_CPU] = bn_backward, [MOKA_BACKEND_CPU_FAST] = bn_backward},
+    .destroy = bn_destroy,
+};

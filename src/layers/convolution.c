@@ -1,0 +1,284 @@
+/* convolution.c — Caffe's "Convolution" layer, CPU reference implementation.
+ *
+ * 2-D only, channel axis 1. Weights (OC, IC/G, KH, KW), bias (OC).
+ * Output size rounds down: OH = (H + 2*PH - (DH*(KH-1)+1)) / SH + 1.
+ * Like Caffe, forward is im2col + GEMM per image and per group:
+ *   top_g (OC/G, OH*OW) = W_g (OC/G, IC/G*KH*KW) x col_g (IC/G*KH*KW, OH*OW)
+ * Group g reads input channels [g*IC/G, (g+1)*IC/G) and writes output
+ * channels [g*OC/G, (g+1)*OC/G). Several bottoms may share the weights:
+ * bottom i -> top i, all bottoms of one shape.
+ *
+ * This is the reference (the oracle other backends must agree with); the GEMM
+ * itself is OpenBLAS, checked in tests against a naive direct convolution.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+#include "moka_math.h"
+#include "util.h"
+
+typedef struct ConvPriv {
+  int num_output, group;
+  bool bias_term;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  /* From the bottom shape (set in reshape). */
+  int num, channels, height, width, out_h, out_w;
+  bool is_1x1;   /* 1x1 kernel, stride 1, no pad: the column buffer is the input */
+  float *col;    /* (IC*KH*KW, OH*OW) one image's column buffer */
+  size_t col_cap;
+} ConvPriv;
+
+/* One value from Caffe's "repeated field or _h/_w pair" convention.
+ * Writes h and w; returns -1 with a message on a bad combination. */
+static int read_hw(const char *field, size_t n_rep, const uint32_t *rep, bool has_h, uint32_t h,
+                   bool has_w, uint32_t w, int def, int *out_h, int *out_w) {
+  if (has_h || has_w) {
+    if (n_rep)
+      return moka_errorf("convolution_param: give either %s or %s_h/%s_w, not both", field,
+                         field, field);
+    if (!(has_h && has_w))
+      return moka_errorf("convolution_param: %s_h and %s_w must be given together", field, field);
+    *out_h = (int)h;
+    *out_w = (int)w;
+    return 0;
+  }
+  if (n_rep == 0) {
+    *out_h = *out_w = def;
+    return 0;
+  }
+  if (n_rep > 2)
+    return moka_errorf("convolution_param: %s has %zu values; a 2-D convolution takes 1 or 2",
+                       field, n_rep);
+  *out_h = (int)rep[0];
+  *out_w = (int)rep[n_rep == 2 ? 1 : 0];
+  return 0;
+}
+
+static Im2colGeom conv_geom(const ConvPriv *p) {
+  Im2colGeom g = {p->channels, p->height, p->width, p->kernel_h, p->kernel_w, p->pad_h,
+                  p->pad_w, p->stride_h, p->stride_w, p->dilation_h, p->dilation_w};
+  return g;
+}
+
+/* Shape checks on the bottoms (shared by setup and reshape). */
+static int conv_check_bottoms(Layer *l) {
+  char buf[256];
+  const Blob *b0 = l->bottom[0];
+  const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
+  int axis = cp && cp->has_axis ? cp->axis : 1;
+  if (axis < -b0->num_axes || axis >= b0->num_axes)
+    return moka_errorf("convolution_param.axis %d is out of range for bottom shape %s", axis,
+                       blob_shape_string(b0, buf, sizeof buf));
+  if (axis < 0) axis += b0->num_axes;
+  if (axis != 1)
+    return moka_errorf("convolution_param.axis %d is not supported (only the channel axis 1)",
+                       cp->axis);
+  if (b0->num_axes != 4)
+    return moka_errorf("only 2-D convolution is supported: bottom '%s' has shape %s (%d spatial "
+                       "axes; N-D convolution needs 4-D (N,C,H,W) input)",
+                       b0->name, blob_shape_string(b0, buf, sizeof buf), b0->num_axes - 2);
+  for (int i = 1; i < l->n_bottom; i++)
+    if (!blob_same_shape(l->bottom[i], b0)) {
+      char buf2[256];
+      return moka_errorf("all bottoms must have the same shape: bottom 0 '%s' is %s, bottom %d "
+                         "'%s' is %s",
+                         b0->name, blob_shape_string(b0, buf, sizeof buf), i,
+                         l->bottom[i]->name, blob_shape_string(l->bottom[i], buf2, sizeof buf2));
+    }
+  return 0;
+}
+
+static int conv_setup(Layer *l) {
+  ConvPriv *p = l->priv;
+  const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
+  if (!cp || !cp->has_num_output || cp->num_output == 0)
+    return moka_errorf("convolution_param.num_output must be given and > 0");
+  if (l->n_top != l->n_bottom)
+    return moka_errorf("needs one top per bottom, got %d bottoms and %d tops", l->n_bottom,
+                       l->n_top);
+  if (conv_check_bottoms(l)) return -1;
+  if (cp->n_dilation > 2)
+    return moka_errorf("convolution_param: dilation has %zu values; a 2-D convolution takes 1 "
+                       "or 2", cp->n_dilation);
+  if (!cp->n_kernel_size && !cp->has_kernel_h && !cp->has_kernel_w)
+    return moka_errorf("convolution_param: kernel_size (or kernel_h and kernel_w) is required");
+  if (read_hw("kernel_size", cp->n_kernel_size, cp->kernel_size, cp->has_kernel_h, cp->kernel_h,
+              cp->has_kernel_w, cp->kernel_w, 0, &p->kernel_h, &p->kernel_w) ||
+      read_hw("stride", cp->n_stride, cp->stride, cp->has_stride_h, cp->stride_h,
+              cp->has_stride_w, cp->stride_w, 1, &p->stride_h, &p->stride_w) ||
+      read_hw("pad", cp->n_pad, cp->pad, cp->has_pad_h, cp->pad_h, cp->has_pad_w, cp->pad_w, 0,
+              &p->pad_h, &p->pad_w) ||
+      read_hw("dilation", cp->n_dilation, cp->dilation, false, 0, false, 0, 1, &p->dilation_h,
+              &p->dilation_w))
+    return -1;
+  if (p->kernel_h <= 0 || p->kernel_w <= 0)
+    return moka_errorf("convolution_param: kernel size %dx%d must be positive", p->kernel_h,
+                       p->kernel_w);
+  if (p->stride_h <= 0 || p->stride_w <= 0)
+    return moka_errorf("convolution_param: stride %dx%d must be positive", p->stride_h,
+                       p->stride_w);
+  if (p->dilation_h <= 0 || p->dilation_w <= 0)
+    return moka_errorf("convolution_param: dilation %dx%d must be positive", p->dilation_h,
+                       p->dilation_w);
+  if (p->pad_h < 0 || p->pad_w < 0 || p->kernel_h > 65535 || p->kernel_w > 65535 ||
+      p->pad_h > 65535 || p->pad_w > 65535)
+    return moka_errorf("convolution_param: kernel %dx%d / pad %dx%d out of range", p->kernel_h,
+                       p->kernel_w, p->pad_h, p->pad_w);
+  p->num_output = (int)cp->num_output;
+  p->group = (int)cp->group;
+  p->bias_term = cp->bias_term;
+  int channels = l->bottom[0]->shape[1];
+  if (p->group <= 0) return moka_errorf("convolution_param.group must be > 0, got %d", p->group);
+  if (channels % p->group != 0)
+    return moka_errorf("convolution_param.group %d does not divide the %d input channels",
+                       p->group, channels);
+  if (p->num_output % p->group != 0)
+    return moka_errorf("convolution_param.group %d does not divide num_output %d", p->group,
+                       p->num_output);
+  p->channels = channels;
+  p->is_1x1 = p->kernel_h == 1 && p->kernel_w == 1 && p->stride_h == 1 && p->stride_w == 1 &&
+              p->pad_h == 0 && p->pad_w == 0;
+
+  int wshape[4] = {p->num_output, channels / p->group, p->kernel_h, p->kernel_w};
+  if (!layer_add_param(l, 4, wshape, cp->weight_filler)) return -1;
+  if (p->bias_term) {
+    int bshape[1] = {p->num_output};
+    if (!layer_add_param(l, 1, bshape, cp->bias_filler)) return -1;
+  }
+  return 0;
+}
+
+static int conv_reshape(Layer *l) {
+  ConvPriv *p = l->priv;
+  if (conv_check_bottoms(l)) return -1;
+  const Blob *b0 = l->bottom[0];
+  if (b0->shape[1] != p->channels)
+    return moka_errorf("bottom '%s' has %d channels; the weights were made for %d", b0->name,
+                       b0->shape[1], p->channels);
+  p->num = b0->shape[0];
+  p->height = b0->shape[2];
+  p->width = b0->shape[3];
+  Im2colGeom g = conv_geom(p);
+  int ext_h = p->dilation_h * (p->kernel_h - 1) + 1;
+  int ext_w = p->dilation_w * (p->kernel_w - 1) + 1;
+  if (ext_h > p->height + 2 * p->pad_h || ext_w > p->width + 2 * p->pad_w)
+    return moka_errorf("kernel extent %dx%d (kernel %dx%d, dilation %dx%d) is larger than the "
+                       "padded input %dx%d (input %dx%d, pad %dx%d)",
+                       ext_h, ext_w, p->kernel_h, p->kernel_w, p->dilation_h, p->dilation_w,
+                       p->height + 2 * p->pad_h, p->width + 2 * p->pad_w, p->height, p->width,
+                       p->pad_h, p->pad_w);
+  p->out_h = im2col_out_h(&g);
+  p->out_w = im2col_out_w(&g);
+  for (int i = 0; i < l->n_top; i++)
+    if (blob_reshape4(l->top[i], p->num, p->num_output, p->out_h, p->out_w)) return -1;
+  size_t col = 0;
+  if (!moka_mul_size((size_t)p->channels * p->kernel_h * p->kernel_w,
+                     (size_t)p->out_h * p->out_w, &col))
+    return moka_errorf("column buffer size overflows");
+  if (!p->is_1x1 && col > p->col_cap) {
+    float *c = moka_realloc(p->col, col * sizeof(float));
+    if (!c) return -1;
+    p->col = c;
+    p->col_cap = col;
+  }
+  return 0;
+}
+
+static int conv_forward_cpu(Layer *l) {
+  ConvPriv *p = l->priv;
+  const Im2colGeom g = conv_geom(p);
+  const int G = p->group, OCg = p->num_output / G;
+  const int out_sp = p->out_h * p->out_w;
+  const int kdim = p->channels / G * p->kernel_h * p->kernel_w;
+  const float *weight = l->params[0]->data; /* (OC, IC/G, KH, KW) */
+  const float *bias = p->bias_term ? l->params[1]->data : NULL; /* (OC) */
+  const size_t in_img = (size_t)p->channels * p->height * p->width;
+  const size_t out_img = (size_t)p->num_output * out_sp;
+  for (int i = 0; i < l->n_bottom; i++) {
+    for (int n = 0; n < p->num; n++) {
+      const float *x = l->bottom[i]->data + n * in_img; /* (IC,H,W) */
+      float *y = l->top[i]->data + n * out_img;         /* (OC,OH,OW) */
+      const float *col = x;                             /* (IC*KH*KW, OH*OW) */
+      if (!p->is_1x1) {
+        moka_im2col(x, &g, p->col);
+        col = p->col;
+      }
+      for (int gi = 0; gi < G; gi++)
+        moka_gemm(false, false, OCg, out_sp, kdim, 1.0f, weight + (size_t)gi * OCg * kdim,
+                  col + (size_t)gi * kdim * out_sp, 0.0f, y + (size_t)gi * OCg * out_sp);
+      if (bias)
+        for (int oc = 0; oc < p->num_output; oc++)
+          for (int s = 0; s < out_sp; s++) y[(size_t)oc * out_sp + s] += bias[oc];
+    }
+  }
+  return 0;
+}
+
+static int conv_backward_cpu(Layer *l) {
+  ConvPriv *p = l->priv;
+  const Im2colGeom g = conv_geom(p);
+  const int G = p->group, OCg = p->num_output / G;
+  const int out_sp = p->out_h * p->out_w;
+  const int kdim = p->channels / G * p->kernel_h * p->kernel_w;
+  const float *weight = l->params[0]->data; /* (OC, IC/G, KH, KW) */
+  float *wdiff = l->params[0]->diff;        /* (OC, IC/G, KH, KW), accumulated */
+  float *bdiff = p->bias_term ? l->params[1]->diff : NULL; /* (OC), accumulated */
+  const size_t in_img = (size_t)p->channels * p->height * p->width;
+  const size_t out_img = (size_t)p->num_output * out_sp;
+  for (int i = 0; i < l->n_bottom; i++) {
+    const Blob *top = l->top[i];
+    Blob *bot = l->bottom[i];
+    for (int n = 0; n < p->num; n++) {
+      const float *dy = top->diff + n * out_img; /* (OC, OH*OW) */
+      if (bdiff)
+        for (int oc = 0; oc < p->num_output; oc++) {
+          double s = 0.0;
+          for (int k = 0; k < out_sp; k++) s += dy[(size_t)oc * out_sp + k];
+          bdiff[oc] += (float)s;
+        }
+      /* Weight gradient: dW_g += dy_g (OC/G, OH*OW) x col_g^T (OH*OW, kdim). */
+      const float *x = bot->data + n * in_img;
+      const float *col = x;
+      if (!p->is_1x1) {
+        moka_im2col(x, &g, p->col);
+        col = p->col;
+      }
+      for (int gi = 0; gi < G; gi++)
+        moka_gemm(false, true, OCg, kdim, out_sp, 1.0f, dy + (size_t)gi * OCg * out_sp,
+                  col + (size_t)gi * kdim * out_sp, 1.0f, wdiff + (size_t)gi * OCg * kdim);
+      if (!l->propagate_down[i]) continue;
+      /* Bottom gradient: dcol_g (kdim, OH*OW) = W_g^T (kdim, OC/G) x dy_g, then col2im. */
+      float *dx = bot->diff + n * in_img; /* (IC,H,W) */
+      float *dcol = p->is_1x1 ? dx : p->col;
+      for (int gi = 0; gi < G; gi++)
+        moka_gemm(true, false, kdim, out_sp, OCg, 1.0f, weight + (size_t)gi * OCg * kdim,
+                  dy + (size_t)gi * OCg * out_sp, 0.0f, dcol + (size_t)gi * kdim * out_sp);
+      if (!p->is_1x1) moka_col2im(p->col, &g, dx);
+    }
+  }
+  return 0;
+}
+
+static void conv_destroy(Layer *l) {
+  ConvPriv *p = l->priv;
+  free(p->col);
+  p->col = NULL;
+}
+
+const LayerType layer_type_convolution = {
+    .name = "Convolution",
+    .min_bottoms = 1,
+    .max_bottoms = -1,
+    .min_tops = 1,
+    .max_tops = -1,
+    .priv_size = sizeof(ConvPriv),
+    .setup = conv_setup,
+    .reshape = conv_reshape,
+    .forward = {[MOKA_BACKEND_CPU] = conv_forward_cpu,
+                /* no separate fast CPU path yet: the reference is it */
+                [MOKA_BACKEND_CPU_FAST] = conv_forward_cpu},
+    .backward = {[MOKA_BACKEND_CPU] = conv_backward_cpu,
+                 [MOKA_BACKEND_CPU_FAST] = conv_backward_cpu},
+    .destroy = conv_destroy,
+};

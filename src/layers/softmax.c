@@ -1,0 +1,85 @@
+/* softmax.c — Caffe's Softmax layer, CPU reference.
+ *
+ * x viewed as (outer, C, inner) around `axis` (softmax_param.axis, default 1):
+ *   y[n,c,i] = exp(x[n,c,i] - max_c x[n,.,i]) / sum_c exp(...)
+ *   dx[n,c,i] = (dy[n,c,i] - sum_c' dy[n,c',i] * y[n,c',i]) * y[n,c,i]
+ * In place allowed.
+ */
+#include <math.h>
+
+#include "layer.h"
+#include "softmax.h"
+#include "util.h"
+
+typedef struct SoftmaxPriv {
+  size_t outer, channels, inner; /* x viewed as (outer, C, inner) */
+} SoftmaxPriv;
+
+void softmax_ref_forward(const float *x, float *y, size_t outer, size_t channels,
+                         size_t inner) {
+  const size_t C = channels, I = inner;
+  for (size_t n = 0; n < outer; n++)
+    for (size_t i = 0; i < I; i++) {
+      const float *xi = x + n * C * I + i; /* stride I */
+      float *yi = y + n * C * I + i;
+      float mx = xi[0];
+      for (size_t c = 1; c < C; c++) mx = fmaxf(mx, xi[c * I]);
+      double sum = 0;
+      for (size_t c = 0; c < C; c++) {
+        yi[c * I] = expf(xi[c * I] - mx);
+        sum += yi[c * I];
+      }
+      const float s = (float)sum;
+      for (size_t c = 0; c < C; c++) yi[c * I] /= s;
+    }
+}
+
+static int softmax_reshape(Layer *l) {
+  SoftmaxPriv *p = l->priv;
+  const Blob *x = l->bottom[0];
+  int axis = blob_canonical_axis(x, l->param->softmax_param ? l->param->softmax_param->axis : 1);
+  if (axis < 0) return moka_error_prefix("softmax_param.axis");
+  p->outer = blob_count_range(x, 0, axis);
+  p->channels = (size_t)x->shape[axis];
+  p->inner = blob_count_range(x, axis + 1, x->num_axes);
+  if (l->top[0] != x) return blob_reshape_like(l->top[0], x);
+  return 0;
+}
+
+static int softmax_forward(Layer *l) {
+  const SoftmaxPriv *p = l->priv;
+  softmax_ref_forward(l->bottom[0]->data, l->top[0]->data, p->outer, p->channels, p->inner);
+  return 0;
+}
+
+static int softmax_backward(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  const SoftmaxPriv *p = l->priv;
+  const float *y = l->top[0]->data;  /* (outer, C, inner) */
+  const float *dy = l->top[0]->diff; /* (outer, C, inner) */
+  float *dx = l->bottom[0]->diff;    /* (outer, C, inner), may be dy */
+  const size_t C = p->channels, I = p->inner;
+  for (size_t n = 0; n < p->outer; n++)
+    for (size_t i = 0; i < I; i++) {
+      const size_t base = n * C * I + i;
+      double dot = 0;
+      for (size_t c = 0; c < C; c++) dot += (double)dy[base + c * I] * (double)y[base + c * I];
+      const float d = (float)dot;
+      for (size_t c = 0; c < C; c++) dx[base + c * I] = (dy[base + c * I] - d) * y[base + c * I];
+    }
+  return 0;
+}
+
+const LayerType layer_type_softmax = {
+    .name = "Softmax",
+    .min_bottoms = 1,
+    .max_bottoms = 1,
+    .min_tops = 1,
+    .max_tops = 1,
+    .in_place_ok = true,
+    .priv_size = sizeof(SoftmaxPriv),
+    .reshape = softmax_reshape,
+    .forward = {[MOKA_BACKEND_CPU] = softmax_forward, [MOKA_BACKEND_CPU_FAST] = softmax_forward},
+    .backward = {[MOKA_BACKEND_CPU] = softmax_backward,
+                 [MOKA_BACKEND_CPU_FAST] = softmax_backward},
+};

@@ -1,0 +1,46 @@
+/* split.c — Caffe's Split layer, CPU reference: one bottom, N tops holding
+ * the same values. Backward SUMS the top diffs into the bottom diff (in
+ * Caffe's order: top0 + top1, then + top2, ...): this is how the gradients
+ * of a blob with several consumers add up (the net inserts Split layers).
+ */
+#include <string.h>
+
+#include "layer.h"
+#include "util.h"
+
+static int split_reshape(Layer *l) {
+  for (int t = 0; t < l->n_top; t++)
+    if (l->top[t] != l->bottom[0] && blob_reshape_like(l->top[t], l->bottom[0])) return -1;
+  return 0;
+}
+
+static int split_forward(Layer *l) {
+  const Blob *x = l->bottom[0];
+  for (int t = 0; t < l->n_top; t++)
+    if (l->top[t] != x) memcpy(l->top[t]->data, x->data, x->count * sizeof(float));
+  return 0;
+}
+
+static int split_backward(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  Blob *x = l->bottom[0];
+  float *dx = x->diff; /* (any) */
+  const size_t n = x->count;
+  if (l->top[0] != x) memcpy(dx, l->top[0]->diff, n * sizeof(float));
+  for (int t = 1; t < l->n_top; t++) {
+    const float *dy = l->top[t]->diff; /* (any) */
+    for (size_t i = 0; i < n; i++) dx[i] += dy[i];
+  }
+  return 0;
+}
+
+const LayerType layer_type_split = {
+    .name = "Split",
+    .min_bottoms = 1,
+    .max_bottoms = 1,
+    .min_tops = 1,
+    .max_tops = -1,
+    .reshape = split_reshape,
+    .forward = {[MOKA_BACKEND_CPU] = split_forward, [MOKA_BACKEND_CPU_FAST] = split_forward},
+    .backward = {[MOKA_BACKEND_CPU] = split_backward, [MOKA_BACKEND_CPU_FAST] = split_backward},
+};
