@@ -86,7 +86,8 @@ int filler_fill(Blob *b, const Caffe__FillerParameter *f, Rng *rng) {
   }
   if (strcmp(type, "gaussian") == 0) {
     if (fill_gaussian(data, n, f->mean, f->std, rng, type)) return -1;
-    if (f->sparse < -1) return moka_errorf("gaussian filler: sparse must be >= -1, got %d", f->sparse);
+    if (f->sparse < -1)
+      return moka_errorf("gaussian filler: sparse must be >= -1, got %d", f->sparse);
     if (f->sparse >= 0) {
       /* Sparse "weight" matrices: shape[0] outputs, each keeping on average
        * `sparse` inputs. boost::bernoulli_distribution<float>: u <= p*max

@@ -519,12 +519,15 @@ int image_encode_jpeg(const Image *im, int quality, uint8_t **buf, size_t *len) 
   if (check_image(im, "JPEG encode") != 0) return -1;
   if (quality < 1 || quality > 100)
     return moka_errorf("JPEG encode: quality %d is outside 1..100", quality);
+  /* TurboJPEG would switch to the fast (less accurate) forward DCT below
+   * quality 96; libjpeg's default, which OpenCV keeps, is the accurate one. */
   tjhandle tj = tjInitCompress();
   if (!tj) return moka_errorf("JPEG encode: cannot start the encoder: %s", tjGetErrorStr2(NULL));
   unsigned char *jbuf = NULL;
   unsigned long jlen = 0;
   int rc = tjCompress2(tj, im->px, im->w, 0, im->h, im->c == 3 ? TJPF_BGR : TJPF_GRAY, &jbuf,
-                       &jlen, im->c == 3 ? TJSAMP_420 : TJSAMP_GRAY, quality, 0);
+                       &jlen, im->c == 3 ? TJSAMP_420 : TJSAMP_GRAY, quality,
+                       TJFLAG_ACCURATEDCT);
   if (rc != 0) {
     moka_errorf("JPEG encode: %s", tjGetErrorStr2(tj));
     tjFree(jbuf);

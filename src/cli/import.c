@@ -6,9 +6,10 @@
  *
  * Without --weights, parameters come from the prototxt's fillers; --fill=msra
  * additionally gives layers that declare no filler usable random values
- * (Convolution/InnerProduct: MSRA gaussian; BatchNorm: mean 0, variance 1;
- * Scale: gamma 1, beta 0), which is what the demo and the cross-checks use
- * to make a full-size ResNet without downloading anything. */
+ * (Convolution/InnerProduct: MSRA gaussian; BatchNorm: statistics calibrated
+ * on a random input; Scale: random gamma/beta), which is what the demo and
+ * the cross-checks use to make a full-size ResNet without downloading
+ * anything. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +24,24 @@ static bool all_zero(const Blob *b) {
   return true;
 }
 
-static void fill_msra(Net *net, Rng *rng) {
+/* Random parameters for layers that have none (see the header comment).
+ * BatchNorm statistics are calibrated on a random input (N(0, 50^2) pixels):
+ * layer by layer, each BatchNorm gets the mean and variance of what really
+ * reaches it, times a random scale factor s (stored as [mean*s, var*s, s],
+ * so the third blob matters), so activations stay O(1) through 152 layers
+ * and every layer does real work. Scale: gamma U(0.5, 1.5), beta N(0, 0.2). */
+static int fill_msra(Net *net, Rng *rng) {
+  for (int i = 0; i < net->n_layers; i++) {
+    Layer *l = net->layers[i];
+    if (!strcmp(l->type->name, "Input"))
+      for (int t = 0; t < l->n_top; t++)
+        for (size_t k = 0; k < l->top[t]->count; k++) l->top[t]->data[k] = rng_gaussian(rng, 0, 50);
+  }
   for (int i = 0; i < net->n_layers; i++) {
     Layer *l = net->layers[i];
     const char *t = l->type->name;
     if (!strcmp(t, "Convolution") || !strcmp(t, "InnerProduct")) {
-      if (l->n_params < 1 || !all_zero(l->params[0])) continue;
+      if (l->n_params < 1 || !all_zero(l->params[0])) goto run;
       Blob *w = l->params[0];
       double fan_in = (double)w->count / w->shape[0];
       if (!strcmp(t, "InnerProduct") && l->param->inner_product_param &&
@@ -40,13 +53,63 @@ static void fill_msra(Net *net, Rng *rng) {
         for (size_t k = 0; k < l->params[1]->count; k++)
           l->params[1]->data[k] = rng_gaussian(rng, 0.0f, 0.01f);
     } else if (!strcmp(t, "BatchNorm") && l->n_params == 3 && all_zero(l->params[2])) {
-      /* mean 0, variance 1, scale factor 1 */
-      for (size_t k = 0; k < l->params[1]->count; k++) l->params[1]->data[k] = 1.0f;
-      l->params[2]->data[0] = 1.0f;
-    } else if (!strcmp(t, "Scale") && l->n_params >= 1 && all_zero(l->params[0])) {
-      for (size_t k = 0; k < l->params[0]->count; k++) l->params[0]->data[k] = 1.0f;
+      const Blob *x = l->bottom[0];
+      int n = x->shape[0], c = x->num_axes > 1 ? x->shape[1] : 1;
+      size_t sp = x->count / ((size_t)n * c);
+      float s = rng_uniform(rng, 0.5f, 1.5f);
+      /* A channel that is (almost) constant on this input -- dead after a
+       * ReLU -- would get a near-zero variance and amplify rounding noise by
+       * orders of magnitude; give such channels the layer's typical variance. */
+      double var_sum = 0;
+      double *vars = malloc(sizeof(double) * (size_t)c), *means = malloc(sizeof(double) * (size_t)c);
+      if (!vars || !means) {
+        free(vars);
+        free(means);
+        return moka_errorf("out of memory");
+      }
+      for (int ch = 0; ch < c; ch++) {
+        double sum = 0, sq = 0;
+        for (int q = 0; q < n; q++)
+          for (size_t k = 0; k < sp; k++) {
+            double v = x->data[((size_t)q * c + ch) * sp + k];
+            sum += v;
+            sq += v * v;
+          }
+        double m = (double)n * sp, mean = sum / m, var = sq / m - mean * mean;
+        means[ch] = mean;
+        vars[ch] = var > 0 ? var : 0;
+        var_sum += vars[ch];
+      }
+      double floor = 0.1 * var_sum / c;
+      if (floor <= 0) floor = 1.0;
+      for (int ch = 0; ch < c; ch++) {
+        l->params[0]->data[ch] = (float)(means[ch] * s);
+        l->params[1]->data[ch] = (float)((vars[ch] > floor ? vars[ch] : floor) * s);
+      }
+      l->params[2]->data[0] = s;
+      free(vars);
+      free(means);
+    } else if (!strcmp(t, "Scale") && l->n_params >= 1 &&
+               !(l->param->scale_param && l->param->scale_param->filler)) {
+      /* The last Scale of a residual branch (its output is added to the
+       * shortcut) gets a small gamma, as trained ResNets have: otherwise
+       * every block doubles the signal and fp32 rounding grows with depth. */
+      bool feeds_sum = false;
+      for (int j = i + 1; j < net->n_layers && !feeds_sum; j++)
+        if (!strcmp(net->layers[j]->type->name, "Eltwise"))
+          for (int b = 1; b < net->layers[j]->n_bottom; b++)
+            if (net->layers[j]->bottom[b] == l->top[0]) feeds_sum = true;
+      float lo = feeds_sum ? 0.1f : 0.5f, hi = feeds_sum ? 0.3f : 1.5f;
+      for (size_t k = 0; k < l->params[0]->count; k++)
+        l->params[0]->data[k] = rng_uniform(rng, lo, hi);
+      if (l->n_params > 1 && l->param->scale_param && !l->param->scale_param->bias_filler)
+        for (size_t k = 0; k < l->params[1]->count; k++)
+          l->params[1]->data[k] = rng_gaussian(rng, 0.0f, 0.2f);
     }
+  run:
+    if (layer_forward(l, net->backend)) return -1;
   }
+  return 0;
 }
 
 int cmd_import(int argc, char **argv) {
@@ -88,7 +151,10 @@ int cmd_import(int argc, char **argv) {
   if (fill) {
     Rng r;
     rng_seed(&r, (uint32_t)seed + 1000003u);
-    fill_msra(net, &r);
+    if (fill_msra(net, &r)) {
+      net_free(net);
+      return -1;
+    }
   }
   rc = net_save_caffemodel(net, out);
   if (!rc)

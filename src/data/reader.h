@@ -1,0 +1,43 @@
+/* reader.h — the body of Caffe's Data layer (DataLayer::load_batch): read
+ * the next batch_size records of an LMDB in key order (wrapping around after
+ * the last), decode each Datum, transform it, and write data (B,C,H,W) and
+ * labels (B). The Data layer (src/layers/data.c) calls it synchronously; a
+ * prefetch thread can own a DataReader and call data_reader_load_batch into
+ * its own blobs instead (a reader is used by one thread at a time).
+ */
+#ifndef MOKA_READER_H
+#define MOKA_READER_H
+
+#include "blob.h"
+#include "caffe.pb-c.h"
+#include "data/datum.h"
+#include "data/db.h"
+#include "data/transform.h"
+#include "rng.h"
+
+typedef struct DataReader {
+  char *what;        /* "layer 'data'" for messages */
+  DbReader *db;
+  Transformer tf;
+  Rng rng;           /* the transformer's own stream (Caffe's DataTransformer rng_) */
+  int batch_size;
+  DatumPixels px;    /* scratch: the decoded record, (C,H,W) */
+} DataReader;
+
+/* Open `source` (an LMDB folder) and read the transform parameters (tp may
+ * be NULL). When the transform draws random numbers, its stream is seeded
+ * from one draw of `global` (Caffe's InitRand); global may be NULL when
+ * nothing is random (TEST without mirror). `what` names the layer. */
+int data_reader_open(DataReader *r, const char *what, const char *source, int batch_size,
+                     const Caffe__TransformationParameter *tp, int train, Rng *global);
+void data_reader_close(DataReader *r);
+
+/* (C,H,W) of one transformed item for the current record (Caffe's
+ * InferBlobShape on it); the cursor does not move. */
+int data_reader_peek_shape(DataReader *r, int *c, int *h, int *w);
+
+/* Load the next batch: data is reshaped to (batch_size,C,H,W) from the
+ * batch's first record, as Caffe does; label (may be NULL) to (batch_size). */
+int data_reader_load_batch(DataReader *r, Blob *data, Blob *label);
+
+#endif
