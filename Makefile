@@ -106,7 +106,7 @@ deps:
 	  echo "run as root:  apt-get install -y$$missing"; exit 1; \
 	fi
 
-$(PROTO_C) $(PROTO_H): proto/caffe.proto
+$(PROTO_C) $(PROTO_H) &: proto/caffe.proto
 	@mkdir -p $(BUILD)/proto
 	protoc-c --c_out=$(BUILD)/proto --proto_path=proto proto/caffe.proto
 	@# ExpParameter/LogParameter have a field named 'base', which clashes with the

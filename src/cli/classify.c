@@ -96,7 +96,9 @@ int cmd_classify(int argc, char **argv) {
   Backend be;
   if (cli_backend(gpu, &be)) return -1;
   double t0 = moka_now();
+  moka_set_log_level(1); /* no per-layer "Copying source layer" lines here */
   Net *net = cli_load_net(model, weights, MOKA_TEST, be);
+  moka_set_log_level(0);
   if (!net) return -1;
   Blob *in = cli_input_blob(net);
   if (!in || in->num_axes != 4) {

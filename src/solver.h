@@ -1,0 +1,173 @@
+/* solver.h — Caffe's Solver: the training loop, learning-rate policies, the
+ * parameter update rules, testing, snapshots and resuming.
+ *
+ * It follows Caffe 1.0 (Solver / SGDSolver and the other solvers in
+ * src/caffe/solvers/), step for step:
+ *
+ *   Step(n): for each iteration
+ *     1. clear all parameter diffs;
+ *     2. every test_interval iterations (and at 0 unless
+ *        test_initialization is false) run every test net;
+ *     3. iter_size times: forward + backward (gradients accumulate), losses
+ *        summed, then divided by iter_size;
+ *     4. smooth the loss over the last average_loss iterations and, every
+ *        `display` iterations, log it with the train net's outputs;
+ *     5. ApplyUpdate: learning rate of this iteration, gradient clipping,
+ *        then per parameter: normalise by iter_size, weight decay, the
+ *        solver's update value; then w -= update for every parameter;
+ *     6. ++iter; snapshot every `snapshot` iterations or when a signal asks.
+ *   Solve(): Step(max_iter - iter), a final snapshot (snapshot_after_train),
+ *     a last forward pass to display the loss, a last test, "Optimization
+ *     Done.".
+ *
+ * The net's parameters live in one flat buffer (net->param_data/param_diff);
+ * the solver keeps its history in flat buffers of the same layout, so the
+ * update is one loop per parameter blob and a snapshot is one write.
+ *
+ * Data. Nets fed by Input layers get their batches from the caller through
+ * `before_forward(solver, iter, micro_batch, user)`, called before every
+ * forward pass of the train net (micro_batch = 0..iter_size-1, and once more
+ * with iter = max_iter for the final display pass). Because it receives the
+ * iteration number, a data source can derive its read position from it
+ * (batch index = iter * iter_size + micro_batch), so that a run resumed from a
+ * solverstate continues exactly as an uninterrupted run (CAFFE_NOTES.md,
+ * "Resuming"); Caffe itself restarts its Data layer at the first record.
+ *
+ * Randomness. random_seed >= 0 seeds the train net's stream (Net.rng) before
+ * the net is built, as Caffe seeds its global stream when the solver starts:
+ * fillers then Dropout draw from it in Caffe's order, so Dropout masks equal
+ * Caffe's (nets whose fillers draw gaussians, or test nets with random
+ * fillers, shift Caffe's stream differently: see solver.c).
+ */
+#ifndef MOKA_SOLVER_H
+#define MOKA_SOLVER_H
+
+#include <stdbool.h>
+
+#include "caffe.pb-c.h"
+#include "net.h"
+
+typedef enum SolverKind {
+  SOLVER_SGD = 0,
+  SOLVER_NESTEROV,
+  SOLVER_ADAGRAD,
+  SOLVER_RMSPROP,
+  SOLVER_ADADELTA,
+  SOLVER_ADAM
+} SolverKind;
+
+/* What a signal (or any outside request) asks the solver to do; checked
+ * between iterations and between test batches (Caffe's SolverAction). */
+typedef enum SolverAction {
+  SOLVER_ACTION_NONE = 0,
+  SOLVER_ACTION_STOP,
+  SOLVER_ACTION_SNAPSHOT
+} SolverAction;
+
+typedef struct Solver Solver;
+
+/* Called before each forward pass of the train net. Return 0, or -1 with
+ * moka_errorf() to stop training with that error. */
+typedef int (*SolverBeforeForward)(Solver *s, int iter, int micro_batch, void *user);
+/* Called before each forward pass of test net `test_net` (batch i of
+ * test_iter) — the same hook for test data. */
+typedef int (*SolverBeforeTest)(Solver *s, int test_net, int test_iter, void *user);
+typedef SolverAction (*SolverActionFn)(void *user);
+
+typedef struct SolverOptions {
+  Backend backend;              /* default CPU (the reference) */
+  const char *base_dir;         /* net files given with a relative path that does not exist
+                                   from the working directory are looked up here (the solver
+                                   file's folder); NULL = only the working directory (Caffe) */
+  bool quiet_nets;              /* no per-layer set-up lines while building nets */
+  SolverBeforeForward before_forward;
+  SolverBeforeTest before_test;
+  SolverActionFn action;        /* NULL = never asked */
+  void *user;                   /* passed to the three callbacks */
+} SolverOptions;
+
+struct Solver {
+  Caffe__SolverParameter *param; /* upgraded copy (owned) */
+  SolverKind kind;
+  SolverOptions opt;
+  Net *net;                     /* the train net */
+  int n_test_nets;
+  Net **test_nets;
+
+  int iter;                     /* number of updates done */
+  int current_step;             /* step/multistep position (saved in the solverstate) */
+
+  /* Solver history, one flat buffer per slot in the layout of net->param_data.
+   * Slot 0 is SGD's momentum (Caffe's history_[0..n)); AdaDelta and Adam keep
+   * a second slot (history_[n..2n)). Saved as n_history_slots * n_params
+   * BlobProtos in the solverstate. */
+  int n_history_slots;
+  float *history[2];            /* (param_count) each */
+  float *update;                /* (param_count) scratch: Caffe's update_ */
+  float *temp;                  /* (param_count) scratch: Caffe's temp_ */
+
+  /* Loss smoothing over average_loss iterations (Caffe's UpdateSmoothedLoss). */
+  float smoothed_loss;
+  float *losses;                /* [average_loss] */
+  int n_losses;
+
+  bool requested_early_exit;
+  int iterations_last;          /* for the iter/s figure of the display line */
+  double timer_start;
+};
+
+/* Read a solver prototxt as Caffe's ReadSolverParamsFromTextFileOrDie does:
+ * upgrade the deprecated `solver_type` enum into `type`, and default
+ * snapshot_prefix to the solver file name without extension (or
+ * PREFIX/<solver name> when snapshot_prefix is a folder). */
+int solver_param_read(const char *path, Caffe__SolverParameter **out);
+/* Upgrade solver_type -> type in place (error when both are given). */
+int solver_param_upgrade(Caffe__SolverParameter *p, const char *source);
+
+/* Build the solver: the train net (net / net_param / train_net /
+ * train_net_param, with train_state), the test nets (test_net /
+ * test_net_param / the generic net, one per test_iter, with test_state),
+ * copy `weights` from the parameter into all of them, and allocate the
+ * history. `param` is copied. Returns NULL with moka_error(). */
+Solver *solver_create(const Caffe__SolverParameter *param, const SolverOptions *o,
+                      const char *source);
+/* solver_param_read + solver_create with base_dir = the solver file's folder. */
+Solver *solver_create_from_file(const char *path, const SolverOptions *o);
+void solver_free(Solver *s);
+
+/* "SGD", "Nesterov", ... -> kind; -1 with an error listing the known types. */
+int solver_kind_from_name(const char *name, SolverKind *out);
+const char *solver_kind_name(SolverKind k);
+
+/* Caffe's GetLearningRate for the current s->iter (multistep advances
+ * s->current_step, as in Caffe). Returns the rate, or NAN with moka_error()
+ * for an unknown policy or a bad parameter. */
+float solver_learning_rate(Solver *s);
+
+/* Caffe's ApplyUpdate on the diffs now in the net: rate, clipping,
+ * normalisation, regularisation, update value, w -= update. Does not change
+ * s->iter. */
+int solver_apply_update(Solver *s);
+
+/* Run `iters` iterations (Caffe's Step). Stops early (returns 0) when the
+ * action callback asked to stop: s->requested_early_exit is then true. */
+int solver_step(Solver *s, int iters);
+/* Caffe's Solve: restore from `resume_file` when non-NULL, step up to
+ * max_iter, final snapshot, display pass, test, "Optimization Done.". */
+int solver_solve(Solver *s, const char *resume_file);
+/* Run every test net (Caffe's TestAll) / one. */
+int solver_test_all(Solver *s);
+int solver_test(Solver *s, int test_net);
+
+/* Write PREFIX_iter_N.caffemodel, then PREFIX_iter_N.solverstate (each
+ * atomically, in this order, so a solverstate never names a missing model). */
+int solver_snapshot(Solver *s);
+/* Restore iter, current_step, history and the weights of learned_net (looked
+ * up as written, then beside the solverstate). HDF5 states are refused. */
+int solver_restore(Solver *s, const char *solverstate);
+
+/* Copy the parameters of every layer of `src` into the layer of the same name
+ * in `dst` (Caffe's ShareTrainedLayersWith, by value). */
+int net_share_trained_layers(Net *dst, const Net *src);
+
+#endif
