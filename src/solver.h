@@ -168,6 +168,6 @@ int solver_restore(Solver *s, const char *solverstate);
 
 /* Copy the parameters of every layer of `src` into the layer of the same name
  * in `dst` (Caffe's ShareTrainedLayersWith, by value). */
-int net_share_trained_layers(Net *dst, const Net *src);
+int solver_share_trained_layers(Net *dst, const Net *src);
 
 #endif

@@ -71,6 +71,15 @@ if $M classify --model="$G/mini_resnet/deploy.prototxt" --weights="$G/mini_resne
    [ "$(grep -c '^[0-9]\.[0-9]\{4\} - "' "$T/cls")" = 9 ]; then ok classify_mini
 else fail classify_mini "$(cat "$T/err" "$T/cls")"; fi
 
+# --- a 100 MB caffemodel (ResNet-50, 25.6 M values) loads with peak memory < 2.5x its size
+if $M import --model=data/ResNet-50-deploy.prototxt --fill=msra --out="$T/r50.caffemodel" 2>"$T/err" &&
+   $BUILD/tools/loadmodel "$T/r50.caffemodel" > "$T/mem" 2>>"$T/err"; then
+  ratio=$(sed -n 's/.*ratio=\([0-9.]*\).*/\1/p' "$T/mem")
+  if awk "BEGIN{exit !($ratio < 2.5)}"; then ok "caffemodel_peak_memory ($(cat "$T/mem"))"
+  else fail caffemodel_peak_memory "$(cat "$T/mem")"; fi
+else fail caffemodel_peak_memory "$(cat "$T/err")"; fi
+rm -f "$T/r50.caffemodel"
+
 # --- bad inputs
 printf 'layer { name: "a" type: "ReLU"\n  bottom: "x" top: "y"\n' > "$T/unclosed.prototxt"
 expect_error malformed_prototxt "unclosed.prototxt:[0-9]*:[0-9]*" \
