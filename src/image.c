@@ -366,8 +366,9 @@ int image_decode(const uint8_t *buf, size_t len, int channels, Image *out) {
                          image_format_name(f));
     default: {
       char hex[3 * 8 + 1] = "";
+      int off = 0;
       for (size_t i = 0; i < len && i < 8; i++)
-        snprintf(hex + 3 * i, sizeof hex - 3 * i, "%s%02x", i ? " " : "", buf[i]);
+        off += snprintf(hex + off, sizeof hex - (size_t)off, "%s%02x", i ? " " : "", buf[i]);
       return moka_errorf("not a JPEG or PNG image (unrecognised content, first bytes: %s)", hex);
     }
   }

@@ -35,6 +35,10 @@ int data_reader_open(DataReader *r, const char *what, const char *source, int ba
       moka_errorf("%s: the transform is random but no random stream was given", what);
       goto fail;
     }
+    /* Caffe 1.0 calls InitRand twice at setup (BaseDataLayer::LayerSetUp,
+     * then BasePrefetchingDataLayer::LayerSetUp): two draws, the second
+     * seed is the one kept. */
+    transform_seed(&r->tf, global, &r->rng);
     transform_seed(&r->tf, global, &r->rng);
   }
   return 0;

@@ -26,7 +26,8 @@ typedef struct DataReader {
 
 /* Open `source` (an LMDB folder) and read the transform parameters (tp may
  * be NULL). When the transform draws random numbers, its stream is seeded
- * from one draw of `global` (Caffe's InitRand); global may be NULL when
+ * as Caffe 1.0's data layer setup does: InitRand runs twice, so two draws of
+ * `global` are taken and the second is the seed. global may be NULL when
  * nothing is random (TEST without mirror). `what` names the layer. */
 int data_reader_open(DataReader *r, const char *what, const char *source, int batch_size,
                      const Caffe__TransformationParameter *tp, int train, Rng *global);

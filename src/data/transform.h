@@ -42,7 +42,8 @@ void transform_free(Transformer *t);
 int transform_needs_rand(const Transformer *t);
 /* Caffe's InitRand: the transformer's stream is mt19937 seeded with one
  * 32-bit draw of the global stream (caffe_rng_rand()). Does nothing when
- * transform_needs_rand is false (Caffe draws nothing then either). */
+ * transform_needs_rand is false (Caffe draws nothing then either). Caffe
+ * 1.0's data layers call it twice at setup (see reader.h). */
 void transform_seed(const Transformer *t, Rng *global, Rng *own);
 
 /* Channels to decode encoded Datums to: 0 (as stored), 3 (force_color) or

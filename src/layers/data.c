@@ -10,9 +10,12 @@
  * every batch is reshaped from its own first record. Records are read in key
  * order and the cursor wraps around after the last one. Each forward reads
  * the next batch synchronously (src/data/reader.h holds the batch loader, so
- * that a prefetch thread can run it instead). The transform's random stream
- * is seeded, as Caffe's InitRand does, from one draw of the net's stream
- * (l->rng) at setup, only when the transform is random.
+ * that a prefetch thread can run it instead). Random numbers: at setup the
+ * layer takes from the net's stream (l->rng) the draws Caffe 1.0's takes
+ * from its global stream — InitRand twice when the transform is random (the
+ * second draw seeds the transform's own mt19937), then the prefetch
+ * thread's seed — and the transform then draws, per record, the mirror coin
+ * and the crop offsets from its own stream (src/data/transform.h).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +55,12 @@ static int data_setup(Layer *l) {
                        l->phase == MOKA_TRAIN, l->rng) != 0)
     return -1;
   p->open = 1;
+  /* Caffe's StartInternalThread draws the prefetch thread's seed from the
+   * global stream after the transformer's InitRand draws: take that draw
+   * too, so that the layers set up after this one (fillers) see Caffe's
+   * stream. The Data layer thus takes 1 draw, or 3 when the transform is
+   * random (mirror, or crop in TRAIN). */
+  if (l->rng) (void)rng_u32(l->rng);
   int c, h, w;
   if (data_reader_peek_shape(&p->reader, &c, &h, &w) != 0) return -1;
   if (blob_reshape4(l->top[0], (int)dp->batch_size, c, h, w) != 0) return -1;

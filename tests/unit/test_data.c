@@ -12,12 +12,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "data/convert.h"
 #include "data/datum.h"
 #include "data/db.h"
 #include "data/reader.h"
 #include "data/transform.h"
 #include "image.h"
 #include "layer.h"
+#include "prototxt.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -59,15 +61,15 @@ static void test_db_reader_order_and_wrap(void) {
 static void test_records_match_caffe(void) {
   FILE *f = fopen(shared_path("golden/lmdb/records.txt"), "r");
   REQUIRE(f != NULL);
-  char line[512], cur_db[64] = "";
+  char line[256], cur_db[64] = "";
   DbReader *r = NULL;
   int n = 0;
   while (fgets(line, sizeof line, f)) {
     if (line[0] == '#') continue;
-    char db[64], key[256];
+    char db[64], key[100];
     int label, enc, c, h, w;
     size_t nbytes, nfloat;
-    if (sscanf(line, "%63s %255s %d %d %d %d %d %zu %zu", db, key, &label, &enc, &c, &h, &w,
+    if (sscanf(line, "%63s %99s %d %d %d %d %d %zu %zu", db, key, &label, &enc, &c, &h, &w,
                &nbytes, &nfloat) != 9)
       continue;
     if (strcmp(db, cur_db) != 0) {
@@ -210,7 +212,9 @@ typedef struct DataConfig {
   float scale;
 } DataConfig;
 
-/* The five configurations of golden/README.md section 3 (data_<name>.prototxt). */
+/* The five configurations of golden/README.md section 3 (data_<name>.prototxt;
+ * test_data_layer_golden parses those files, the other tests build
+ * variations of them in C). */
 static const DataConfig CONFIGS[] = {
     {"raw32_plain", "lmdb_raw32", 8, 1, 0, NULL, 0, 1.0f},
     {"raw32_crop28_meanfile", "lmdb_raw32", 5, 2, 28, "mean.binaryproto", 0, 1.0f},
@@ -255,22 +259,61 @@ static void make_layer_param(const DataConfig *cfg, Caffe__LayerParameter *lp,
   lp->transform_param = tp;
 }
 
+/* Parse golden/lmdb/data_<name>.prototxt (Caffe's own file) and return its
+ * Data layer with data_param.source and transform_param.mean_file made
+ * relative to ../shared/golden/lmdb (in the file they are relative to that
+ * folder, where Caffe ran). Free *net with protobuf_c_message_free_unpacked. */
+static Caffe__LayerParameter *golden_data_layer(const char *name, Caffe__NetParameter **net) {
+  char rel[256];
+  snprintf(rel, sizeof rel, "golden/lmdb/data_%s.prototxt", name);
+  *net = NULL;
+  if (prototxt_read_file(&caffe__net_parameter__descriptor, shared_path(rel),
+                         (ProtobufCMessage **)net) != 0)
+    return NULL;
+  if ((*net)->n_layer != 1 || !(*net)->layer[0]->data_param) {
+    moka_errorf("%s: expected one Data layer", rel);
+    return NULL;
+  }
+  Caffe__LayerParameter *lp = (*net)->layer[0];
+  char **paths[2] = {&lp->data_param->source,
+                     lp->transform_param ? &lp->transform_param->mean_file : NULL};
+  for (int i = 0; i < 2; i++) {
+    if (!paths[i] || !*paths[i] || !**paths[i]) continue;
+    snprintf(rel, sizeof rel, "golden/lmdb/%s", *paths[i]);
+    char *abs = moka_strdup(shared_path(rel));
+    if (!abs) return NULL;
+    free(*paths[i]); /* protobuf-c frees strings with free() */
+    *paths[i] = abs;
+  }
+  return lp;
+}
+
 static void test_data_layer_golden(void) {
   for (size_t k = 0; k < MOKA_ARRAY_LEN(CONFIGS); k++) {
     const DataConfig *cfg = &CONFIGS[k];
-    Caffe__LayerParameter lp;
-    Caffe__DataParameter dp;
-    Caffe__TransformationParameter tp;
-    char source[1024], mean[1024];
-    make_layer_param(cfg, &lp, &dp, &tp, source, mean);
+    Caffe__NetParameter *net;
+    Caffe__LayerParameter *lp = golden_data_layer(cfg->name, &net);
+    if (!lp) {
+      CHECK_MSG(0, "%s: %s", cfg->name, moka_error());
+      if (net) protobuf_c_message_free_unpacked(&net->base, NULL);
+      continue;
+    }
+    /* the prototxt says what README's table says */
+    CHECK(lp->data_param->batch_size == (uint32_t)cfg->batch &&
+          lp->data_param->backend == CAFFE__DATA_PARAMETER__DB__LMDB &&
+          lp->transform_param->crop_size == (uint32_t)cfg->crop &&
+          lp->transform_param->scale == cfg->scale &&
+          (int)lp->transform_param->n_mean_value == cfg->n_mean &&
+          !lp->transform_param->mirror);
     Blob *top[2] = {blob_new("data"), blob_new("label")};
     Rng rng;
     rng_seed(&rng, 1);
-    Layer *l = layer_create(&lp, MOKA_TEST, &rng, NULL, 0, top, 2);
+    Layer *l = layer_create(lp, MOKA_TEST, &rng, NULL, 0, top, 2);
     if (!l) {
       CHECK_MSG(0, "%s: %s", cfg->name, moka_error());
       blob_free(top[0]);
       blob_free(top[1]);
+      protobuf_c_message_free_unpacked(&net->base, NULL);
       continue;
     }
     int hw = cfg->crop ? cfg->crop : 32;
@@ -297,13 +340,16 @@ static void test_data_layer_golden(void) {
       CHECK(n == (size_t)cfg->batch && memcmp(want, top[1]->data, n * sizeof(float)) == 0);
       free(want);
     }
-    /* TEST without mirror draws nothing from the net's stream */
+    /* TEST without mirror: only the prefetch thread's seed is drawn from
+     * the net's stream (Caffe's StartInternalThread) */
     Rng fresh;
     rng_seed(&fresh, 1);
+    rng_u32(&fresh);
     CHECK(rng_u32(&rng) == rng_u32(&fresh));
     layer_free(l);
     blob_free(top[0]);
     blob_free(top[1]);
+    protobuf_c_message_free_unpacked(&net->base, NULL);
   }
 }
 
@@ -356,11 +402,14 @@ static void test_train_random_crop_and_mirror(void) {
   rng_seed(&net_rng, 1701);
   Layer *l = layer_create(&lp, MOKA_TRAIN, &net_rng, NULL, 0, top, 2);
   REQUIRE(l != NULL);
-  /* expected stream */
+  /* expected streams: Caffe's setup takes 3 draws from the global stream
+   * (InitRand, InitRand again: its draw seeds the transformer, thread seed) */
   Rng g, own;
   rng_seed(&g, 1701);
+  rng_u32(&g);
   rng_seed(&own, rng_u32(&g));
-  CHECK(rng_u32(&net_rng) == rng_u32(&g)); /* the layer took exactly one draw */
+  rng_u32(&g);
+  CHECK(rng_u32(&net_rng) == rng_u32(&g)); /* the layer took exactly three draws */
   int mirrored = 0, offsets_seen = 0;
   for (int fwd = 0; fwd < 2; fwd++) {
     REQUIRE(layer_forward(l, MOKA_BACKEND_CPU) == 0);
@@ -535,6 +584,269 @@ static void test_db_writer(void) {
   rmdir(dir);
 }
 
+
+/* ---- convert_imageset / compute_image_mean ---------------------------------- */
+
+/* Compare every record of `mine` with Caffe's `golden` LMDB: same keys, and
+ * identical values; raw pixels may differ by 1 (resize rounding). Returns
+ * the number of records whose bytes are identical. */
+static int compare_dbs(const char *mine, const char *golden, int *n_records) {
+  DbReader *a, *b;
+  *n_records = 0;
+  if (db_reader_open(mine, &a) != 0) {
+    CHECK_MSG(0, "%s", moka_error());
+    return 0;
+  }
+  if (db_reader_open(golden, &b) != 0) {
+    CHECK_MSG(0, "%s", moka_error());
+    db_reader_close(a);
+    return 0;
+  }
+  CHECK(db_reader_count(a) == db_reader_count(b));
+  int identical = 0;
+  for (size_t k = 0; k < db_reader_count(b) && k < db_reader_count(a); k++) {
+    const void *ka, *va, *kb, *vb;
+    size_t kal, val, kbl, vbl;
+    db_reader_current(a, &ka, &kal, &va, &val);
+    db_reader_current(b, &kb, &kbl, &vb, &vbl);
+    CHECK_MSG(kal == kbl && memcmp(ka, kb, kal) == 0, "key %s vs %s", db_reader_key_str(a),
+              db_reader_key_str(b));
+    if (val == vbl && memcmp(va, vb, val) == 0) {
+      identical++;
+    } else {
+      Caffe__Datum *da, *dbm;
+      if (datum_unpack(va, val, "mine", &da) == 0 && datum_unpack(vb, vbl, "golden", &dbm) == 0) {
+        CHECK(da->label == dbm->label && da->encoded == dbm->encoded);
+        DatumPixels pa = {0}, pb = {0};
+        int drc = datum_decode(da, 0, "mine", &pa) | datum_decode(dbm, 0, "golden", &pb);
+        CHECK_MSG(drc == 0, "%s", moka_error());
+        if (drc == 0) {
+          CHECK(pa.c == pb.c && pa.h == pb.h && pa.w == pb.w);
+          float maxd = 0;
+          for (size_t i = 0; pa.c == pb.c && pa.h == pb.h && pa.w == pb.w &&
+                             i < (size_t)pa.c * pa.h * pa.w;
+               i++)
+            maxd = fmaxf(maxd, fabsf(pa.data[i] - pb.data[i]));
+          CHECK_MSG(maxd <= 1.0f, "%s record %zu: pixels differ by up to %g", mine, k, maxd);
+        }
+        datum_pixels_free(&pa);
+        datum_pixels_free(&pb);
+        caffe__datum__free_unpacked(da, NULL);
+        caffe__datum__free_unpacked(dbm, NULL);
+      }
+    }
+    db_reader_next(a, NULL);
+    db_reader_next(b, NULL);
+    (*n_records)++;
+  }
+  db_reader_close(a);
+  db_reader_close(b);
+  return identical;
+}
+
+static void test_convert_imageset_golden(void) {
+  char dir[] = "/tmp/moka_test_conv_XXXXXX";
+  REQUIRE(mkdtemp(dir) != NULL);
+  char root[1024], list[1024];
+  snprintf(root, sizeof root, "%s/", shared_path("golden/lmdb/images"));
+  snprintf(list, sizeof list, "%s", shared_path("golden/lmdb/list.txt"));
+  struct {
+    const char *name;
+    int resize, encoded;
+  } runs[] = {{"lmdb_raw32", 32, 0}, {"lmdb_jpg", 0, 1}, {"lmdb_jpg32", 32, 1}};
+  for (size_t r = 0; r < MOKA_ARRAY_LEN(runs); r++) {
+    char out[1200], rel[128];
+    snprintf(out, sizeof out, "%s/%s", dir, runs[r].name);
+    ConvertOptions o = {0};
+    o.root = root;
+    o.list = list;
+    o.db = out;
+    o.resize_height = o.resize_width = runs[r].resize;
+    o.encoded = runs[r].encoded;
+    o.encode_type = runs[r].encoded ? "jpg" : "";
+    ConvertStats st;
+    REQUIRE(convert_imageset(&o, &st) == 0);
+    CHECK(st.lines == 8 && st.written == 8 && st.skipped == 0);
+    snprintf(rel, sizeof rel, "golden/lmdb/%s", runs[r].name);
+    int n, identical = compare_dbs(out, shared_path(rel), &n);
+    CHECK(n == 8);
+    /* measured: all 8 records of each database are byte-identical to Caffe's
+     * (raw resize, original JPEG bytes, and resize + imencode quality 95) */
+    CHECK_MSG(identical == 8, "%s: %d of 8 records byte-identical to Caffe's", runs[r].name,
+              identical);
+  }
+  /* compute_image_mean on our raw32: the same binaryproto, byte for byte */
+  char raw[1200], mean[1200];
+  snprintf(raw, sizeof raw, "%s/lmdb_raw32", dir);
+  snprintf(mean, sizeof mean, "%s/mean.binaryproto", dir);
+  float cm[4];
+  int ch = 0;
+  REQUIRE(compute_image_mean(raw, mean, cm, 4, &ch) == 0);
+  CHECK(ch == 3);
+  size_t la, lb;
+  uint8_t *a = read_all(mean, &la), *b = read_all(shared_path("golden/lmdb/mean.binaryproto"), &lb);
+  REQUIRE(a && b);
+  CHECK_MSG(la == lb && memcmp(a, b, la) == 0, "mean.binaryproto: %zu bytes vs Caffe's %zu", la,
+            lb);
+  size_t nf;
+  float *mf = read_f32(shared_path("golden/lmdb/mean_binaryproto.f32"), &nf);
+  REQUIRE(mf != NULL && nf == 3072);
+  double m0 = 0;
+  for (int i = 0; i < 1024; i++) m0 += mf[i];
+  CHECK(fabs(cm[0] - m0 / 1024) < 1e-3);
+  free(mf);
+  free(a);
+  free(b);
+  /* the mean of an encoded LMDB (decoded as stored) */
+  char jpg[1200];
+  snprintf(jpg, sizeof jpg, "%s/lmdb_jpg32", dir);
+  REQUIRE(compute_image_mean(jpg, NULL, cm, 4, &ch) == 0);
+  CHECK(ch == 3 && cm[0] > 10 && cm[0] < 250);
+  /* images of different sizes cannot be averaged */
+  snprintf(jpg, sizeof jpg, "%s/lmdb_jpg", dir);
+  CHECK(compute_image_mean(jpg, NULL, cm, 4, &ch) != 0);
+  CHECK(strstr(moka_error(), "same size") != NULL);
+  /* an existing database is not overwritten */
+  ConvertOptions o = {0};
+  o.root = root, o.list = list, o.db = raw;
+  CHECK(convert_imageset(&o, NULL) != 0 && strstr(moka_error(), "already exists"));
+  const char *names[] = {"lmdb_raw32", "lmdb_jpg", "lmdb_jpg32"};
+  for (int i = 0; i < 3; i++) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+    rm_tree(p);
+  }
+  unlink(mean);
+  rmdir(dir);
+}
+
+/* Odd files are skipped one line each; keys keep their line numbers; with
+ * --encoded, a PNG named .jpg is stored as it is (Caffe copies the file). */
+static void test_convert_imageset_skips(void) {
+  char dir[] = "/tmp/moka_test_skip_XXXXXX";
+  REQUIRE(mkdtemp(dir) != NULL);
+  char list[1200], out[1200], out2[1200];
+  snprintf(list, sizeof list, "%s/list.txt", dir);
+  FILE *f = fopen(list, "w");
+  REQUIRE(f != NULL);
+  fprintf(f, "colour.jpg 3\n"          /* 0 ok */
+             "gif_named.jpg 1\n"       /* 1 GIF */
+             "empty.jpg 1\n"           /* 2 empty */
+             "with space.jpg 7\n"      /* 3 ok, space in the name */
+             "no_such.jpg 2\n"         /* 4 missing */
+             "png_named.jpg 4\n"       /* 5 ok (PNG content) */
+             "truncated.jpg 5\n"       /* 6 ok with a warning, as OpenCV */
+             "text_named.jpg 0\n");    /* 7 not an image */
+  fclose(f);
+  snprintf(out, sizeof out, "%s/db", dir);
+  ConvertOptions o = {0};
+  o.root = "tests/data/images/";
+  o.list = list;
+  o.db = out;
+  o.resize_height = o.resize_width = 16;
+  o.check_size = true;
+  ConvertStats st;
+  REQUIRE(convert_imageset(&o, &st) == 0);
+  CHECK(st.lines == 8 && st.written == 4 && st.skipped == 4);
+  DbReader *r;
+  REQUIRE(db_reader_open(out, &r) == 0);
+  const char *keys[] = {"00000000_colour.jpg", "00000003_with space.jpg", "00000005_png_named.jpg",
+                        "00000006_truncated.jpg"};
+  const int labels[] = {3, 7, 4, 5};
+  CHECK(db_reader_count(r) == 4);
+  for (int i = 0; i < 4; i++) {
+    const void *k, *v;
+    size_t kl, vl;
+    db_reader_current(r, &k, &kl, &v, &vl);
+    CHECK_MSG(kl == strlen(keys[i]) && !memcmp(k, keys[i], kl), "key %s", db_reader_key_str(r));
+    Caffe__Datum *d;
+    REQUIRE(datum_unpack(v, vl, "rec", &d) == 0);
+    CHECK(d->label == labels[i] && d->channels == 3 && d->height == 16 && d->data.len == 768);
+    caffe__datum__free_unpacked(d, NULL);
+    db_reader_next(r, NULL);
+  }
+  db_reader_close(r);
+  /* encoded, no resize: original bytes, whatever their format */
+  snprintf(out2, sizeof out2, "%s/db_enc", dir);
+  o.db = out2;
+  o.resize_height = o.resize_width = 0;
+  o.check_size = false;
+  o.encoded = true;
+  REQUIRE(convert_imageset(&o, &st) == 0);
+  CHECK(st.written == 4);
+  REQUIRE(db_reader_open(out2, &r) == 0);
+  db_reader_next(r, NULL);
+  db_reader_next(r, NULL); /* 00000005_png_named.jpg */
+  const void *v;
+  size_t vl, fl;
+  db_reader_current(r, NULL, NULL, &v, &vl);
+  Caffe__Datum *d;
+  REQUIRE(datum_unpack(v, vl, "rec", &d) == 0);
+  uint8_t *file = read_all("tests/data/images/png_named.jpg", &fl);
+  REQUIRE(file != NULL);
+  CHECK(d->encoded && d->data.len == fl && !memcmp(d->data.data, file, fl));
+  CHECK(image_sniff(d->data.data, d->data.len) == IMG_PNG);
+  free(file);
+  caffe__datum__free_unpacked(d, NULL);
+  db_reader_close(r);
+  /* --check_size with images of different sizes stops the conversion */
+  char out3[1200];
+  snprintf(out3, sizeof out3, "%s/db_size", dir);
+  o.db = out3;
+  o.encoded = false;
+  o.check_size = true;
+  CHECK(convert_imageset(&o, &st) != 0 && strstr(moka_error(), "check_size"));
+  /* an unknown encoding is refused up front */
+  o.check_size = false;
+  o.encode_type = "bmp";
+  CHECK(convert_imageset(&o, &st) != 0 && strstr(moka_error(), "bmp"));
+  rm_tree(out);
+  rm_tree(out2);
+  rm_tree(out3);
+  unlink(list);
+  rmdir(dir);
+}
+
+/* --shuffle: a permutation of the lines, the same for the same seed. */
+static void test_convert_imageset_shuffle(void) {
+  char dir[] = "/tmp/moka_test_shuf_XXXXXX";
+  REQUIRE(mkdtemp(dir) != NULL);
+  char root[1024], out[2][1200];
+  snprintf(root, sizeof root, "%s/", shared_path("golden/lmdb/images"));
+  char order[2][8][64];
+  for (int run = 0; run < 2; run++) {
+    snprintf(out[run], sizeof out[run], "%s/db%d", dir, run);
+    ConvertOptions o = {0};
+    o.root = root;
+    o.list = shared_path("golden/lmdb/list.txt");
+    o.db = out[run];
+    o.encoded = true;
+    o.shuffle = true;
+    o.shuffle_seed = 42;
+    REQUIRE(convert_imageset(&o, NULL) == 0);
+    DbReader *r;
+    REQUIRE(db_reader_open(out[run], &r) == 0);
+    for (int i = 0; i < 8; i++) {
+      snprintf(order[run][i], sizeof order[run][i], "%s", db_reader_key_str(r));
+      db_reader_next(r, NULL);
+    }
+    db_reader_close(r);
+  }
+  int same = 1, identity = 1, seen = 0;
+  for (int i = 0; i < 8; i++) {
+    same &= !strcmp(order[0][i], order[1][i]);
+    /* key = position in the shuffled list + the original name */
+    int pos = atoi(order[0][i]), img = order[0][i][strlen(order[0][i]) - 5] - '0';
+    CHECK(pos == i);
+    identity &= img == i;
+    seen |= 1 << img;
+  }
+  CHECK(same && !identity && seen == 255);
+  rm_tree(out[0]);
+  rm_tree(out[1]);
+  rmdir(dir);
+}
+
 int main(void) {
   moka_set_log_level(1);
   RUN(test_db_reader_order_and_wrap);
@@ -547,5 +859,8 @@ int main(void) {
   RUN(test_force_gray_encoded);
   RUN(test_data_layer_errors);
   RUN(test_db_writer);
+  RUN(test_convert_imageset_golden);
+  RUN(test_convert_imageset_skips);
+  RUN(test_convert_imageset_shuffle);
   return test_summary();
 }

@@ -105,7 +105,7 @@ static void check_expect_line(const char *path, const char *mode, const char *ou
 static void test_opencv_expectations(void) {
   FILE *f = fopen("tests/data/image_expect.txt", "r");
   REQUIRE(f != NULL);
-  char line[2048];
+  char line[512];
   int lineno = 0, n = 0;
   while (fgets(line, sizeof line, f)) {
     lineno++;
@@ -290,7 +290,7 @@ static void test_resize_matches_caffe_lmdb(void) {
 static void test_hymenoptera_all(void) {
   FILE *f = fopen(shared_path("datasets/hymenoptera/MANIFEST.tsv"), "r");
   REQUIRE(f != NULL);
-  char line[4096];
+  char line[512];
   int n = 0, ok = 0, gif = 0;
   double t0 = moka_now();
   REQUIRE(fgets(line, sizeof line, f) != NULL); /* header */
@@ -310,8 +310,8 @@ static void test_hymenoptera_all(void) {
       CHECK_MSG(0, "MANIFEST.tsv: malformed line %d", n + 2);
       continue;
     }
-    char rel[1024];
-    snprintf(rel, sizeof rel, "datasets/hymenoptera/%s/%s", col[0], col[1]);
+    char rel[400];
+    snprintf(rel, sizeof rel, "datasets/hymenoptera/%.16s/%.300s", col[0], col[1]);
     int w = atoi(col[6]), h = atoi(col[7]);
     Image im;
     int rc = image_read_file(shared_path(rel), 3, &im);

@@ -1,0 +1,96 @@
+# tests/bench/lib.sh — what forward.sh and train.sh share (sourced, not run).
+#
+# Peers, all on this machine in the same run:
+#   moka     $BUILD/moka time (Caffe's `caffe time` lines)
+#   Caffe    /work/shared/tools/caffe-peer (Debian bullseye's Caffe 1.0 in a chroot, root only)
+#   PyTorch  Debian's python3-torch, run with /usr/bin/python3 (apt-get install -y python3-torch)
+# BLAS kernels: every comparison runs twice, once with OPENBLAS_CORETYPE as the environment
+# sets it and once with it unset (OpenBLAS picks the kernel itself), for moka and PyTorch. Caffe's
+# chroot has OpenBLAS 0.3.13, which takes its kernel from CAFFE_PEER_CORETYPE: the same name as
+# the environment's in the first run; in the second, SkylakeX (0.3.13 does not recognise this CPU
+# and maps "Cooperlake", the name 0.3.21 picks here, to the SSE3 Prescott kernel; Cooperlake's
+# sgemm is SkylakeX's).
+# Peak RSS: GNU time's maximum resident set size of the process tree (caffe-peer: the caffe or
+# python process inside the chroot).
+
+BUILD=${BUILD:-build}
+M=$(cd "$(dirname "$BUILD/moka")" && pwd)/moka
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PEER=${CAFFE_PEER:-/work/shared/tools/caffe-peer}
+PY=/usr/bin/python3
+DEPLOY=$REPO/data/ResNet-50-deploy.prototxt
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+bench_check() {
+  [ -x "$M" ] || die "no $M: build it first (make BUILD=$BUILD)"
+  [ "$(id -u)" = 0 ] || die "caffe-peer needs root"
+  [ -x "$PEER" ] || die "no caffe-peer at $PEER"
+  "$PEER" setup >/dev/null || die "caffe-peer setup failed"
+  $PY -c 'import torch' 2>/dev/null || die "PyTorch missing: apt-get install -y python3-torch"
+  [ -x /usr/bin/time ] || die "GNU time missing: apt-get install -y time"
+}
+
+# The coretype modes to run: "env" (as the environment sets it) and "unset".
+bench_modes() {
+  if [ -n "${OPENBLAS_CORETYPE:-}" ]; then echo "env unset"; else echo "unset"; fi
+}
+
+# envp MODE: a command prefix that sets OPENBLAS_CORETYPE as the mode says (use unquoted:
+# $(envp unset) CMD...; it execs CMD, so GNU time still measures CMD itself).
+envp() {
+  if [ "$1" = unset ]; then echo "env -u OPENBLAS_CORETYPE"; else echo env; fi
+}
+
+# caffe_core MODE: the kernel name given to Caffe's OpenBLAS.
+caffe_core() {
+  if [ "$1" = unset ]; then echo SkylakeX; else echo "$OPENBLAS_CORETYPE"; fi
+}
+
+mode_title() {
+  if [ "$1" = unset ]; then echo "OPENBLAS_CORETYPE unset (OpenBLAS chooses)";
+  else echo "OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE (as the environment sets it)"; fi
+}
+
+# peak RSS in MiB from a GNU time -f %M file (KiB)
+rss_mib() { awk '{v=$1} END{printf "%.0f", v/1024}' "$1"; }
+
+# timed RSSFILE CMD...: run CMD under GNU time, max RSS (KiB) into RSSFILE
+timed() {
+  f=$1; shift
+  /usr/bin/time -f %M -o "$f" "$@"
+}
+
+# "Average Forward pass: X ms." (and friends) from a moka/caffe time log
+avg_ms() { sed -n "s/.*] $2: \([0-9.e+-]*\) ms\.\$/\1/p" "$1" | tail -1; }
+# key=value from a "result ..." line
+result_val() { sed -n "s/^result .*$2=\([0-9.e+-]*\).*/\1/p" "$1" | tail -1; }
+
+# Kernels in use, one line per engine (MODE).
+kernels() {
+  mode=$1
+  echo "  moka:    $($(envp "$mode") "$M" device_query | sed -n 's/^ *OpenBLAS: //p')"
+  (cd "$WORK" && CAFFE_PEER_CORETYPE=$(caffe_core "$mode") "$PEER" python3 pycaffe_forward.py info \
+     2>/dev/null | sed -n 's/^blas: /  Caffe:   /p')
+  echo "  PyTorch: $($(envp "$mode") $PY "$HERE/torch_resnet50.py" info)"
+}
+
+# PyTorch's convolution kernels (oneDNN, whatever OPENBLAS_CORETYPE says).
+torch_conv_kernels() {
+  DNNL_VERBOSE=1 $PY "$HERE/torch_resnet50.py" "$1" 1 1 1 nchw 2>/dev/null |
+    awk -F, '/onednn_verbose,info,cpu,isa:/ && !isa {isa=$0; sub(/.*isa:/, "", isa)}
+             /onednn_verbose,exec,cpu,convolution,/ {n[$5]++}
+             END {printf "  PyTorch convolutions (%s): oneDNN, CPU ISA \"%s\";", mode, isa;
+                  for (k in n) printf " %s x%d", k, n[k]; print ""}' mode="$1" 2>/dev/null ||
+    echo "  PyTorch convolutions: (DNNL_VERBOSE gave nothing)"
+}
+
+# ratio A B -> A/B with 2 decimals ("-" when missing)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+img_s() { awk -v b="$1" -v ms="$2" 'BEGIN{ if (ms == "" || ms == 0) print ""; else printf "%.2f", b * 1000 / ms }'; }
+
+# ms with one decimal ("-" when missing)
+ms1() { awk -v v="$1" 'BEGIN{ if (v == "") print "-"; else printf "%.1f", v }'; }
+
+row() { printf '  %-34s %5s %10s %8s %9s\n' "$@"; }
