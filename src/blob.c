@@ -5,7 +5,43 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "util.h"
+
+/* ---- the memory limit ---------------------------------------------------------------- */
+
+static size_t g_limit;   /* 0 = the default (physical memory) */
+static size_t g_in_use;  /* bytes of owned data + diff, updated atomically */
+
+void blob_set_memory_limit(size_t bytes) { __atomic_store_n(&g_limit, bytes, __ATOMIC_RELAXED); }
+
+size_t blob_memory_limit(void) {
+  size_t l = __atomic_load_n(&g_limit, __ATOMIC_RELAXED);
+  if (l) return l;
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return SIZE_MAX;
+  return (size_t)pages * (size_t)page;
+}
+
+size_t blob_memory_in_use(void) { return __atomic_load_n(&g_in_use, __ATOMIC_RELAXED); }
+
+static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
+
+int blob_memory_check(size_t bytes, const char *what) {
+  size_t limit = blob_memory_limit(), used = blob_memory_in_use();
+  if (bytes > limit || used > limit - bytes)
+    return moka_errorf("%s needs %.1f MiB, but blobs already hold %.1f MiB and the memory limit "
+                       "is %.1f MiB%s",
+                       what, mib(bytes), mib(used), mib(limit),
+                       __atomic_load_n(&g_limit, __ATOMIC_RELAXED) ? "" : " (physical memory)");
+  return 0;
+}
+
+static void charge(size_t bytes) { __atomic_add_fetch(&g_in_use, bytes, __ATOMIC_RELAXED); }
+static void uncharge(size_t bytes) { __atomic_sub_fetch(&g_in_use, bytes, __ATOMIC_RELAXED); }
+
+/* ---- blobs ---------------------------------------------------------------------------- */
 
 Blob *blob_new(const char *name) {
   Blob *b = moka_calloc(1, sizeof *b);
@@ -21,32 +57,64 @@ void blob_free(Blob *b) {
   if (b->owns) {
     free(b->data);
     free(b->diff);
+    uncharge(2 * b->capacity * sizeof(float));
   }
   free(b->name);
   free(b);
 }
 
-static int shape_count(int num_axes, const int *shape, size_t *count) {
+/* "2 3 224 224" into buf (for messages about shapes that are not a blob's yet). */
+static const char *shape_text(int num_axes, const int *shape, char *buf, size_t len) {
+  size_t off = 0;
+  buf[0] = 0;
+  for (int i = 0; i < num_axes && i < MOKA_MAX_AXES && off < len; i++)
+    off += (size_t)snprintf(buf + off, len - off, "%s%d", i ? " " : "", shape[i]);
+  return buf;
+}
+
+static int shape_count(const char *name, int num_axes, const int *shape, size_t *count) {
   if (num_axes < 0 || num_axes > MOKA_MAX_AXES)
-    return moka_errorf("blob has %d axes; at most %d are supported", num_axes, MOKA_MAX_AXES);
-  size_t c = 1;
+    return moka_errorf("blob '%s' has %d axes; at most %d are supported", name, num_axes,
+                       MOKA_MAX_AXES);
+  char buf[400];
+  for (int i = 0; i < num_axes; i++)
+    if (shape[i] < 0)
+      return moka_errorf("blob '%s' shape (%s): axis %d has negative size %d", name,
+                         shape_text(num_axes, shape, buf, sizeof buf), i, shape[i]);
+  /* In 64 bits: 32 axes of up to 2^31 cannot overflow before the check
+   * (each step multiplies a value <= 2^31 by one < 2^31); a zero axis makes
+   * the blob empty whatever the others say. */
+  uint64_t c = 1;
+  bool too_big = false;
   for (int i = 0; i < num_axes; i++) {
-    if (shape[i] < 0) return moka_errorf("blob axis %d has negative size %d", i, shape[i]);
-    c *= (size_t)shape[i];
-    if (c > (size_t)MOKA_MAX_BLOB_COUNT)
-      return moka_errorf("blob size exceeds %lld elements", (long long)MOKA_MAX_BLOB_COUNT);
+    c *= (uint64_t)shape[i];
+    if (c > (uint64_t)MOKA_MAX_BLOB_COUNT) {
+      too_big = true;
+      c = (uint64_t)MOKA_MAX_BLOB_COUNT + 1;
+    }
   }
-  *count = c;
+  for (int i = 0; i < num_axes; i++)
+    if (shape[i] == 0) too_big = false, c = 0;
+  if (too_big)
+    return moka_errorf("blob '%s' shape (%s) has more than %lld elements (Caffe's limit)", name,
+                       shape_text(num_axes, shape, buf, sizeof buf),
+                       (long long)MOKA_MAX_BLOB_COUNT);
+  *count = (size_t)c;
   return 0;
 }
 
 int blob_reshape(Blob *b, int num_axes, const int *shape) {
   size_t count;
-  if (shape_count(num_axes, shape, &count)) return -1;
+  if (shape_count(b->name, num_axes, shape, &count)) return -1;
   if (!b->owns && count > b->capacity)
     return moka_errorf("blob '%s' is a view of %zu values and cannot grow to %zu", b->name,
                        b->capacity, count);
   if (b->owns && count > b->capacity) {
+    /* data + diff; the old arrays are freed once the new ones exist. */
+    char what[600], sb[400];
+    snprintf(what, sizeof what, "blob '%s' (%s: 2 x %zu floats)", b->name,
+             shape_text(num_axes, shape, sb, sizeof sb), count);
+    if (blob_memory_check(2 * count * sizeof(float), what)) return -1;
     float *d = calloc(count, sizeof(float));
     float *g = calloc(count, sizeof(float));
     if (!d || !g) {
@@ -57,6 +125,8 @@ int blob_reshape(Blob *b, int num_axes, const int *shape) {
     }
     free(b->data);
     free(b->diff);
+    uncharge(2 * b->capacity * sizeof(float));
+    charge(2 * count * sizeof(float));
     b->data = d;
     b->diff = g;
     b->capacity = count;
@@ -78,10 +148,11 @@ int blob_reshape_like(Blob *b, const Blob *other) {
 
 int blob_set_view(Blob *b, int num_axes, const int *shape, float *data, float *diff) {
   size_t count;
-  if (shape_count(num_axes, shape, &count)) return -1;
+  if (shape_count(b->name, num_axes, shape, &count)) return -1;
   if (b->owns) {
     free(b->data);
     free(b->diff);
+    uncharge(2 * b->capacity * sizeof(float));
   }
   b->owns = false;
   b->data = data;

@@ -30,6 +30,20 @@ typedef struct Blob {
   float *dev_diff;
 } Blob;
 
+/* Memory limit for blobs (process-wide): an owned blob's data + diff are
+ * counted while allocated, and a reshape that would take the total over
+ * the limit fails before allocating, naming the blob and the sizes. The
+ * default is the machine's physical memory (a net that needs more cannot
+ * run anyway; failing early beats the OOM killer). Services and fuzzers
+ * lower it; 0 restores the default. */
+void blob_set_memory_limit(size_t bytes);
+size_t blob_memory_limit(void);
+size_t blob_memory_in_use(void);
+/* Check that a scratch buffer of `bytes` (a layer's column buffer, ...)
+ * fits what is left under the limit; 0, or -1 with a message naming
+ * `what`. Nothing is reserved. */
+int blob_memory_check(size_t bytes, const char *what);
+
 Blob *blob_new(const char *name);
 void blob_free(Blob *b);
 

@@ -192,7 +192,26 @@ static void cmyk_to_gray(const uint8_t *cmyk, uint8_t *gray, size_t n) {
   }
 }
 
-static int decode_jpeg(const uint8_t *buf, size_t len, int channels, Image *out) {
+/* The smallest TurboJPEG scaling factor below 1 that keeps a w x h JPEG at
+ * least min_w x min_h; 1/1 when none does (or min_w/min_h <= 0). */
+static tjscalingfactor jpeg_reduce_factor(int w, int h, int min_w, int min_h) {
+  tjscalingfactor best = {1, 1};
+  if (min_w <= 0 || min_h <= 0) return best;
+  int n = 0;
+  tjscalingfactor *sf = tjGetScalingFactors(&n);
+  for (int i = 0; sf && i < n; i++) {
+    if (sf[i].num >= sf[i].denom) continue; /* enlarging or 1/1 */
+    if (TJSCALED(w, sf[i]) < min_w || TJSCALED(h, sf[i]) < min_h) continue;
+    if ((long long)sf[i].num * best.denom < (long long)best.num * sf[i].denom) best = sf[i];
+  }
+  return best;
+}
+
+/* Decode a JPEG. min_w/min_h > 0: shrink in the DCT domain (see
+ * image_decode_reduced; the sizes are after EXIF orientation).
+ * header_only: fill out->h/w/c (after orientation) and decode nothing. */
+static int decode_jpeg(const uint8_t *buf, size_t len, int channels, int min_h, int min_w,
+                       int header_only, Image *out) {
   tjhandle tj = tjInitDecompress();
   if (!tj) return moka_errorf("JPEG: cannot start the decoder: %s", tjGetErrorStr2(NULL));
   int w = 0, h = 0, subsamp = 0, cs = 0, rc = -1;
@@ -204,6 +223,21 @@ static int decode_jpeg(const uint8_t *buf, size_t len, int channels, Image *out)
   if (check_dims("JPEG", w, h) != 0) goto done;
   int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
   int c = channels ? channels : (cs == TJCS_GRAY ? 1 : 3);
+  const int orient = channels ? jpeg_exif_orientation(buf, len) : 1;
+  if (header_only) {
+    out->h = orient >= 5 ? w : h;
+    out->w = orient >= 5 ? h : w;
+    out->c = c;
+    rc = 0;
+    goto done;
+  }
+  if (min_h > 0 && min_w > 0) {
+    /* the minimum is for the oriented image; the factor applies to the stored one */
+    tjscalingfactor f = orient >= 5 ? jpeg_reduce_factor(w, h, min_h, min_w)
+                                    : jpeg_reduce_factor(w, h, min_w, min_h);
+    w = TJSCALED(w, f);
+    h = TJSCALED(h, f);
+  }
   size_t npix = (size_t)w * (size_t)h;
   px = moka_malloc(npix * (size_t)c); /* (H,W,C) */
   if (!px) goto done;
@@ -232,7 +266,7 @@ static int decode_jpeg(const uint8_t *buf, size_t len, int channels, Image *out)
   out->c = c;
   out->px = px;
   px = NULL;
-  if (channels && apply_orientation(out, jpeg_exif_orientation(buf, len)) != 0) {
+  if (channels && apply_orientation(out, orient) != 0) {
     image_free(out);
     goto done;
   }
@@ -270,7 +304,7 @@ static void png_read_mem(png_structp png, png_bytep data, size_t n) {
   r->pos += n;
 }
 
-static int decode_png(const uint8_t *buf, size_t len, int channels, Image *out) {
+static int decode_png(const uint8_t *buf, size_t len, int channels, int header_only, Image *out) {
   PngReader rd = {buf, len, 0, ""};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &rd, png_on_error, png_on_warning);
   if (!png) return moka_errorf("PNG: cannot start the decoder");
@@ -313,6 +347,13 @@ static int decode_png(const uint8_t *buf, size_t len, int channels, Image *out) 
     }
     c = has_color ? 3 : 1;
   }
+  if (header_only) {
+    png_destroy_read_struct(&png, &info, NULL);
+    out->h = (int)h;
+    out->w = (int)w;
+    out->c = c;
+    return 0;
+  }
   /* The transformations OpenCV's PngDecoder::readData asks for, in order. */
   if (bit_depth == 16) png_set_strip_16(png);
   png_set_strip_alpha(png);
@@ -348,7 +389,8 @@ static int decode_png(const uint8_t *buf, size_t len, int channels, Image *out) 
 
 /* ---- decode entry points -------------------------------------------------- */
 
-int image_decode(const uint8_t *buf, size_t len, int channels, Image *out) {
+static int decode_any(const uint8_t *buf, size_t len, int channels, int min_h, int min_w,
+                      int header_only, Image *out) {
   memset(out, 0, sizeof *out);
   g_warning[0] = 0;
   if (channels != 0 && channels != 1 && channels != 3)
@@ -357,8 +399,8 @@ int image_decode(const uint8_t *buf, size_t len, int channels, Image *out) {
   if (len == 0) return moka_errorf("empty file");
   ImageFormat f = image_sniff(buf, len);
   switch (f) {
-    case IMG_JPEG: return decode_jpeg(buf, len, channels, out);
-    case IMG_PNG: return decode_png(buf, len, channels, out);
+    case IMG_JPEG: return decode_jpeg(buf, len, channels, min_h, min_w, header_only, out);
+    case IMG_PNG: return decode_png(buf, len, channels, header_only, out);
     case IMG_GIF:
     case IMG_BMP:
     case IMG_WEBP:
@@ -372,6 +414,24 @@ int image_decode(const uint8_t *buf, size_t len, int channels, Image *out) {
       return moka_errorf("not a JPEG or PNG image (unrecognised content, first bytes: %s)", hex);
     }
   }
+}
+
+int image_decode(const uint8_t *buf, size_t len, int channels, Image *out) {
+  return decode_any(buf, len, channels, 0, 0, 0, out);
+}
+
+int image_decode_reduced(const uint8_t *buf, size_t len, int channels, int min_h, int min_w,
+                         Image *out) {
+  return decode_any(buf, len, channels, min_h, min_w, 0, out);
+}
+
+int image_probe(const uint8_t *buf, size_t len, int channels, int *h, int *w, int *c) {
+  Image im;
+  if (decode_any(buf, len, channels, 0, 0, 1, &im) != 0) return -1;
+  if (h) *h = im.h;
+  if (w) *w = im.w;
+  if (c) *c = im.c;
+  return 0;
 }
 
 int image_read_file(const char *path, int channels, Image *out) {

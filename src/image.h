@@ -39,6 +39,23 @@ const char *image_format_name(ImageFormat f);
  * returns the warning. */
 int image_decode(const uint8_t *buf, size_t len, int channels, Image *out);
 int image_read_file(const char *path, int channels, Image *out);
+
+/* Read only the header: the size image_decode would return (after EXIF
+ * orientation when channels != 0) and its channel count, with the same
+ * checks (format, size limits, a readable header). No pixel is decoded, so a
+ * file truncated after its header passes. */
+int image_probe(const uint8_t *buf, size_t len, int channels, int *h, int *w, int *c);
+
+/* image_decode, but a JPEG is shrunk while it is decoded, in the DCT domain
+ * (libjpeg-turbo's scaled IDCT): by the smallest of TurboJPEG's factors below
+ * 1 (7/8, 3/4, 5/8, 1/2, 3/8, 1/4, 1/8) that keeps it at least min_w x min_h
+ * (after EXIF orientation); when no factor does, or for a PNG, the full
+ * size. Resize the result to the exact target afterwards. Much faster for
+ * large photos, but NOT what OpenCV (and so Caffe) computes: a different
+ * filter, pixels differ by more than 1. Only behind explicit opt-in flags
+ * (--fast_resize). */
+int image_decode_reduced(const uint8_t *buf, size_t len, int channels, int min_h, int min_w,
+                         Image *out);
 void image_free(Image *im);
 /* The warning of this thread's last image_decode / image_read_file call
  * ("" when it decoded cleanly). */

@@ -382,6 +382,7 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
   net->layers = moka_calloc(p->n_layer + 1, sizeof *net->layers);
   net->layer_need_backward = moka_calloc(p->n_layer + 1, sizeof *net->layer_need_backward);
   if (!net->layers || !net->layer_need_backward) goto fail;
+  size_t param_total = 0;
   for (size_t i = 0; i < p->n_layer; i++) {
     Caffe__LayerParameter *lp = p->layer[i];
     const char *lname = lp->name ? lp->name : "";
@@ -422,10 +423,27 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
       tops[t] = add_blob(net, lp->top[t]);
       if (!tops[t]) goto fail;
     }
+    if (strcmp(lp->type, "Python") == 0) {
+      /* moka never executes or loads code named by a model or data file. */
+      const Caffe__PythonParameter *pp = lp->python_param;
+      moka_errorf("%s: layer '%s' has type Python (module '%s', class '%s'): moka never runs "
+                  "code named by a model file, so Python layers are refused; replace the "
+                  "layer with built-in ones",
+                  source, lname, pp && pp->module ? pp->module : "", pp && pp->layer ? pp->layer : "");
+      goto fail;
+    }
     if (!o.quiet) LOG_INFO("Creating Layer %s", lname);
     Layer *l = layer_create(lp, o.phase, &net->rng, bottoms, (int)lp->n_bottom, tops, (int)lp->n_top);
     if (!l) {
       moka_error_prefix("%s", source);
+      goto fail;
+    }
+    for (int k = 0; k < l->n_params; k++) param_total += l->params[k]->count;
+    if (param_total > (size_t)MOKA_MAX_NET_PARAMS) {
+      moka_errorf("%s: layer '%s' (%s) brings the net's parameters to %zu values, over the "
+                  "limit of %lld (8 GiB of float32)",
+                  source, lname, lp->type, param_total, (long long)MOKA_MAX_NET_PARAMS);
+      layer_free(l);
       goto fail;
     }
     if (l->n_top && l->bottom && !l->type->in_place_ok)

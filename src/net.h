@@ -24,6 +24,13 @@
 #include "layer.h"
 #include "rng.h"
 
+/* Total learnable/statistics values a net may hold (2^31 floats = 8 GiB,
+ * plus as much again for the gradients). A definition asking for more
+ * (e.g. num_output: 1073741824) is refused, naming the layer that crossed
+ * the limit. Each blob is also checked against the memory limit before it
+ * is allocated (blob_set_memory_limit). */
+#define MOKA_MAX_NET_PARAMS (1LL << 31)
+
 typedef struct NetOptions {
   Phase phase;
   int level;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -10,6 +11,48 @@
 #include <unistd.h>
 
 #include "util.h"
+
+/* A protobuf-c allocator that counts what it hands out and refuses to go over
+ * a budget. Memory from it is plain malloc memory, so the message is freed
+ * with the default allocator like any other. */
+typedef struct UnpackBudget {
+  size_t used, limit;
+  bool over;
+} UnpackBudget;
+
+static void *budget_alloc(void *ctx, size_t n) {
+  UnpackBudget *b = ctx;
+  if (n > b->limit - b->used) {
+    b->over = true;
+    return NULL;
+  }
+  void *p = malloc(n ? n : 1);
+  if (p) b->used += malloc_usable_size(p);
+  return p;
+}
+
+static void budget_free(void *ctx, void *p) {
+  UnpackBudget *b = ctx;
+  if (!p) return;
+  size_t n = malloc_usable_size(p);
+  b->used -= MOKA_MIN(n, b->used);
+  free(p);
+}
+
+int proto_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                 const char *what, ProtobufCMessage **out) {
+  UnpackBudget b = {0, PROTO_UNPACK_BUDGET(len), false};
+  ProtobufCAllocator a = {budget_alloc, budget_free, &b};
+  *out = protobuf_c_message_unpack(desc, &a, len, len ? data : (const uint8_t *)"");
+  if (*out) return 0;
+  if (b.over)
+    return moka_errorf("%s: unpacking it as a %s would take more than %zu MiB of memory for a "
+                       "%zu-byte input (far more messages than its size allows for real "
+                       "data: a corrupt or hostile file)",
+                       what, desc->name, b.limit >> 20, len);
+  return moka_errorf("%s is truncated or corrupt: it does not parse as a binary %s (%zu bytes)",
+                     what, desc->name, len);
+}
 
 int proto_read_binary(const ProtobufCMessageDescriptor *desc, const char *path,
                       ProtobufCMessage **out) {
@@ -34,13 +77,11 @@ int proto_read_binary(const ProtobufCMessageDescriptor *desc, const char *path,
     data = map;
   }
   close(fd);
-  ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data ? data : (const uint8_t *)"");
+  char what[4200];
+  snprintf(what, sizeof what, "'%s'", path);
+  int rc = proto_unpack(desc, data, len, what, out);
   if (map != MAP_FAILED) munmap(map, len);
-  if (!m)
-    return moka_errorf("'%s' is truncated or corrupt: it does not parse as a binary %s (%zu bytes)",
-                       path, desc->name, len);
-  *out = m;
-  return 0;
+  return rc;
 }
 
 int proto_write_binary(const ProtobufCMessage *msg, const char *path) {

@@ -10,9 +10,22 @@
 #include "blob.h"
 #include "caffe.pb-c.h"
 
-/* Read a binary message of type desc from path. The file is mapped, not
- * copied, so peak memory is about the file plus the unpacked message.
- * Errors name the file ("truncated or corrupt"). */
+/* Memory allowed for unpacking `len` bytes: 64 MiB plus 4 bytes per input
+ * byte. Real files need about 1 byte per byte (float arrays dominate); a
+ * hostile one made of empty sub-messages would need ~300 (protobuf-c
+ * allocates a whole struct, 568 bytes for a LayerParameter, for each 2-byte
+ * `layer {}`), so a 10 MB file could ask for 3 GB. */
+#define PROTO_UNPACK_BUDGET(len) (((size_t)64 << 20) + 4 * (size_t)(len))
+
+/* Unpack `len` bytes as a message of type desc, refusing (before running out
+ * of memory) input that would need more than PROTO_UNPACK_BUDGET(len).
+ * `what` names the source in errors. Free with
+ * protobuf_c_message_free_unpacked(*out, NULL). */
+int proto_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                 const char *what, ProtobufCMessage **out);
+/* Read a binary message of type desc from path (proto_unpack). The file is
+ * mapped, not copied, so peak memory is about the file plus the unpacked
+ * message. Errors name the file ("truncated or corrupt"). */
 int proto_read_binary(const ProtobufCMessageDescriptor *desc, const char *path,
                       ProtobufCMessage **out);
 /* Pack and write atomically (temporary file, fsync, rename). */

@@ -11,13 +11,14 @@
  * GCC in ISO C mode (-std=c11) does not contract a*b+c into an FMA, so each
  * expression below rounds exactly where Caffe's reference BLAS rounds.
  *
- * Where moka's random stream can differ from Caffe's: Caffe has one global
- * stream shared by the train net and the test nets; moka gives each net its
- * own (Net.rng). The train net is seeded with random_seed before it is built,
- * so its fillers and its Dropout layers draw exactly Caffe's sequence, unless
- * (a) a filler draws gaussians (moka uses Box-Muller, Caffe boost's ziggurat:
- * different numbers of draws), or (b) a test net's fillers draw (in Caffe
- * they advance the shared stream before training starts).
+ * Randomness: Caffe has one global stream, seeded with random_seed when the
+ * solver starts, shared by the train net and the test nets; moka gives each
+ * net its own (Net.rng). The train net is seeded before it is built; each
+ * test net is built from the same seed, then the train net's stream is
+ * advanced by the number of draws the test net took and the test net's
+ * layers are pointed at the train net's stream (share_stream). The draws then
+ * follow Caffe's sequence, unless a filler draws gaussians (moka uses
+ * Box-Muller, Caffe boost's ziggurat: other numbers of draws).
  */
 #include "solver.h"
 
@@ -318,6 +319,37 @@ static int init_train_net(Solver *s, const char *src) {
   return 0;
 }
 
+/* Number of 32-bit draws `used` has taken since it was seeded with `seed`
+ * (mt19937 refills its 624 words at once: compare the word arrays refill by
+ * refill, then the position in the last one). -1 if not found. */
+static long long draws_since_seed(const Rng *used, uint32_t seed) {
+  Rng r;
+  rng_seed(&r, seed);
+  if (!memcmp(r.mt, used->mt, sizeof r.mt)) return used->idx >= 624 ? 0 : -1;
+  for (long long refills = 1; refills < (1LL << 26); refills++) {
+    r.idx = 624;
+    (void)rng_u32(&r); /* refills the words */
+    if (!memcmp(r.mt, used->mt, sizeof r.mt)) return 624 * (refills - 1) + used->idx;
+  }
+  return -1;
+}
+
+/* Caffe has one random stream: the test nets, built after the train net,
+ * draw from it at setup (fillers, Data layers), and their layers draw from it
+ * when they run. moka's nets each have their own; so advance the train net's
+ * stream by what the test net drew while it was built, and point the test
+ * net's layers at the train net's stream. */
+static void share_stream(Solver *s, Net *test) {
+  if (s->param->random_seed < 0) return; /* nothing to reproduce */
+  long long k = draws_since_seed(&test->rng, (uint32_t)s->param->random_seed);
+  if (k < 0) {
+    LOG_WARN("cannot follow the random draws of a test net; Dropout masks may differ from Caffe's");
+  } else {
+    for (long long i = 0; i < k; i++) (void)rng_u32(&s->net->rng);
+  }
+  for (int i = 0; i < test->n_layers; i++) test->layers[i]->rng = &s->net->rng;
+}
+
 static int init_test_nets(Solver *s, const char *src) {
   const Caffe__SolverParameter *p = s->param;
   const int n_generic = (p->net_param != NULL) + (p->net != NULL);
@@ -369,6 +401,7 @@ static int init_test_nets(Solver *s, const char *src) {
     if (np) caffe__net_parameter__free_unpacked(np, NULL);
     if (!s->test_nets[i]) return -1;
     s->n_test_nets = i + 1;
+    share_stream(s, s->test_nets[i]);
     for (size_t w = 0; w < p->n_weights; w++)
       if (load_weights(s->test_nets[i], p->weights[w])) return -1;
   }
@@ -552,7 +585,7 @@ static void normalize_regularize(Solver *s, int i, size_t off, size_t n) {
  *            u = g^2;  h2 = momentum*h2;  h2 = h2 + (1-momentum)*u;
  *            g = local_rate*g
  * Adam:      m = beta1*m;  m = m + (1-beta1)*g;  t = g*g;
- *            v = beta2*v;  v = v + (1-beta2)*t;  t = v^0.5 + delta;  t = g / t;
+ *            v = beta2*v;  v = v + (1-beta2)*t;  t = v^0.5 + delta;  t = m / t;
  *            g = (local_rate*correction) * t,  correction =
  *            sqrt(1 - beta2^(iter+1)) / (1 - beta1^(iter+1))   (in double)
  * (x^e is powf, as caffe_powx.) */
@@ -645,7 +678,7 @@ static void compute_update_value(Solver *s, int i, size_t off, size_t n, float r
         v[k] = v[k] + (1.0f - beta2) * t[k];
         t[k] = powf(v[k], 0.5f);
         t[k] = t[k] + delta;
-        t[k] = g[k] / t[k];
+        t[k] = h[k] / t[k];
         g[k] = step * t[k];
       }
       break;
@@ -866,8 +899,9 @@ int solver_step(Solver *s, int iters) {
     loss /= (float)p->iter_size;
     update_smoothed_loss(s, loss, start_iter, average_loss);
     if (display) {
+      /* Caffe's Timer::Seconds() = whole milliseconds / 1000 */
       const double now = moka_now();
-      const float lapse = (float)(now - s->timer_start);
+      const float lapse = (float)(floor((now - s->timer_start) * 1000.0) / 1000.0);
       const float per_s = (float)(s->iter - s->iterations_last) / (lapse != 0.0f ? lapse : 1.0f);
       LOG_INFO("Iteration %d (%g iter/s, %gs/%d iters), loss = %g", s->iter, (double)per_s,
                (double)lapse, p->display, (double)s->smoothed_loss);

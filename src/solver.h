@@ -34,10 +34,11 @@
  * "Resuming"); Caffe itself restarts its Data layer at the first record.
  *
  * Randomness. random_seed >= 0 seeds the train net's stream (Net.rng) before
- * the net is built, as Caffe seeds its global stream when the solver starts:
- * fillers then Dropout draw from it in Caffe's order, so Dropout masks equal
- * Caffe's (nets whose fillers draw gaussians, or test nets with random
- * fillers, shift Caffe's stream differently: see solver.c).
+ * the net is built, as Caffe seeds its global stream when the solver starts;
+ * the test nets then take their setup draws from the same sequence and draw
+ * from the train net's stream when they run. Fillers, Data-layer seeds and
+ * Dropout masks thus follow Caffe's one global stream (exactly, except for
+ * gaussian fillers: see solver.c).
  */
 #ifndef MOKA_SOLVER_H
 #define MOKA_SOLVER_H
@@ -75,7 +76,9 @@ typedef int (*SolverBeforeTest)(Solver *s, int test_net, int test_iter, void *us
 typedef SolverAction (*SolverActionFn)(void *user);
 
 typedef struct SolverOptions {
-  Backend backend;              /* default CPU (the reference) */
+  Backend backend;              /* default CPU (the reference). solver_mode/device_id are
+                                   not read here: the caller (moka train) maps them to a
+                                   backend, and refuses GPU when none is usable */
   const char *base_dir;         /* net files given with a relative path that does not exist
                                    from the working directory are looked up here (the solver
                                    file's folder); NULL = only the working directory (Caffe) */

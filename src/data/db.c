@@ -110,6 +110,14 @@ int db_reader_seek_first(DbReader *r) {
   return 0;
 }
 
+int db_reader_seek_index(DbReader *r, size_t index) {
+  if (db_reader_seek_first(r) != 0) return -1;
+  index %= r->count;
+  for (size_t i = 0; i < index; i++)
+    if (db_reader_next(r, NULL) != 0) return -1;
+  return 0;
+}
+
 int db_reader_next(DbReader *r, int *wrapped) {
   if (wrapped) *wrapped = 0;
   int rc = mdb_cursor_get(r->cur, &r->key, &r->val, MDB_NEXT);
@@ -152,6 +160,19 @@ int db_writer_open(const char *path, DbWriter **out) {
   if ((rc = mdb_env_create(&w->env)) != 0) {
     lmdb_error("cannot create the environment", path, rc);
     goto fail;
+  }
+  const char *ms = getenv("MOKA_LMDB_MAP_SIZE");
+  if (ms && *ms) {
+    char *end;
+    unsigned long long v = strtoull(ms, &end, 10);
+    if (*end || v < 4096) {
+      moka_errorf("MOKA_LMDB_MAP_SIZE='%s': expected a number of bytes (at least 4096)", ms);
+      goto fail;
+    }
+    if ((rc = mdb_env_set_mapsize(w->env, (size_t)v)) != 0) {
+      lmdb_error("cannot set the map size", path, rc);
+      goto fail;
+    }
   }
   if ((rc = mdb_env_open(w->env, path, 0, 0664)) != 0) {
     lmdb_error("cannot open", path, rc);

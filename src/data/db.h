@@ -34,10 +34,16 @@ const char *db_reader_key_str(const DbReader *r);
  * (*wrapped = 1 then; wrapped may be NULL). */
 int db_reader_next(DbReader *r, int *wrapped);
 int db_reader_seek_first(DbReader *r);
+/* Position the cursor at record `index` (0-based, key order) modulo the
+ * count: O(index) cursor steps. */
+int db_reader_seek_index(DbReader *r, size_t index);
 const char *db_reader_path(const DbReader *r);
 
 /* Create a new database folder `path` (it must not exist yet: Caffe's
- * db::NEW refuses an existing one too). */
+ * db::NEW refuses an existing one too). The map starts at LMDB's default
+ * size (10 MiB) and doubles on MDB_MAP_FULL; the environment variable
+ * MOKA_LMDB_MAP_SIZE (bytes) sets another start, which tests use to make the
+ * growth path run on small data. */
 int db_writer_open(const char *path, DbWriter **out);
 /* Queue one record; every 1000 queued records are committed in one
  * transaction. Keys must be unique. */

@@ -118,20 +118,33 @@ int transform_out_shape(const Transformer *t, int c, int h, int w, int *oc, int 
   return 0;
 }
 
+int transform_draws_per_record(const Transformer *t) {
+  return (t->mirror ? 1 : 0) + (t->train && t->crop_size ? 2 : 0);
+}
+
 int transform_apply(const Transformer *t, const DatumPixels *px, Rng *rng, float *out,
                     const char *what) {
+  uint32_t draws[TRANSFORM_MAX_DRAWS];
+  const int nd = transform_draws_per_record(t);
+  if (nd && !rng) return moka_errorf("%s: the transform needs a random stream", what);
+  /* Caffe draws even when the record then fails a check; so do we. */
+  for (int k = 0; k < nd; k++) draws[k] = rng_u32(rng);
+  return transform_apply_draws(t, px, draws, out, what);
+}
+
+int transform_apply_draws(const Transformer *t, const DatumPixels *px, const uint32_t *draws,
+                          float *out, const char *what) {
   const int C = px->c, H = px->h, W = px->w;
   int oc, oh, ow;
   if (transform_out_shape(t, C, H, W, &oc, &oh, &ow) != 0) return moka_error_prefix("%s", what);
-  if (transform_needs_rand(t) && !rng)
-    return moka_errorf("%s: the transform needs a random stream", what);
   /* Caffe's order of draws: the mirror coin first, then h_off, then w_off. */
-  const int do_mirror = t->mirror && (rng_u32(rng) % 2u);
+  int k = 0;
+  const int do_mirror = t->mirror && (draws[k++] % 2u);
   int h_off = 0, w_off = 0;
   if (t->crop_size) {
     if (t->train) {
-      h_off = (int)(rng_u32(rng) % (uint32_t)(H - t->crop_size + 1));
-      w_off = (int)(rng_u32(rng) % (uint32_t)(W - t->crop_size + 1));
+      h_off = (int)(draws[k++] % (uint32_t)(H - t->crop_size + 1));
+      w_off = (int)(draws[k++] % (uint32_t)(W - t->crop_size + 1));
     } else {
       h_off = (H - t->crop_size) / 2;
       w_off = (W - t->crop_size) / 2;

@@ -60,4 +60,18 @@ int transform_out_shape(const Transformer *t, int c, int h, int w, int *oc, int 
 int transform_apply(const Transformer *t, const DatumPixels *px, Rng *rng, float *out,
                     const char *what);
 
+/* The number of 32-bit draws transform_apply takes per record, in order:
+ * the mirror coin (when mirror), then h_off and w_off (when crop_size in
+ * TRAIN); 0 to 3. Caffe's Rand(n) is one draw whatever n is, so the count
+ * does not depend on the image: a reader can take a record's draws from the
+ * stream ahead of decoding it (src/data/prefetch.h) and the stream stays
+ * Caffe's. */
+enum { TRANSFORM_MAX_DRAWS = 3 };
+int transform_draws_per_record(const Transformer *t);
+/* transform_apply with the record's draws given
+ * (draws[transform_draws_per_record(t)], taken from the stream in that
+ * order); safe to call from several threads on one Transformer. */
+int transform_apply_draws(const Transformer *t, const DatumPixels *px, const uint32_t *draws,
+                          float *out, const char *what);
+
 #endif

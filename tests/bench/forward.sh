@@ -44,7 +44,7 @@ for mode in $(bench_modes); do
   echo "== $(mode_title "$mode")"
   kernels "$mode"
   core=$(caffe_core "$mode")
-  row "engine" "batch" "ms/batch" "img/s" "peak RSS"
+  row "engine" "batch" "ms/batch" "img/s" "peak RSS" "others"
   for b in $BATCHES; do
     L=$WORK/$mode.b$b
     # moka
@@ -52,31 +52,32 @@ for mode in $(bench_modes); do
       --weights="$WORK/resnet50_msra.caffemodel" --forward_only --iterations="$ITER" \
       >/dev/null 2>"$L.moka.log" || die "moka time failed: $(tail -2 "$L.moka.log")"
     moka_ms=$(avg_ms "$L.moka.log" "Average Forward pass")
-    row "moka (time --forward_only, TEST)" "$b" "$(ms1 "$moka_ms")" "$(img_s "$b" "$moka_ms")" "$(rss_mib "$L.moka.rss") MiB"
+    row "moka (time --forward_only, TEST)" "$b" "$(ms1 "$moka_ms")" "$(img_s "$b" "$moka_ms")" "$(rss_mib "$L.moka.rss") MiB" "$(other_load "$L.moka.rss")"
     # Caffe (a) pycaffe TEST, same files
     (cd "$WORK" && CAFFE_PEER_CORETYPE=$core timed "$L.pycaffe.rss" "$PEER" python3 pycaffe_forward.py \
        "deploy_b$b.prototxt" resnet50_msra.caffemodel "$ITER" >"$L.pycaffe.log" 2>&1) ||
       die "pycaffe failed: $(tail -2 "$L.pycaffe.log")"
     pyc_ms=$(result_val "$L.pycaffe.log" ms_per_batch)
-    row "Caffe (pycaffe forward, TEST)" "$b" "$(ms1 "$pyc_ms")" "$(img_s "$b" "$pyc_ms")" "$(rss_mib "$L.pycaffe.rss") MiB"
+    row "Caffe (pycaffe forward, TEST)" "$b" "$(ms1 "$pyc_ms")" "$(img_s "$b" "$pyc_ms")" "$(rss_mib "$L.pycaffe.rss") MiB" "$(other_load "$L.pycaffe.rss")"
     # Caffe (b) caffe time, TRAIN-phase forward
     (cd "$WORK" && CAFFE_PEER_CORETYPE=$core timed "$L.caffe.rss" "$PEER" caffe time \
        -model "train_b$b.prototxt" -iterations "$ITER" >/dev/null 2>"$L.caffe.log") ||
       die "caffe time failed: $(tail -2 "$L.caffe.log")"
     ct_ms=$(avg_ms "$L.caffe.log" "Average Forward pass")
-    row "Caffe (caffe time fwd, TRAIN)*" "$b" "$(ms1 "$ct_ms")" "$(img_s "$b" "$ct_ms")" "$(rss_mib "$L.caffe.rss") MiB"
+    row "Caffe (caffe time fwd, TRAIN)*" "$b" "$(ms1 "$ct_ms")" "$(img_s "$b" "$ct_ms")" "$(rss_mib "$L.caffe.rss") MiB" "$(other_load "$L.caffe.rss")"
     # PyTorch, both layouts
     best_t=""
     for lay in nchw channels_last; do
       timed "$L.torch_$lay.rss" $(envp "$mode") $PY "$HERE/torch_resnet50.py" forward "$b" "$ITER" "$RUNS" "$lay" \
         >"$L.torch_$lay.log" 2>&1 || die "PyTorch failed: $(tail -2 "$L.torch_$lay.log")"
       t_ms=$(result_val "$L.torch_$lay.log" ms_per_batch)
-      row "PyTorch (eval, $lay)" "$b" "$(ms1 "$t_ms")" "$(img_s "$b" "$t_ms")" "$(rss_mib "$L.torch_$lay.rss") MiB"
+      row "PyTorch (eval, $lay)" "$b" "$(ms1 "$t_ms")" "$(img_s "$b" "$t_ms")" "$(rss_mib "$L.torch_$lay.rss") MiB" "$(other_load "$L.torch_$lay.rss")"
       best_t=$(awk -v a="$best_t" -v b="$t_ms" 'BEGIN{ print (a == "" || b + 0 < a + 0) ? b : a }')
     done
     echo "  ratios at batch $b (moka img/s / peer img/s): moka/Caffe(pycaffe) $(ratio "$pyc_ms" "$moka_ms")," \
       "moka/Caffe(caffe time) $(ratio "$ct_ms" "$moka_ms"), moka/PyTorch(best layout) $(ratio "$best_t" "$moka_ms")"
   done
+  echo "  others: share of the 2 CPUs used by other processes during that measurement"
   echo "  * caffe time: TRAIN phase, BatchNorm on batch statistics, DummyData refill included; its RSS includes backward buffers"
   echo "  moka per layer type (batch $b, forward only) against caffe time's TRAIN forward:"
   $PY "$HERE/layer_summary.py" "$WORK/train_b$b.prototxt" "moka=$WORK/$mode.b$b.moka.log" \

@@ -53,13 +53,31 @@ mode_title() {
   else echo "OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE (as the environment sets it)"; fi
 }
 
-# peak RSS in MiB from a GNU time -f %M file (KiB)
-rss_mib() { awk '{v=$1} END{printf "%.0f", v/1024}' "$1"; }
+# CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal), in ticks.
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 
-# timed RSSFILE CMD...: run CMD under GNU time, max RSS (KiB) into RSSFILE
+# timed FILE CMD...: run CMD under GNU time. FILE gets "maxRSS_KiB wall_s user_s sys_s" and
+# a second line with the machine's busy ticks before and after, so that other_load can tell
+# how much of the machine something else used meanwhile (other helpers, builds, the host).
 timed() {
   f=$1; shift
-  /usr/bin/time -f %M -o "$f" "$@"
+  t0=$(busy_ticks)
+  /usr/bin/time -f "%M %e %U %S" -o "$f" "$@"; rc=$?
+  echo "$t0 $(busy_ticks)" >>"$f"
+  return $rc
+}
+
+# peak RSS in MiB from a timed file
+rss_mib() { awk 'NR == 1 {printf "%.0f", $1 / 1024}' "$1"; }
+
+# Share of the machine's CPUs busy with something other than the measured command while it
+# ran (percent). A few percent is the kernel and the shell; tens of percent mean the figure
+# is skewed by other work: rerun when the machine is quiet.
+other_load() {
+  awk -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" '
+    NR == 1 {w = $2; own = $3 + $4}
+    NR == 2 {busy = ($2 - $1) / hz}
+    END {o = w > 0 ? (busy - own) / (w * n) * 100 : 0; if (o < 0) o = 0; printf "%.0f%%", o}' "$1"
 }
 
 # "Average Forward pass: X ms." (and friends) from a moka/caffe time log
@@ -93,4 +111,4 @@ img_s() { awk -v b="$1" -v ms="$2" 'BEGIN{ if (ms == "" || ms == 0) print ""; el
 # ms with one decimal ("-" when missing)
 ms1() { awk -v v="$1" 'BEGIN{ if (v == "") print "-"; else printf "%.1f", v }'; }
 
-row() { printf '  %-34s %5s %10s %8s %9s\n' "$@"; }
+row() { printf '  %-34s %5s %10s %8s %9s %7s\n' "$@"; }

@@ -27,7 +27,7 @@ bench_check
 WORK=$(mkdir -p "${BENCH_DIR:-$BUILD/bench}/train" && cd "${BENCH_DIR:-$BUILD/bench}/train" && pwd)
 cp "$HERE/pycaffe_forward.py" "$WORK/"
 
-trow() { printf '  %-30s %5s %9s %9s %9s %7s %9s  %s\n' "$@"; }
+trow() { printf '  %-30s %5s %9s %9s %9s %7s %9s %7s  %s\n' "$@"; }
 
 echo "== ResNet-50 training benchmark (forward + backward), fp32, 224x224 ($(date -u +%Y-%m-%dT%H:%MZ))"
 echo "   CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; ITER=$ITER RUNS=$RUNS"
@@ -42,7 +42,7 @@ for mode in $(bench_modes); do
   echo "== $(mode_title "$mode")"
   kernels "$mode"
   core=$(caffe_core "$mode")
-  trow "engine" "batch" "fwd ms" "bwd ms" "f+b ms" "img/s" "peak RSS" ""
+  trow "engine" "batch" "fwd ms" "bwd ms" "f+b ms" "img/s" "peak RSS" "others" ""
   for b in $BATCHES; do
     L=$WORK/$mode.b$b
     timed "$L.moka.rss" $(envp "$mode") "$M" time --model="$WORK/train_b$b.prototxt" \
@@ -51,7 +51,7 @@ for mode in $(bench_modes); do
     mb=$(avg_ms "$L.moka.log" "Average Backward pass")
     mfb=$(avg_ms "$L.moka.log" "Average Forward-Backward")
     trow "moka (time, TRAIN)" "$b" "$(ms1 "$mf")" "$(ms1 "$mb")" "$(ms1 "$mfb")" "$(img_s "$b" "$mfb")" \
-      "$(rss_mib "$L.moka.rss") MiB" ""
+      "$(rss_mib "$L.moka.rss") MiB" "$(other_load "$L.moka.rss")" ""
     (cd "$WORK" && CAFFE_PEER_CORETYPE=$core timed "$L.caffe.rss" "$PEER" caffe time \
        -model "train_b$b.prototxt" -iterations "$ITER" >/dev/null 2>"$L.caffe.log") ||
       die "caffe time failed: $(tail -2 "$L.caffe.log")"
@@ -59,7 +59,7 @@ for mode in $(bench_modes); do
     cb=$(avg_ms "$L.caffe.log" "Average Backward pass")
     cfb=$(avg_ms "$L.caffe.log" "Average Forward-Backward")
     trow "Caffe (caffe time, TRAIN)" "$b" "$(ms1 "$cf")" "$(ms1 "$cb")" "$(ms1 "$cfb")" "$(img_s "$b" "$cfb")" \
-      "$(rss_mib "$L.caffe.rss") MiB" ""
+      "$(rss_mib "$L.caffe.rss") MiB" "$(other_load "$L.caffe.rss")" ""
     best_t=""
     for lay in nchw channels_last; do
       timed "$L.torch_$lay.rss" $(envp "$mode") $PY "$HERE/torch_resnet50.py" train "$b" "$ITER" "$RUNS" "$lay" \
@@ -68,12 +68,13 @@ for mode in $(bench_modes); do
       st=$(result_val "$L.torch_$lay.log" step_ms)
       full=$(result_val "$L.torch_$lay.log" full_ms_per_batch)
       trow "PyTorch (train, $lay)" "$b" "-" "-" "$(ms1 "$t")" "$(img_s "$b" "$t")" \
-        "$(rss_mib "$L.torch_$lay.rss") MiB" "SGD step $(ms1 "$st") ms; with it $(img_s "$b" "$full") img/s"
+        "$(rss_mib "$L.torch_$lay.rss") MiB" "$(other_load "$L.torch_$lay.rss")" "SGD step $(ms1 "$st") ms; with it $(img_s "$b" "$full") img/s"
       best_t=$(awk -v a="$best_t" -v b="$t" 'BEGIN{ print (a == "" || b + 0 < a + 0) ? b : a }')
     done
     echo "  ratios at batch $b (moka img/s / peer img/s): moka/Caffe $(ratio "$cfb" "$mfb")," \
       "moka/PyTorch(best layout) $(ratio "$best_t" "$mfb")"
   done
+  echo "  others: share of the 2 CPUs used by other processes during that measurement"
   echo "  per layer type at batch $b (both TRAIN phase, same prototxt):"
   $PY "$HERE/layer_summary.py" "$WORK/train_b$b.prototxt" "moka=$WORK/$mode.b$b.moka.log" \
     "caffe_time=$WORK/$mode.b$b.caffe.log"

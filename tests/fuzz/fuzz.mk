@@ -1,0 +1,60 @@
+# tests/fuzz/fuzz.mk — libFuzzer harnesses (included by the Makefile).
+#
+#   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="prototxt image"]
+#                     run each target for FUZZ_SECONDS; new inputs go to
+#                     $(BUILD)/fuzz/corpus/<target>, crashes to
+#                     $(BUILD)/fuzz/artifacts/<target>/
+#   make fuzz-ci      the same, FUZZ_CI_SECONDS (20) per target: CI
+#   make fuzz-build   only build $(BUILD)/fuzz/fuzz_<target>
+#
+# Each target is tests/fuzz/fuzz_<target>.c (see tests/fuzz/fuzz.h). The
+# library is compiled again with clang, coverage-instrumented
+# (-fsanitize=fuzzer-no-link) and with ASan + UBSan, into $(BUILD)/fuzzobj;
+# no OpenMP (one thread is what libFuzzer wants) and no CUDA. Seeds: the
+# committed tests/fuzz/corpus/<target>/ plus larger files from ../shared
+# copied at run time (tests/fuzz/run.sh, which also holds the per-target
+# libFuzzer options). A crash found becomes
+# tests/fuzz/regress/<target>/<name>, replayed by `make test`
+# (tests/unit/test_fuzz_regress.c).
+
+FUZZ_CC          ?= clang
+FUZZ_SECONDS     ?= 60
+FUZZ_CI_SECONDS  ?= 20
+FUZZ_TARGETS     ?= prototxt caffemodel blobproto solverstate datum image listfile flags
+FUZZ_SHARED      ?= ../shared
+FUZZ_DIR         := $(BUILD)/fuzz
+FUZZ_OBJDIR      := $(BUILD)/fuzzobj
+FUZZ_SAN         := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS      := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
+                    -Wno-missing-field-initializers -Wno-unknown-pragmas -MMD -MP $(FUZZ_SAN) \
+                    -Isrc -I$(BUILD)/proto -I/usr/include/openblas -Ikernels -Itests/fuzz
+FUZZ_LIBS        := -lprotobuf-c -llmdb -lturbojpeg -lpng -lopenblas -lm -lpthread
+FUZZ_LIB_OBJS    := $(patsubst %.c,$(FUZZ_OBJDIR)/%.o,$(LIB_SRCS)) $(FUZZ_OBJDIR)/proto/caffe.pb-c.o
+FUZZ_BINS        := $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
+# Where flag parsing lives (the CLI is not part of the library).
+FUZZ_EXTRA_flags := src/cli/flags.c
+
+.PHONY: fuzz fuzz-ci fuzz-build
+
+$(FUZZ_OBJDIR)/proto/caffe.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DMOKA_LIBFUZZER $< $(FUZZ_EXTRA_$*) \
+	  $(FUZZ_LIB_OBJS) $(FUZZ_LIBS) -o $@
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: $(FUZZ_BINS)
+	@FUZZ_DIR=$(FUZZ_DIR) FUZZ_SHARED=$(FUZZ_SHARED) sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-ci: $(FUZZ_BINS)
+	@FUZZ_DIR=$(FUZZ_DIR) FUZZ_SHARED=$(FUZZ_SHARED) sh tests/fuzz/run.sh $(FUZZ_CI_SECONDS) $(FUZZ_TARGETS)
+
+-include $(shell find $(FUZZ_OBJDIR) $(FUZZ_DIR) -name '*.d' 2>/dev/null)
