@@ -72,7 +72,7 @@ ifeq ($(WITH_CUDA),1)
   CU_OBJS   := $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_SRCS))
   LIB_OBJS  += $(CU_OBJS)
   INCLUDES  += -I$(CUDA_HOME)/include
-  LIBS      += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcudnn -Wl,-rpath,$(CUDA_HOME)/lib64
+  LIBS      += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcudnn -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
   CFLAGS_BASE += -DMOKA_WITH_CUDA=1
 endif
 

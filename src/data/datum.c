@@ -27,6 +27,18 @@ static int pixels_reserve(DatumPixels *px, int c, int h, int w) {
   return 0;
 }
 
+int datum_pixels_from_image(const Image *im, DatumPixels *px) {
+  if (pixels_reserve(px, im->c, im->h, im->w) != 0) return -1;
+  /* (H,W,C) -> (C,H,W) */
+  const size_t hw = (size_t)im->h * im->w;
+  for (int c = 0; c < im->c; c++) {
+    float *dst = px->data + c * hw;
+    const uint8_t *src = im->px + c;
+    for (size_t i = 0; i < hw; i++) dst[i] = (float)src[i * im->c];
+  }
+  return 0;
+}
+
 int datum_unpack(const void *buf, size_t len, const char *what, Caffe__Datum **out) {
   *out = caffe__datum__unpack(NULL, len, buf);
   if (!*out)
@@ -49,19 +61,9 @@ int datum_decode(const Caffe__Datum *d, int channels, const char *what, DatumPix
     Image im;
     if (image_decode(d->data.data, d->data.len, channels, &im) != 0)
       return moka_error_prefix("%s: cannot decode the encoded image", what);
-    if (pixels_reserve(px, im.c, im.h, im.w) != 0) {
-      image_free(&im);
-      return -1;
-    }
-    /* (H,W,C) -> (C,H,W) */
-    const size_t hw = (size_t)im.h * im.w;
-    for (int c = 0; c < im.c; c++) {
-      float *dst = px->data + c * hw;
-      const uint8_t *src = im.px + c;
-      for (size_t i = 0; i < hw; i++) dst[i] = (float)src[i * im.c];
-    }
+    int rc = datum_pixels_from_image(&im, px);
     image_free(&im);
-    return 0;
+    return rc;
   }
   const int c = d->channels, h = d->height, w = d->width;
   if (c <= 0 || h <= 0 || w <= 0)

@@ -40,6 +40,10 @@ int datum_pack(const Caffe__Datum *d, uint8_t **buf, size_t *len);
  * Errors (empty, size mismatch, undecodable image) name `what`. */
 int datum_decode(const Caffe__Datum *d, int channels, const char *what, DatumPixels *px);
 
+/* px = im's pixels as (C,H,W) floats (what Caffe's DataTransformer reads
+ * from a cv::Mat); px's buffer is reused. */
+int datum_pixels_from_image(const Image *im, DatumPixels *px);
+
 /* Fill d (which this initialises) as Caffe's CVMatToDatum does: channels,
  * height, width, data = im's pixels in (C,H,W) order, encoded = false, and
  * the label. d->data.data is malloc'd: free with datum_clear. */

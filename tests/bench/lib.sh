@@ -56,11 +56,29 @@ mode_title() {
 # CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal), in ticks.
 busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 
+# wait_quiet: before a measurement, wait (up to QUIET_WAIT seconds, default 180) until the
+# machine is idle, i.e. less than 15% of its CPUs busy over 2 s, so that other work (builds and
+# tests of other sessions) does not skew the figure. Says so on stderr when it gives up.
+wait_quiet() {
+  start=$(date +%s)
+  while :; do
+    a=$(busy_ticks); sleep 2; z=$(busy_ticks)
+    pct=$(awk -v a="$a" -v z="$z" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" \
+      'BEGIN{printf "%d", (z - a) / hz / (2 * n) * 100}')
+    [ "$pct" -lt 15 ] && return 0
+    if [ $(( $(date +%s) - start )) -ge "${QUIET_WAIT:-180}" ]; then
+      echo "bench: the machine is still ${pct}% busy after ${QUIET_WAIT:-180} s; measuring anyway" >&2
+      return 0
+    fi
+  done
+}
+
 # timed FILE CMD...: run CMD under GNU time. FILE gets "maxRSS_KiB wall_s user_s sys_s" and
 # a second line with the machine's busy ticks before and after, so that other_load can tell
 # how much of the machine something else used meanwhile (other helpers, builds, the host).
 timed() {
   f=$1; shift
+  wait_quiet
   t0=$(busy_ticks)
   /usr/bin/time -f "%M %e %U %S" -o "$f" "$@"; rc=$?
   echo "$t0 $(busy_ticks)" >>"$f"

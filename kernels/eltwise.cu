@@ -1,0 +1,77 @@
+/* eltwise.cu — the pieces of Caffe's Eltwise layer (and Split's gradient
+ * sum), one pass each, in the CPU reference's order and rounding
+ * (src/layers/eltwise.c; __fmul_rn/__fadd_rn: no FMA), so bit-identical:
+ *   sum:    y = (first ? 0 : y) + coeff * x
+ *   mul:    y = a * b;   div: y = a / b;   scal: y = coeff == 1 ? x : coeff * x
+ *   max2:   y = a > b ? a : b, arg = a > b ? 0 : 1      (a tie goes to bottom 1)
+ *   maxacc: where x > y: y = x, arg = k                 (a later tie keeps the earlier)
+ *   maxbwd: dx = arg == k ? dy : 0
+ */
+#include "cuda_internal.h"
+
+__global__ void eltwise_sum_kernel(float *y, const float *x, float coeff, bool first, size_t n) {
+  MOKA_GRID_LOOP(i, n) y[i] = __fadd_rn(first ? 0.0f : y[i], __fmul_rn(coeff, x[i]));
+}
+__global__ void mul_kernel(const float *a, const float *b, float *y, size_t n) {
+  MOKA_GRID_LOOP(i, n) y[i] = __fmul_rn(a[i], b[i]);
+}
+__global__ void div_kernel(const float *a, const float *b, float *y, size_t n) {
+  MOKA_GRID_LOOP(i, n) y[i] = __fdiv_rn(a[i], b[i]);
+}
+__global__ void scal_kernel(const float *x, float coeff, float *y, size_t n) {
+  MOKA_GRID_LOOP(i, n) y[i] = coeff == 1.0f ? x[i] : __fmul_rn(coeff, x[i]);
+}
+__global__ void max2_kernel(const float *a, const float *b, float *y, int *arg, size_t n) {
+  MOKA_GRID_LOOP(i, n) {
+    if (a[i] > b[i]) {
+      y[i] = a[i];
+      arg[i] = 0;
+    } else {
+      y[i] = b[i];
+      arg[i] = 1;
+    }
+  }
+}
+__global__ void maxacc_kernel(const float *x, float *y, int *arg, int k, size_t n) {
+  MOKA_GRID_LOOP(i, n) {
+    if (x[i] > y[i]) {
+      y[i] = x[i];
+      arg[i] = k;
+    }
+  }
+}
+__global__ void maxbwd_kernel(const float *dy, const int *arg, int k, float *dx, size_t n) {
+  MOKA_GRID_LOOP(i, n) dx[i] = arg[i] == k ? dy[i] : 0.0f;
+}
+
+#define LAUNCH(kernel, n, ...)                                               \
+  do {                                                                       \
+    if (!(n)) return 0;                                                      \
+    kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(__VA_ARGS__);             \
+    return moka_cuda_launched(s, #kernel, __FILE__, __LINE__);               \
+  } while (0)
+
+int moka_cuda_eltwise_sum(cudaStream_t s, float *y, const float *x, float coeff, bool first,
+                          size_t n) {
+  LAUNCH(eltwise_sum_kernel, n, y, x, coeff, first, n);
+}
+int moka_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, size_t n) {
+  LAUNCH(mul_kernel, n, a, b, y, n);
+}
+int moka_cuda_div(cudaStream_t s, const float *a, const float *b, float *y, size_t n) {
+  LAUNCH(div_kernel, n, a, b, y, n);
+}
+int moka_cuda_scal(cudaStream_t s, const float *x, float coeff, float *y, size_t n) {
+  LAUNCH(scal_kernel, n, x, coeff, y, n);
+}
+int moka_cuda_eltwise_max2(cudaStream_t s, const float *a, const float *b, float *y, int *arg,
+                           size_t n) {
+  LAUNCH(max2_kernel, n, a, b, y, arg, n);
+}
+int moka_cuda_eltwise_maxacc(cudaStream_t s, const float *x, float *y, int *arg, int k, size_t n) {
+  LAUNCH(maxacc_kernel, n, x, y, arg, k, n);
+}
+int moka_cuda_eltwise_maxbwd(cudaStream_t s, const float *dy, const int *arg, int k, float *dx,
+                             size_t n) {
+  LAUNCH(maxbwd_kernel, n, dy, arg, k, dx, n);
+}

@@ -1,0 +1,310 @@
+/* moka_cuda.h — the C interface of moka's CUDA backend (kernels/*.cu).
+ *
+ * One op per .cu file, its kernels and its launcher side by side; this header
+ * is all that src/*.c sees. Conventions:
+ *
+ *   - Every launcher takes the CUDA stream it runs on explicitly (or the
+ *     MokaCuda context, for the ops that need cuBLAS/cuDNN or scratch
+ *     memory) and returns 0, or -1 after moka_errorf() with the failing call,
+ *     file:line and device (the caller adds the layer's name).
+ *   - Launchers only enqueue work: nothing waits for the GPU except the
+ *     copies to the host (moka_d2h), which say so. With MOKA_CUDA_SYNC=1 in
+ *     the environment (or a DEBUG=1 build) every launch is followed by a
+ *     stream synchronisation, so that a fault is reported by the launch that
+ *     caused it.
+ *   - Precision: fp32 everywhere, comparable with Caffe and the CPU
+ *     reference. TF32 is OFF: cuBLAS runs in CUBLAS_DEFAULT_MATH (which never
+ *     uses TF32 for SGEMM unless NVIDIA_TF32_OVERRIDE=1 forces it; the context
+ *     warns when that variable is set) and cuDNN convolutions in
+ *     CUDNN_FMA_MATH (cuDNN's CUDNN_DEFAULT_MATH *permits* TF32 on Ampere and
+ *     later, so it is not used).
+ *     TODO(bf16): opt-in bf16 training (issue 7, item 4). Plan: bf16
+ *     activations and weights copies, fp32 master weights in the flat
+ *     parameter buffer (the SGD kernel reads fp32 diffs and writes fp32 and
+ *     bf16 weights), fp32 BatchNorm statistics and reductions, conv/fc GEMMs
+ *     with bf16 inputs and fp32 accumulation (cublasGemmEx with
+ *     CUBLAS_COMPUTE_32F, cuDNN with CUDNN_DATA_BFLOAT16 tensors and
+ *     CUDNN_DATA_FLOAT compute), loss and softmax in fp32. Not implemented.
+ *   - Blobs: NCHW float32, the same layout as the host blobs; copies between
+ *     host and device are explicit calls (moka_h2d / moka_d2h), never hidden.
+ */
+#ifndef MOKA_CUDA_H
+#define MOKA_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- device and context ------------------------------------------------------------------ */
+
+/* Select `device` for this thread and check that it can run moka's kernels:
+ * a device exists, the driver is recent enough for this build's runtime, the
+ * compute capability is one this binary was compiled for (sm_80 and later).
+ * On failure writes one clear message into err (n bytes) and returns -1. */
+int moka_cuda_init(int device, char *err, size_t n);
+
+/* The state every CUDA launch needs: one stream, the library handles and a
+ * shared scratch buffer (im2col columns, cuDNN workspace). Owned by the net
+ * (net_to_device) or by a test; every layer of the net points at it. */
+typedef struct MokaCuda {
+  int device;
+  char device_name[256];
+  int cc_major, cc_minor;
+  cudaStream_t stream;
+  struct cublasContext *cublas;   /* cublasHandle_t, bound to `stream` */
+  struct cudnnContext *cudnn;     /* cudnnHandle_t, made on first use (engine CUDNN) */
+  void *work;                     /* (work_bytes) shared scratch */
+  size_t work_bytes;
+  bool conv_engine_cudnn;         /* MOKA_CONV_ENGINE=cudnn: every Convolution via cuDNN */
+} MokaCuda;
+
+/* moka_cuda_init(device) + stream + cuBLAS handle (fp32, TF32 off). Reads
+ * MOKA_CONV_ENGINE (moka | cudnn; default moka). NULL + moka_errorf(). */
+MokaCuda *moka_cuda_create(int device);
+void moka_cuda_destroy(MokaCuda *c);
+/* The cuDNN handle, made on the first call. 0 / -1. */
+int moka_cuda_cudnn(MokaCuda *c);
+/* At least `bytes` of shared scratch at *out (grown, never shrunk; growing
+ * synchronises the stream). `what` names the user in the OOM message. */
+int moka_cuda_workspace(MokaCuda *c, size_t bytes, const char *what, void **out);
+/* Wait for everything queued on the context's stream; report any fault. */
+int moka_cuda_sync(MokaCuda *c);
+/* true when every launch must be followed by a synchronisation
+ * (MOKA_CUDA_SYNC=1, or a DEBUG build). */
+bool moka_cuda_debug_sync(void);
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+/* Record "CUDA error ... in <call> at <file>:<line> on device D (<name>)";
+ * returns -1. */
+int moka_cuda_fail(int err, const char *call, const char *file, int line);
+/* After a kernel launch: the launch error, and with the debug switch the
+ * execution error (stream synchronised). 0 / -1. */
+int moka_cuda_launched(cudaStream_t s, const char *kernel, const char *file, int line);
+
+#define MOKA_CUDA_CHECK(call)                                                 \
+  do {                                                                        \
+    cudaError_t moka_e_ = (call);                                             \
+    if (moka_e_ != cudaSuccess)                                               \
+      return moka_cuda_fail((int)moka_e_, #call, __FILE__, __LINE__);         \
+  } while (0)
+#define MOKA_CUDA_LAUNCHED(stream, kernel)                                    \
+  do {                                                                        \
+    if (moka_cuda_launched((stream), (kernel), __FILE__, __LINE__)) return -1; \
+  } while (0)
+
+/* ---- memory ------------------------------------------------------------------------------ */
+
+/* cudaMalloc with an out-of-memory message that names `what`, the bytes
+ * asked for, the free/total device memory, and the advice to lower the batch
+ * size or raise iter_size. 0 / -1. bytes == 0 gives *p = NULL. */
+int moka_dev_alloc(void **p, size_t bytes, const char *what);
+void moka_dev_free(void *p);
+/* Free and total memory of the current device, in bytes. */
+int moka_dev_mem_info(size_t *free_bytes, size_t *total_bytes);
+
+/* A growable device buffer (per-layer scratch: BatchNorm's normalised
+ * output, pooling's argmax, ...). Zero-initialised struct = empty. */
+typedef struct DevBuf {
+  void *ptr;
+  size_t bytes;
+} DevBuf;
+/* Make b hold at least `bytes` (contents are lost when it grows). */
+int moka_devbuf_reserve(DevBuf *b, size_t bytes, const char *what);
+void moka_devbuf_free(DevBuf *b);
+
+/* Copies on `stream`. moka_d2h waits for the copy (and so for everything
+ * queued before it): the host may read dst when it returns. */
+int moka_h2d(cudaStream_t s, void *dst, const void *src, size_t bytes);
+int moka_d2h(cudaStream_t s, void *dst, const void *src, size_t bytes);
+int moka_d2d(cudaStream_t s, void *dst, const void *src, size_t bytes);
+/* `rows` rows of `row_bytes` each, from src (rows src_pitch apart) to dst
+ * (rows dst_pitch apart), device to device. */
+int moka_d2d_2d(cudaStream_t s, void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
+                size_t row_bytes, size_t rows);
+int moka_dev_zero(cudaStream_t s, void *p, size_t bytes);
+
+/* ---- GEMM (cuBLAS, fp32, TF32 off) -------------------------------------------------------- */
+
+/* Row-major, as moka_gemm (src/moka_math.h):
+ *   C (M,N) = alpha * op(A) (M,K) * op(B) (K,N) + beta * C
+ * op(A) = A stored (M,K), or A^T with A stored (K,M); likewise B. */
+int moka_cuda_gemm(MokaCuda *c, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                   const float *A, const float *B, float beta, float *C);
+/* `batch` independent products C_i = op(A_i) op(B_i), X_i = X + i*stride_X
+ * (stride 0: the same matrix for every i). */
+int moka_cuda_gemm_strided(MokaCuda *c, bool trans_a, bool trans_b, int M, int N, int K,
+                           float alpha, const float *A, long long stride_a, const float *B,
+                           long long stride_b, float beta, float *C, long long stride_c,
+                           int batch);
+
+/* ---- per-channel reduction (shared by BatchNorm, Scale, conv/fc bias) ---------------------- */
+
+/* out[d] (+)= (float) sum over n < outer, i < inner of a[n,d,i] * b[n,d,i]
+ * (b NULL: of a alone), x viewed as (outer, D, inner); double accumulation.
+ * accumulate: add into out (parameter gradients); else overwrite. */
+int moka_cuda_channel_sum(cudaStream_t s, const float *a, const float *b, float *out,
+                          size_t outer, size_t D, size_t inner, bool accumulate);
+
+/* ---- elementwise ops ---------------------------------------------------------------------- */
+
+/* ReLU: y = max(x,0) + slope*min(x,0); dx = dy * ((x > 0) + slope*(x <= 0)). */
+int moka_cuda_relu_forward(cudaStream_t s, const float *x, float *y, size_t n, float slope);
+int moka_cuda_relu_backward(cudaStream_t s, const float *x, const float *dy, float *dx, size_t n,
+                            float slope);
+
+/* y = x * scale[d] (+ bias[d]), x viewed as (outer, D, inner); bias may be
+ * NULL; y may be x. */
+int moka_cuda_scale_forward(cudaStream_t s, const float *x, const float *scale, const float *bias,
+                            float *y, size_t outer, size_t D, size_t inner);
+/* y += bias[d], y viewed as (outer, D, inner). */
+int moka_cuda_bias_add(cudaStream_t s, float *y, const float *bias, size_t outer, size_t D,
+                       size_t inner);
+
+/* Eltwise pieces, each one pass in Caffe's order (eltwise.c):
+ *   sum:    y = (first ? 0 : y) + coeff * x
+ *   mul:    y = a * b                     (y may be a or b)
+ *   div:    y = a / b
+ *   scal:   y = coeff == 1 ? x : coeff * x
+ *   max2:   y = a > b ? a : b, arg = a > b ? 0 : 1
+ *   maxacc: where x > y: y = x, arg = k
+ *   maxbwd: dx = arg == k ? dy : 0 */
+int moka_cuda_eltwise_sum(cudaStream_t s, float *y, const float *x, float coeff, bool first,
+                          size_t n);
+int moka_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, size_t n);
+int moka_cuda_div(cudaStream_t s, const float *a, const float *b, float *y, size_t n);
+int moka_cuda_scal(cudaStream_t s, const float *x, float coeff, float *y, size_t n);
+int moka_cuda_eltwise_max2(cudaStream_t s, const float *a, const float *b, float *y, int *arg,
+                           size_t n);
+int moka_cuda_eltwise_maxacc(cudaStream_t s, const float *x, float *y, int *arg, int k, size_t n);
+int moka_cuda_eltwise_maxbwd(cudaStream_t s, const float *dy, const int *arg, int k, float *dx,
+                             size_t n);
+
+/* Dropout (TRAIN): y = x * mask * scale; the same call gives dx from dy.
+ * The mask is drawn on the host from the net's random stream (dropout.c). */
+int moka_cuda_dropout(cudaStream_t s, const float *x, const unsigned int *mask, float scale,
+                      float *y, size_t n);
+
+/* ---- BatchNorm (Caffe's formulas, src/layers/batchnorm.c) --------------------------------- */
+
+/* x, y, x_norm (N,C,S); stats (3C): mean, var, std; b0, b1 (C), b2 (1) are
+ * the layer's statistics blobs. use_global: normalise with b0/b2, b1/b2;
+ * else with the batch's statistics and update b0..b2 (maf, bias_correction
+ * = m/(m-1) computed by the caller in float as the reference does). */
+int moka_cuda_bn_forward(cudaStream_t s, const float *x, float *y, float *x_norm, float *stats,
+                         float *b0, float *b1, float *b2, size_t N, size_t C, size_t S, float eps,
+                         float maf, float bias_correction, bool use_global);
+/* dx from dy (may alias); work (2C) floats of scratch. */
+int moka_cuda_bn_backward(cudaStream_t s, const float *dy, const float *x_norm,
+                          const float *stats, float *dx, float *work, size_t N, size_t C,
+                          size_t S, bool use_global);
+
+/* ---- Pooling (Caffe's rounding; src/pool_geom.h) ------------------------------------------ */
+
+typedef struct MokaPoolGeom {
+  int num, channels, height, width, out_h, out_w;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+} MokaPoolGeom;
+/* is_max: y and argmax (int, index h*W+w) and, when mask != NULL, the argmax
+ * as floats; else AVE. */
+int moka_cuda_pool_forward(cudaStream_t s, const MokaPoolGeom *g, bool is_max, const float *x,
+                           float *y, int *argmax, float *mask);
+/* dx (overwritten) from dy. */
+int moka_cuda_pool_backward(cudaStream_t s, const MokaPoolGeom *g, bool is_max, const float *dy,
+                            const int *argmax, float *dx);
+
+/* ---- Softmax, SoftmaxWithLoss, Accuracy --------------------------------------------------- */
+
+/* x viewed as (outer, C, inner); y may be x. */
+int moka_cuda_softmax_forward(cudaStream_t s, const float *x, float *y, size_t outer, size_t C,
+                              size_t inner);
+/* dx may be dy. */
+int moka_cuda_softmax_backward(cudaStream_t s, const float *y, const float *dy, float *dx,
+                               size_t outer, size_t C, size_t inner);
+
+/* What a loss/accuracy kernel found, written on the device and copied back
+ * by the layer (label errors are reported like the CPU's). */
+typedef struct MokaLabelStatus {
+  int bad_pos;       /* first position whose label is invalid, or INT_MAX */
+  float bad_value;   /* its label value (set when bad_pos < INT_MAX) */
+  int valid;         /* positions counted (not ignored) */
+  float normalizer;  /* SoftmaxWithLoss: the loss normaliser used */
+} MokaLabelStatus;
+
+typedef struct MokaLossGeom {
+  size_t outer, channels, inner;
+  bool has_ignore;
+  int ignore_label;
+  int norm;          /* Caffe__LossParameter__NormalizationMode */
+} MokaLossGeom;
+/* prob (outer,C,inner) already computed; loss[0] = -sum log(max(p, FLT_MIN)) / Z;
+ * status (device) filled. */
+int moka_cuda_softmax_loss_forward(cudaStream_t s, const MokaLossGeom *g, const float *prob,
+                                   const float *label, float *loss, MokaLabelStatus *status);
+/* dx = (prob - onehot) * dloss[0] / Z (Z from status), zero where ignored. */
+int moka_cuda_softmax_loss_backward(cudaStream_t s, const MokaLossGeom *g, const float *prob,
+                                    const float *label, const float *dloss,
+                                    const MokaLabelStatus *status, float *dx);
+
+/* top[0] = accuracy; per_class (C) when not NULL; counts: (2C) int scratch. */
+int moka_cuda_accuracy(cudaStream_t s, const float *x, const float *label, size_t outer,
+                       size_t C, size_t inner, unsigned top_k, bool has_ignore, int ignore_label,
+                       float *top, float *per_class, int *counts, MokaLabelStatus *status);
+
+/* ---- Convolution ---------------------------------------------------------------------------- */
+
+typedef struct MokaConvGeom {
+  int num, channels, height, width;   /* bottom (N,C,H,W) */
+  int num_output, group;              /* top (N,OC,OH,OW) */
+  int out_h, out_w;
+  int kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
+} MokaConvGeom;
+
+/* moka's engine: im2col + cuBLAS SGEMM (1x1/stride 1/no pad: the GEMM
+ * straight on the NCHW blob). w (OC, C/G, KH, KW), bias (OC) or NULL. */
+int moka_cuda_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float *x, const float *w,
+                           const float *bias, float *y);
+/* dw (+)= and db (+)= (accumulated, db may be NULL); dx (overwritten) when
+ * not NULL. */
+int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, const float *w,
+                            const float *dy, float *dx, float *dw, float *db);
+
+/* cuDNN engine: descriptors and algorithms, made for one geometry (remade
+ * when it changes). */
+typedef struct MokaCudnnConv MokaCudnnConv;
+int moka_cudnn_conv_forward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                            const float *x, const float *w, const float *bias, float *y);
+int moka_cudnn_conv_backward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                             const float *x, const float *w, const float *dy, float *dx,
+                             float *dw, float *db);
+void moka_cudnn_conv_free(MokaCudnnConv *plan);
+
+/* ---- SGD update over the flat parameter buffers ------------------------------------------- */
+
+/* One segment per parameter blob: values [offset, offset+count). */
+typedef struct MokaSgdSegment {
+  size_t offset, count;
+  float local_rate;   /* rate * lr_mult */
+  float local_decay;  /* weight_decay * decay_mult */
+} MokaSgdSegment;
+/* Caffe's SGDSolver ApplyUpdate for every segment (see sgd.cu):
+ *   g = diff * (1/iter_size)  (iter_size > 1)
+ *   g = g + local_decay * w   (L2; L1: sign(w)); when local_decay != 0
+ *   h = momentum * h;  h = h + local_rate * g;  diff = h;  w = w - diff
+ * seg_dev: the segment table on the device (n_seg entries), filled by the
+ * caller with moka_h2d. */
+int moka_cuda_sgd_update(cudaStream_t s, float *w, float *diff, float *history,
+                         const MokaSgdSegment *seg_dev, int n_seg, size_t total, float momentum,
+                         int iter_size, bool l1);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
