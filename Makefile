@@ -54,7 +54,7 @@ else
 endif
 
 # ---- sources ------------------------------------------------------------------------------
-LIB_SRCS  := $(wildcard src/*.c src/layers/*.c src/data/*.c)
+LIB_SRCS  := $(wildcard src/*.c src/layers/*.c src/data/*.c src/finetune/*.c)
 LIB_SRCS  := $(filter-out src/main.c,$(LIB_SRCS))
 CLI_SRCS  := src/main.c $(wildcard src/cli/*.c)
 PROTO_C   := $(BUILD)/proto/caffe.pb-c.c
@@ -63,6 +63,9 @@ LIB_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRCS)) $(BUILD)/obj/proto/caf
 CLI_OBJS  := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLI_SRCS))
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TEST_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+# GPU tests: built and run by `make test` everywhere; without a GPU they print SKIP.
+GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
+TEST_BINS += $(patsubst tests/gpu/%.c,$(BUILD)/tests/%,$(GPU_TEST_SRCS))
 TOOL_SRCS := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
@@ -135,6 +138,10 @@ $(BUILD)/moka: $(CLI_OBJS) $(BUILD)/libmoka.a
 	$(CC) $(LDFLAGS) $(CLI_OBJS) -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LIBS) -o $@
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libmoka.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
+
+$(BUILD)/tests/%: tests/gpu/%.c tests/unit/testlib.h $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 

@@ -88,6 +88,11 @@ int moka_cuda_init(int device, char *err, size_t n) {
   cudaDriverGetVersion(&drv);
   cudaRuntimeGetVersion(&rt);
   cudaError_t e = cudaGetDeviceCount(&count);
+  if (drv == 0) {
+    snprintf(err, n, "no NVIDIA driver is loaded (no GPU here, or its driver is not installed: %s)",
+             cudaGetErrorString(e));
+    return -1;
+  }
   if (e == cudaErrorInsufficientDriver) {
     snprintf(err, n,
              "the NVIDIA driver is too old for this build: it supports CUDA %d.%d, moka was "

@@ -1,7 +1,7 @@
-/* moka_cuda.h — the C interface of moka's CUDA backend (kernels/*.cu).
+/* moka_cuda.h — the C interface of moka's CUDA backend (kernels/<op>.cu).
  *
  * One op per .cu file, its kernels and its launcher side by side; this header
- * is all that src/*.c sees. Conventions:
+ * is all that the C code in src/ sees. Conventions:
  *
  *   - Every launcher takes the CUDA stream it runs on explicitly (or the
  *     MokaCuda context, for the ops that need cuBLAS/cuDNN or scratch
@@ -237,11 +237,19 @@ typedef struct MokaLabelStatus {
   float normalizer;  /* SoftmaxWithLoss: the loss normaliser used */
 } MokaLabelStatus;
 
+/* loss_param.normalization, as in caffe.proto (the layer maps it). */
+typedef enum MokaLossNorm {
+  MOKA_LOSS_NORM_FULL = 0,
+  MOKA_LOSS_NORM_VALID = 1,
+  MOKA_LOSS_NORM_BATCH_SIZE = 2,
+  MOKA_LOSS_NORM_NONE = 3
+} MokaLossNorm;
+
 typedef struct MokaLossGeom {
   size_t outer, channels, inner;
   bool has_ignore;
   int ignore_label;
-  int norm;          /* Caffe__LossParameter__NormalizationMode */
+  MokaLossNorm norm;
 } MokaLossGeom;
 /* prob (outer,C,inner) already computed; loss[0] = -sum log(max(p, FLT_MIN)) / Z;
  * status (device) filled. */

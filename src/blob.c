@@ -41,6 +41,14 @@ int blob_memory_check(size_t bytes, const char *what) {
 static void charge(size_t bytes) { __atomic_add_fetch(&g_in_use, bytes, __ATOMIC_RELAXED); }
 static void uncharge(size_t bytes) { __atomic_sub_fetch(&g_in_use, bytes, __ATOMIC_RELAXED); }
 
+int blob_memory_reserve(size_t bytes, const char *what) {
+  if (blob_memory_check(bytes, what)) return -1;
+  charge(bytes);
+  return 0;
+}
+
+void blob_memory_release(size_t bytes) { uncharge(bytes); }
+
 /* ---- blobs ---------------------------------------------------------------------------- */
 
 Blob *blob_new(const char *name) {
@@ -109,14 +117,17 @@ int blob_reshape(Blob *b, int num_axes, const int *shape) {
   if (!b->owns && count > b->capacity)
     return moka_errorf("blob '%s' is a view of %zu values and cannot grow to %zu", b->name,
                        b->capacity, count);
-  if (b->owns && count > b->capacity) {
-    /* data + diff; the old arrays are freed once the new ones exist. */
+  if (b->owns && (count > b->capacity || !b->data)) {
+    /* data + diff; the old arrays are freed once the new ones exist. An
+     * empty blob still gets one float, so that data and diff are never
+     * NULL (memcpy and friends must not see NULL, even for 0 bytes). */
     char what[600], sb[400];
     snprintf(what, sizeof what, "blob '%s' (%s: 2 x %zu floats)", b->name,
              shape_text(num_axes, shape, sb, sizeof sb), count);
     if (blob_memory_check(2 * count * sizeof(float), what)) return -1;
-    float *d = calloc(count, sizeof(float));
-    float *g = calloc(count, sizeof(float));
+    const size_t alloc = count ? count : 1;
+    float *d = calloc(alloc, sizeof(float));
+    float *g = calloc(alloc, sizeof(float));
     if (!d || !g) {
       free(d);
       free(g);
@@ -126,10 +137,10 @@ int blob_reshape(Blob *b, int num_axes, const int *shape) {
     free(b->data);
     free(b->diff);
     uncharge(2 * b->capacity * sizeof(float));
-    charge(2 * count * sizeof(float));
+    charge(2 * alloc * sizeof(float));
     b->data = d;
     b->diff = g;
-    b->capacity = count;
+    b->capacity = alloc;
   }
   b->num_axes = num_axes;
   for (int i = 0; i < num_axes; i++) b->shape[i] = shape[i];

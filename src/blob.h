@@ -28,6 +28,10 @@ typedef struct Blob {
   /* Device copies (CUDA backend); NULL on the CPU. */
   float *dev_data;
   float *dev_diff;
+  /* floats allocated at dev_data/dev_diff when the blob owns its device
+   * memory (src/net_cuda.c); 0 for a view (parameters: views into the net's
+   * flat device buffers) or no device copy. */
+  size_t dev_capacity;
 } Blob;
 
 /* Memory limit for blobs (process-wide): an owned blob's data + diff are
@@ -43,6 +47,11 @@ size_t blob_memory_in_use(void);
  * fits what is left under the limit; 0, or -1 with a message naming
  * `what`. Nothing is reserved. */
 int blob_memory_check(size_t bytes, const char *what);
+/* Count `bytes` of memory that is not a blob's (the net's flat parameter
+ * arrays) against the limit: -1 with a message naming `what` when it does
+ * not fit, nothing counted then. Release the same amount when freeing. */
+int blob_memory_reserve(size_t bytes, const char *what);
+void blob_memory_release(size_t bytes);
 
 Blob *blob_new(const char *name);
 void blob_free(Blob *b);

@@ -47,10 +47,10 @@ int image_read_file(const char *path, int channels, Image *out);
 int image_probe(const uint8_t *buf, size_t len, int channels, int *h, int *w, int *c);
 
 /* image_decode, but a JPEG is shrunk while it is decoded, in the DCT domain
- * (libjpeg-turbo's scaled IDCT): by the smallest of TurboJPEG's factors below
- * 1 (7/8, 3/4, 5/8, 1/2, 3/8, 1/4, 1/8) that keeps it at least min_w x min_h
- * (after EXIF orientation); when no factor does, or for a PNG, the full
- * size. Resize the result to the exact target afterwards. Much faster for
+ * (libjpeg-turbo's scaled IDCT): by the smallest of TurboJPEG's factors of
+ * at most 1/2 (1/2, 3/8, 1/4, 1/8) that keeps it at least min_w x min_h
+ * (after EXIF orientation) — so only when the target is at most half the
+ * JPEG's size; otherwise, and for a PNG, the full size. Resize the result to the exact target afterwards. Much faster for
  * large photos, but NOT what OpenCV (and so Caffe) computes: a different
  * filter, pixels differ by more than 1. Only behind explicit opt-in flags
  * (--fast_resize). */

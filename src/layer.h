@@ -85,6 +85,11 @@ struct Layer {
   float *decay_mult; /* [n_params] from ParamSpec (default 1) */
 
   void *priv;        /* per-type parameter/state struct */
+
+  /* CUDA backend: the device context (stream, cuBLAS/cuDNN handles, shared
+   * workspace) the CUDA forward/backward run on; set by net_to_device (or a
+   * test), NULL otherwise. Not owned. */
+  struct MokaCuda *cuda;
 };
 
 /* Create a layer outside a net (the net uses it too): checks the bottom/top

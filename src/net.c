@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_cuda.h"
 #include "proto_io.h"
 #include "prototxt.h"
 #include "util.h"
@@ -244,18 +245,30 @@ static int flatten_params(Net *net) {
   net->param_layer = moka_calloc((size_t)np + 1, sizeof *net->param_layer);
   net->param_lr_mult = moka_calloc((size_t)np + 1, sizeof *net->param_lr_mult);
   net->param_decay_mult = moka_calloc((size_t)np + 1, sizeof *net->param_decay_mult);
+  if (!net->params || !net->param_layer || !net->param_lr_mult || !net->param_decay_mult)
+    return moka_error_prefix("allocating %zu parameters", total);
+  /* The flat arrays count against the blob memory limit (net_free releases
+   * them); the layers' own copies are freed just below, once copied. */
+  char what[300];
+  snprintf(what, sizeof what, "net '%s': the flat parameter arrays (2 x %zu floats)", net->name,
+           total + 1);
+  if (blob_memory_reserve(2 * (total + 1) * sizeof(float), what)) return -1;
   net->param_data = moka_calloc(total + 1, sizeof(float));
   net->param_diff = moka_calloc(total + 1, sizeof(float));
-  if (!net->params || !net->param_layer || !net->param_lr_mult || !net->param_decay_mult ||
-      !net->param_data || !net->param_diff)
+  if (!net->param_data || !net->param_diff) {
+    free(net->param_data);
+    free(net->param_diff);
+    net->param_data = net->param_diff = NULL;
+    blob_memory_release(2 * (total + 1) * sizeof(float));
     return moka_error_prefix("allocating %zu parameters", total);
+  }
   size_t off = 0;
   int p = 0;
   for (int i = 0; i < net->n_layers; i++) {
     Layer *l = net->layers[i];
     for (int k = 0; k < l->n_params; k++, p++) {
       Blob *b = l->params[k];
-      memcpy(net->param_data + off, b->data, b->count * sizeof(float));
+      if (b->count) memcpy(net->param_data + off, b->data, b->count * sizeof(float));
       if (blob_set_view(b, b->num_axes, b->shape, net->param_data + off, net->param_diff + off))
         return -1;
       net->params[p] = b;
@@ -504,12 +517,16 @@ void net_free(Net *net) {
   for (int i = 0; i < net->n_layers; i++) layer_free(net->layers[i]);
   free(net->layers);
   free(net->layer_need_backward);
+#ifdef MOKA_WITH_CUDA
+  net_cuda_free(net); /* the blobs' device memory and the context */
+#endif
   for (int i = 0; i < net->n_blobs; i++) blob_free(net->blobs[i]);
   free(net->blobs);
   free(net->params);
   free(net->param_layer);
   free(net->param_lr_mult);
   free(net->param_decay_mult);
+  if (net->param_data) blob_memory_release(2 * (net->param_count + 1) * sizeof(float));
   free(net->param_data);
   free(net->param_diff);
   free(net->outputs);
@@ -531,10 +548,29 @@ static double layer_loss(const Layer *l) {
   return loss;
 }
 
+int net_forward_layer(Net *net, int i) {
+#ifdef MOKA_WITH_CUDA
+  if (net->backend == MOKA_BACKEND_CUDA) return net_cuda_forward_layer(net, i);
+#endif
+  return layer_forward(net->layers[i], net->backend);
+}
+
+int net_backward_layer(Net *net, int i) {
+  Layer *l = net->layers[i];
+  if (!net->layer_need_backward[i]) return 0;
+#ifdef MOKA_WITH_CUDA
+  if (net->backend == MOKA_BACKEND_CUDA) return net_cuda_backward_layer(net, i);
+#endif
+  for (int t = 0; t < l->n_top; t++)
+    if (l->loss_weight[t] != 0.0f)
+      for (size_t k = 0; k < l->top[t]->count; k++) l->top[t]->diff[k] = l->loss_weight[t];
+  return layer_backward(l, net->backend);
+}
+
 int net_forward_to(Net *net, int end, float *loss) {
   double total = 0;
   for (int i = 0; i <= end && i < net->n_layers; i++) {
-    if (layer_forward(net->layers[i], net->backend)) return -1;
+    if (net_forward_layer(net, i)) return -1;
     total += layer_loss(net->layers[i]);
   }
   if (loss) *loss = (float)total;
@@ -544,19 +580,18 @@ int net_forward_to(Net *net, int end, float *loss) {
 int net_forward(Net *net, float *loss) { return net_forward_to(net, net->n_layers - 1, loss); }
 
 int net_backward(Net *net) {
-  for (int i = net->n_layers - 1; i >= 0; i--) {
-    Layer *l = net->layers[i];
-    if (!net->layer_need_backward[i]) continue;
-    for (int t = 0; t < l->n_top; t++)
-      if (l->loss_weight[t] != 0.0f)
-        for (size_t k = 0; k < l->top[t]->count; k++) l->top[t]->diff[k] = l->loss_weight[t];
-    if (layer_backward(l, net->backend)) return -1;
-  }
+  for (int i = net->n_layers - 1; i >= 0; i--)
+    if (net_backward_layer(net, i)) return -1;
   return 0;
 }
 
 void net_clear_param_diffs(Net *net) {
   if (net->param_count) memset(net->param_diff, 0, net->param_count * sizeof(float));
+#ifdef MOKA_WITH_CUDA
+  /* An asynchronous memset: a failure here (a broken context) is reported by
+   * the next launch. */
+  if (net->cuda) (void)net_cuda_clear_param_diffs(net);
+#endif
 }
 
 int net_reshape(Net *net) {
@@ -565,6 +600,9 @@ int net_reshape(Net *net) {
     if (l->type->reshape && l->type->reshape(l))
       return moka_error_prefix("reshaping layer '%s'", l->name);
   }
+#ifdef MOKA_WITH_CUDA
+  if (net->cuda && net_cuda_reshape(net)) return -1; /* grow the device blobs */
+#endif
   return 0;
 }
 

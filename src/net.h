@@ -71,6 +71,15 @@ typedef struct Net {
   /* Outputs: blobs no layer consumes (Caffe's net_output_blobs_). */
   int n_outputs;
   Blob **outputs;
+
+  /* CUDA backend (src/net_cuda.c, net_to_device); NULL otherwise. The flat
+   * buffers have param_data's layout; every parameter blob's dev_data/dev_diff
+   * are views into the first two. */
+  struct MokaCuda *cuda;     /* device context (owned) */
+  float *dev_param_data;     /* (param_count) parameters on the device */
+  float *dev_param_diff;     /* (param_count) gradients on the device */
+  float *dev_history;        /* (param_count) SGD momentum on the device (zeroed) */
+  struct NetCudaState *cuda_state; /* net_cuda.c's own bookkeeping (owned) */
 } Net;
 
 void net_options_default(NetOptions *o);
@@ -86,8 +95,17 @@ void net_free(Net *net);
  * layer. Returns 0 / -1. Used by net_create and by weight loading. */
 int net_param_upgrade(Caffe__NetParameter *p, const char *source);
 
-/* Forward through every layer; *loss gets the weighted sum of loss tops. */
+/* Forward through every layer; *loss gets the weighted sum of loss tops.
+ * On the CUDA backend (src/net_cuda.h) source layers (no bottoms) run on the
+ * host and their tops are copied to the device after their forward, and loss
+ * tops (scalars) are copied back to the host: those are the only copies the
+ * net makes by itself. */
 int net_forward(Net *net, float *loss);
+/* One layer as net_forward / net_backward run it (net_backward_layer: does
+ * nothing for a layer that needs no backward; sets the loss tops' diffs to
+ * their loss weights first). */
+int net_forward_layer(Net *net, int i);
+int net_backward_layer(Net *net, int i);
 /* Forward up to and including layer index `end` (Caffe's ForwardTo). */
 int net_forward_to(Net *net, int end, float *loss);
 /* Backward through every layer that needs it (param diffs accumulate). */

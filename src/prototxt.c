@@ -80,11 +80,20 @@ typedef struct {
 
 typedef struct {
   const char *pos, *end; /* lexer cursor and end of input */
+  const char *start;     /* first byte of the input */
   int line, col;         /* of pos */
   const char *filename;
   Token tok;        /* the current (lookahead) token */
   char lexmsg[128]; /* message of a TOK_ERROR token */
+  size_t msg_bytes; /* sub-message structs allocated so far */
+  size_t budget;    /* ... and the most allowed (PROTOTXT_BUDGET) */
 } Parser;
+
+/* Memory allowed for the message structs of `len` bytes of text: 64 MiB
+ * plus 16 bytes per byte. Real definitions need under 10 per byte; an
+ * empty `layer{}` costs 7 bytes of text and 568 of memory, so a large
+ * hostile file would otherwise ask for 80 times its size. */
+#define PROTOTXT_BUDGET(len) (((size_t)64 << 20) + 16 * (size_t)(len))
 
 static bool is_digit(int c) { return c >= '0' && c <= '9'; }
 static bool is_hex(int c) {
@@ -775,6 +784,11 @@ static int parse_sub_message(Parser *ps, const ProtobufCMessageDescriptor *md,
     return perr(ps, &open, "messages nested deeper than %d levels (field '%s' in %s)",
                 PROTOTXT_MAX_DEPTH, f->name, md->name);
   const ProtobufCMessageDescriptor *sd = f->descriptor;
+  ps->msg_bytes += sd->sizeof_message;
+  if (ps->msg_bytes > ps->budget)
+    return perr(ps, &open, "the messages so far take more than %zu MiB (for %zu bytes of text): "
+                "far more than a real definition of this size needs",
+                ps->budget >> 20, (size_t)(ps->end - ps->start));
   ProtobufCMessage *sub = malloc(sd->sizeof_message);
   if (!sub) return perr(ps, &open, "out of memory for field '%s' in %s", f->name, md->name);
   protobuf_c_message_init(sd, sub);
@@ -915,6 +929,8 @@ int prototxt_parse(const ProtobufCMessageDescriptor *desc, const char *text, siz
     text = "";
   }
   Parser ps = {.pos = text,
+               .start = text,
+               .budget = PROTOTXT_BUDGET(len),
                .end = text + len,
                .line = 1,
                .col = 1,

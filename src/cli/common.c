@@ -9,22 +9,33 @@
 #include "util.h"
 
 #ifdef MOKA_WITH_CUDA
-#include <cuda_runtime_api.h>
+#include "moka_cuda.h"
+#include "net_cuda.h"
 #endif
+
+int cli_gpu_device(const char *gpu, int *device) {
+  char *end = NULL;
+  long d = gpu ? strtol(gpu, &end, 10) : -1;
+  if (!gpu || !*gpu || *end || d < 0 || d > 1024)
+    return moka_errorf("--gpu=%s: give one CUDA device number (0, 1, ...); several devices "
+                       "('all', '0,1') are not supported",
+                       gpu ? gpu : "");
+  *device = (int)d;
+  return 0;
+}
 
 int cli_backend(const char *gpu, Backend *out) {
   *out = MOKA_BACKEND_CPU;
   if (!gpu || !*gpu) return 0;
 #ifdef MOKA_WITH_CUDA
-  int n = 0;
-  cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess || n == 0)
-    return moka_errorf("--gpu=%s asked for a GPU, but no CUDA device is usable here (%s); "
-                       "run without --gpu to use the CPU",
-                       gpu, e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-  return moka_errorf("--gpu=%s: the CUDA backend is not complete in this version; run without "
-                     "--gpu to use the CPU",
-                     gpu);
+  int device;
+  char err[512];
+  if (cli_gpu_device(gpu, &device)) return -1;
+  if (moka_cuda_init(device, err, sizeof err))
+    return moka_errorf("--gpu=%s asked for a GPU, but %s; run without --gpu to use the CPU", gpu,
+                       err);
+  *out = MOKA_BACKEND_CUDA;
+  return 0;
 #else
   return moka_errorf("--gpu=%s asked for a GPU, but this moka was built without CUDA "
                      "(rebuild with nvcc installed, or run without --gpu)",
@@ -32,7 +43,8 @@ int cli_backend(const char *gpu, Backend *out) {
 #endif
 }
 
-Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend be) {
+Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend be,
+                  const char *gpu) {
   if (!model || !*model) {
     moka_errorf("--model is required (a .prototxt net definition)");
     return NULL;
@@ -48,7 +60,46 @@ Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend b
     net_free(net);
     return NULL;
   }
+  if (cli_net_to_device(net, gpu)) {
+    net_free(net);
+    return NULL;
+  }
   return net;
+}
+
+int cli_net_to_device(Net *net, const char *gpu) {
+#ifdef MOKA_WITH_CUDA
+  int device;
+  if (net->backend == MOKA_BACKEND_CUDA && (cli_gpu_device(gpu, &device) || net_to_device(net, device)))
+    return -1;
+#else
+  (void)net;
+  (void)gpu;
+#endif
+  return 0;
+}
+
+int cli_input_to_device(Net *net, Blob *b) {
+#ifdef MOKA_WITH_CUDA
+  if (net->backend == MOKA_BACKEND_CUDA) return blob_to_device(net->cuda, b);
+#else
+  (void)net;
+  (void)b;
+#endif
+  return 0;
+}
+
+int cli_outputs_to_host(Net *net, Blob *const *blobs, int n) {
+#ifdef MOKA_WITH_CUDA
+  if (net->backend == MOKA_BACKEND_CUDA)
+    for (int i = 0; i < n; i++)
+      if (blob_to_host(net->cuda, blobs[i])) return -1;
+#else
+  (void)net;
+  (void)blobs;
+  (void)n;
+#endif
+  return 0;
 }
 
 Blob *cli_input_blob(Net *net) {

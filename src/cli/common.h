@@ -6,12 +6,24 @@
 #include "blob.h"
 #include "net.h"
 
-/* --gpu: "" = CPU. Anything else asks for CUDA: an error when this build or
- * this machine has no usable GPU (never a silent CPU run). */
+/* --gpu: "" = CPU. Anything else asks for CUDA device N: an error when this
+ * build or this machine has no usable GPU (never a silent CPU run). */
 int cli_backend(const char *gpu, Backend *out);
+/* The device number of --gpu (one non-negative integer). */
+int cli_gpu_device(const char *gpu, int *device);
 /* Build `model` in `phase` and copy `weights` (comma-separated, may be NULL
- * or ""). */
-Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend be);
+ * or ""). With the CUDA backend the net is then moved to device --gpu. */
+Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend be,
+                  const char *gpu);
+/* A net built with the CUDA backend goes to device --gpu (net_to_device);
+ * nothing for the CPU backends. */
+int cli_net_to_device(Net *net, const char *gpu);
+/* On the CUDA backend, copy this blob's data to the device (an input the
+ * caller wrote on the host); nothing on the CPU. */
+int cli_input_to_device(Net *net, Blob *b);
+/* On the CUDA backend, copy these blobs' data to the host (explicitly, after
+ * a forward); nothing on the CPU. */
+int cli_outputs_to_host(Net *net, Blob *const *blobs, int n);
 /* The first Input-layer top of a deploy net (the image input). */
 Blob *cli_input_blob(Net *net);
 /* A mean as (C,H,W) floats: from a binaryproto, or per-channel values

@@ -15,7 +15,8 @@
 #include "util.h"
 
 int cmd_convert_imageset(int argc, char **argv) {
-  bool gray = false, shuffle = false, check_size = false, encoded = false;
+  bool gray = false, shuffle = false, check_size = false, encoded = false, fast_resize = false,
+       check_decodable = true;
   const char *backend = "lmdb", *encode_type = "";
   int resize_width = 0, resize_height = 0, seed = -1;
   Flag flags[] = {
@@ -31,13 +32,26 @@ int cmd_convert_imageset(int argc, char **argv) {
       {"encoded", FLAG_BOOL, &encoded, "store the encoded image (JPEG/PNG bytes) in the datum"},
       {"encode_type", FLAG_STRING, &encode_type,
        "what type to encode the image as: jpg or png (default: each file's own)"},
+      {"fast_resize", FLAG_BOOL, &fast_resize,
+       "moka addition, default false: with --resize_*, let libjpeg-turbo shrink JPEGs in the DCT "
+       "domain while decoding, then resize: much faster on large photos, but the pixels are "
+       "NOT Caffe's (a different filter, differences well over 1)"},
+      {"check_decodable", FLAG_BOOL, &check_decodable,
+       "moka addition, default true: decode every image before storing it, as Caffe does, even "
+       "with --encoded and no resize (where the file's bytes are stored as they are); false: "
+       "check only the format and header there (faster; a file cut short after its header is "
+       "then stored without a warning)"},
   };
   const char *pos[3];
   int n_pos;
   const char *summary =
       "Convert a set of images to the lmdb format used as input for Caffe: one Datum per line "
-      "of LISTFILE (\"path label\"), keyed %08d_<path>. Files that cannot be decoded are skipped "
-      "(one line each, then a summary).";
+      "of LISTFILE (\"path label\", split at the last space), keyed %08d_<path>. Unreadable, "
+      "empty, truncated or non-image files and malformed lines are skipped, one line each; a "
+      "summary follows and DB_NAME.skipped.txt lists them (path<TAB>reason). The database is "
+      "built in DB_NAME.tmp-<pid> and renamed when complete; DB_NAME must not exist. Images are "
+      "decoded by MOKA_DATA_THREADS threads (default min(4, CPUs)); the result does not depend "
+      "on it.";
   int rc = flags_parse("convert_imageset", " ROOTFOLDER/ LISTFILE DB_NAME", summary, flags,
                        (int)MOKA_ARRAY_LEN(flags), argc, argv, pos, 3, &n_pos);
   if (rc) return rc < 0 ? -1 : 0;
@@ -60,6 +74,10 @@ int cmd_convert_imageset(int argc, char **argv) {
   o.encoded = encoded;
   o.encode_type = encode_type;
   o.check_size = check_size;
+  o.fast_resize = fast_resize;
+  o.header_check_only = !check_decodable;
+  if (fast_resize && (o.resize_height == 0 || o.resize_width == 0))
+    LOG_WARN("--fast_resize does nothing without --resize_height and --resize_width");
   ConvertStats st;
   if (convert_imageset(&o, &st) != 0) return -1;
   return 0;

@@ -46,7 +46,7 @@ int cmd_forward(int argc, char **argv) {
   ManifestEntry *in;
   int n_in;
   if (manifest_read(input, &in, &n_in)) return -1;
-  Net *net = cli_load_net(model, weights, ph, be);
+  Net *net = cli_load_net(model, weights, ph, be, gpu);
   if (!net) {
     manifest_free(in, n_in);
     return -1;
@@ -67,6 +67,7 @@ int cmd_forward(int argc, char **argv) {
       if (blob_reshape(b, in[i].num_axes, in[i].shape) || net_reshape(net)) rc = -1;
     }
     if (!rc) memcpy(b->data, v, b->count * sizeof(float));
+    if (!rc) rc = cli_input_to_device(net, b); /* CUDA: explicit copy up */
     free(v);
   }
   float loss = 0;
@@ -98,6 +99,10 @@ int cmd_forward(int argc, char **argv) {
   int total = n_sel ? n_sel : net->n_blobs;
   for (int i = 0; i < total && !rc; i++) {
     Blob *b = n_sel ? net_blob(net, sel[i]) : net->blobs[i];
+    if (cli_outputs_to_host(net, &b, 1)) { /* CUDA: the blob comes down from the device */
+      rc = -1;
+      break;
+    }
     char fname[1024], path[4096 + 1024], line[2048];
     file_name_for(b->name, fname, sizeof fname);
     snprintf(path, sizeof path, "%s/%s", outdir, fname);

@@ -69,7 +69,7 @@ int cmd_test(int argc, char **argv) {
   o.backend = be;
   o.quiet = true;
   Net *net = net_create_from_file(model, &o);
-  if (!net || net_copy_from_file(net, weights)) {
+  if (!net || net_copy_from_file(net, weights) || cli_net_to_device(net, gpu)) {
     net_free(net);
     free(stage_list);
     return -1;
@@ -94,7 +94,7 @@ int cmd_test(int argc, char **argv) {
   float loss = 0;
   for (int i = 0; i < iterations && !rc; i++) {
     float iter_loss;
-    if (net_forward(net, &iter_loss)) {
+    if (net_forward(net, &iter_loss) || cli_outputs_to_host(net, outs, net->n_outputs)) {
       rc = moka_error_prefix("batch %d", i);
       break;
     }

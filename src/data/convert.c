@@ -3,89 +3,24 @@
 #include "data/convert.h"
 
 #include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "data/datum.h"
 #include "data/db.h"
+#include "data/listfile.h"
+#include "data/prefetch.h"
 #include "image.h"
 #include "proto_io.h"
 #include "rng.h"
 #include "util.h"
-
-typedef struct ListLine {
-  char *path;
-  int label;
-} ListLine;
-
-/* Caffe reads the list with std::getline and splits each line at its last
- * space: path = before it, label = atoi(after it). A line without a space is
- * both (path = the line, label = atoi(line)). Empty lines count as lines. */
-static int read_list(const char *file, ListLine **out, int *n) {
-  uint8_t *text;
-  size_t len;
-  *out = NULL;
-  *n = 0;
-  if (moka_read_file(file, &text, &len) != 0) return moka_error_prefix("list file");
-  int cap = 0;
-  ListLine *lines = NULL;
-  size_t pos = 0;
-  while (pos < len) {
-    size_t end = pos;
-    while (end < len && text[end] != '\n') end++;
-    if (*n == cap) {
-      cap = cap ? cap * 2 : 1024;
-      ListLine *p = moka_realloc(lines, (size_t)cap * sizeof *p);
-      if (!p) goto fail;
-      lines = p;
-    }
-    char *line = (char *)text + pos;
-    text[end] = 0; /* (the buffer has a NUL after its last byte) */
-    char *sp = strrchr(line, ' ');
-    ListLine *l = &lines[*n];
-    l->label = atoi(sp ? sp + 1 : line);
-    if (sp) *sp = 0;
-    l->path = moka_strdup(line);
-    if (!l->path) goto fail;
-    if (!sp && line[0])
-      LOG_WARN("%s:%d: no space before a label; using the whole line as the path, label %d", file,
-               *n + 1, l->label);
-    (*n)++;
-    pos = end + 1;
-  }
-  free(text);
-  *out = lines;
-  return 0;
-fail:
-  for (int i = 0; i < *n; i++) free(lines[i].path);
-  free(lines);
-  free(text);
-  *n = 0;
-  return -1;
-}
-
-/* boost::uniform_int<>(0, range) on a 32-bit engine (the "brange > range"
- * branch boost takes for these ranges). */
-static uint32_t boost_uniform_int(Rng *r, uint32_t range) {
-  if (range == 0) return 0;
-  if (range == 0xFFFFFFFFu) return rng_u32(r);
-  uint32_t bucket = 0xFFFFFFFFu / (range + 1u);
-  if (0xFFFFFFFFu % (range + 1u) == range) bucket++;
-  for (;;) {
-    uint32_t v = rng_u32(r) / bucket;
-    if (v <= range) return v;
-  }
-}
-
-/* caffe::shuffle (include/caffe/util/rng.hpp): Fisher-Yates from the end. */
-static void caffe_shuffle(ListLine *l, int n, Rng *r) {
-  for (int i = n - 1; i > 0; i--) {
-    int j = (int)boost_uniform_int(r, (uint32_t)i);
-    ListLine t = l[i];
-    l[i] = l[j];
-    l[j] = t;
-  }
-}
 
 static void lower(char *s) {
   for (; *s; s++) *s = (char)tolower((unsigned char)*s);
@@ -105,44 +40,73 @@ static bool supported_encoding(const char *enc) {
   return !strcmp(enc, "jpg") || !strcmp(enc, "jpeg") || !strcmp(enc, "png");
 }
 
-/* Build the Datum for one file. Returns 0, -1 on an error that stops the
- * conversion, or 1 when the file is to be skipped (*why says why). */
+/* ---- one listed file -> one packed Datum (run by several threads) ---------- */
+
+typedef struct Job {
+  int status;       /* 0 ok, 1 skipped (why), -1 the conversion must stop (why) */
+  char *why;        /* malloc'd */
+  char *warning;    /* malloc'd: a decode warning (the record is kept) */
+  uint8_t *val;     /* the packed Datum */
+  size_t vlen;
+  size_t data_len;  /* bytes of raw pixels (check_size) */
+  size_t chw;       /* channels * height * width of a raw Datum */
+} Job;
+
+static void job_clear(Job *j) {
+  free(j->why);
+  free(j->warning);
+  free(j->val);
+  memset(j, 0, sizeof *j);
+}
+
+static void job_set(Job *j, int status, const char *msg) {
+  j->status = status;
+  free(j->why);
+  j->why = strdup(msg ? msg : "?");
+}
+
+/* Fill d for one file. Returns 0, -1 on an error that stops the
+ * conversion, or 1 when the file is to be skipped (the reason in
+ * moka_error()). `enc` is the encoding (NULL: raw). */
 static int make_datum(const ConvertOptions *o, const char *file, const char *path, int label,
-                      const char *encode_type, Caffe__Datum *d, char *why, size_t why_len) {
+                      const char *enc, Caffe__Datum *d, char **warning) {
   uint8_t *bytes = NULL;
   size_t len = 0;
   Image im = {0}, rs = {0};
   int rc = 1;
   if (moka_read_file(path, &bytes, &len) != 0) {
-    snprintf(why, why_len, "%s", moka_error());
+    /* (moka_read_file names the path; keep only the reason) */
+    const char *e = moka_error(), *colon = strstr(e, "': ");
+    if (colon) moka_errorf("cannot read the file: %s", colon + 3);
     return 1;
   }
-  if (image_decode(bytes, len, o->gray ? 1 : 3, &im) != 0) {
-    snprintf(why, why_len, "%s", moka_error());
+  const bool resize = o->resize_height > 0 && o->resize_width > 0;
+  const int channels = o->gray ? 1 : 3;
+  /* Caffe's ReadImageToDatum stores the file itself when it is not resized
+   * and its extension matches the encoding — after cv::imread decoded it. */
+  const bool store_file = enc && !resize && match_ext(file, enc);
+  if (store_file && o->header_check_only) {
+    if (image_probe(bytes, len, channels, NULL, NULL, NULL) != 0) goto done;
+    rc = datum_from_encoded(bytes, len, label, d) == 0 ? 0 : -1;
     goto done;
   }
-  if (image_decode_warning()[0])
-    LOG_WARN("%s: %s (accepted, as OpenCV does)", path, image_decode_warning());
-  const bool resize = o->resize_height > 0 && o->resize_width > 0;
+  int drc = resize && o->fast_resize
+                ? image_decode_reduced(bytes, len, channels, o->resize_height, o->resize_width, &im)
+                : image_decode(bytes, len, channels, &im);
+  if (drc != 0) goto done;
+  if (image_decode_warning()[0]) *warning = strdup(image_decode_warning());
   const Image *use = &im;
   if (resize) {
-    if (image_resize_bilinear(&im, o->resize_height, o->resize_width, &rs) != 0) {
-      snprintf(why, why_len, "%s", moka_error());
-      goto done;
-    }
+    if (image_resize_bilinear(&im, o->resize_height, o->resize_width, &rs) != 0) goto done;
     use = &rs;
   }
-  if (encode_type) {
-    char enc[64];
-    snprintf(enc, sizeof enc, "%s", encode_type);
-    lower(enc);
-    if (!resize && match_ext(file, enc)) {
-      /* Caffe's ReadFileToDatum: the file itself */
-      rc = datum_from_encoded(bytes, len, label, d) == 0 ? 0 : -1;
-      goto done;
-    }
+  if (store_file) {
+    rc = datum_from_encoded(bytes, len, label, d) == 0 ? 0 : -1;
+    goto done;
+  }
+  if (enc) {
     if (!supported_encoding(enc)) {
-      snprintf(why, why_len, "cannot encode as '%s' (jpg or png; use --encode_type)", enc);
+      moka_errorf("cannot encode as '%s' (jpg or png; use --encode_type)", enc);
       goto done;
     }
     uint8_t *enc_bytes = NULL;
@@ -165,6 +129,134 @@ done:
   return rc;
 }
 
+/* The whole job of one list entry, thread-safe: everything it says goes
+ * into j (the main thread logs, in list order). */
+static void run_job(const ConvertOptions *o, const ListEntry *e, Job *j) {
+  memset(j, 0, sizeof *j);
+  const char *file = e->path;
+  char enc_buf[64];
+  const char *enc = NULL;
+  if (o->encoded || (o->encode_type && o->encode_type[0])) {
+    if (o->encode_type && o->encode_type[0]) {
+      snprintf(enc_buf, sizeof enc_buf, "%s", o->encode_type);
+    } else {
+      const char *dot = strrchr(file, '.');
+      if (!dot || strchr(dot, '/')) {
+        job_set(j, 1, "cannot guess the encoding from a name without an extension (use "
+                      "--encode_type)");
+        return;
+      }
+      snprintf(enc_buf, sizeof enc_buf, "%s", dot + 1);
+    }
+    lower(enc_buf);
+    enc = enc_buf;
+  }
+  size_t plen = strlen(o->root) + strlen(file) + 1;
+  char *path = malloc(plen);
+  if (!path) {
+    job_set(j, -1, "out of memory");
+    return;
+  }
+  snprintf(path, plen, "%s%s", o->root, file);
+  Caffe__Datum d;
+  caffe__datum__init(&d);
+  int mrc = make_datum(o, file, path, e->label, enc, &d, &j->warning);
+  free(path);
+  if (mrc != 0) {
+    job_set(j, mrc, moka_error());
+    return;
+  }
+  j->data_len = d.data.len;
+  j->chw = (size_t)d.channels * d.height * d.width;
+  if (datum_pack(&d, &j->val, &j->vlen) != 0) job_set(j, -1, moka_error());
+  datum_clear(&d);
+}
+
+/* Jobs start..start+cnt-1 run by `threads` threads (plain pthreads, joined
+ * per chunk: the join is the only synchronisation the results need). */
+typedef struct ChunkRun {
+  const ConvertOptions *o;
+  const ListEntry *lines;
+  Job *jobs;
+  int start, cnt;
+  int next; /* next job to claim (atomic) */
+} ChunkRun;
+
+static void *chunk_worker(void *arg) {
+  ChunkRun *c = arg;
+  for (;;) {
+    int k = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED);
+    if (k >= c->cnt) break;
+    const ListEntry *e = &c->lines[c->start + k];
+    if (e->path) run_job(c->o, e, &c->jobs[k]);
+  }
+  return NULL;
+}
+
+static void run_chunk(ChunkRun *c, int threads) {
+  pthread_t tid[64];
+  int started = 0;
+  for (int t = 1; t < threads && t < 64; t++)
+    if (pthread_create(&tid[started], NULL, chunk_worker, c) == 0) started++;
+  chunk_worker(c); /* this thread works too (alone, if no thread could start) */
+  for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+}
+
+/* ---- the report beside the database ------------------------------------------ */
+
+typedef struct Text {
+  char *buf;
+  size_t len, cap;
+  int oom;
+} Text;
+
+static void text_add(Text *t, const char *a, const char *b, const char *c) {
+  size_t n = strlen(a) + strlen(b) + strlen(c) + 3;
+  if (t->len + n + 1 > t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 4096;
+    while (cap < t->len + n + 1) cap *= 2;
+    char *p = realloc(t->buf, cap);
+    if (!p) {
+      t->oom = 1;
+      return;
+    }
+    t->buf = p;
+    t->cap = cap;
+  }
+  t->len += (size_t)snprintf(t->buf + t->len, t->cap - t->len, "%s\t%s%s\n", a, b, c);
+}
+
+/* Remove a database folder we created (its files, then the folder). */
+static void remove_db_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    char p[4600];
+    while ((e = readdir(d))) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) < (int)sizeof p) unlink(p);
+    }
+    closedir(d);
+  }
+  rmdir(dir);
+}
+
+/* rename(2) that refuses to replace an existing `to`. */
+static int rename_noreplace(const char *from, const char *to) {
+#ifdef RENAME_NOREPLACE
+  if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != ENOSYS && errno != EINVAL) return -1;
+#endif
+  struct stat st;
+  if (lstat(to, &st) == 0) {
+    errno = EEXIST;
+    return -1;
+  }
+  return rename(from, to);
+}
+
+/* ---- convert_imageset ----------------------------------------------------------- */
+
 int convert_imageset(const ConvertOptions *o, ConvertStats *stats) {
   ConvertStats st = {0};
   if (stats) *stats = st;
@@ -182,107 +274,142 @@ int convert_imageset(const ConvertOptions *o, ConvertStats *stats) {
                        "used with --encoded");
   if (o->resize_height < 0 || o->resize_width < 0)
     LOG_WARN("negative resize sizes are treated as 0 (no resize), as Caffe does");
-  ListLine *lines;
+  /* the database's name without trailing slashes; it must not exist (Caffe's
+   * db::NEW mkdir()s it and aborts when that fails) */
+  char db[4096];
+  if (snprintf(db, sizeof db, "%s", o->db) >= (int)sizeof db - 40)
+    return moka_errorf("convert_imageset: database name too long");
+  for (size_t k = strlen(db); k > 1 && db[k - 1] == '/'; k--) db[k - 1] = 0;
+  struct stat sb;
+  if (lstat(db, &sb) == 0)
+    return moka_errorf("convert_imageset: the database '%s' already exists (Caffe refuses an "
+                       "existing database too): remove it or choose another name",
+                       db);
+  ListEntry *lines;
   int n;
-  if (read_list(o->list, &lines, &n) != 0) return -1;
+  if (list_file_read(o->list, &lines, &n) != 0) return moka_error_prefix("convert_imageset");
   st.lines = n;
   if (o->shuffle) {
     LOG_INFO("Shuffling data");
     Rng r;
     rng_seed(&r, o->shuffle_seed);
-    caffe_shuffle(lines, n, &r);
+    list_shuffle(lines, n, &r);
   }
   LOG_INFO("A total of %d images.", n);
   if (o->encode_type && o->encode_type[0] && !o->encoded)
     LOG_INFO("encode_type specified, assuming encoded=true.");
+  char tmp[4200], report[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp-%d", db, (int)getpid());
+  snprintf(report, sizeof report, "%s.skipped.txt", db);
+  const int threads = MOKA_MIN(64, o->threads > 0 ? o->threads : MOKA_MAX(1, prefetch_default_threads()));
+  const int chunk = 32 * threads;
+  Job *jobs = moka_calloc((size_t)chunk, sizeof *jobs);
+  Text rep = {0};
   DbWriter *w = NULL;
-  int rc = -1;
-  if (db_writer_open(o->db, &w) != 0) goto done;
+  int rc = -1, tmp_made = 0;
   size_t want_size = 0;
-  for (int i = 0; i < n; i++) {
-    const char *file = lines[i].path;
-    char enc_buf[64];
-    const char *enc = NULL;
-    if (encoded) {
-      if (o->encode_type && o->encode_type[0]) {
-        enc = o->encode_type;
-      } else {
-        const char *dot = strrchr(file, '.');
-        if (!dot || strchr(dot, '/')) {
-          LOG_WARN("skipping %s%s: cannot guess the encoding from a name without an "
-                   "extension (use --encode_type)",
-                   o->root, file);
-          st.skipped++;
-          continue;
-        }
-        snprintf(enc_buf, sizeof enc_buf, "%s", dot + 1);
-        lower(enc_buf);
-        enc = enc_buf;
+  if (!jobs) goto done;
+  if (db_writer_open(tmp, &w) != 0) goto done;
+  tmp_made = 1;
+  for (int start = 0; start < n; start += chunk) {
+    const int cnt = MOKA_MIN(chunk, n - start);
+    /* decode, resize and encode in parallel; write in list order */
+    ChunkRun run = {o, lines, jobs, start, cnt, 0};
+    run_chunk(&run, threads);
+    for (int k = 0; k < cnt; k++) {
+      const int i = start + k;
+      const ListEntry *e = &lines[i];
+      Job *j = &jobs[k];
+      char where[600];
+      if (!e->path && !e->error) { /* blank line: nothing, as no record */
+        st.blank++;
+        continue;
       }
-    }
-    size_t plen = strlen(o->root) + strlen(file) + 1;
-    char *path = moka_malloc(plen);
-    if (!path) goto done;
-    snprintf(path, plen, "%s%s", o->root, file);
-    Caffe__Datum d;
-    char why[1024];
-    caffe__datum__init(&d);
-    int mrc = make_datum(o, file, path, lines[i].label, enc, &d, why, sizeof why);
-    if (mrc < 0) {
-      moka_error_prefix("%s", path);
-      free(path);
-      goto done;
-    }
-    if (mrc > 0) {
-      LOG_WARN("skipping %s: %s", path, why);
-      free(path);
-      st.skipped++;
-      continue;
-    }
-    free(path);
-    if (o->check_size) {
-      size_t sz = d.data.len;
-      if (st.written == 0) {
-        want_size = (size_t)d.channels * d.height * d.width;
-      } else if (sz != want_size) {
-        moka_errorf("convert_imageset: --check_size: %s%s has %zu bytes of pixels, the first "
-                    "record %zu (use --resize_height/--resize_width)",
-                    o->root, file, sz, want_size);
-        datum_clear(&d);
+      if (e->error) {
+        snprintf(where, sizeof where, "%s:%d", o->list, e->line);
+        LOG_WARN("skipping line %d of %s: malformed: %s: '%s'", e->line, o->list, e->error,
+                 e->text);
+        char why[700];
+        snprintf(why, sizeof why, "malformed list line: %s: '%.500s'", e->error, e->text);
+        text_add(&rep, where, why, "");
+        st.skipped++;
+        continue;
+      }
+      snprintf(where, sizeof where, "%s%s", o->root, e->path);
+      if (j->status < 0) {
+        moka_errorf("convert_imageset: %s: %s", where, j->why);
         goto done;
       }
+      if (j->status > 0) {
+        LOG_WARN("skipping %s: %s", where, j->why);
+        text_add(&rep, where, j->why, "");
+        st.skipped++;
+        job_clear(j);
+        continue;
+      }
+      if (j->warning) {
+        LOG_WARN("%s: %s (accepted, as OpenCV does)", where, j->warning);
+        text_add(&rep, where, "warning: ", j->warning);
+        st.warnings++;
+      }
+      if (o->check_size) {
+        if (st.written == 0) {
+          want_size = j->chw;
+        } else if (j->data_len != want_size) {
+          moka_errorf("convert_imageset: --check_size: %s has %zu bytes of pixels, the first "
+                      "record %zu (use --resize_height/--resize_width)",
+                      where, j->data_len, want_size);
+          goto done;
+        }
+      }
+      char key[4200];
+      int kn = snprintf(key, sizeof key, "%08d_%s", i, e->path);
+      if (kn >= (int)sizeof key) {
+        moka_errorf("convert_imageset: %s: the path is too long for a key", where);
+        goto done;
+      }
+      if (db_writer_put(w, key, (size_t)kn, j->val, j->vlen) != 0) goto done;
+      job_clear(j);
+      if (++st.written % 1000 == 0) LOG_INFO("Processed %d files.", st.written);
     }
-    size_t klen = strlen(file) + 16;
-    char *key = moka_malloc(klen);
-    uint8_t *val = NULL;
-    size_t vlen = 0;
-    int prc = key ? datum_pack(&d, &val, &vlen) : -1;
-    datum_clear(&d);
-    if (prc != 0) {
-      free(key);
-      goto done;
-    }
-    int kn = snprintf(key, klen, "%08d_%s", i, file);
-    prc = db_writer_put(w, key, (size_t)kn, val, vlen);
-    free(key);
-    free(val);
-    if (prc != 0) goto done;
-    if (++st.written % 1000 == 0) LOG_INFO("Processed %d files.", st.written);
+    for (int k = 0; k < cnt; k++) job_clear(&jobs[k]);
   }
-  if (db_writer_close(w) != 0) {
-    w = NULL;
+  if (rep.oom) {
+    moka_errorf("convert_imageset: out of memory for the list of skipped files");
     goto done;
   }
-  w = NULL;
+  {
+    int crc = db_writer_close(w);
+    w = NULL;
+    if (crc != 0) goto done;
+  }
   if (st.written % 1000 != 0) LOG_INFO("Processed %d files.", st.written);
-  if (st.skipped)
-    LOG_WARN("%d of %d listed images were skipped (see the lines above); %d written to %s",
-             st.skipped, n, st.written, o->db);
+  if (rename_noreplace(tmp, db) != 0) {
+    moka_errorf("convert_imageset: cannot rename '%s' to '%s': %s", tmp, db, strerror(errno));
+    goto done;
+  }
+  tmp_made = 0;
+  if (moka_write_file_atomic(report, rep.buf ? rep.buf : "", rep.len) != 0) {
+    moka_error_prefix("convert_imageset: the database '%s' is complete, but the list of skipped "
+                      "files could not be written",
+                      db);
+    goto done;
+  }
+  char warn[64] = "";
+  if (st.warnings) snprintf(warn, sizeof warn, ", %d with warnings", st.warnings);
+  if (st.skipped || st.warnings)
+    LOG_WARN("converted %d, skipped %d%s (see %s)", st.written, st.skipped, warn, report);
+  else
+    LOG_INFO("converted %d, skipped 0", st.written);
   rc = 0;
 done:
   if (w) db_writer_abort(w);
-  for (int i = 0; i < n; i++) free(lines[i].path);
-  free(lines);
+  if (tmp_made) remove_db_dir(tmp); /* nothing that looks like a finished database stays */
+  if (jobs)
+    for (int k = 0; k < chunk; k++) job_clear(&jobs[k]);
+  free(jobs);
+  free(rep.buf);
+  list_file_free(lines, n);
   if (stats) *stats = st;
   return rc;
 }

@@ -1,9 +1,10 @@
 /* reader.h — the body of Caffe's Data layer (DataLayer::load_batch): read
  * the next batch_size records of an LMDB in key order (wrapping around after
  * the last), decode each Datum, transform it, and write data (B,C,H,W) and
- * labels (B). The Data layer (src/layers/data.c) calls it synchronously; a
- * prefetch thread can own a DataReader and call data_reader_load_batch into
- * its own blobs instead (a reader is used by one thread at a time).
+ * labels (B). This is the synchronous REFERENCE: the Data layer
+ * (src/layers/data.c) runs the prefetch pipeline (src/data/prefetch.h), and
+ * tests/unit/test_data_pipeline.c checks that the pipeline's batches equal
+ * this reader's, bit for bit, for any number of threads.
  */
 #ifndef MOKA_READER_H
 #define MOKA_READER_H

@@ -9,9 +9,11 @@
  * Positions whose label equals ignore_label are skipped. No backward: the
  * layer never propagates a gradient.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -22,6 +24,10 @@ typedef struct AccuracyPriv {
   size_t outer, channels, inner; /* scores viewed as (outer, C, inner) */
   unsigned *per_class_count;     /* (C) labels seen per class */
   size_t per_class_cap;
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_counts;             /* (2C) int: seen | correct per class */
+  DevBuf dev_status;             /* (1) MokaLabelStatus */
+#endif
 } AccuracyPriv;
 
 static int accuracy_setup(Layer *l) {
@@ -59,7 +65,7 @@ static int accuracy_reshape(Layer *l) {
     int c = (int)p->channels;
     if (blob_reshape(l->top[1], 1, &c)) return -1;
   }
-  if (p->channels > p->per_class_cap) {
+  if (p->channels > p->per_class_cap || !p->per_class_count) {
     unsigned *n = moka_realloc(p->per_class_count, p->channels * sizeof *n);
     if (!n) return -1;
     p->per_class_count = n;
@@ -116,7 +122,39 @@ static int accuracy_backward(Layer *l) { return 0; }
 static void accuracy_destroy(Layer *l) {
   AccuracyPriv *p = l->priv;
   free(p->per_class_count);
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_counts);
+  moka_devbuf_free(&p->dev_status);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/accuracy.cu; the label check comes back like the loss's. */
+static int accuracy_forward_cuda(Layer *l) {
+  AccuracyPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  if (moka_devbuf_reserve(&p->dev_counts, 2 * p->channels * sizeof(int), "Accuracy counts") ||
+      moka_devbuf_reserve(&p->dev_status, sizeof(MokaLabelStatus), "Accuracy status"))
+    return -1;
+  MokaLabelStatus status;
+  if (moka_cuda_accuracy(st, l->bottom[0]->dev_data, l->bottom[1]->dev_data, p->outer,
+                         p->channels, p->inner, p->top_k, p->has_ignore, p->ignore_label,
+                         l->top[0]->dev_data, l->n_top > 1 ? l->top[1]->dev_data : NULL,
+                         p->dev_counts.ptr, p->dev_status.ptr) ||
+      moka_d2h(st, &status, p->dev_status.ptr, sizeof status))
+    return -1;
+  if (status.bad_pos != INT_MAX) {
+    const float v = status.bad_value;
+    if (!(v > -2147483648.0f && v < 2147483647.0f))
+      return moka_errorf("label %g at position %d is not a valid class index", (double)v,
+                         status.bad_pos);
+    return moka_errorf("label value %d at position %d is out of range [0, %zu)", (int)v,
+                       status.bad_pos, p->channels);
+  }
+  return 0;
+}
+#endif
 
 const LayerType layer_type_accuracy = {
     .name = "Accuracy",
@@ -131,4 +169,8 @@ const LayerType layer_type_accuracy = {
     .backward = {[MOKA_BACKEND_CPU] = accuracy_backward,
                  [MOKA_BACKEND_CPU_FAST] = accuracy_backward},
     .destroy = accuracy_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = accuracy_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = accuracy_backward,
+#endif
 };

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -35,6 +36,11 @@ typedef struct BatchNormPriv {
   size_t x_norm_cap;
   float *mean, *var;    /* (C) statistics used by the last forward */
   float *std;           /* (C) sqrt(var + eps) of the last forward */
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_x_norm;    /* (N,C,S) on the device */
+  DevBuf dev_stats;     /* (3C) mean | var | std on the device */
+  DevBuf dev_work;      /* (2C) backward's mean(dy) | mean(dy*x_norm) */
+#endif
 } BatchNormPriv;
 
 static const Caffe__BatchNormParameter *bn_param(const Layer *l) {
@@ -82,7 +88,7 @@ static int bn_reshape(Layer *l) {
   if (l->top[0] != x && blob_reshape_like(l->top[0], x)) return -1;
   p->num = (size_t)x->shape[0];
   p->spatial = p->num && c ? x->count / (p->num * (size_t)c) : 0;
-  if (x->count > p->x_norm_cap) {
+  if (x->count > p->x_norm_cap || !p->x_norm) {
     float *n = moka_realloc(p->x_norm, x->count * sizeof(float));
     if (!n) return -1;
     p->x_norm = n;
@@ -184,7 +190,44 @@ static void bn_destroy(Layer *l) {
   free(p->mean);
   free(p->var);
   free(p->std);
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_x_norm);
+  moka_devbuf_free(&p->dev_stats);
+  moka_devbuf_free(&p->dev_work);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/batchnorm.cu, the same formulas, rounding and statistics
+ * update; the per-channel sums in double. */
+static int bn_forward_cuda(Layer *l) {
+  BatchNormPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  const size_t N = p->num, C = (size_t)p->channels, S = p->spatial, m = N * S;
+  if (moka_devbuf_reserve(&p->dev_x_norm, l->bottom[0]->count * sizeof(float),
+                          "BatchNorm normalised output") ||
+      moka_devbuf_reserve(&p->dev_stats, 3 * C * sizeof(float), "BatchNorm statistics"))
+    return -1;
+  const float bias_correction = m > 1 ? (float)m / (float)(m - 1) : 1.0f;
+  return moka_cuda_bn_forward(l->cuda->stream, l->bottom[0]->dev_data, l->top[0]->dev_data,
+                              p->dev_x_norm.ptr, p->dev_stats.ptr, l->params[0]->dev_data,
+                              l->params[1]->dev_data, l->params[2]->dev_data, N, C, S, p->eps,
+                              p->maf, bias_correction, p->use_global_stats);
+}
+
+static int bn_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  BatchNormPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  const size_t C = (size_t)p->channels;
+  if (!p->dev_x_norm.ptr) return moka_errorf("backward before forward on the device");
+  if (moka_devbuf_reserve(&p->dev_work, 2 * C * sizeof(float), "BatchNorm backward sums"))
+    return -1;
+  return moka_cuda_bn_backward(l->cuda->stream, l->top[0]->dev_diff, p->dev_x_norm.ptr,
+                               p->dev_stats.ptr, l->bottom[0]->dev_diff, p->dev_work.ptr, p->num,
+                               C, p->spatial, p->use_global_stats);
+}
+#endif
 
 const LayerType layer_type_batchnorm = {
     .name = "BatchNorm",
@@ -200,4 +243,8 @@ const LayerType layer_type_batchnorm = {
     .forward = {[MOKA_BACKEND_CPU] = bn_forward, [MOKA_BACKEND_CPU_FAST] = bn_forward},
     .backward = {[MOKA_BACKEND_CPU] = bn_backward, [MOKA_BACKEND_CPU_FAST] = bn_backward},
     .destroy = bn_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = bn_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = bn_backward_cuda,
+#endif
 };

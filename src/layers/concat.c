@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -92,6 +93,42 @@ static int concat_backward(Layer *l) {
   return 0;
 }
 
+#ifdef MOKA_WITH_CUDA
+/* CUDA: one 2-D device copy per bottom (num_concats rows of C_k*inner). */
+static int concat_forward_cuda(Layer *l) {
+  const ConcatPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  const size_t top_axis = (size_t)l->top[0]->shape[p->axis], F = sizeof(float);
+  size_t offset = 0;
+  for (int k = 0; k < l->n_bottom; k++) {
+    const size_t len = (size_t)l->bottom[k]->shape[p->axis] * p->inner;
+    if (moka_d2d_2d(l->cuda->stream, l->top[0]->dev_data + offset * p->inner,
+                    top_axis * p->inner * F, l->bottom[k]->dev_data, len * F, len * F,
+                    p->num_concats))
+      return -1;
+    offset += (size_t)l->bottom[k]->shape[p->axis];
+  }
+  return 0;
+}
+
+static int concat_backward_cuda(Layer *l) {
+  const ConcatPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  const size_t top_axis = (size_t)l->top[0]->shape[p->axis], F = sizeof(float);
+  size_t offset = 0;
+  for (int k = 0; k < l->n_bottom; k++) {
+    const size_t len = (size_t)l->bottom[k]->shape[p->axis] * p->inner;
+    if (l->propagate_down[k] &&
+        moka_d2d_2d(l->cuda->stream, l->bottom[k]->dev_diff, len * F,
+                    l->top[0]->dev_diff + offset * p->inner, top_axis * p->inner * F, len * F,
+                    p->num_concats))
+      return -1;
+    offset += (size_t)l->bottom[k]->shape[p->axis];
+  }
+  return 0;
+}
+#endif
+
 const LayerType layer_type_concat = {
     .name = "Concat",
     .min_bottoms = 1,
@@ -104,4 +141,8 @@ const LayerType layer_type_concat = {
     .forward = {[MOKA_BACKEND_CPU] = concat_forward, [MOKA_BACKEND_CPU_FAST] = concat_forward},
     .backward = {[MOKA_BACKEND_CPU] = concat_backward,
                  [MOKA_BACKEND_CPU_FAST] = concat_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = concat_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = concat_backward_cuda,
+#endif
 };

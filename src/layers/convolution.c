@@ -11,9 +11,11 @@
  * This is the reference (the oracle other backends must agree with); the GEMM
  * itself is OpenBLAS, checked in tests against a naive direct convolution.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "moka_math.h"
 #include "util.h"
@@ -27,6 +29,9 @@ typedef struct ConvPriv {
   bool is_1x1;   /* 1x1 kernel, stride 1, no pad: the column buffer is the input */
   float *col;    /* (IC*KH*KW, OH*OW) one image's column buffer */
   size_t col_cap;
+#ifdef MOKA_WITH_CUDA
+  MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
+#endif
 } ConvPriv;
 
 /* One value from Caffe's "repeated field or _h/_w pair" convention.
@@ -94,6 +99,9 @@ static int conv_setup(Layer *l) {
   const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
   if (!cp || !cp->has_num_output || cp->num_output == 0)
     return moka_errorf("convolution_param.num_output must be given and > 0");
+  if (cp->num_output > INT_MAX || cp->group > INT_MAX)
+    return moka_errorf("convolution_param.num_output %u / group %u is too large", cp->num_output,
+                       cp->group);
   if (l->n_top != l->n_bottom)
     return moka_errorf("needs one top per bottom, got %d bottoms and %d tops", l->n_bottom,
                        l->n_top);
@@ -122,9 +130,11 @@ static int conv_setup(Layer *l) {
     return moka_errorf("convolution_param: dilation %dx%d must be positive", p->dilation_h,
                        p->dilation_w);
   if (p->pad_h < 0 || p->pad_w < 0 || p->kernel_h > 65535 || p->kernel_w > 65535 ||
-      p->pad_h > 65535 || p->pad_w > 65535)
-    return moka_errorf("convolution_param: kernel %dx%d / pad %dx%d out of range", p->kernel_h,
-                       p->kernel_w, p->pad_h, p->pad_w);
+      p->pad_h > 65535 || p->pad_w > 65535 || p->dilation_h > 65535 || p->dilation_w > 65535)
+    return moka_errorf("convolution_param: kernel %dx%d / pad %dx%d / dilation %dx%d out of "
+                       "range (0..65535)",
+                       p->kernel_h, p->kernel_w, p->pad_h, p->pad_w, p->dilation_h,
+                       p->dilation_w);
   p->num_output = (int)cp->num_output;
   p->group = (int)cp->group;
   p->bias_term = cp->bias_term;
@@ -160,14 +170,18 @@ static int conv_reshape(Layer *l) {
   p->height = b0->shape[2];
   p->width = b0->shape[3];
   Im2colGeom g = conv_geom(p);
-  int ext_h = p->dilation_h * (p->kernel_h - 1) + 1;
-  int ext_w = p->dilation_w * (p->kernel_w - 1) + 1;
-  if (ext_h > p->height + 2 * p->pad_h || ext_w > p->width + 2 * p->pad_w)
-    return moka_errorf("kernel extent %dx%d (kernel %dx%d, dilation %dx%d) is larger than the "
-                       "padded input %dx%d (input %dx%d, pad %dx%d)",
+  /* In 64 bits: dilation and kernel up to 65535 give extents up to 2^32. */
+  const long long ext_h = (long long)p->dilation_h * (p->kernel_h - 1) + 1;
+  const long long ext_w = (long long)p->dilation_w * (p->kernel_w - 1) + 1;
+  const long long padded_h = (long long)p->height + 2LL * p->pad_h;
+  const long long padded_w = (long long)p->width + 2LL * p->pad_w;
+  if (padded_h > INT_MAX || padded_w > INT_MAX)
+    return moka_errorf("padded input %lldx%lld is too large", padded_h, padded_w);
+  if (ext_h > padded_h || ext_w > padded_w)
+    return moka_errorf("kernel extent %lldx%lld (kernel %dx%d, dilation %dx%d) is larger than the "
+                       "padded input %lldx%lld (input %dx%d, pad %dx%d)",
                        ext_h, ext_w, p->kernel_h, p->kernel_w, p->dilation_h, p->dilation_w,
-                       p->height + 2 * p->pad_h, p->width + 2 * p->pad_w, p->height, p->width,
-                       p->pad_h, p->pad_w);
+                       padded_h, padded_w, p->height, p->width, p->pad_h, p->pad_w);
   p->out_h = im2col_out_h(&g);
   p->out_w = im2col_out_w(&g);
   for (int i = 0; i < l->n_top; i++)
@@ -176,6 +190,14 @@ static int conv_reshape(Layer *l) {
   if (!moka_mul_size((size_t)p->channels * p->kernel_h * p->kernel_w,
                      (size_t)p->out_h * p->out_w, &col))
     return moka_errorf("column buffer size overflows");
+  if (!p->is_1x1 && col > (size_t)MOKA_MAX_BLOB_COUNT)
+    return moka_errorf("the column buffer (%d x %d x %d, %d x %d) has more than %lld elements "
+                       "(Caffe's limit for its col_buffer_ blob)",
+                       p->channels, p->kernel_h, p->kernel_w, p->out_h, p->out_w,
+                       (long long)MOKA_MAX_BLOB_COUNT);
+  if (!p->is_1x1 && col > p->col_cap &&
+      blob_memory_check(col * sizeof(float), "the column buffer"))
+    return -1;
   if (!p->is_1x1 && col > p->col_cap) {
     float *c = moka_realloc(p->col, col * sizeof(float));
     if (!c) return -1;
@@ -264,7 +286,69 @@ static void conv_destroy(Layer *l) {
   ConvPriv *p = l->priv;
   free(p->col);
   p->col = NULL;
+#ifdef MOKA_WITH_CUDA
+  moka_cudnn_conv_free(p->cudnn_plan);
+  p->cudnn_plan = NULL;
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: moka's engine (kernels/conv_gemm.cu: im2col + cuBLAS SGEMM, 1x1 as a
+ * plain GEMM) by default; cuDNN (kernels/conv_cudnn.cu) with
+ * `engine: CUDNN`, or for every layer left at DEFAULT when
+ * MOKA_CONV_ENGINE=cudnn. `engine: CAFFE` always means moka's own. fp32,
+ * TF32 off in both. */
+static MokaConvGeom conv_cuda_geom(const ConvPriv *p) {
+  MokaConvGeom g = {p->num,      p->channels, p->height,   p->width,    p->num_output,
+                    p->group,    p->out_h,    p->out_w,    p->kernel_h, p->kernel_w,
+                    p->pad_h,    p->pad_w,    p->stride_h, p->stride_w, p->dilation_h,
+                    p->dilation_w};
+  return g;
+}
+
+static bool conv_uses_cudnn(const Layer *l) {
+  const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
+  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CUDNN) return true;
+  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CAFFE) return false;
+  return l->cuda->conv_engine_cudnn;
+}
+
+static int conv_forward_cuda(Layer *l) {
+  ConvPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  const MokaConvGeom g = conv_cuda_geom(p);
+  const float *w = l->params[0]->dev_data;                          /* (OC, IC/G, KH, KW) */
+  const float *bias = p->bias_term ? l->params[1]->dev_data : NULL; /* (OC) */
+  const bool cudnn = conv_uses_cudnn(l);
+  for (int i = 0; i < l->n_bottom; i++) {
+    const float *x = l->bottom[i]->dev_data; /* (N,IC,H,W) */
+    float *y = l->top[i]->dev_data;          /* (N,OC,OH,OW) */
+    if (cudnn ? moka_cudnn_conv_forward(l->cuda, &p->cudnn_plan, &g, x, w, bias, y)
+              : moka_cuda_conv_forward(l->cuda, &g, x, w, bias, y))
+      return -1;
+  }
+  return 0;
+}
+
+static int conv_backward_cuda(Layer *l) {
+  ConvPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  const MokaConvGeom g = conv_cuda_geom(p);
+  const float *w = l->params[0]->dev_data;                     /* (OC, IC/G, KH, KW) */
+  float *dw = l->params[0]->dev_diff;                          /* accumulated */
+  float *db = p->bias_term ? l->params[1]->dev_diff : NULL;    /* (OC), accumulated */
+  const bool cudnn = conv_uses_cudnn(l);
+  for (int i = 0; i < l->n_bottom; i++) {
+    const float *x = l->bottom[i]->dev_data;
+    const float *dy = l->top[i]->dev_diff;
+    float *dx = l->propagate_down[i] ? l->bottom[i]->dev_diff : NULL;
+    if (cudnn ? moka_cudnn_conv_backward(l->cuda, &p->cudnn_plan, &g, x, w, dy, dx, dw, db)
+              : moka_cuda_conv_backward(l->cuda, &g, x, w, dy, dx, dw, db))
+      return -1;
+  }
+  return 0;
+}
+#endif
 
 const LayerType layer_type_convolution = {
     .name = "Convolution",
@@ -281,4 +365,8 @@ const LayerType layer_type_convolution = {
     .backward = {[MOKA_BACKEND_CPU] = conv_backward_cpu,
                  [MOKA_BACKEND_CPU_FAST] = conv_backward_cpu},
     .destroy = conv_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = conv_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = conv_backward_cuda,
+#endif
 };

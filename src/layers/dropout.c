@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -19,6 +20,9 @@ typedef struct DropoutPriv {
   float scale;          /* 1 / (1 - ratio), in float */
   unsigned int *mask;   /* (count) 1 = kept, from the last TRAIN forward */
   size_t mask_cap;
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_mask;      /* (count) the same mask, copied to the device */
+#endif
 } DropoutPriv;
 
 static int dropout_setup(Layer *l) {
@@ -36,7 +40,7 @@ static int dropout_reshape(Layer *l) {
   DropoutPriv *p = l->priv;
   const Blob *x = l->bottom[0];
   if (l->top[0] != x && blob_reshape_like(l->top[0], x)) return -1;
-  if (x->count > p->mask_cap) {
+  if (x->count > p->mask_cap || !p->mask) {
     unsigned int *m = moka_realloc(p->mask, x->count * sizeof *m);
     if (!m) return -1;
     p->mask = m;
@@ -77,7 +81,45 @@ static int dropout_backward(Layer *l) {
 static void dropout_destroy(Layer *l) {
   DropoutPriv *p = l->priv;
   free(p->mask);
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_mask);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: the mask is drawn on the HOST, from the net's random stream, by the
+ * same loop as the CPU reference, and copied to the device: CPU and GPU
+ * training drop exactly the same units (and the same as Caffe for the same
+ * seed). The multiply is kernels/dropout.cu. */
+static int dropout_forward_cuda(Layer *l) {
+  DropoutPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const float *x = l->bottom[0]->dev_data; /* (any) */
+  float *y = l->top[0]->dev_data;          /* (any), may be x */
+  const size_t n = l->bottom[0]->count;
+  if (l->phase != MOKA_TRAIN) return y == x ? 0 : moka_d2d(st, y, x, n * sizeof(float));
+  const double keep = 1.0 - (double)p->ratio;
+  for (size_t i = 0; i < n; i++) p->mask[i] = (unsigned int)rng_bernoulli(l->rng, keep);
+  if (moka_devbuf_reserve(&p->dev_mask, n * sizeof(unsigned int), "Dropout mask") ||
+      moka_h2d(st, p->dev_mask.ptr, p->mask, n * sizeof(unsigned int)))
+    return -1;
+  return moka_cuda_dropout(st, x, p->dev_mask.ptr, p->scale, y, n);
+}
+
+static int dropout_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  DropoutPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const float *dy = l->top[0]->dev_diff; /* (any) */
+  float *dx = l->bottom[0]->dev_diff;    /* (any), may be dy */
+  const size_t n = l->bottom[0]->count;
+  if (l->phase != MOKA_TRAIN) return dx == dy ? 0 : moka_d2d(st, dx, dy, n * sizeof(float));
+  if (!p->dev_mask.ptr) return moka_errorf("backward before forward on the device");
+  return moka_cuda_dropout(st, dy, p->dev_mask.ptr, p->scale, dx, n);
+}
+#endif
 
 const LayerType layer_type_dropout = {
     .name = "Dropout",
@@ -93,4 +135,8 @@ const LayerType layer_type_dropout = {
     .backward = {[MOKA_BACKEND_CPU] = dropout_backward,
                  [MOKA_BACKEND_CPU_FAST] = dropout_backward},
     .destroy = dropout_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = dropout_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = dropout_backward_cuda,
+#endif
 };

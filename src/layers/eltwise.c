@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -23,6 +24,9 @@ typedef struct EltwisePriv {
   bool stable_prod_grad;
   int *argmax;        /* (count) winning bottom per element (MAX) */
   size_t argmax_cap;
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_argmax;  /* (count) the same, on the device */
+#endif
 } EltwisePriv;
 
 static int eltwise_setup(Layer *l) {
@@ -59,7 +63,8 @@ static int eltwise_reshape(Layer *l) {
                          x0->name, blob_shape_string(x0, b, sizeof b));
     }
   if (blob_reshape_like(l->top[0], x0)) return -1;
-  if (p->op == CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__MAX && x0->count > p->argmax_cap) {
+  if (p->op == CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__MAX &&
+      (x0->count > p->argmax_cap || !p->argmax)) {
     int *a = moka_realloc(p->argmax, x0->count * sizeof(int));
     if (!a) return -1;
     p->argmax = a;
@@ -162,7 +167,85 @@ static void eltwise_destroy(Layer *l) {
   EltwisePriv *p = l->priv;
   free(p->coeff);
   free(p->argmax);
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_argmax);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/eltwise.cu, one pass per bottom in the reference's order and
+ * rounding (bit-identical). */
+static int eltwise_forward_cuda(Layer *l) {
+  EltwisePriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const size_t n = l->top[0]->count;
+  float *y = l->top[0]->dev_data; /* (shape) */
+  const int K = l->n_bottom;
+  switch (p->op) {
+    case CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__PROD:
+      if (moka_cuda_mul(st, l->bottom[0]->dev_data, l->bottom[1]->dev_data, y, n)) return -1;
+      for (int k = 2; k < K; k++)
+        if (moka_cuda_mul(st, y, l->bottom[k]->dev_data, y, n)) return -1;
+      return 0;
+    case CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__SUM:
+      for (int k = 0; k < K; k++)
+        if (moka_cuda_eltwise_sum(st, y, l->bottom[k]->dev_data, p->coeff[k], k == 0, n))
+          return -1;
+      return 0;
+    case CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__MAX:
+      if (moka_devbuf_reserve(&p->dev_argmax, n * sizeof(int), "Eltwise MAX argmax") ||
+          moka_cuda_eltwise_max2(st, l->bottom[0]->dev_data, l->bottom[1]->dev_data, y,
+                                 p->dev_argmax.ptr, n))
+        return -1;
+      for (int k = 2; k < K; k++)
+        if (moka_cuda_eltwise_maxacc(st, l->bottom[k]->dev_data, y, p->dev_argmax.ptr, k, n))
+          return -1;
+      return 0;
+    default: return moka_errorf("unknown eltwise operation %d", (int)p->op);
+  }
+}
+
+static int eltwise_backward_cuda(Layer *l) {
+  EltwisePriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const size_t n = l->top[0]->count;
+  const float *y = l->top[0]->dev_data, *dy = l->top[0]->dev_diff; /* (shape) */
+  const int K = l->n_bottom;
+  for (int k = 0; k < K; k++) {
+    if (!l->propagate_down[k]) continue;
+    float *dx = l->bottom[k]->dev_diff; /* (shape) */
+    int rc = 0;
+    switch (p->op) {
+      case CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__PROD:
+        if (p->stable_prod_grad) {
+          bool initialized = false;
+          for (int j = 0; j < K && !rc; j++) {
+            if (j == k) continue;
+            rc = initialized ? moka_cuda_mul(st, dx, l->bottom[j]->dev_data, dx, n)
+                             : moka_d2d(st, dx, l->bottom[j]->dev_data, n * sizeof(float));
+            initialized = true;
+          }
+        } else {
+          rc = moka_cuda_div(st, y, l->bottom[k]->dev_data, dx, n);
+        }
+        if (!rc) rc = moka_cuda_mul(st, dx, dy, dx, n);
+        break;
+      case CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__SUM:
+        rc = moka_cuda_scal(st, dy, p->coeff[k], dx, n);
+        break;
+      case CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__MAX:
+        if (!p->dev_argmax.ptr) return moka_errorf("backward before forward on the device");
+        rc = moka_cuda_eltwise_maxbwd(st, dy, p->dev_argmax.ptr, k, dx, n);
+        break;
+      default: return moka_errorf("unknown eltwise operation %d", (int)p->op);
+    }
+    if (rc) return -1;
+  }
+  return 0;
+}
+#endif
 
 const LayerType layer_type_eltwise = {
     .name = "Eltwise",
@@ -177,4 +260,8 @@ const LayerType layer_type_eltwise = {
     .backward = {[MOKA_BACKEND_CPU] = eltwise_backward,
                  [MOKA_BACKEND_CPU_FAST] = eltwise_backward},
     .destroy = eltwise_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = eltwise_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = eltwise_backward_cuda,
+#endif
 };

@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -40,6 +41,21 @@ static int flatten_backward(Layer *l) {
   return 0;
 }
 
+#ifdef MOKA_WITH_CUDA
+static int flatten_forward_cuda(Layer *l) {
+  if (layer_cuda_ready(l, false)) return -1;
+  return moka_d2d(l->cuda->stream, l->top[0]->dev_data, l->bottom[0]->dev_data,
+                  l->bottom[0]->count * sizeof(float));
+}
+
+static int flatten_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  if (layer_cuda_ready(l, true)) return -1;
+  return moka_d2d(l->cuda->stream, l->bottom[0]->dev_diff, l->top[0]->dev_diff,
+                  l->bottom[0]->count * sizeof(float));
+}
+#endif
+
 const LayerType layer_type_flatten = {
     .name = "Flatten",
     .min_bottoms = 1,
@@ -50,4 +66,8 @@ const LayerType layer_type_flatten = {
     .forward = {[MOKA_BACKEND_CPU] = flatten_forward, [MOKA_BACKEND_CPU_FAST] = flatten_forward},
     .backward = {[MOKA_BACKEND_CPU] = flatten_backward,
                  [MOKA_BACKEND_CPU_FAST] = flatten_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = flatten_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = flatten_backward_cuda,
+#endif
 };

@@ -11,6 +11,7 @@
  */
 #include <stdlib.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "moka_math.h"
 #include "util.h"
@@ -107,6 +108,44 @@ static int ip_backward_cpu(Layer *l) {
   return 0;
 }
 
+#ifdef MOKA_WITH_CUDA
+/* CUDA: the same GEMMs on cuBLAS (kernels/gemm.cu; fp32, TF32 off), the bias
+ * added in a second pass as the reference does, its gradient summed in
+ * double (kernels/channel_sum.cu). */
+static int ip_forward_cuda(Layer *l) {
+  IpPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  MokaCuda *c = l->cuda;
+  const int M = p->M, N = p->num_output, K = p->K;
+  float *y = l->top[0]->dev_data; /* (M,N) */
+  if (moka_cuda_gemm(c, false, !p->transpose, M, N, K, 1.0f, l->bottom[0]->dev_data,
+                     l->params[0]->dev_data, 0.0f, y))
+    return -1;
+  if (p->bias_term) return moka_cuda_bias_add(c->stream, y, l->params[1]->dev_data, M, N, 1);
+  return 0;
+}
+
+static int ip_backward_cuda(Layer *l) {
+  IpPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  MokaCuda *c = l->cuda;
+  const int M = p->M, N = p->num_output, K = p->K;
+  const float *x = l->bottom[0]->dev_data; /* (M,K) */
+  const float *dy = l->top[0]->dev_diff;   /* (M,N) */
+  float *dw = l->params[0]->dev_diff;      /* (N,K) or (K,N), accumulated */
+  if (p->transpose ? moka_cuda_gemm(c, true, false, K, N, M, 1.0f, x, dy, 1.0f, dw)
+                   : moka_cuda_gemm(c, true, false, N, K, M, 1.0f, dy, x, 1.0f, dw))
+    return -1;
+  if (p->bias_term &&
+      moka_cuda_channel_sum(c->stream, dy, NULL, l->params[1]->dev_diff, M, N, 1, true))
+    return -1;
+  if (l->propagate_down[0])
+    return moka_cuda_gemm(c, false, p->transpose, M, K, N, 1.0f, dy, l->params[0]->dev_data,
+                          0.0f, l->bottom[0]->dev_diff);
+  return 0;
+}
+#endif
+
 const LayerType layer_type_innerproduct = {
     .name = "InnerProduct",
     .min_bottoms = 1,
@@ -122,4 +161,8 @@ const LayerType layer_type_innerproduct = {
     .backward = {[MOKA_BACKEND_CPU] = ip_backward_cpu,
                  [MOKA_BACKEND_CPU_FAST] = ip_backward_cpu},
     .destroy = NULL,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = ip_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = ip_backward_cuda,
+#endif
 };

@@ -77,13 +77,13 @@ static int lrn_reshape(Layer *l) {
   if (blob_reshape_like(l->top[0], b)) return -1;
   size_t plane = (size_t)p->height * p->width;
   size_t np = p->within ? plane : (size_t)(p->channels + p->size - 1) * plane;
-  if (b->count > p->scale_cap) {
+  if (b->count > p->scale_cap || !p->scale) {
     float *s = moka_realloc(p->scale, b->count * sizeof(float));
     if (!s) return -1;
     p->scale = s;
     p->scale_cap = b->count;
   }
-  if (np > p->padded_cap) {
+  if (np > p->padded_cap || !p->padded) {
     float *s = moka_realloc(p->padded, np * sizeof(float));
     if (!s) return -1;
     p->padded = s;

@@ -23,7 +23,9 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
+#include "pool_geom.h" /* pool_window(), shared with the CUDA kernels */
 #include "util.h"
 
 typedef struct PoolPriv {
@@ -33,6 +35,9 @@ typedef struct PoolPriv {
   int num, channels, height, width, out_h, out_w;
   int *argmax;   /* (N,C,PH,PW) MAX only: index h*W+w of each output's maximum */
   size_t argmax_cap;
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_argmax; /* (N,C,PH,PW) the same, on the device */
+#endif
 } PoolPriv;
 
 static int pool_setup(Layer *l) {
@@ -132,7 +137,7 @@ static int pool_reshape(Layer *l) {
     if (blob_reshape4(l->top[t], p->num, p->channels, p->out_h, p->out_w)) return -1;
   if (p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX) {
     size_t n = l->top[0]->count;
-    if (n > p->argmax_cap) {
+    if (n > p->argmax_cap || !p->argmax) {
       int *a = moka_realloc(p->argmax, n * sizeof(int));
       if (!a) return -1;
       p->argmax = a;
@@ -140,17 +145,6 @@ static int pool_reshape(Layer *l) {
     }
   }
   return 0;
-}
-
-/* The window of one output along one axis: [*start, *end) clipped to the
- * image; returns the AVE divisor extent (clipped to in + pad only). */
-static int pool_window(int o, int stride, int pad, int kernel, int in, int *start, int *end) {
-  int s = o * stride - pad;
-  int e = MOKA_MIN(s + kernel, in + pad);
-  int extent = e - s;
-  *start = MOKA_MAX(s, 0);
-  *end = MOKA_MIN(e, in);
-  return extent;
 }
 
 static int pool_forward_cpu(Layer *l) {
@@ -224,7 +218,44 @@ static void pool_destroy(Layer *l) {
   PoolPriv *p = l->priv;
   free(p->argmax);
   p->argmax = NULL;
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_argmax);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/pooling.cu, with pool_window() from pool_geom.h and the
+ * output size computed above (reshape). Bit-identical to the reference. */
+static MokaPoolGeom pool_geom_of(const PoolPriv *p) {
+  MokaPoolGeom g = {p->num, p->channels, p->height, p->width, p->out_h, p->out_w,
+                    p->kernel_h, p->kernel_w, p->stride_h, p->stride_w, p->pad_h, p->pad_w};
+  return g;
+}
+
+static int pool_forward_cuda(Layer *l) {
+  PoolPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  const bool is_max = p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
+  if (is_max &&
+      moka_devbuf_reserve(&p->dev_argmax, l->top[0]->count * sizeof(int), "pooling argmax"))
+    return -1;
+  const MokaPoolGeom g = pool_geom_of(p);
+  return moka_cuda_pool_forward(l->cuda->stream, &g, is_max, l->bottom[0]->dev_data,
+                                l->top[0]->dev_data, is_max ? p->dev_argmax.ptr : NULL,
+                                l->n_top > 1 ? l->top[1]->dev_data : NULL);
+}
+
+static int pool_backward_cuda(Layer *l) {
+  PoolPriv *p = l->priv;
+  if (!l->propagate_down[0]) return 0;
+  if (layer_cuda_ready(l, true)) return -1;
+  const bool is_max = p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
+  if (is_max && !p->dev_argmax.ptr) return moka_errorf("backward before forward on the device");
+  const MokaPoolGeom g = pool_geom_of(p);
+  return moka_cuda_pool_backward(l->cuda->stream, &g, is_max, l->top[0]->dev_diff,
+                                 p->dev_argmax.ptr, l->bottom[0]->dev_diff);
+}
+#endif
 
 const LayerType layer_type_pooling = {
     .name = "Pooling",
@@ -241,4 +272,8 @@ const LayerType layer_type_pooling = {
     .backward = {[MOKA_BACKEND_CPU] = pool_backward_cpu,
                  [MOKA_BACKEND_CPU_FAST] = pool_backward_cpu},
     .destroy = pool_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = pool_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = pool_backward_cuda,
+#endif
 };

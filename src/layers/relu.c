@@ -6,6 +6,7 @@
  * Backward reads the bottom data, as Caffe does; in place the bottom data is
  * the output, whose sign gives the same mask (slope >= 0).
  */
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -51,6 +52,24 @@ static int relu_backward(Layer *l) {
   return 0;
 }
 
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/relu.cu, the same float operations (bit-identical). */
+static int relu_forward_cuda(Layer *l) {
+  if (layer_cuda_ready(l, false)) return -1;
+  const ReluPriv *p = l->priv;
+  return moka_cuda_relu_forward(l->cuda->stream, l->bottom[0]->dev_data, l->top[0]->dev_data,
+                                l->bottom[0]->count, p->slope);
+}
+
+static int relu_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  if (layer_cuda_ready(l, true)) return -1;
+  const ReluPriv *p = l->priv;
+  return moka_cuda_relu_backward(l->cuda->stream, l->bottom[0]->dev_data, l->top[0]->dev_diff,
+                                 l->bottom[0]->dev_diff, l->bottom[0]->count, p->slope);
+}
+#endif
+
 const LayerType layer_type_relu = {
     .name = "ReLU",
     .min_bottoms = 1,
@@ -63,4 +82,8 @@ const LayerType layer_type_relu = {
     .reshape = relu_reshape,
     .forward = {[MOKA_BACKEND_CPU] = relu_forward, [MOKA_BACKEND_CPU_FAST] = relu_forward},
     .backward = {[MOKA_BACKEND_CPU] = relu_backward, [MOKA_BACKEND_CPU_FAST] = relu_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = relu_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = relu_backward_cuda,
+#endif
 };

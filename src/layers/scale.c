@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -26,6 +27,9 @@ typedef struct ScalePriv {
   size_t b_outer, b_dim, b_inner;    /* x viewed for the bias */
   float *x_copy;                     /* (x shape) input kept when in place */
   size_t x_copy_cap;
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_x_copy;                 /* (x shape) the same, on the device */
+#endif
 } ScalePriv;
 
 static const Caffe__ScaleParameter *scale_param(const Layer *l) {
@@ -102,7 +106,7 @@ static int scale_reshape(Layer *l) {
     return -1;
   if (l->top[0] != x) {
     if (blob_reshape_like(l->top[0], x)) return -1;
-  } else if (x->count > p->x_copy_cap) {
+  } else if (x->count > p->x_copy_cap || !p->x_copy) {
     float *c = moka_realloc(p->x_copy, x->count * sizeof(float));
     if (!c) return -1;
     p->x_copy = c;
@@ -178,7 +182,59 @@ static int scale_backward(Layer *l) {
 static void scale_destroy(Layer *l) {
   ScalePriv *p = l->priv;
   free(p->x_copy);
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_x_copy);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/scale.cu (y = x*s (+ b), rounded as the two CPU passes) and
+ * kernels/channel_sum.cu for the gradients (double sums, as the reference). */
+static int scale_forward_cuda(Layer *l) {
+  ScalePriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const float *x = l->bottom[0]->dev_data;                                    /* (outer, D, inner) */
+  float *y = l->top[0]->dev_data;                                             /* may be x */
+  const float *s = (l->n_bottom > 1 ? l->bottom[1] : l->params[0])->dev_data; /* (D) */
+  const size_t bytes = l->bottom[0]->count * sizeof(float);
+  if (y == x && (moka_devbuf_reserve(&p->dev_x_copy, bytes, "Scale input copy") ||
+                 moka_d2d(st, p->dev_x_copy.ptr, x, bytes)))
+    return -1;
+  const float *b = p->bias_idx >= 0 ? l->params[p->bias_idx]->dev_data : NULL; /* (BD) */
+  const bool fused = b && p->b_outer == p->outer && p->b_dim == p->scale_dim &&
+                     p->b_inner == p->inner;
+  if (moka_cuda_scale_forward(st, x, s, fused ? b : NULL, y, p->outer, p->scale_dim, p->inner))
+    return -1;
+  if (b && !fused) return moka_cuda_bias_add(st, y, b, p->b_outer, p->b_dim, p->b_inner);
+  return 0;
+}
+
+static int scale_backward_cuda(Layer *l) {
+  ScalePriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const float *dy = l->top[0]->dev_diff; /* (outer, D, inner) */
+  const bool in_place = l->top[0] == l->bottom[0];
+  if (p->bias_idx >= 0 && moka_cuda_channel_sum(st, dy, NULL, l->params[p->bias_idx]->dev_diff,
+                                                p->b_outer, p->b_dim, p->b_inner, true))
+    return -1;
+  const bool scale_is_param = l->n_bottom == 1;
+  if (scale_is_param || l->propagate_down[1]) {
+    const float *x = in_place ? p->dev_x_copy.ptr : l->bottom[0]->dev_data;
+    float *ds = scale_is_param ? l->params[0]->dev_diff : l->bottom[1]->dev_diff; /* (D) */
+    if (!x) return moka_errorf("backward before forward on the device");
+    if (moka_cuda_channel_sum(st, dy, x, ds, p->outer, p->scale_dim, p->inner, scale_is_param))
+      return -1;
+  }
+  if (l->propagate_down[0]) {
+    const float *s = (l->n_bottom > 1 ? l->bottom[1] : l->params[0])->dev_data; /* (D) */
+    return moka_cuda_scale_forward(st, dy, s, NULL, l->bottom[0]->dev_diff, p->outer,
+                                   p->scale_dim, p->inner);
+  }
+  return 0;
+}
+#endif
 
 const LayerType layer_type_scale = {
     .name = "Scale",
@@ -193,4 +249,8 @@ const LayerType layer_type_scale = {
     .forward = {[MOKA_BACKEND_CPU] = scale_forward, [MOKA_BACKEND_CPU_FAST] = scale_forward},
     .backward = {[MOKA_BACKEND_CPU] = scale_backward, [MOKA_BACKEND_CPU_FAST] = scale_backward},
     .destroy = scale_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = scale_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = scale_backward_cuda,
+#endif
 };

@@ -7,6 +7,7 @@
  */
 #include <math.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "softmax.h"
 #include "util.h"
@@ -70,6 +71,24 @@ static int softmax_backward(Layer *l) {
   return 0;
 }
 
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/softmax.cu, the reference's algorithm (double sums). */
+static int softmax_forward_cuda(Layer *l) {
+  const SoftmaxPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  return moka_cuda_softmax_forward(l->cuda->stream, l->bottom[0]->dev_data, l->top[0]->dev_data,
+                                   p->outer, p->channels, p->inner);
+}
+
+static int softmax_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  const SoftmaxPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  return moka_cuda_softmax_backward(l->cuda->stream, l->top[0]->dev_data, l->top[0]->dev_diff,
+                                    l->bottom[0]->dev_diff, p->outer, p->channels, p->inner);
+}
+#endif
+
 const LayerType layer_type_softmax = {
     .name = "Softmax",
     .min_bottoms = 1,
@@ -82,4 +101,8 @@ const LayerType layer_type_softmax = {
     .forward = {[MOKA_BACKEND_CPU] = softmax_forward, [MOKA_BACKEND_CPU_FAST] = softmax_forward},
     .backward = {[MOKA_BACKEND_CPU] = softmax_backward,
                  [MOKA_BACKEND_CPU_FAST] = softmax_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = softmax_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = softmax_backward_cuda,
+#endif
 };

@@ -16,10 +16,12 @@
  * No gradient goes to the labels.
  */
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "softmax.h"
 #include "util.h"
@@ -31,6 +33,10 @@ typedef struct SoftmaxLossPriv {
   Caffe__LossParameter__NormalizationMode norm;
   float *prob;                   /* (outer, C, inner) */
   size_t prob_cap;
+#ifdef MOKA_WITH_CUDA
+  DevBuf dev_prob;               /* (outer, C, inner) on the device */
+  DevBuf dev_status;             /* (1) MokaLabelStatus of the last forward */
+#endif
 } SoftmaxLossPriv;
 
 static int swl_setup(Layer *l) {
@@ -79,7 +85,7 @@ static int swl_reshape(Layer *l) {
   }
   if (blob_reshape(l->top[0], 0, NULL)) return -1; /* scalar loss */
   if (l->n_top > 1 && blob_reshape_like(l->top[1], x)) return -1;
-  if (x->count > p->prob_cap) {
+  if (x->count > p->prob_cap || !p->prob) {
     float *pr = moka_realloc(p->prob, x->count * sizeof(float));
     if (!pr) return -1;
     p->prob = pr;
@@ -168,7 +174,69 @@ static int swl_backward(Layer *l) {
 static void swl_destroy(Layer *l) {
   SoftmaxLossPriv *p = l->priv;
   free(p->prob);
+#ifdef MOKA_WITH_CUDA
+  moka_devbuf_free(&p->dev_prob);
+  moka_devbuf_free(&p->dev_status);
+#endif
 }
+
+#ifdef MOKA_WITH_CUDA
+/* CUDA: kernels/softmax.cu then kernels/softmax_loss.cu. The label check's
+ * result (a few bytes) is copied back after the loss: a bad label is the
+ * same error as on the CPU, never a silent garbage loss. */
+static MokaLossGeom swl_geom(const SoftmaxLossPriv *p) {
+  MokaLossGeom g = {p->outer, p->channels, p->inner, p->has_ignore, p->ignore_label,
+                    MOKA_LOSS_NORM_VALID};
+  switch (p->norm) {
+    case CAFFE__LOSS_PARAMETER__NORMALIZATION_MODE__FULL: g.norm = MOKA_LOSS_NORM_FULL; break;
+    case CAFFE__LOSS_PARAMETER__NORMALIZATION_MODE__BATCH_SIZE:
+      g.norm = MOKA_LOSS_NORM_BATCH_SIZE;
+      break;
+    case CAFFE__LOSS_PARAMETER__NORMALIZATION_MODE__NONE: g.norm = MOKA_LOSS_NORM_NONE; break;
+    default: g.norm = MOKA_LOSS_NORM_VALID; break;
+  }
+  return g;
+}
+
+static int swl_forward_cuda(Layer *l) {
+  SoftmaxLossPriv *p = l->priv;
+  if (layer_cuda_ready(l, false)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  const size_t bytes = l->bottom[0]->count * sizeof(float);
+  if (moka_devbuf_reserve(&p->dev_prob, bytes, "SoftmaxWithLoss probabilities") ||
+      moka_devbuf_reserve(&p->dev_status, sizeof(MokaLabelStatus), "SoftmaxWithLoss status"))
+    return -1;
+  const MokaLossGeom g = swl_geom(p);
+  MokaLabelStatus status;
+  if (moka_cuda_softmax_forward(st, l->bottom[0]->dev_data, p->dev_prob.ptr, p->outer,
+                                p->channels, p->inner) ||
+      moka_cuda_softmax_loss_forward(st, &g, p->dev_prob.ptr, l->bottom[1]->dev_data,
+                                     l->top[0]->dev_data, p->dev_status.ptr) ||
+      moka_d2h(st, &status, p->dev_status.ptr, sizeof status))
+    return -1;
+  if (status.bad_pos != INT_MAX) {
+    const float v = status.bad_value;
+    if (!(v > -2147483648.0f && v < 2147483647.0f))
+      return moka_errorf("label %g at position %d is not a valid class index", (double)v,
+                         status.bad_pos);
+    return moka_errorf("label value %d at position %d is out of range [0, %zu)", (int)v,
+                       status.bad_pos, p->channels);
+  }
+  if (l->n_top > 1) return moka_d2d(st, l->top[1]->dev_data, p->dev_prob.ptr, bytes);
+  return 0;
+}
+
+static int swl_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0; /* labels get no gradient */
+  SoftmaxLossPriv *p = l->priv;
+  if (layer_cuda_ready(l, true)) return -1;
+  if (!p->dev_prob.ptr) return moka_errorf("backward before forward on the device");
+  const MokaLossGeom g = swl_geom(p);
+  return moka_cuda_softmax_loss_backward(l->cuda->stream, &g, p->dev_prob.ptr,
+                                         l->bottom[1]->dev_data, l->top[0]->dev_diff,
+                                         p->dev_status.ptr, l->bottom[0]->dev_diff);
+}
+#endif
 
 const LayerType layer_type_softmaxwithloss = {
     .name = "SoftmaxWithLoss",
@@ -183,4 +251,8 @@ const LayerType layer_type_softmaxwithloss = {
     .forward = {[MOKA_BACKEND_CPU] = swl_forward, [MOKA_BACKEND_CPU_FAST] = swl_forward},
     .backward = {[MOKA_BACKEND_CPU] = swl_backward, [MOKA_BACKEND_CPU_FAST] = swl_backward},
     .destroy = swl_destroy,
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = swl_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = swl_backward_cuda,
+#endif
 };

@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "cuda_layer.h"
 #include "layer.h"
 #include "util.h"
 
@@ -34,6 +35,32 @@ static int split_backward(Layer *l) {
   return 0;
 }
 
+#ifdef MOKA_WITH_CUDA
+/* CUDA: device copies; backward sums in the reference's order (bit-identical). */
+static int split_forward_cuda(Layer *l) {
+  if (layer_cuda_ready(l, false)) return -1;
+  const Blob *x = l->bottom[0];
+  for (int t = 0; t < l->n_top; t++)
+    if (l->top[t] != x &&
+        moka_d2d(l->cuda->stream, l->top[t]->dev_data, x->dev_data, x->count * sizeof(float)))
+      return -1;
+  return 0;
+}
+
+static int split_backward_cuda(Layer *l) {
+  if (!l->propagate_down[0]) return 0;
+  if (layer_cuda_ready(l, true)) return -1;
+  cudaStream_t st = l->cuda->stream;
+  Blob *x = l->bottom[0];
+  const size_t n = x->count;
+  if (l->top[0] != x && moka_d2d(st, x->dev_diff, l->top[0]->dev_diff, n * sizeof(float)))
+    return -1;
+  for (int t = 1; t < l->n_top; t++)
+    if (moka_cuda_eltwise_sum(st, x->dev_diff, l->top[t]->dev_diff, 1.0f, false, n)) return -1;
+  return 0;
+}
+#endif
+
 const LayerType layer_type_split = {
     .name = "Split",
     .min_bottoms = 1,
@@ -43,4 +70,8 @@ const LayerType layer_type_split = {
     .reshape = split_reshape,
     .forward = {[MOKA_BACKEND_CPU] = split_forward, [MOKA_BACKEND_CPU_FAST] = split_forward},
     .backward = {[MOKA_BACKEND_CPU] = split_backward, [MOKA_BACKEND_CPU_FAST] = split_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = split_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = split_backward_cuda,
+#endif
 };

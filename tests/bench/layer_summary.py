@@ -27,6 +27,8 @@ def read_log(path, types):
     sums = {}
     pat = re.compile(r"\]\s*(\S+)\s+(forward|backward): ([0-9.eE+-]+) ms\.$")
     for line in open(path, errors="replace"):
+        if "*** Benchmark begins ***" in line:
+            sums = {}  # a log may hold several tries (tests/bench/lib.sh): keep the last
         m = pat.search(line.rstrip("\n"))
         if not m:
             continue

@@ -520,7 +520,12 @@ static void test_data_layer_errors(void) {
 
 /* ---- writer ----------------------------------------------------------------- */
 
+/* Remove a database folder (and the DB.skipped.txt convert_imageset writes
+ * beside it). */
 static void rm_tree(const char *dir) {
+  char rep[1100];
+  snprintf(rep, sizeof rep, "%s.skipped.txt", dir);
+  unlink(rep);
   DIR *d = opendir(dir);
   if (!d) return;
   struct dirent *e;

@@ -182,6 +182,8 @@ static void test_size_limits(void) {
   CHECK(image_decode(jpg, len, 3, &im) != 0);
   CHECK_MSG(strstr(moka_error(), "too large") != NULL, "%s", moka_error());
   CHECK(im.px == NULL);
+  CHECK(image_probe(jpg, len, 3, NULL, NULL, NULL) != 0 && strstr(moka_error(), "too large"));
+  CHECK(image_decode_reduced(jpg, len, 3, 64, 64, &im) != 0 && strstr(moka_error(), "too large"));
   jpg[sof + 5] = 0, jpg[sof + 6] = 2;         /* 2 rows */
   jpg[sof + 7] = 65535 >> 8, jpg[sof + 8] = 255; /* 65535 columns: over 65500 */
   CHECK(image_decode(jpg, len, 3, &im) != 0);
@@ -338,6 +340,76 @@ static void test_hymenoptera_all(void) {
           moka_now() - t0);
 }
 
+/* image_probe: the size decode would give (EXIF orientation included),
+ * from the header only. image_decode_reduced: TurboJPEG's factors of at
+ * most 1/2, the smallest that keeps the (oriented) minimum; else full size. */
+static void test_probe_and_reduced_decode(void) {
+  size_t len;
+  uint8_t *jpg = read_all("tests/data/images/exif_rot6.jpg", &len); /* stored 16x12 */
+  REQUIRE(jpg != NULL);
+  int h, w, c;
+  REQUIRE(image_probe(jpg, len, 3, &h, &w, &c) == 0);
+  CHECK(h == 16 && w == 12 && c == 3); /* rotated, as image_decode(…, 3) returns it */
+  REQUIRE(image_probe(jpg, len, 0, &h, &w, &c) == 0);
+  CHECK(h == 12 && w == 16 && c == 3); /* native: not rotated */
+  Image im;
+  /* oriented minimum 8 (h) x 5 (w): the stored image must keep w >= 8 and
+   * h >= 5: 1/2 (8x6); read the wrong way round it would not shrink */
+  REQUIRE(image_decode_reduced(jpg, len, 3, 8, 5, &im) == 0);
+  CHECK_MSG(im.h == 8 && im.w == 6, "%dx%d", im.w, im.h);
+  image_free(&im);
+  free(jpg);
+  /* a 640x480 JPEG */
+  Image big = {480, 640, 3, calloc(640 * 480, 3)};
+  REQUIRE(big.px != NULL);
+  for (int i = 0; i < 640 * 480 * 3; i++) big.px[i] = (uint8_t)(i * 7 / 640);
+  uint8_t *buf;
+  REQUIRE(image_encode_jpeg(&big, 90, &buf, &len) == 0);
+  free(big.px);
+  const struct {
+    int min_h, min_w, h, w;
+  } cases[] = {
+      {100, 100, 120, 160}, /* 1/4 (1/8 would give 60x80) */
+      {120, 160, 120, 160}, /* exactly 1/4 */
+      {121, 100, 180, 240}, /* 3/8 */
+      {240, 320, 240, 320}, /* 1/2 */
+      {241, 100, 480, 640}, /* more than half: full size */
+      {0, 0, 480, 640},     /* no minimum: full size */
+      {1, 1, 60, 80},       /* 1/8, the smallest */
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    REQUIRE(image_decode_reduced(buf, len, 3, cases[k].min_h, cases[k].min_w, &im) == 0);
+    CHECK_MSG(im.h == cases[k].h && im.w == cases[k].w, "min %dx%d: got %dx%d, want %dx%d",
+              cases[k].min_h, cases[k].min_w, im.h, im.w, cases[k].h, cases[k].w);
+    image_free(&im);
+  }
+  REQUIRE(image_probe(buf, len, 1, &h, &w, &c) == 0);
+  CHECK(h == 480 && w == 640 && c == 1);
+  /* a header-only probe accepts a file cut after its header; decode warns */
+  REQUIRE(image_probe(buf, len / 2, 3, &h, &w, NULL) == 0);
+  REQUIRE(image_decode(buf, len / 2, 3, &im) == 0);
+  CHECK(strstr(image_decode_warning(), "Premature end") != NULL);
+  image_free(&im);
+  free(buf);
+  /* PNGs are never reduced; what decode refuses, probe refuses */
+  uint8_t *png = read_all("tests/data/images/grey1.png", &len);
+  REQUIRE(png != NULL);
+  Image full;
+  REQUIRE(image_decode(png, len, 3, &full) == 0);
+  REQUIRE(image_decode_reduced(png, len, 3, 1, 1, &im) == 0);
+  CHECK(im.h == full.h && im.w == full.w && !memcmp(im.px, full.px, (size_t)im.h * im.w * 3));
+  REQUIRE(image_probe(png, len, 0, &h, &w, &c) == 0);
+  CHECK(h == full.h && w == full.w && c == 1);
+  image_free(&im);
+  image_free(&full);
+  free(png);
+  uint8_t *gif = read_all("tests/data/images/gif_named.jpg", &len);
+  REQUIRE(gif != NULL);
+  CHECK(image_probe(gif, len, 3, &h, &w, &c) != 0 && strstr(moka_error(), "GIF"));
+  free(gif);
+  CHECK(image_probe((const uint8_t *)"", 0, 3, &h, &w, &c) != 0 && strstr(moka_error(), "empty"));
+}
+
 static void test_encode_roundtrip(void) {
   Image im, back;
   REQUIRE(image_read_file(shared_path("golden/lmdb/images/img5.jpg"), 3, &im) == 0);
@@ -376,6 +448,7 @@ int main(void) {
   RUN(test_resize_golden);
   RUN(test_resize_matches_caffe_lmdb);
   RUN(test_encode_roundtrip);
+  RUN(test_probe_and_reduced_decode);
   RUN(test_hymenoptera_all);
   return test_summary();
 }

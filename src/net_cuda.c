@@ -1,0 +1,333 @@
+/* net_cuda.c — device memory and explicit copies for a Net on a CUDA device
+ * (see net_cuda.h). Compiled only in CUDA builds.
+ *
+ * Memory plan (this version): every blob has its own device buffer for its
+ * data, and one for its diff when any layer of the net runs backward; in-place
+ * layers share their bottom's Blob and so its buffers. Parameters, their
+ * gradients and the SGD momentum are one flat buffer each. Layers keep their
+ * own device scratch (BatchNorm's normalised output, pooling's argmax, ...)
+ * in their priv structs, and the convolutions share one workspace in the
+ * MokaCuda context.
+ *
+ * The reuse plan (not done yet): a liveness pass over the layer order.
+ *   - Data: a blob's data is live from its producer's forward to the last
+ *     backward that reads it (ReLU reads its top, BatchNorm keeps x_norm,
+ *     convolution reads its bottom, Eltwise SUM and Split read nothing).
+ *     In TEST nets (no backward) it dies at its last consumer's forward, and
+ *     ResNet-50 inference then needs three activation buffers in turn.
+ *   - Diff: a blob's diff is live from the backward of its last consumer
+ *     to the backward of its producer; diffs of different stages never
+ *     overlap in time, so a handful of buffers the size of the largest
+ *     activation serve the whole backward pass.
+ *   Buffers are then assigned greedily by size from a pool (interval
+ *   colouring), and the plan is recomputed on reshape.
+ */
+#ifdef MOKA_WITH_CUDA
+
+#include "net_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+typedef struct NetCudaState {
+  size_t free_at_start;   /* cudaMemGetInfo free bytes before net_to_device */
+  size_t peak_bytes;      /* largest (free_at_start - free) seen */
+  bool with_diff;         /* blobs have device diffs */
+  DevBuf segments;        /* (n_params) MokaSgdSegment table for the SGD kernel */
+  MokaSgdSegment *host_segments;
+} NetCudaState;
+
+static cudaStream_t stream_of(const Net *net) { return net->cuda->stream; }
+
+static int need_cuda(const Net *net) {
+  if (!net->cuda)
+    return moka_errorf("net '%s' has the CUDA backend but is not on a device: net_to_device was "
+                       "not called (this command or code path does not run on the GPU yet)",
+                       net->name);
+  return 0;
+}
+
+/* ---- blobs ------------------------------------------------------------------------------ */
+
+int blob_alloc_device(Blob *b, bool with_diff, const char *what) {
+  size_t n = b->count;
+  bool need_diff = with_diff && !b->dev_diff;
+  if (n <= b->dev_capacity && !need_diff) return 0;
+  if (b->dev_capacity == 0 && (b->dev_data || b->dev_diff))
+    return moka_errorf("internal error: blob '%s' is a device view; it cannot be reallocated",
+                       b->name);
+  size_t cap = n > b->dev_capacity ? n : b->dev_capacity;
+  char w[512];
+  snprintf(w, sizeof w, "%s, blob '%s' (%zu floats)", what ? what : "a blob", b->name, cap);
+  void *d = NULL, *g = NULL;
+  if (moka_dev_alloc(&d, cap * sizeof(float), w)) return -1;
+  if (with_diff && moka_dev_alloc(&g, cap * sizeof(float), w)) {
+    moka_dev_free(d);
+    return -1;
+  }
+  moka_dev_free(b->dev_data);
+  moka_dev_free(b->dev_diff);
+  b->dev_data = d;
+  b->dev_diff = g;
+  b->dev_capacity = cap;
+  return 0;
+}
+
+void blob_free_device(Blob *b) {
+  if (b->dev_capacity) {
+    moka_dev_free(b->dev_data);
+    moka_dev_free(b->dev_diff);
+  }
+  b->dev_data = b->dev_diff = NULL;
+  b->dev_capacity = 0;
+}
+
+static int blob_copy(MokaCuda *c, Blob *b, bool diff, bool up) {
+  float *dev = diff ? b->dev_diff : b->dev_data;
+  float *host = diff ? b->diff : b->data;
+  if (!b->count) return 0;
+  if (!dev)
+    return moka_errorf("blob '%s' has no device %s (not on the device)", b->name,
+                       diff ? "diff" : "data");
+  if (!host) return moka_errorf("blob '%s' has no host %s", b->name, diff ? "diff" : "data");
+  int rc = up ? moka_h2d(c->stream, dev, host, b->count * sizeof(float))
+              : moka_d2h(c->stream, host, dev, b->count * sizeof(float));
+  return rc ? moka_error_prefix("copying blob '%s'", b->name) : 0;
+}
+
+int blob_to_device(MokaCuda *c, Blob *b) { return blob_copy(c, b, false, true); }
+int blob_to_host(MokaCuda *c, Blob *b) { return blob_copy(c, b, false, false); }
+int blob_diff_to_device(MokaCuda *c, Blob *b) { return blob_copy(c, b, true, true); }
+int blob_diff_to_host(MokaCuda *c, Blob *b) { return blob_copy(c, b, true, false); }
+
+/* ---- the net ----------------------------------------------------------------------------- */
+
+int net_cuda_memory(Net *net, size_t *now_bytes, size_t *peak_bytes, bool log) {
+  if (need_cuda(net)) return -1;
+  NetCudaState *st = net->cuda_state;
+  size_t fr, tot;
+  if (moka_dev_mem_info(&fr, &tot)) return -1;
+  size_t now = st->free_at_start > fr ? st->free_at_start - fr : 0;
+  if (now > st->peak_bytes) st->peak_bytes = now;
+  if (now_bytes) *now_bytes = now;
+  if (peak_bytes) *peak_bytes = st->peak_bytes;
+  if (log)
+    LOG_INFO("GPU memory of net '%s' on device %d (%s): %.1f MiB now, %.1f MiB peak (%.1f MiB "
+             "free of %.1f MiB)",
+             net->name, net->cuda->device, net->cuda->device_name, now / 1048576.0,
+             st->peak_bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0);
+  return 0;
+}
+
+static bool any_backward(const Net *net) {
+  for (int i = 0; i < net->n_layers; i++)
+    if (net->layer_need_backward[i]) return true;
+  return false;
+}
+
+static int alloc_blobs(Net *net) {
+  NetCudaState *st = net->cuda_state;
+  for (int b = 0; b < net->n_blobs; b++) {
+    char what[512];
+    snprintf(what, sizeof what, "net '%s'", net->name);
+    if (blob_alloc_device(net->blobs[b], st->with_diff, what)) return -1;
+  }
+  return 0;
+}
+
+int net_to_device(Net *net, int device) {
+  if (net->cuda) return moka_errorf("net '%s' is already on a CUDA device", net->name);
+  size_t fr0 = 0, tot = 0;
+  MokaCuda *c = moka_cuda_create(device);
+  if (!c) return -1;
+  net->cuda = c;
+  NetCudaState *st = moka_calloc(1, sizeof *st);
+  if (!st) goto fail;
+  net->cuda_state = st;
+  if (moka_dev_mem_info(&fr0, &tot)) goto fail;
+  st->free_at_start = fr0;
+  st->with_diff = any_backward(net);
+
+  /* The flat parameter, gradient and momentum buffers. */
+  size_t pbytes = net->param_count * sizeof(float);
+  char what[512];
+  snprintf(what, sizeof what, "net '%s' parameters (%zu floats)", net->name, net->param_count);
+  if (moka_dev_alloc((void **)&net->dev_param_data, pbytes, what) ||
+      moka_dev_alloc((void **)&net->dev_param_diff, pbytes, what) ||
+      moka_dev_alloc((void **)&net->dev_history, pbytes, what))
+    goto fail;
+  if (moka_dev_zero(c->stream, net->dev_param_diff, pbytes) ||
+      moka_dev_zero(c->stream, net->dev_history, pbytes))
+    goto fail;
+  size_t off = 0;
+  for (int p = 0; p < net->n_params; p++) {
+    Blob *b = net->params[p];
+    if (b->data != net->param_data + off) {
+      moka_errorf("internal error: parameter %d of net '%s' is not in the flat buffer", p,
+                  net->name);
+      goto fail;
+    }
+    b->dev_data = net->dev_param_data + off;
+    b->dev_diff = net->dev_param_diff + off;
+    b->dev_capacity = 0; /* a view */
+    off += b->count;
+  }
+  if (net_params_to_device(net)) goto fail;
+  if (alloc_blobs(net)) goto fail;
+  for (int i = 0; i < net->n_layers; i++) net->layers[i]->cuda = c;
+  net->backend = MOKA_BACKEND_CUDA;
+  if (moka_cuda_sync(c)) goto fail;
+  size_t now;
+  if (net_cuda_memory(net, &now, NULL, false)) goto fail;
+  LOG_INFO("Net '%s' on CUDA device %d (%s, sm_%d%d): %.1f MiB of device memory for %d blobs "
+           "and %zu parameters (blobs %s diffs)",
+           net->name, device, c->device_name, c->cc_major, c->cc_minor, now / 1048576.0,
+           net->n_blobs, net->param_count, st->with_diff ? "with" : "without");
+  return 0;
+fail:
+  moka_error_prefix("moving net '%s' to CUDA device %d", net->name, device);
+  net_cuda_free(net);
+  return -1;
+}
+
+void net_cuda_free(Net *net) {
+  if (!net) return;
+  for (int i = 0; i < net->n_layers; i++) net->layers[i]->cuda = NULL;
+  for (int b = 0; b < net->n_blobs; b++) blob_free_device(net->blobs[b]);
+  for (int p = 0; p < net->n_params; p++) {
+    net->params[p]->dev_data = net->params[p]->dev_diff = NULL;
+    net->params[p]->dev_capacity = 0;
+  }
+  moka_dev_free(net->dev_param_data);
+  moka_dev_free(net->dev_param_diff);
+  moka_dev_free(net->dev_history);
+  net->dev_param_data = net->dev_param_diff = net->dev_history = NULL;
+  if (net->cuda_state) {
+    moka_devbuf_free(&net->cuda_state->segments);
+    free(net->cuda_state->host_segments);
+    free(net->cuda_state);
+    net->cuda_state = NULL;
+  }
+  moka_cuda_destroy(net->cuda);
+  net->cuda = NULL;
+}
+
+int net_params_to_device(Net *net) {
+  if (need_cuda(net)) return -1;
+  return moka_h2d(stream_of(net), net->dev_param_data, net->param_data,
+                  net->param_count * sizeof(float));
+}
+
+int net_params_to_host(Net *net) {
+  if (need_cuda(net)) return -1;
+  return moka_d2h(stream_of(net), net->param_data, net->dev_param_data,
+                  net->param_count * sizeof(float));
+}
+
+int net_param_diffs_to_host(Net *net) {
+  if (need_cuda(net)) return -1;
+  return moka_d2h(stream_of(net), net->param_diff, net->dev_param_diff,
+                  net->param_count * sizeof(float));
+}
+
+int net_history_to_host(Net *net, float *dst) {
+  if (need_cuda(net)) return -1;
+  return moka_d2h(stream_of(net), dst, net->dev_history, net->param_count * sizeof(float));
+}
+
+int net_history_to_device(Net *net, const float *src) {
+  if (need_cuda(net)) return -1;
+  return moka_h2d(stream_of(net), net->dev_history, src, net->param_count * sizeof(float));
+}
+
+static bool is_source(const Layer *l) {
+  return l->n_bottom == 0 && !l->type->forward[MOKA_BACKEND_CUDA];
+}
+
+static int source_tops_to_device(Net *net, Layer *l) {
+  for (int t = 0; t < l->n_top; t++)
+    if (blob_to_device(net->cuda, l->top[t]))
+      return moka_error_prefix("layer '%s' top %d", l->name, t);
+  return 0;
+}
+
+int net_inputs_to_device(Net *net) {
+  if (need_cuda(net)) return -1;
+  for (int i = 0; i < net->n_layers; i++)
+    if (net->layers[i]->n_bottom == 0 && source_tops_to_device(net, net->layers[i])) return -1;
+  return 0;
+}
+
+int net_cuda_forward_layer(Net *net, int i) {
+  if (need_cuda(net)) return -1;
+  Layer *l = net->layers[i];
+  if (is_source(l)) {
+    /* Source layers read files or the caller's input on the host; their
+     * tops go up right after (the net's one host->device copy per pass). */
+    if (layer_forward(l, MOKA_BACKEND_CPU) || source_tops_to_device(net, l)) return -1;
+  } else if (layer_forward(l, MOKA_BACKEND_CUDA)) {
+    return -1;
+  }
+  /* Loss tops (scalars) come down for net_forward's loss sum. */
+  for (int t = 0; t < l->n_top; t++)
+    if (l->loss_weight[t] != 0.0f && blob_to_host(net->cuda, l->top[t]))
+      return moka_error_prefix("layer '%s' loss", l->name);
+  return 0;
+}
+
+int net_cuda_backward_layer(Net *net, int i) {
+  if (need_cuda(net)) return -1;
+  Layer *l = net->layers[i];
+  if (!net->layer_need_backward[i]) return 0;
+  for (int t = 0; t < l->n_top; t++) {
+    if (l->loss_weight[t] == 0.0f) continue;
+    Blob *b = l->top[t];
+    for (size_t k = 0; k < b->count; k++) b->diff[k] = l->loss_weight[t];
+    if (blob_diff_to_device(net->cuda, b)) return moka_error_prefix("layer '%s' loss", l->name);
+  }
+  /* A source layer has no bottoms and no parameters: nothing to propagate. */
+  if (is_source(l) && l->n_params == 0) return 0;
+  return layer_backward(l, MOKA_BACKEND_CUDA);
+}
+
+int net_cuda_reshape(Net *net) {
+  if (need_cuda(net)) return -1;
+  return alloc_blobs(net);
+}
+
+int net_cuda_clear_param_diffs(Net *net) {
+  if (need_cuda(net)) return -1;
+  return moka_dev_zero(stream_of(net), net->dev_param_diff, net->param_count * sizeof(float));
+}
+
+int net_cuda_sgd_update(Net *net, float rate, float momentum, float weight_decay, bool l1,
+                        int iter_size) {
+  if (need_cuda(net)) return -1;
+  NetCudaState *st = net->cuda_state;
+  if (!net->n_params) return 0;
+  if (!st->host_segments) {
+    st->host_segments = moka_calloc((size_t)net->n_params, sizeof *st->host_segments);
+    if (!st->host_segments) return -1;
+  }
+  size_t off = 0;
+  for (int p = 0; p < net->n_params; p++) {
+    MokaSgdSegment *s = &st->host_segments[p];
+    s->offset = off;
+    s->count = net->params[p]->count;
+    s->local_rate = rate * net->param_lr_mult[p];
+    s->local_decay = weight_decay * net->param_decay_mult[p];
+    off += s->count;
+  }
+  size_t bytes = (size_t)net->n_params * sizeof(MokaSgdSegment);
+  if (moka_devbuf_reserve(&st->segments, bytes, "the SGD segment table") ||
+      moka_h2d(stream_of(net), st->segments.ptr, st->host_segments, bytes))
+    return -1;
+  return moka_cuda_sgd_update(stream_of(net), net->dev_param_data, net->dev_param_diff,
+                              net->dev_history, (const MokaSgdSegment *)st->segments.ptr,
+                              net->n_params, net->param_count, momentum, iter_size, l1);
+}
+
+#endif /* MOKA_WITH_CUDA */
