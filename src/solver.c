@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "data/data_layer.h"
 #include "proto_io.h"
 #include "prototxt.h"
 #include "util.h"
@@ -1122,7 +1123,42 @@ int solver_restore(Solver *s, const char *path) {
   s->iter = st->iter;
   s->current_step = st->current_step;
   s->iterations_last = s->iter;
+  rc = solver_seek_data(s);
 done:
   protobuf_c_message_free_unpacked(m, NULL);
   return rc;
+}
+
+/* Position every Data / ImageData layer where an uninterrupted run would be
+ * at iteration s->iter: the train net has read iter x iter_size batches; each
+ * test net has run test_iter batches per test done before this iteration
+ * (tests run at iterations t < iter with t % test_interval == 0, the one at 0
+ * only with test_initialization). Caffe restarts its Data layers at the first
+ * record instead (CAFFE_NOTES.md, "Resuming"); moka continues exactly. */
+static int seek_net(Net *net, uint64_t batches, const char *what) {
+  for (int i = 0; i < net->n_layers; i++) {
+    Layer *l = net->layers[i];
+    if (strcmp(l->type->name, "Data") && strcmp(l->type->name, "ImageData")) continue;
+    uint64_t batch = (uint64_t)l->top[0]->shape[0];
+    if (data_layer_seek(l, batches * batch))
+      return moka_error_prefix("resuming the %s's data layer '%s' at batch %llu", what, l->name,
+                               (unsigned long long)batches);
+    LOG_INFO("%s data layer %s continues at record %llu", what, l->name,
+             (unsigned long long)(batches * batch));
+  }
+  return 0;
+}
+
+int solver_seek_data(Solver *s) {
+  const Caffe__SolverParameter *p = s->param;
+  if (seek_net(s->net, (uint64_t)s->iter * (uint64_t)p->iter_size, "train net")) return -1;
+  uint64_t tests = 0;
+  if (p->test_interval > 0)
+    for (int t = 0; t < s->iter; t += p->test_interval)
+      if (t > 0 || p->test_initialization) tests++;
+  for (int k = 0; k < s->n_test_nets; k++) {
+    uint64_t per = k < (int)p->n_test_iter ? (uint64_t)p->test_iter[k] : 0;
+    if (seek_net(s->test_nets[k], tests * per, "test net")) return -1;
+  }
+  return 0;
 }

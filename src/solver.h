@@ -169,6 +169,10 @@ int solver_snapshot(Solver *s);
  * up as written, then beside the solverstate). HDF5 states are refused. */
 int solver_restore(Solver *s, const char *solverstate);
 
+/* Position the Data/ImageData layers of every net where an uninterrupted
+ * run would be at s->iter (solver_restore calls it). */
+int solver_seek_data(Solver *s);
+
 /* Copy the parameters of every layer of `src` into the layer of the same name
  * in `dst` (Caffe's ShareTrainedLayersWith, by value). */
 int solver_share_trained_layers(Net *dst, const Net *src);
