@@ -128,7 +128,7 @@ $(BUILD)/obj/%.o: %.c $(PROTO_H)
 
 $(BUILD)/obj/kernels/%.o: kernels/%.cu kernels/*.h
 	@mkdir -p $(dir $@)
-	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Ikernels -Isrc -I$(BUILD)/proto $(if $(filter 1,$(DEBUG)),-G -DMOKA_DEBUG=1,) -Xcompiler -fPIC -c $< -o $@
+	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Ikernels -Isrc -I$(BUILD)/proto $(if $(filter 1,$(DEBUG)),-G -DMOKA_DEBUG=1,) -Xcompiler -fPIC $(EXTRA_NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/libmoka.a: $(LIB_OBJS)
 	@rm -f $@

@@ -189,7 +189,8 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
   const size_t OHW = (size_t)g->out_h * g->out_w, HW = (size_t)g->height * g->width;
   const int kdim = Cg * g->kernel_h * g->kernel_w;
   const bool plain = is_plain_1x1(g);
-  if (db && moka_cuda_channel_sum(s, dy, NULL, db, (size_t)g->num, (size_t)g->num_output, OHW, true))
+  if (db &&
+      moka_cuda_channel_sum(s, dy, NULL, db, (size_t)g->num, (size_t)g->num_output, OHW, true))
     return -1;
   int chunk;
   float *col, *t;

@@ -245,7 +245,8 @@ int moka_dev_alloc(void **p, size_t bytes, const char *what) {
   cudaError_t e = cudaMalloc(p, bytes);
   if (e == cudaSuccess) return 0;
   *p = NULL;
-  if (e != cudaErrorMemoryAllocation) return moka_cuda_fail((int)e, "cudaMalloc", __FILE__, __LINE__);
+  if (e != cudaErrorMemoryAllocation)
+    return moka_cuda_fail((int)e, "cudaMalloc", __FILE__, __LINE__);
   cudaGetLastError(); /* clear the (non-sticky) allocation error */
   size_t fr = 0, tot = 0;
   cudaMemGetInfo(&fr, &tot);
@@ -256,6 +257,19 @@ int moka_dev_alloc(void **p, size_t bytes, const char *what) {
                      "batch)",
                      what ? what : "an allocation", bytes, bytes / 1048576.0, fr / 1048576.0,
                      tot / 1048576.0, dev);
+}
+
+int moka_dev_calloc(void **p, size_t bytes, const char *what) {
+  if (moka_dev_alloc(p, bytes, what)) return -1;
+  if (!bytes) return 0;
+  cudaError_t e = cudaMemset(*p, 0, bytes);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize(); /* ordered before any stream's use */
+  if (e != cudaSuccess) {
+    cudaFree(*p);
+    *p = NULL;
+    return moka_cuda_fail((int)e, "cudaMemset (zero-filled allocation)", __FILE__, __LINE__);
+  }
+  return 0;
 }
 
 void moka_dev_free(void *p) {

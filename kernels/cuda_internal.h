@@ -1,5 +1,5 @@
-/* cuda_internal.h — (C++ only, for nvcc) what the kernels/<op>.cu files share and src/ never sees:
- * grid sizing, a double block reduction, and the cuBLAS/cuDNN check macros.
+/* cuda_internal.h — (C++ only, for nvcc) what the kernels/<op>.cu files share
+ * and src/ never sees: grid sizing, a double block reduction, and the cuBLAS/cuDNN check macros.
  */
 #ifndef MOKA_CUDA_INTERNAL_H
 #define MOKA_CUDA_INTERNAL_H

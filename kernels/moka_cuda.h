@@ -105,6 +105,9 @@ int moka_cuda_launched(cudaStream_t s, const char *kernel, const char *file, int
  * asked for, the free/total device memory, and the advice to lower the batch
  * size or raise iter_size. 0 / -1. bytes == 0 gives *p = NULL. */
 int moka_dev_alloc(void **p, size_t bytes, const char *what);
+/* The same, zero-filled, and complete when it returns (it waits for the
+ * device: for set-up paths, not for every pass). */
+int moka_dev_calloc(void **p, size_t bytes, const char *what);
 void moka_dev_free(void *p);
 /* Free and total memory of the current device, in bytes. */
 int moka_dev_mem_info(size_t *free_bytes, size_t *total_bytes);

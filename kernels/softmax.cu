@@ -32,7 +32,8 @@ __global__ void softmax_backward_kernel(const float *y, const float *dy, float *
   MOKA_GRID_LOOP(pos, outer * inner) {
     const size_t n = pos / inner, i = pos - n * inner, base = n * C * inner + i;
     double dot = 0;
-    for (size_t c = 0; c < C; c++) dot += (double)dy[base + c * inner] * (double)y[base + c * inner];
+    for (size_t c = 0; c < C; c++)
+      dot += (double)dy[base + c * inner] * (double)y[base + c * inner];
     const float d = (float)dot;
     for (size_t c = 0; c < C; c++)
       dx[base + c * inner] = __fmul_rn(__fsub_rn(dy[base + c * inner], d), y[base + c * inner]);

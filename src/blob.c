@@ -56,7 +56,22 @@ Blob *blob_new(const char *name) {
   if (!b) return NULL;
   b->name = moka_strdup(name ? name : "");
   b->owns = true;
+  /* A new blob is a scalar 0 (0 axes, count 1) with real memory behind it:
+   * a blob nobody shapes (an Input layer without a shape, ...) must still
+   * be readable. */
   b->count = 1;
+  b->data = calloc(1, sizeof(float));
+  b->diff = calloc(1, sizeof(float));
+  if (!b->name || !b->data || !b->diff) {
+    free(b->data);
+    free(b->diff);
+    free(b->name);
+    free(b);
+    moka_errorf("out of memory creating blob '%s'", name ? name : "");
+    return NULL;
+  }
+  b->capacity = 1;
+  charge(2 * sizeof(float));
   return b;
 }
 

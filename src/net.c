@@ -514,12 +514,12 @@ Net *net_create_from_file(const char *prototxt, const NetOptions *o) {
 
 void net_free(Net *net) {
   if (!net) return;
+#ifdef MOKA_WITH_CUDA
+  net_cuda_free(net); /* the blobs' device memory and the context (layers free their own) */
+#endif
   for (int i = 0; i < net->n_layers; i++) layer_free(net->layers[i]);
   free(net->layers);
   free(net->layer_need_backward);
-#ifdef MOKA_WITH_CUDA
-  net_cuda_free(net); /* the blobs' device memory and the context */
-#endif
   for (int i = 0; i < net->n_blobs; i++) blob_free(net->blobs[i]);
   free(net->blobs);
   free(net->params);

@@ -62,9 +62,11 @@ int blob_alloc_device(Blob *b, bool with_diff, const char *what) {
   size_t cap = n > b->dev_capacity ? n : b->dev_capacity;
   char w[512];
   snprintf(w, sizeof w, "%s, blob '%s' (%zu floats)", what ? what : "a blob", b->name, cap);
+  /* Zero-filled, like new host blob memory: a top diff that no layer writes
+   * (an unused second top) reads as 0, as in Caffe and on the CPU. */
   void *d = NULL, *g = NULL;
-  if (moka_dev_alloc(&d, cap * sizeof(float), w)) return -1;
-  if (with_diff && moka_dev_alloc(&g, cap * sizeof(float), w)) {
+  if (moka_dev_calloc(&d, cap * sizeof(float), w)) return -1;
+  if (with_diff && moka_dev_calloc(&g, cap * sizeof(float), w)) {
     moka_dev_free(d);
     return -1;
   }
@@ -194,7 +196,7 @@ fail:
 }
 
 void net_cuda_free(Net *net) {
-  if (!net) return;
+  if (!net || (!net->cuda && !net->cuda_state)) return; /* never on a device */
   for (int i = 0; i < net->n_layers; i++) net->layers[i]->cuda = NULL;
   for (int b = 0; b < net->n_blobs; b++) blob_free_device(net->blobs[b]);
   for (int p = 0; p < net->n_params; p++) {

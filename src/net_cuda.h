@@ -28,7 +28,9 @@
 /* Move the net to CUDA device `device` (see above) and set its backend to
  * MOKA_BACKEND_CUDA. Logs the device memory it took. 0 / -1. */
 int net_to_device(Net *net, int device);
-/* Free everything net_to_device allocated (net_free calls it). */
+/* Free everything net_to_device allocated (net_free calls it before freeing
+ * the layers, which free their own device scratch); the net is then a CPU
+ * net again, except for its backend field. */
 void net_cuda_free(Net *net);
 
 /* Parameters (the flat buffer) host -> device / device -> host. */

@@ -70,7 +70,8 @@ Net *cli_load_net(const char *model, const char *weights, Phase phase, Backend b
 int cli_net_to_device(Net *net, const char *gpu) {
 #ifdef MOKA_WITH_CUDA
   int device;
-  if (net->backend == MOKA_BACKEND_CUDA && (cli_gpu_device(gpu, &device) || net_to_device(net, device)))
+  if (net->backend == MOKA_BACKEND_CUDA &&
+      (cli_gpu_device(gpu, &device) || net_to_device(net, device)))
     return -1;
 #else
   (void)net;

@@ -483,7 +483,7 @@ int ft_write_list(const FtDataset *d, const int *idx, int n, const char *path) {
   if (!buf) return -1;
   for (int i = 0; i < n; i++) {
     const FtItem *it = &d->items[idx[i]];
-    size_t need = strlen(it->path) + 16;
+    size_t need = strlen(d->root) + strlen(it->path) + 16;
     if (len + need >= cap) {
       while (len + need >= cap) cap *= 2;
       char *nb = moka_realloc(buf, cap);
@@ -493,7 +493,7 @@ int ft_write_list(const FtDataset *d, const int *idx, int n, const char *path) {
       }
       buf = nb;
     }
-    len += (size_t)snprintf(buf + len, cap - len, "%s %d\n", it->path, it->label);
+    len += (size_t)snprintf(buf + len, cap - len, "%s%s %d\n", d->root, it->path, it->label);
   }
   int rc = moka_write_file_atomic(path, buf, len);
   free(buf);

@@ -65,7 +65,9 @@ void ft_split_free(FtSplit *s);
 /* Shuffle `idx` (the training order of a set given as is). */
 void ft_shuffle(int *idx, int n, uint32_t seed);
 
-/* Write "path label" lines for items idx[0..n) (atomically). */
+/* Write "ROOTpath label" lines for items idx[0..n) (atomically): with an
+ * absolute root the list is usable from any folder (convert_imageset with
+ * an empty root). */
 int ft_write_list(const FtDataset *d, const int *idx, int n, const char *path);
 /* labels.txt: one class name per line, line i = label i (atomically). */
 int ft_write_labels(const FtDataset *d, const char *path);

@@ -211,10 +211,14 @@ static void emit_classifier(StrBuf *b, const Plan *pl, const FtNetSpec *s, const
             "# from the fillers below instead of the old %d-class weights.\n",
             info->classifier_old, info->old_outputs, info->classifier_new, s->n_classes,
             info->old_outputs);
-  if (train)
+  if (train && !s->from_scratch)
     sb_printf(b,
               "# Its learning rate is %gx (weights) and %gx (bias) the base rate: it starts from\n"
               "# scratch, while the pretrained layers only need small adjustments.\n",
+              (double)s->cls_lr_mult, (double)s->cls_bias_lr_mult);
+  else if (train)
+    sb_printf(b, "# Its learning rate is %gx (weights) and %gx (bias) the base rate "
+                 "(--classifier_lr_mult).\n",
               (double)s->cls_lr_mult, (double)s->cls_bias_lr_mult);
   sb_printf(b, "layer {\n  name: \"%s\"\n  type: \"InnerProduct\"\n  bottom: \"%s\"\n  top: \"%s\"\n",
             info->classifier_new, cls->bottom[0], info->logits);
@@ -253,6 +257,10 @@ static int set_bn(Caffe__LayerParameter *l, const FtNetSpec *s) {
       bp->has_moving_average_fraction = 1;
       bp->moving_average_fraction = s->bn_maf;
     }
+    if (!bp->has_moving_average_fraction && !bp->has_eps) { /* nothing left to say */
+      caffe__batch_norm_parameter__free_unpacked(bp, NULL);
+      l->batch_norm_param = NULL;
+    }
   }
   return 0;
 }
@@ -266,6 +274,52 @@ static int add_msra(Caffe__LayerParameter *l) {
   caffe__filler_parameter__init(cp->weight_filler);
   cp->weight_filler->type = moka_strdup("msra");
   return cp->weight_filler->type ? 0 : -1;
+}
+
+/* Is layer i a Scale whose output is one input of an Eltwise sum whose other
+ * input does not come from a Scale (a residual branch beside an identity
+ * shortcut)? */
+static bool residual_branch_end(const Caffe__NetParameter *np, int i) {
+  const Caffe__LayerParameter *l = np->layer[i];
+  if (l->n_top != 1) return false;
+  for (size_t j = (size_t)i + 1; j < np->n_layer; j++) {
+    const Caffe__LayerParameter *e = np->layer[j];
+    if (strcmp(ltype(e), "Eltwise") || e->n_bottom != 2) continue;
+    if (e->eltwise_param && e->eltwise_param->has_operation &&
+        e->eltwise_param->operation != CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__SUM)
+      continue;
+    for (int b = 0; b < 2; b++) {
+      if (strcmp(e->bottom[b], l->top[0])) continue;
+      /* the other bottom's producer: the last layer before j with that top */
+      const char *other = e->bottom[1 - b];
+      for (int k = (int)j - 1; k >= 0; k--) {
+        const Caffe__LayerParameter *q = np->layer[k];
+        bool makes = false;
+        for (size_t t = 0; t < q->n_top; t++) makes |= !strcmp(q->top[t], other);
+        if (makes) return strcmp(ltype(q), "Scale") != 0;
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Scale's gamma filler: constant 0. */
+static int zero_scale(Caffe__LayerParameter *l) {
+  if (!l->scale_param) {
+    l->scale_param = moka_malloc(sizeof *l->scale_param);
+    if (!l->scale_param) return -1;
+    caffe__scale_parameter__init(l->scale_param);
+  }
+  Caffe__ScaleParameter *sp = l->scale_param;
+  if (sp->filler) return 0;
+  sp->filler = moka_malloc(sizeof *sp->filler);
+  if (!sp->filler) return -1;
+  caffe__filler_parameter__init(sp->filler);
+  sp->filler->type = moka_strdup("constant");
+  sp->filler->has_value = 1;
+  sp->filler->value = 0;
+  return sp->filler->type ? 0 : -1;
 }
 
 static void emit_header(StrBuf *b, const char *what, const FtNetSpec *s) {
@@ -304,7 +358,7 @@ static char *write_train_val(Plan *pl, const FtNetSpec *s, const FtNetInfo *info
               "# pools globally (global_pooling: true) to keep 1x1 features for the classifier.\n",
               info->crop, info->crop, info->height, info->width, info->pool_made_global);
   sb_puts(&b, "\n# ---- the deploy net's layers ----\n");
-  bool bn_said = false, scratch_said = false;
+  bool bn_said = false, scratch_said = false, zero_said = false;
   for (size_t i = 0; i < np->n_layer; i++) {
     Caffe__LayerParameter *l = np->layer[i];
     if ((int)i == pl->input || (int)i == pl->softmax) continue;
@@ -333,6 +387,14 @@ static char *write_train_val(Plan *pl, const FtNetSpec *s, const FtNetInfo *info
                                     "# average follows a short run (--bn_maf)."
                                   : "");
       }
+    }
+    if (s->from_scratch && !strcmp(ltype(l), "Scale") && residual_branch_end(np, (int)i)) {
+      if (!zero_said)
+        sb_puts(&b, "# Training from scratch: the Scale layer that ends each residual branch\n"
+                    "# starts at 0 (filler constant 0), so that every block starts as the identity\n"
+                    "# and the deep net trains stably (Goyal et al. 2017, \"zero gamma\").\n");
+      zero_said = true;
+      if (zero_scale(l)) b.failed = true;
     }
     if (s->from_scratch && !strcmp(ltype(l), "Convolution")) {
       if (!scratch_said)
@@ -458,9 +520,12 @@ char *ft_solver_text(const FtSolverSpec *s) {
             s->n_val, s->n_val, s->val_batch, test_iter, ipe);
   sb_printf(&b,
             "\n# SGD with momentum; weight decay (L2) fights overfitting\n"
-            "type: \"SGD\"\nbase_lr: %g  # --lr: small, the pretrained weights are already good\n"
+            "type: \"SGD\"\nbase_lr: %g  # --lr%s\n"
             "momentum: %g\nweight_decay: %g\n",
-            s->base_lr, s->momentum, s->weight_decay);
+            s->base_lr,
+            s->from_scratch ? " (training from scratch)"
+                            : ": small, the pretrained weights are already good",
+            s->momentum, s->weight_decay);
   sb_printf(&b, "\n# the learning rate is multiplied by gamma at each stepvalue (iterations):\n");
   sb_printf(&b, "# drops after epochs");
   for (int i = 0; i < n_steps; i++) sb_printf(&b, "%s %d", i ? "," : "", steps[i] / ipe);

@@ -76,6 +76,7 @@ typedef struct FtSolverSpec {
   bool gpu;
   int device_id;
   int seed;
+  bool from_scratch;            /* no pretrained weights (comments only) */
   const char *command;
 } FtSolverSpec;
 

@@ -16,6 +16,28 @@
 #include "data/data_layer.h"
 #include "solver.h"
 #include "util.h"
+#ifdef MOKA_WITH_CUDA
+#include "net_cuda.h"
+#endif
+
+/* Blobs the trainer reads (the classifier's output, the labels) and the
+ * weights it saves live on the device with the CUDA backend: copy them to
+ * the host explicitly. Nothing on the CPU. */
+static int blob_host(Net *net, Blob *b) {
+#ifdef MOKA_WITH_CUDA
+  if (net->cuda) return blob_to_host(net->cuda, b);
+#endif
+  (void)net, (void)b;
+  return 0;
+}
+
+static int params_host(Net *net) {
+#ifdef MOKA_WITH_CUDA
+  if (net->cuda) return net_params_to_host(net);
+#endif
+  (void)net;
+  return 0;
+}
 
 /* ---- signals ------------------------------------------------------------------------- */
 
@@ -197,6 +219,7 @@ static float batch_accuracy(const Blob *logits, const Blob *label) {
  * its blobs (the forward of that iteration). */
 static int record_iter(Ctx *x, int iter) {
   if (x->h->n_iters != iter) return 0;
+  if (blob_host(x->s->net, x->logits) || blob_host(x->s->net, x->label)) return -1;
   return ft_history_add_iter(x->h, iter, x->loss->data[0], batch_accuracy(x->logits, x->label));
 }
 
@@ -303,6 +326,7 @@ static int evaluate(Ctx *x, FtEpochStats *e, int *confusion) {
     float l;
     if (net_forward(tn, &l)) return moka_error_prefix("validation batch %d", batches);
     batches++;
+    if (blob_host(tn, logits) || blob_host(tn, label)) return -1;
     const int B = logits->shape[0], D = (int)(logits->count / (size_t)B);
     if (D != K)
       return moka_errorf("the classifier '%s' has %d outputs, but there are %d classes", c->logits,
@@ -389,7 +413,7 @@ static int finish_epoch(Ctx *x, double epoch_t0, int iters_run, double train_s) 
   if (is_best) {
     char path[4200];
     snprintf(path, sizeof path, "%s/best.caffemodel", c->dir);
-    if (net_save_caffemodel(s->net, path)) {
+    if (params_host(s->net) || net_save_caffemodel(s->net, path)) {
       free(conf);
       return moka_error_prefix("writing the best weights");
     }

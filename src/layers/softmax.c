@@ -19,6 +19,7 @@ typedef struct SoftmaxPriv {
 void softmax_ref_forward(const float *x, float *y, size_t outer, size_t channels,
                          size_t inner) {
   const size_t C = channels, I = inner;
+  if (C == 0) return; /* an empty softmax axis: nothing to read or write */
   for (size_t n = 0; n < outer; n++)
     for (size_t i = 0; i < I; i++) {
       const float *xi = x + n * C * I + i; /* stride I */

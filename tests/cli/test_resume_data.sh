@@ -62,11 +62,11 @@ if cmp -s "$T/full_iter_7.caffemodel" "$T/part_iter_7.caffemodel"; then ok resum
 else fail resume_bit_identical_weights; fi
 # the losses and test accuracies after the resume point are the same lines
 for f in full.log part2.log; do
-  sed -n 's/.*\(Iteration [4-7] .*loss = .*\)/\1/p; s/.*\(Iteration [4-7], lr = .*\)/\1/p; s/.*\(Test net output #[0-9]: .*\)/\1/p' "$T/$f" | sed 's/([0-9.]* iter\/s, [0-9.]*s\/100 iters), //' > "$T/$f.cut"
+  sed -n 's/.*\(Iteration [4-7] .*loss = .*\)/\1/p; s/.*\(Iteration [4-7], lr = .*\)/\1/p; s/.*\(Test net output #[0-9]: .*\)/\1/p' "$T/$f" | sed 's/([0-9.e+-]* iter\/s, [0-9.e+-]*s\/[0-9]* iters), //' > "$T/$f.cut"
 done
 tail -n +1 "$T/part2.log.cut" > /dev/null
 if [ -s "$T/part2.log.cut" ] && tail -n "$(wc -l < "$T/part2.log.cut")" "$T/full.log.cut" | cmp -s - "$T/part2.log.cut"; then
   ok resume_same_log_lines
 else
-  fail resume_same_log_lines "$(diff "$T/full.log.cut" "$T/part2.log.cut" | head -5)"
+  fail resume_same_log_lines "$(tail -n "$(wc -l < "$T/part2.log.cut")" "$T/full.log.cut" | diff - "$T/part2.log.cut" | head -6)"
 fi

@@ -316,7 +316,7 @@ static void run_specs(const Spec *v, size_t n) {
 static const char *conv_params[][2] = {
     /* {convolution_param body, bottom shape} */
     {"num_output: 5 kernel_size: 3 pad: 1" GW, "2,3,13,11"},
-    {"num_output: 8 kernel_size: 7 stride: 2 pad: 3" GW, "1,3,37,29"},        /* the stem, batch 1 */
+    {"num_output: 8 kernel_size: 7 stride: 2 pad: 3" GW, "1,3,37,29"},         /* stem, batch 1 */
     {"num_output: 20 kernel_size: 1 bias_term: false" GW, "2,12,7,9"},         /* 1x1 plain GEMM */
     {"num_output: 6 kernel_size: 1 stride: 2 bias_term: false" GW, "2,12,9,7"}, /* 1x1 stride 2 */
     {"num_output: 7 kernel_size: 3 stride: 2 pad: 1" GW, "1,10,15,13"},
@@ -396,13 +396,17 @@ static void test_scale_relu(void) {
 
 static void test_pooling(void) {
   const Spec v[] = {
-      {"MAX 3/2 ceil + mask top", "type: 'Pooling' pooling_param { pool: MAX kernel_size: 3 stride: 2 }",
+      {"MAX 3/2 ceil + mask top",
+       "type: 'Pooling' pooling_param { pool: MAX kernel_size: 3 stride: 2 }",
        MOKA_TRAIN, {"2,3,13,11"}, 2, false, -1, 0, B_EXACT, true},
-      {"MAX 3/2 pad 1", "type: 'Pooling' pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }",
+      {"MAX 3/2 pad 1",
+       "type: 'Pooling' pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }",
        MOKA_TRAIN, {"1,5,14,15"}, 1, false, -1, 0, B_EXACT, true},
-      {"MAX 2/2 floor", "type: 'Pooling' pooling_param { pool: MAX kernel_size: 2 stride: 2 round_mode: FLOOR }",
+      {"MAX 2/2 floor",
+       "type: 'Pooling' pooling_param { pool: MAX kernel_size: 2 stride: 2 round_mode: FLOOR }",
        MOKA_TRAIN, {"1,3,7,9"}, 1, false, -1, 0, B_EXACT, true},
-      {"AVE 3/2 pad 1", "type: 'Pooling' pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }",
+      {"AVE 3/2 pad 1",
+       "type: 'Pooling' pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }",
        MOKA_TRAIN, {"2,3,9,8"}, 1, false, -1, 0, B_EXACT, true},
       {"AVE global 7x7", "type: 'Pooling' pooling_param { pool: AVE global_pooling: true }",
        MOKA_TRAIN, {"2,7,7,7"}, 1, false, -1, 0, B_EXACT, true},
@@ -701,6 +705,48 @@ static void test_mini_train_grad0(void) {
   net_free(net);
 }
 
+/* The same TRAIN forward + backward on the CPU reference and on the device:
+ * the loss, and every parameter gradient and BN statistic (NMSE over the
+ * whole flat buffer, and per blob at rtol 1e-3 except the conv1 bias, whose
+ * gradient is rounding noise around 0). */
+static void test_mini_train_cpu_vs_cuda(void) {
+  NetOptions o;
+  net_options_default(&o);
+  o.phase = MOKA_TRAIN;
+  o.quiet = true;
+  o.has_seed = true;
+  o.seed = 1;
+  Net *cpu = net_create_from_file(shared_path("golden/mini_train/train.prototxt"), &o);
+  REQUIRE(cpu);
+  REQUIRE(net_copy_from_file(cpu, shared_path("golden/mini_train/init.caffemodel")) == 0);
+  Net *gpu = load("golden/mini_train/train.prototxt", "golden/mini_train/init.caffemodel",
+                  MOKA_TRAIN);
+  REQUIRE(gpu);
+  float lc, lg;
+  REQUIRE(set_batch(cpu, 1) == 0 && set_batch(gpu, 1) == 0);
+  net_clear_param_diffs(cpu);
+  net_clear_param_diffs(gpu);
+  REQUIRE(net_forward(cpu, &lc) == 0 && net_backward(cpu) == 0);
+  REQUIRE(net_forward(gpu, &lg) == 0 && net_backward(gpu) == 0);
+  REQUIRE(net_params_to_host(gpu) == 0 && net_param_diffs_to_host(gpu) == 0);
+  CHECK_MSG(fabs(lc - lg) <= 1e-5 * fmax(1.0, fabs(lc)), "loss: CPU %.8g, CUDA %.8g", lc, lg);
+  REQUIRE(cpu->param_count == gpu->param_count);
+  double worst = 0;
+  check_close("all parameter gradients", gpu->param_diff, cpu->param_diff, cpu->param_count,
+              B_GEMM, &worst);
+  check_close("all parameters and BN statistics", gpu->param_data, cpu->param_data,
+              cpu->param_count, B_GEMM, &worst);
+  for (int p = 0; p < cpu->n_params; p++) {
+    if (!strcmp(cpu->params[p]->name, "conv1.1")) continue;
+    CHECK(compare_f32(cpu->params[p]->name, gpu->params[p]->diff, cpu->params[p]->diff,
+                      cpu->params[p]->count, 1e-3, 0));
+  }
+  fprintf(stderr, "    mini_train CPU vs CUDA: loss %.8g vs %.8g, worst NMSE %.2g\n", lc, lg,
+          worst);
+  net_free(gpu);
+  net_free(cpu);
+}
+
 /* Six SGD iterations on the device (batch k at iteration k, multistep lr
  * 0.01 / 0.1 at 2 and 4, momentum 0.9, weight decay 5e-4): Caffe's losses
  * and final weights. */
@@ -739,8 +785,8 @@ static void test_mini_train_sgd(void) {
   o.quiet = true;
   Net *ref = net_create_from_file(shared_path("golden/mini_train/train.prototxt"), &o);
   REQUIRE(ref);
-  REQUIRE(net_copy_from_file(ref, shared_path("golden/mini_train/snapshots/mini_iter_6.caffemodel")) ==
-          0);
+  REQUIRE(net_copy_from_file(
+              ref, shared_path("golden/mini_train/snapshots/mini_iter_6.caffemodel")) == 0);
   REQUIRE(ref->n_params == net->n_params);
   for (int p = 0; p < net->n_params; p++) {
     char what[256];
@@ -781,6 +827,7 @@ int main(void) {
   RUN(test_mini_resnet_64_cudnn);
   RUN(test_mini_resnet_odd_cudnn);
   RUN(test_mini_train_grad0);
+  RUN(test_mini_train_cpu_vs_cuda);
   RUN(test_mini_train_sgd);
   moka_cuda_destroy(ctx);
   return test_summary();

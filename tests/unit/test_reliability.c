@@ -19,6 +19,7 @@
 #include "net.h"
 #include "proto_io.h"
 #include "prototxt.h"
+#include "solver.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -452,6 +453,53 @@ static void test_lmdb_records_of_the_wrong_type(void) {
   free(good);
 }
 
+/* ---- solver files naming bad nets ---------------------------------------------------- */
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+  }
+}
+
+static void test_solver_naming_itself_or_nothing(void) {
+  SolverOptions o;
+  memset(&o, 0, sizeof o);
+  o.quiet_nets = true;
+  /* net: the solver file itself: read as a net definition, its first
+   * solver field is an unknown field of caffe.NetParameter (no recursion:
+   * a net file cannot include anything). */
+  char text[1024];
+  snprintf(text, sizeof text, "net: \"%s\"\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: \"fixed\"\n",
+           tmp_path("self_solver.prototxt"));
+  write_text(tmp_path("self_solver.prototxt"), text);
+  Solver *s = solver_create_from_file(tmp_path("self_solver.prototxt"), &o);
+  CHECK(s == NULL);
+  solver_free(s);
+  CHECK_MSG(strstr(moka_error(), "self_solver.prototxt:1:1") &&
+                strstr(moka_error(), "unknown field 'net' in caffe.NetParameter"),
+            "%s", moka_error());
+  printf("  refused: %s\n", moka_error());
+  /* net: a file that does not exist */
+  write_text(tmp_path("missing_solver.prototxt"),
+             "net: \"no_such_net.prototxt\"\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: \"fixed\"\n");
+  s = solver_create_from_file(tmp_path("missing_solver.prototxt"), &o);
+  CHECK(s == NULL);
+  solver_free(s);
+  CHECK_MSG(strstr(moka_error(), "no_such_net.prototxt"), "%s", moka_error());
+  printf("  refused: %s\n", moka_error());
+  /* net: a folder */
+  snprintf(text, sizeof text, "net: \"%s\"\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: \"fixed\"\n",
+           g_tmp);
+  write_text(tmp_path("dir_solver.prototxt"), text);
+  s = solver_create_from_file(tmp_path("dir_solver.prototxt"), &o);
+  CHECK(s == NULL);
+  solver_free(s);
+  CHECK_MSG(strstr(moka_error(), "is a directory"), "%s", moka_error());
+  printf("  refused: %s\n", moka_error());
+}
+
 /* ---- files moka writes ----------------------------------------------------------------- */
 
 static void test_written_files_follow_the_umask(void) {
@@ -507,6 +555,7 @@ int main(void) {
   RUN(test_datum_declaring_huge_sizes);
   RUN(test_images_declaring_huge_sizes);
   RUN(test_lmdb_records_of_the_wrong_type);
+  RUN(test_solver_naming_itself_or_nothing);
   RUN(test_written_files_follow_the_umask);
   remove_tree(g_tmp);
   return test_summary();

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Summary of a tests/gpu/run.sh run: reads the logs in WORKDIR, prints the figures.
+
+  summarize.py WORKDIR
+
+WORKDIR holds moka_<engine>_b<batch>.log (moka time on the GPU; engine moka or cudnn),
+torch.log (torch_bench.py result lines), test.log, sanitizer.log, gpu.txt. Prints img/s,
+peak memory and the ratios; then, per convolution layer of ResNet-50, the time of moka's
+kernels against the cuDNN engine (target: moka >= 0.8x cuDNN's speed, i.e.
+t_cudnn / t_moka >= 0.8).
+"""
+import glob
+import os
+import re
+import sys
+
+LAYER = re.compile(r"\]\s*(\S+)\t(forward|backward): ([0-9.eE+-]+) ms\.")
+UNSYNC = re.compile(r"Average throughput \(unsynchronised passes\): ([0-9.]+) img/s \(([0-9.eE+-]+) ms")
+SYNCED = re.compile(r"Average throughput: ([0-9.]+) img/s")
+FB = re.compile(r"Average Forward-Backward: ([0-9.eE+-]+) ms")
+MEM = re.compile(r"GPU memory of net .*: ([0-9.]+) MiB now, ([0-9.]+) MiB peak")
+CONV = re.compile(r"^(conv1|res\d+[a-z]_branch(1|2[abc]))$")
+
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def moka_runs(work):
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(work, "moka_*_b*.log"))):
+        m = re.match(r"moka_(\w+?)_b(\d+)\.log$", os.path.basename(path))
+        if not m:
+            continue
+        text = read(path)
+        r = {"engine": m.group(1), "batch": int(m.group(2)), "layers": {}}
+        for name, kind, ms in LAYER.findall(text):
+            r["layers"].setdefault(name, {})[kind] = float(ms)
+        u = UNSYNC.search(text)
+        s = SYNCED.search(text)
+        fb = FB.search(text)
+        mem = MEM.search(text)
+        r["img_s"] = float(u.group(1)) if u else None
+        r["pass_ms"] = float(u.group(2)) if u else None
+        r["img_s_synced"] = float(s.group(1)) if s else None
+        r["fb_ms_synced"] = float(fb.group(1)) if fb else None
+        r["peak_mib"] = float(mem.group(2)) if mem else None
+        r["error"] = next((ln for ln in text.splitlines() if "error" in ln.lower()), None)
+        runs[(r["engine"], r["batch"])] = r
+    return runs
+
+
+def torch_runs(work):
+    out = {}
+    for line in read(os.path.join(work, "torch.log")).splitlines():
+        if not line.startswith("result "):
+            continue
+        kv = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line))
+        out[(kv["precision"], kv["layout"], int(kv["batch"]))] = kv
+    return out
+
+
+def fmt(v, f="%.1f"):
+    return f % v if isinstance(v, (int, float)) else "n/a"
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    work = sys.argv[1]
+    print(read(os.path.join(work, "gpu.txt")).strip())
+    print()
+    t = read(os.path.join(work, "test.log"))
+    m = re.findall(r"^(\d+) passed, (\d+) failed$", t, re.M)
+    print("GPU tests (tests/gpu/test_cuda_layers): %s" %
+          ("%s passed, %s failed" % m[-1] if m else "did not finish (see test.log)"))
+    for ln in t.splitlines():
+        if ln.startswith("[FAIL]") or ln.startswith("SKIP"):
+            print("  " + ln)
+    s = read(os.path.join(work, "sanitizer.log"))
+    sm = re.search(r"ERROR SUMMARY: (\d+) error", s)
+    print("compute-sanitizer (memcheck, mini_train moka time): %s" %
+          (("%s errors" % sm.group(1)) if sm else "no summary (see sanitizer.log)"))
+    print()
+
+    runs, tr = moka_runs(work), torch_runs(work)
+    batches = sorted({b for (_, b) in runs} | {k[2] for k in tr})
+    print("ResNet-50 v1 training (forward+backward, 224x224), img/s:")
+    print("  %-44s %8s %10s %10s" % ("", "batch", "img/s", "peak MiB"))
+    for b in batches:
+        for eng in ("moka", "cudnn"):
+            r = runs.get((eng, b))
+            if r:
+                print("  %-44s %8d %10s %10s%s" % (
+                    "moka fp32, %s convolutions" % ("moka's own" if eng == "moka" else "cuDNN"),
+                    b, fmt(r["img_s"]), fmt(r["peak_mib"], "%.0f"),
+                    "  (per-layer synced: %s img/s)" % fmt(r["img_s_synced"])
+                    + ("  ERROR: %s" % r["error"] if r["error"] and not r["img_s"] else "")))
+        for prec in ("fp32", "bf16"):
+            for lay in ("nchw", "channels_last"):
+                k = tr.get((prec, lay, b))
+                if k:
+                    print("  %-44s %8d %10s %10s" % (
+                        "PyTorch %s %s%s" % (prec, lay, " (TF32 off)" if prec == "fp32" else " AMP"),
+                        b, k["img_s"], k["peak_mib"]))
+    print()
+    print("Ratios (same GPU, same run):")
+    for b in batches:
+        mk, cd = runs.get(("moka", b)), runs.get(("cudnn", b))
+        tf = tr.get(("fp32", "nchw", b))
+        tb = tr.get(("bf16", "channels_last", b))
+
+        def ratio(a, c):
+            return "%.2f" % (a / c) if a and c else "n/a"
+        mi = mk["img_s"] if mk else None
+        ci = cd["img_s"] if cd else None
+        ti = float(tf["img_s"]) if tf else None
+        bi = float(tb["img_s"]) if tb else None
+        print("  batch %d: moka/PyTorch fp32 = %s (target >= 1.0); cuDNN engine/PyTorch fp32 = %s; "
+              "moka/cuDNN engine = %s; moka fp32/PyTorch bf16 AMP channels_last = %s "
+              "(bf16 target >= 1.5: moka bf16 not implemented)"
+              % (b, ratio(mi, ti), ratio(ci, ti), ratio(mi, ci), ratio(mi, bi)))
+    print()
+    for b in batches:
+        mk, cd = runs.get(("moka", b)), runs.get(("cudnn", b))
+        if not (mk and cd and mk["layers"] and cd["layers"]):
+            continue
+        print("Convolutions, batch %d: t_cuDNN / t_moka per layer (>= 0.8 meets the target):" % b)
+        print("  %-18s %9s %9s %6s %9s %9s %6s" % ("layer", "fwd moka", "fwd cuDNN", "ratio",
+                                                   "bwd moka", "bwd cuDNN", "ratio"))
+        tot = [0.0, 0.0, 0.0, 0.0]
+        met = n = 0
+        for name, t in mk["layers"].items():
+            if not CONV.match(name) or name not in cd["layers"]:
+                continue
+            c = cd["layers"][name]
+            fm, fc = t.get("forward", 0), c.get("forward", 0)
+            bm, bc = t.get("backward", 0), c.get("backward", 0)
+            tot = [tot[0] + fm, tot[1] + fc, tot[2] + bm, tot[3] + bc]
+            r = (fc + bc) / (fm + bm) if fm + bm > 0 else 0
+            n += 1
+            met += r >= 0.8
+            print("  %-18s %9.3f %9.3f %6.2f %9.3f %9.3f %6.2f" % (
+                name, fm, fc, fc / fm if fm else 0, bm, bc, bc / bm if bm else 0))
+        if n:
+            print("  %-18s %9.3f %9.3f %6.2f %9.3f %9.3f %6.2f" % (
+                "all convolutions", tot[0], tot[1], tot[1] / tot[0] if tot[0] else 0, tot[2],
+                tot[3], tot[3] / tot[2] if tot[2] else 0))
+            print("  %d of %d convolution layers at >= 0.8x cuDNN (forward+backward)" % (met, n))
+        print()
+
+
+if __name__ == "__main__":
+    main()
