@@ -32,6 +32,18 @@ static inline unsigned moka_blocks(size_t n) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);   \
        i += (size_t)blockDim.x * gridDim.x)
 
+/* The update kernels' segment of flat index e: the last of the n_seg
+ * segments (sorted by offset, the first at 0) with offset <= e. */
+__device__ static inline int moka_segment_of(const MokaSgdSegment *seg, int n_seg, size_t e) {
+  int lo = 0, hi = n_seg - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (seg[mid].offset <= e) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 /* Sum of v over the block (blockDim.x == MOKA_REDUCE_THREADS); the result is
  * valid in thread 0. `sh` is shared scratch of MOKA_REDUCE_THREADS doubles.
  * Fixed tree order: the same inputs give the same sum on every run. */

@@ -313,6 +313,13 @@ typedef struct MokaSgdSegment {
 int moka_cuda_sgd_update(cudaStream_t s, float *w, float *diff, float *history,
                          const MokaSgdSegment *seg_dev, int n_seg, size_t total, float momentum,
                          int iter_size, bool l1);
+/* Caffe's NesterovSolver, the same segments and regularisation (see
+ * nesterov.cu), then with h_old = h:
+ *   h = momentum * h;  h = h + local_rate * g
+ *   u = -momentum * h_old;  u = u + (1 + momentum) * h;  diff = u;  w = w - diff */
+int moka_cuda_nesterov_update(cudaStream_t s, float *w, float *diff, float *history,
+                              const MokaSgdSegment *seg_dev, int n_seg, size_t total,
+                              float momentum, int iter_size, bool l1);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,7 @@
  *
  * with local_rate = rate * lr_mult and local_decay = weight_decay *
  * decay_mult of the value's parameter blob. Gradient clipping is not done
- * here (the caller must refuse clip_gradients on the GPU until it is).
+ * here: the solver runs a clipped update on the host (src/solver.c).
  */
 #include "cuda_internal.h"
 
@@ -22,12 +22,7 @@ __global__ void sgd_update_kernel(float *w, float *diff, float *hist, const Moka
                                   int n_seg, size_t total, float momentum, float inv_iter_size,
                                   bool normalize, bool l1) {
   MOKA_GRID_LOOP(e, total) {
-    int lo = 0, hi = n_seg - 1; /* the last segment with offset <= e */
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (seg[mid].offset <= e) lo = mid;
-      else hi = mid - 1;
-    }
+    const int lo = moka_segment_of(seg, n_seg, e);
     const float rate = seg[lo].local_rate, decay = seg[lo].local_decay;
     const float wv = w[e];
     float g = diff[e];

@@ -235,6 +235,12 @@ int net_param_diffs_to_host(Net *net) {
                   net->param_count * sizeof(float));
 }
 
+int net_param_diffs_to_device(Net *net) {
+  if (need_cuda(net)) return -1;
+  return moka_h2d(stream_of(net), net->dev_param_diff, net->param_diff,
+                  net->param_count * sizeof(float));
+}
+
 int net_history_to_host(Net *net, float *dst) {
   if (need_cuda(net)) return -1;
   return moka_d2h(stream_of(net), dst, net->dev_history, net->param_count * sizeof(float));
@@ -305,11 +311,11 @@ int net_cuda_clear_param_diffs(Net *net) {
   return moka_dev_zero(stream_of(net), net->dev_param_diff, net->param_count * sizeof(float));
 }
 
-int net_cuda_sgd_update(Net *net, float rate, float momentum, float weight_decay, bool l1,
-                        int iter_size) {
-  if (need_cuda(net)) return -1;
+/* The segment table of the update kernels (one entry per parameter blob:
+ * its offset in the flat buffers, rate * lr_mult, weight_decay * decay_mult),
+ * made on the host and copied up. */
+static int upload_segments(Net *net, float rate, float weight_decay) {
   NetCudaState *st = net->cuda_state;
-  if (!net->n_params) return 0;
   if (!st->host_segments) {
     st->host_segments = moka_calloc((size_t)net->n_params, sizeof *st->host_segments);
     if (!st->host_segments) return -1;
@@ -327,9 +333,28 @@ int net_cuda_sgd_update(Net *net, float rate, float momentum, float weight_decay
   if (moka_devbuf_reserve(&st->segments, bytes, "the SGD segment table") ||
       moka_h2d(stream_of(net), st->segments.ptr, st->host_segments, bytes))
     return -1;
+  return 0;
+}
+
+int net_cuda_sgd_update(Net *net, float rate, float momentum, float weight_decay, bool l1,
+                        int iter_size) {
+  if (need_cuda(net)) return -1;
+  if (!net->n_params) return 0;
+  if (upload_segments(net, rate, weight_decay)) return -1;
   return moka_cuda_sgd_update(stream_of(net), net->dev_param_data, net->dev_param_diff,
-                              net->dev_history, (const MokaSgdSegment *)st->segments.ptr,
+                              net->dev_history, (const MokaSgdSegment *)net->cuda_state->segments.ptr,
                               net->n_params, net->param_count, momentum, iter_size, l1);
+}
+
+int net_cuda_nesterov_update(Net *net, float rate, float momentum, float weight_decay, bool l1,
+                             int iter_size) {
+  if (need_cuda(net)) return -1;
+  if (!net->n_params) return 0;
+  if (upload_segments(net, rate, weight_decay)) return -1;
+  return moka_cuda_nesterov_update(stream_of(net), net->dev_param_data, net->dev_param_diff,
+                                   net->dev_history,
+                                   (const MokaSgdSegment *)net->cuda_state->segments.ptr,
+                                   net->n_params, net->param_count, momentum, iter_size, l1);
 }
 
 #endif /* MOKA_WITH_CUDA */

@@ -36,8 +36,10 @@ void net_cuda_free(Net *net);
 /* Parameters (the flat buffer) host -> device / device -> host. */
 int net_params_to_device(Net *net);
 int net_params_to_host(Net *net);
-/* Parameter gradients device -> host (for tests, snapshots of diffs). */
+/* Parameter gradients device -> host (for tests, snapshots of diffs) and
+ * host -> device (the solver's host update path). */
 int net_param_diffs_to_host(Net *net);
+int net_param_diffs_to_device(Net *net);
 /* SGD momentum (param_count floats) device <-> host (solverstates). */
 int net_history_to_host(Net *net, float *dst);
 int net_history_to_device(Net *net, const float *src);
@@ -68,6 +70,9 @@ int net_cuda_clear_param_diffs(Net *net);
  * weight_decay * decay_mult[i]. l1: L1 regularisation (else L2). */
 int net_cuda_sgd_update(Net *net, float rate, float momentum, float weight_decay, bool l1,
                         int iter_size);
+/* Caffe's NesterovSolver update, the same way (kernels/nesterov.cu). */
+int net_cuda_nesterov_update(Net *net, float rate, float momentum, float weight_decay, bool l1,
+                             int iter_size);
 /* Device memory taken since the context was made (cudaMemGetInfo), now and
  * the largest seen by any call; logs both when `log` is set. */
 int net_cuda_memory(Net *net, size_t *now_bytes, size_t *peak_bytes, bool log);

@@ -33,6 +33,9 @@
 #include "proto_io.h"
 #include "prototxt.h"
 #include "util.h"
+#ifdef MOKA_WITH_CUDA
+#include "net_cuda.h"
+#endif
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
@@ -409,6 +412,81 @@ static int init_test_nets(Solver *s, const char *src) {
   return 0;
 }
 
+/* ---- the CUDA backend (see solver.h) ------------------------------------------------- */
+
+#ifdef MOKA_WITH_CUDA
+/* The solvers whose update has a CUDA kernel; clip_gradients has none (it
+ * needs the norm of every gradient first), so it sends any solver to the
+ * host path. */
+static bool has_update_kernel(const Solver *s) {
+  return (s->kind == SOLVER_SGD || s->kind == SOLVER_NESTEROV) && s->param->clip_gradients < 0;
+}
+#endif
+
+/* Move the train net and every test net to the device (after the weights
+ * were copied into them on the host) and choose the update path, loudly. */
+static int nets_to_device(Solver *s, const char *src) {
+#ifdef MOKA_WITH_CUDA
+  const int dev = s->opt.device;
+  if (net_to_device(s->net, dev)) return moka_error_prefix("%s: the train net", src);
+  for (int i = 0; i < s->n_test_nets; i++)
+    if (net_to_device(s->test_nets[i], dev)) return moka_error_prefix("%s: test net #%d", src, i);
+  s->update_on_device = has_update_kernel(s);
+  if (s->update_on_device) {
+    LOG_INFO("%s update on CUDA device %d (kernels/%s.cu, momentum history on the device)",
+             solver_kind_name(s->kind), dev, s->kind == SOLVER_SGD ? "sgd" : "nesterov");
+  } else {
+    LOG_INFO("%s update%s ON THE HOST: no CUDA kernel for it yet. Every iteration copies the "
+             "parameters and gradients from device %d to the host, runs the CPU update there "
+             "(history kept on the host) and copies the parameters and update values back",
+             solver_kind_name(s->kind),
+             s->param->clip_gradients >= 0 ? " with clip_gradients" : "", dev);
+  }
+  return 0;
+#else
+  return moka_errorf("%s: the CUDA backend was asked for, but this moka was built without CUDA "
+                     "(rebuild with nvcc installed, or train on the CPU)",
+                     src);
+#endif
+}
+
+int solver_sync_to_host(Solver *s) {
+#ifdef MOKA_WITH_CUDA
+  Net *net = s->net;
+  if (!net->cuda) return 0;
+  if (net_params_to_host(net) || net_param_diffs_to_host(net)) return -1;
+  if (s->update_on_device && net_history_to_host(net, s->history[0])) return -1;
+#else
+  (void)s;
+#endif
+  return 0;
+}
+
+int solver_sync_to_device(Solver *s) {
+#ifdef MOKA_WITH_CUDA
+  Net *net = s->net;
+  if (!net->cuda) return 0;
+  if (net_params_to_device(net)) return -1;
+  if (s->update_on_device && net_history_to_device(net, s->history[0])) return -1;
+#else
+  (void)s;
+#endif
+  return 0;
+}
+
+/* The values the solver logs, copied down explicitly on the CUDA backend
+ * (loss tops are on the host already; Accuracy and other outputs are not). */
+static int outputs_to_host(Net *net, Blob *const *outs, int n) {
+#ifdef MOKA_WITH_CUDA
+  if (net->cuda)
+    for (int j = 0; j < n; j++)
+      if (blob_to_host(net->cuda, outs[j])) return moka_error_prefix("net '%s' output", net->name);
+#else
+  (void)net, (void)outs, (void)n;
+#endif
+  return 0;
+}
+
 Solver *solver_create(const Caffe__SolverParameter *param, const SolverOptions *o,
                       const char *source) {
   if (!source) source = "solver";
@@ -438,6 +516,7 @@ Solver *solver_create(const Caffe__SolverParameter *param, const SolverOptions *
   s->temp = moka_calloc(n, sizeof(float));
   s->losses = moka_calloc((size_t)p->average_loss, sizeof(float));
   if (!s->update || !s->temp || !s->losses) goto fail;
+  if (s->opt.backend == MOKA_BACKEND_CUDA && nets_to_device(s, source)) goto fail;
   return s;
 fail:
   solver_free(s);
@@ -687,11 +766,9 @@ static void compute_update_value(Solver *s, int i, size_t off, size_t n, float r
   }
 }
 
-int solver_apply_update(Solver *s) {
-  const Caffe__SolverParameter *p = s->param;
-  const float rate = solver_learning_rate(s);
-  if (isnan(rate)) return -1;
-  if (p->display && s->iter % p->display == 0) LOG_INFO("Iteration %d, lr = %g", s->iter, (double)rate);
+/* The reference update on the host buffers (net->param_data/param_diff,
+ * s->history). */
+static void apply_update_host(Solver *s, float rate) {
   clip_gradients(s);
   Net *net = s->net;
   size_t off = 0;
@@ -704,6 +781,35 @@ int solver_apply_update(Solver *s) {
   /* Net::Update: w = w - g for every parameter (one flat buffer). */
   for (size_t k = 0; k < net->param_count; k++)
     net->param_data[k] = net->param_data[k] - net->param_diff[k];
+}
+
+#ifdef MOKA_WITH_CUDA
+/* The update of a net on the device: a kernel over the flat buffers, or the
+ * host path with its explicit copies (chosen and logged by nets_to_device). */
+static int apply_update_cuda(Solver *s, float rate) {
+  const Caffe__SolverParameter *p = s->param;
+  Net *net = s->net;
+  const bool l1 = p->regularization_type && !strcmp(p->regularization_type, "L1");
+  if (s->update_on_device)
+    return s->kind == SOLVER_SGD
+               ? net_cuda_sgd_update(net, rate, p->momentum, p->weight_decay, l1, p->iter_size)
+               : net_cuda_nesterov_update(net, rate, p->momentum, p->weight_decay, l1,
+                                          p->iter_size);
+  if (net_params_to_host(net) || net_param_diffs_to_host(net)) return -1;
+  apply_update_host(s, rate);
+  return net_params_to_device(net) || net_param_diffs_to_device(net) ? -1 : 0;
+}
+#endif
+
+int solver_apply_update(Solver *s) {
+  const Caffe__SolverParameter *p = s->param;
+  const float rate = solver_learning_rate(s);
+  if (isnan(rate)) return -1;
+  if (p->display && s->iter % p->display == 0) LOG_INFO("Iteration %d, lr = %g", s->iter, (double)rate);
+#ifdef MOKA_WITH_CUDA
+  if (s->net->cuda) return apply_update_cuda(s, rate);
+#endif
+  apply_update_host(s, rate);
   return 0;
 }
 
@@ -763,6 +869,16 @@ static SolverAction requested_action(Solver *s) {
 /* ---- testing ------------------------------------------------------------------------- */
 
 int solver_share_trained_layers(Net *dst, const Net *src) {
+  const bool on_device = dst->cuda || src->cuda;
+  if (on_device && !(dst->cuda && src->cuda))
+    return moka_errorf("internal error: sharing parameters from net '%s' (%s) to net '%s' (%s): "
+                       "both must be on the device or both on the host",
+                       src->name, src->cuda ? "device" : "host", dst->name,
+                       dst->cuda ? "device" : "host");
+#ifdef MOKA_WITH_CUDA
+  /* the train net's stream must have finished its update before the copies */
+  if (on_device && moka_cuda_sync(src->cuda)) return -1;
+#endif
   for (int i = 0; i < src->n_layers; i++) {
     const Layer *a = src->layers[i];
     Layer *b = net_layer(dst, a->name);
@@ -779,9 +895,22 @@ int solver_share_trained_layers(Net *dst, const Net *src) {
                            k, a->name, blob_shape_string(a->params[k], sa, sizeof sa),
                            blob_shape_string(b->params[k], sb, sizeof sb));
       }
-      memcpy(b->params[k]->data, a->params[k]->data, a->params[k]->count * sizeof(float));
+      const size_t bytes = a->params[k]->count * sizeof(float);
+#ifdef MOKA_WITH_CUDA
+      if (on_device) {
+        if (moka_d2d(dst->cuda->stream, b->params[k]->dev_data, a->params[k]->dev_data, bytes))
+          return moka_error_prefix("sharing param %d of layer '%s' with net '%s'", k, a->name,
+                                   dst->name);
+        continue;
+      }
+#endif
+      memcpy(b->params[k]->data, a->params[k]->data, bytes);
     }
   }
+#ifdef MOKA_WITH_CUDA
+  /* done before the train net's stream writes its parameters again */
+  if (on_device && moka_cuda_sync(dst->cuda)) return -1;
+#endif
   return 0;
 }
 
@@ -819,6 +948,10 @@ int solver_test(Solver *s, int id) {
       break;
     }
     if (p->test_compute_loss) loss += iter_loss;
+    if (outputs_to_host(tn, outs, n_out)) {
+      rc = moka_error_prefix("test net #%d, batch %d", id, i);
+      break;
+    }
     size_t idx = 0;
     for (int j = 0; j < n_out; j++)
       for (size_t k = 0; k < outs[j]->count; k++, idx++) {
@@ -862,6 +995,10 @@ static int display_train_outputs(Solver *s) {
   Blob **outs;
   int n_out = sorted_outputs(s->net, &outs);
   if (n_out < 0) return -1;
+  if (outputs_to_host(s->net, outs, n_out)) {
+    free(outs);
+    return -1;
+  }
   int index = 0;
   for (int j = 0; j < n_out; j++) {
     const float w = blob_loss_weight(s->net, outs[j]);
@@ -996,6 +1133,8 @@ int solver_snapshot(Solver *s) {
   char model[4200], state_file[4200];
   snapshot_name(s, ".caffemodel", model, sizeof model);
   snapshot_name(s, ".solverstate", state_file, sizeof state_file);
+  /* CUDA: parameters, gradients and history down first (explicit copies) */
+  if (solver_sync_to_host(s)) return moka_error_prefix("snapshot '%s'", model);
   /* 1. the weights (atomically: temporary file, fsync, rename) */
   LOG_INFO("Snapshotting to binary proto file %s", model);
   Caffe__NetParameter *np = net_to_proto(s->net, p->snapshot_diff);
@@ -1053,7 +1192,10 @@ int solver_restore(Solver *s, const char *path) {
   if (proto_read_binary(&caffe__solver_state__descriptor, path, &m)) return -1;
   Caffe__SolverState *st = (Caffe__SolverState *)m;
   Net *net = s->net;
-  int rc = 0;
+  /* CUDA: the host copies current first (what the state leaves unset, e.g.
+   * the weights when it names no learned_net, keeps the device's values) */
+  int rc = solver_sync_to_host(s);
+  if (rc) goto done;
   const int want = s->n_history_slots * net->n_params;
   if ((int)st->n_history != want) {
     rc = moka_errorf("'%s': Incorrect length of history blobs: the solverstate has %zu, a %s "
@@ -1123,7 +1265,9 @@ int solver_restore(Solver *s, const char *path) {
   s->iter = st->iter;
   s->current_step = st->current_step;
   s->iterations_last = s->iter;
-  rc = solver_seek_data(s);
+  /* CUDA: the restored parameters and history up (explicit copies) */
+  rc = solver_sync_to_device(s);
+  if (!rc) rc = solver_seek_data(s);
 done:
   protobuf_c_message_free_unpacked(m, NULL);
   return rc;

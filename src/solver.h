@@ -33,6 +33,26 @@
  * solverstate continues exactly as an uninterrupted run (CAFFE_NOTES.md,
  * "Resuming"); Caffe itself restarts its Data layer at the first record.
  *
+ * CUDA (opt.backend == MOKA_BACKEND_CUDA, CUDA builds). solver_create builds
+ * the nets, copies the `weights` into them, then moves the train net and
+ * every test net to opt.device (net_to_device): a caller that changes host
+ * parameters after solver_create must copy them up (net_params_to_device).
+ * Forward/backward run on the device. The update:
+ *   - SGD and Nesterov without clip_gradients: on the device, over the flat
+ *     buffers (kernels/sgd.cu, kernels/nesterov.cu), the momentum in
+ *     net->dev_history; the same float operations in the same order as the
+ *     CPU code, so given the same gradients the results are bit-identical;
+ *   - the other solvers, and any solver with clip_gradients: on the host, by
+ *     the CPU code below, with explicit copies each iteration (parameters and
+ *     gradients down, parameters and update values up); the history stays on
+ *     the host. solver_create logs which path it took.
+ * Test nets get the train net's parameters device to device before each test.
+ * The values the solver logs (train/test outputs) are copied down explicitly;
+ * snapshots copy parameters, gradients and history down first
+ * (solver_sync_to_host), solver_restore loads on the host and copies up
+ * (solver_sync_to_device). BatchNorm statistics are parameters, so they
+ * travel with the flat buffer.
+ *
  * Randomness. random_seed >= 0 seeds the train net's stream (Net.rng) before
  * the net is built, as Caffe seeds its global stream when the solver starts;
  * the test nets then take their setup draws from the same sequence and draw
@@ -79,6 +99,7 @@ typedef struct SolverOptions {
   Backend backend;              /* default CPU (the reference). solver_mode/device_id are
                                    not read here: the caller (moka train) maps them to a
                                    backend, and refuses GPU when none is usable */
+  int device;                   /* MOKA_BACKEND_CUDA: the CUDA device (default 0) */
   const char *base_dir;         /* net files given with a relative path that does not exist
                                    from the working directory are looked up here (the solver
                                    file's folder); NULL = only the working directory (Caffe) */
@@ -105,7 +126,10 @@ struct Solver {
    * a second slot (history_[n..2n)). Saved as n_history_slots * n_params
    * BlobProtos in the solverstate. */
   int n_history_slots;
-  float *history[2];            /* (param_count) each */
+  float *history[2];            /* (param_count) each; with the device update (CUDA, SGD or
+                                   Nesterov) slot 0 lives in net->dev_history and this copy is
+                                   only current after solver_sync_to_host */
+  bool update_on_device;        /* CUDA: the update runs on the device (see above) */
   float *update;                /* (param_count) scratch: Caffe's update_ */
   float *temp;                  /* (param_count) scratch: Caffe's temp_ */
 
@@ -169,12 +193,20 @@ int solver_snapshot(Solver *s);
  * up as written, then beside the solverstate). HDF5 states are refused. */
 int solver_restore(Solver *s, const char *solverstate);
 
+/* CUDA: copy the train net's parameters, gradients and (device update) the
+ * momentum history down into net->param_data/param_diff and s->history /
+ * up from them. No-ops on the CPU. 0 / -1. */
+int solver_sync_to_host(Solver *s);
+int solver_sync_to_device(Solver *s);
+
 /* Position the Data/ImageData layers of every net where an uninterrupted
  * run would be at s->iter (solver_restore calls it). */
 int solver_seek_data(Solver *s);
 
 /* Copy the parameters of every layer of `src` into the layer of the same name
- * in `dst` (Caffe's ShareTrainedLayersWith, by value). */
+ * in `dst` (Caffe's ShareTrainedLayersWith, by value). When both nets are on a
+ * CUDA device the copy is device to device (the host copies are untouched);
+ * one on the device and one not is an error. */
 int solver_share_trained_layers(Net *dst, const Net *src);
 
 #endif

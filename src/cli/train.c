@@ -7,10 +7,13 @@
  *
  * As in Caffe: --weights and --snapshot exclude each other; --weights
  * replaces the solver's `weights`; --level/--stage go into train_state.
- * Without --gpu, a solver file that explicitly says `solver_mode: GPU` asks
- * for device `device_id` (0) — and without a usable GPU that is an error,
- * never a silent CPU run. A solver file that does not set solver_mode trains
- * on the CPU (Caffe's rule, although caffe.proto's default is GPU).
+ * The device, as Caffe's train(): --gpu=N trains on CUDA device N whatever
+ * the solver's solver_mode says (--gpu overrides it); without --gpu, a solver
+ * file that explicitly says `solver_mode: GPU` trains on device `device_id`
+ * (0 when unset) — and without a usable GPU that is an error, never a silent
+ * CPU run. A solver file that does not set solver_mode trains on the CPU
+ * (Caffe's rule, although caffe.proto's default is GPU). One device only:
+ * --gpu=all or a list is refused (multi-GPU training is not supported yet).
  *
  * Signals: SIGINT and SIGHUP only set a flag; the solver checks it between
  * iterations (and between test batches) and stops, snapshots, or ignores it
@@ -118,7 +121,9 @@ int cmd_train(int argc, char **argv) {
       {"weights", FLAG_STRING, &weights,
        "pretrained weights to fine-tune from, comma-separated .caffemodel files (not with --snapshot)"},
       {"snapshot", FLAG_STRING, &snapshot, "resume training from this .solverstate (not with --weights)"},
-      {"gpu", FLAG_STRING, &gpu, "GPU device id (default: the solver's solver_mode; CPU when unset)"},
+      {"gpu", FLAG_STRING, &gpu,
+       "CUDA device id to train on, overriding solver_mode (default: the solver's solver_mode and "
+       "device_id; CPU when unset)"},
       {"level", FLAG_INT, &level, "net level for the train net's NetState (default 0)"},
       {"stage", FLAG_STRING, &stage, "net stages for the train net's NetState, comma-separated"},
       {"sigint_effect", FLAG_STRING, &sigint_effect, "on SIGINT: stop (default), snapshot or none"},
@@ -146,6 +151,10 @@ int cmd_train(int argc, char **argv) {
   if (set_train_state(p, level, stage)) goto done;
 
   /* the device: --gpu, else an explicit solver_mode: GPU (device_id) */
+  if (gpu && (!strcmp(gpu, "all") || strchr(gpu, ','))) {
+    moka_errorf("--gpu=%s: multi-GPU is not supported yet; use --gpu=0", gpu);
+    goto done;
+  }
   char dev[32];
   bool from_solver = false;
   if ((!gpu || !*gpu) && p->has_solver_mode &&
@@ -162,7 +171,13 @@ int cmd_train(int argc, char **argv) {
                         solver_file, gpu);
     goto done;
   }
-  if (be == MOKA_BACKEND_CPU) LOG_INFO("Use CPU.");
+  int device = 0;
+  if (be == MOKA_BACKEND_CPU) {
+    LOG_INFO("Use CPU.");
+  } else {
+    if (cli_gpu_device(gpu, &device)) goto done;
+    LOG_INFO("Using GPUs %d", device);
+  }
 
   if (snapshot && *snapshot) {
     if (set_weights(p, NULL)) goto done;
@@ -176,7 +191,11 @@ int cmd_train(int argc, char **argv) {
     snprintf(dir, sizeof dir, "%.*s", (int)(slash - solver_file), solver_file);
   else
     snprintf(dir, sizeof dir, ".");
-  SolverOptions o = {.backend = be, .base_dir = dir, .action = check_signals, .user = &effects};
+  SolverOptions o = {.backend = be,
+                     .device = device,
+                     .base_dir = dir,
+                     .action = check_signals,
+                     .user = &effects};
   s = solver_create(p, &o, solver_file);
   if (!s) goto done;
 

@@ -188,7 +188,21 @@ expect_error test_needs_weights "Need model weights" $M test --model="$T/def/net
 # --- errors
 solver "$T/def/gpu.prototxt" "$T/snap/g" 2 "solver_mode: GPU"
 sed -i 's/ solver_mode: CPU//' "$T/def/gpu.prototxt"
-expect_error train_solver_mode_gpu "solver_mode: GPU.*solver_mode: CPU" $M train --solver="$T/def/gpu.prototxt"
+# Without a usable GPU, solver_mode: GPU is an error (never a silent CPU run).
+# Where moka sees a CUDA device, the same solver must train on it instead.
+if "$M" device_query 2>/dev/null | grep -q '^  device 0:' &&
+   "$M" train --solver="$T/def/gpu.prototxt" >"$T/gpulog" 2>&1; then
+  if grep -q 'Using GPUs 0' "$T/gpulog" && grep -q "on CUDA device 0" "$T/gpulog" &&
+     grep -q 'Optimization Done' "$T/gpulog"; then
+    ok "train_solver_mode_gpu (skipped: a GPU is present)"
+  else
+    fail train_solver_mode_gpu "trained, but not on CUDA device 0: $(tail -3 "$T/gpulog")"
+  fi
+else
+  expect_error train_solver_mode_gpu "solver_mode: GPU.*solver_mode: CPU" $M train --solver="$T/def/gpu.prototxt"
+fi
+expect_error train_gpu_all "multi-GPU is not supported yet; use --gpu=0" \
+  $M train --solver="$T/def/solver.prototxt" --gpu=all
 solver "$T/def/type.prototxt" "$T/snap/t" 2 'type: "Adamm"'
 expect_error train_unknown_solver_type "Unknown solver type: 'Adamm'" $M train --solver="$T/def/type.prototxt"
 solver "$T/def/nonet.prototxt" "$T/snap/n" 2

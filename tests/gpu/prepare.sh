@@ -7,7 +7,10 @@
 #                 libpng, zlib, OpenBLAS + gfortran runtime): run.sh unpacks them into a
 #                 private prefix when the machine lacks the headers (it never touches /usr);
 #   .gpu/proto/   the protoc-c output for proto/caffe.proto (so protoc-c is not needed there);
-#   .gpu/shared/  the golden files the GPU tests compare with (../shared does not travel).
+#   .gpu/shared/  the golden files the GPU tests compare with (../shared does not travel):
+#                 mini_resnet/ and all of mini_train/ (batches, init.caffemodel, train_log.txt,
+#                 snapshots/, itersize2/, frozen_bn/: test_cuda_layers, test_cuda_solver and
+#                 train_cli.sh use them);
 # About 25 MB in all. Idempotent; rerun after changing proto/caffe.proto.
 set -eu
 cd "$(dirname "$0")/../.."

@@ -1,8 +1,10 @@
 #!/bin/sh
 # tests/gpu/run.sh — the ONE device check (`make gpu-check`): build with CUDA for this GPU, run
-# every CUDA kernel against the CPU reference and the whole nets against real Caffe, run
-# compute-sanitizer on a short training run, then benchmark ResNet-50 training (moka's kernels,
-# the cuDNN engine, PyTorch fp32 and bf16 AMP) and write the figures.
+# every CUDA kernel against the CPU reference and the whole nets against real Caffe, train on
+# the device (the solver against Caffe's golden runs, snapshot -> resume, `moka train --gpu=0`
+# and `solver_mode: GPU`), run compute-sanitizer on a short training run, then benchmark
+# ResNet-50 training (moka's kernels, the cuDNN engine, PyTorch fp32 and bf16 AMP) and write
+# the figures.
 #
 # Before: on the build machine, `sh tests/gpu/prepare.sh` (build dependencies as .deb files,
 # generated protobuf sources, golden files, all in .gpu/, which the device call must carry).
@@ -13,8 +15,8 @@
 #   summary.txt      the figures: tests, sanitizer, img/s, peak memory, ratios, per-conv-layer
 #                    moka vs cuDNN
 #   run.log          what ran, each step's exit status and duration
-#   build.log, test.log, sanitizer.log, moka_time.log (every `moka time` run, per-layer
-#   lines included), torch.log
+#   build.log, test.log (test_cuda_layers, test_cuda_solver, the moka train runs),
+#   sanitizer.log, moka_time.log (every `moka time` run, per-layer lines included), torch.log
 # Exit status: 0 when the build, the GPU tests and the sanitizer passed (benchmarks never fail
 # the check: slow figures are reported, not hidden).
 #
@@ -150,14 +152,21 @@ NJ=$(nproc 2>/dev/null || echo 8)
 BUILD_OK=0
 step "build (CUDA=1)" 420 "$W/build.log" make -j"$NJ" --no-print-directory BUILD="$BUILD" CUDA=1 \
   CUDA_ARCH="$CUDA_ARCH" EXTRA_CFLAGS="$XCFLAGS" EXTRA_LDFLAGS="$XLDFLAGS" EXTRA_NVCCFLAGS="$XNVCC" \
-  "$BUILD/moka" "$BUILD/tests/test_cuda_layers" && BUILD_OK=1
+  "$BUILD/moka" "$BUILD/tests/test_cuda_layers" "$BUILD/tests/test_cuda_solver" && BUILD_OK=1
 M=$BUILD/moka
 
 # ---- 3. GPU tests (kernels vs CPU reference, whole nets vs Caffe) -------------------------------
 TEST_OK=0
 if [ $BUILD_OK = 1 ]; then
-  step "test_cuda_layers" 240 "$W/test.log" "$BUILD/tests/test_cuda_layers" && TEST_OK=1
-  grep -q '^SKIP' "$W/test.log" 2>/dev/null && TEST_OK=0 && say "test_cuda_layers SKIPPED: $(grep '^SKIP' "$W/test.log")"
+  t1=0 t2=0 t3=0
+  step "test_cuda_layers" 240 "$W/test.log" "$BUILD/tests/test_cuda_layers" && t1=1
+  # training on the device: golden mini_train runs, resume, update rules, test nets
+  step "test_cuda_solver" 120 "$W/test.log" "$BUILD/tests/test_cuda_solver" && t2=1
+  # the CLI: mini_train with --gpu=0, and with solver_mode: GPU (device_id 0) and no --gpu
+  step "moka train --gpu=0, solver_mode GPU" 90 "$W/test.log" \
+    sh tests/gpu/train_cli.sh "$M" "$MOKA_SHARED" "$W" && t3=1
+  [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && TEST_OK=1
+  grep -q '^SKIP' "$W/test.log" 2>/dev/null && TEST_OK=0 && say "GPU tests SKIPPED: $(grep '^SKIP' "$W/test.log" | head -2)"
 fi
 
 # ---- 4. compute-sanitizer on a short training run (mini_train: forward + backward) -------------

@@ -75,12 +75,26 @@ def main():
     print(read(os.path.join(work, "gpu.txt")).strip())
     print()
     t = read(os.path.join(work, "test.log"))
-    m = re.findall(r"^(\d+) passed, (\d+) failed$", t, re.M)
-    print("GPU tests (tests/gpu/test_cuda_layers): %s" %
-          ("%s passed, %s failed" % m[-1] if m else "did not finish (see test.log)"))
-    for ln in t.splitlines():
-        if ln.startswith("[FAIL]") or ln.startswith("SKIP"):
-            print("  " + ln)
+    # one section per step ("== NAME: command" headers written by run.sh's step)
+    sections = re.split(r"^== ", t, flags=re.M)[1:] or ["?: ?\n" + t]
+    for sec in sections:
+        cmd = sec.split("\n", 1)[0]
+        words = cmd.rsplit(": ", 1)[-1].split()
+        name = os.path.basename(words[0]) if words else "?"
+        if "train_cli.sh" in cmd:
+            ok = re.search(r"^ok moka train on the GPU", sec, re.M)
+            print("moka train on the GPU (tests/gpu/train_cli.sh): %s" %
+                  ("ok" if ok else "FAILED (see test.log)"))
+            for ln in sec.splitlines():
+                if ln.startswith("FAIL"):
+                    print("  " + ln)
+            continue
+        m = re.findall(r"^(\d+) passed, (\d+) failed$", sec, re.M)
+        print("GPU tests (tests/gpu/%s): %s" %
+              (name, "%s passed, %s failed" % m[-1] if m else "did not finish (see test.log)"))
+        for ln in sec.splitlines():
+            if ln.startswith("[FAIL]") or ln.startswith("SKIP"):
+                print("  " + ln)
     s = read(os.path.join(work, "sanitizer.log"))
     sm = re.search(r"ERROR SUMMARY: (\d+) error", s)
     print("compute-sanitizer (memcheck, mini_train moka time): %s" %

@@ -25,6 +25,7 @@
 #include "prototxt.h"
 #include "solver.h"
 #include "testlib.h"
+#include "train_feed.h"
 #include "util.h"
 
 /* ---- worst errors, reported at the end ----------------------------------------------- */
@@ -399,61 +400,6 @@ static void test_solver_param_handling(void) {
 
 /* ---- golden training runs ------------------------------------------------------------ */
 
-typedef struct Feed {
-  int n_batches;
-  float *data[8], *label[8];
-  size_t n_data;
-  /* losses recorded as they are computed: [iter][micro] */
-  float loss[16][2];
-  int last_iter, last_micro; /* the previous forward, -1 = none yet */
-  int error;
-} Feed;
-
-static int feed_load(Feed *f, const char *dir, int n) {
-  memset(f, 0, sizeof *f);
-  f->n_batches = n;
-  f->last_iter = -1;
-  for (int k = 0; k < n; k++) {
-    char p[512];
-    size_t nd = 0, nl = 0;
-    snprintf(p, sizeof p, "%s/batches/batch%d_data.f32", dir, k);
-    f->data[k] = read_f32(shared_path(p), &nd);
-    snprintf(p, sizeof p, "%s/batches/batch%d_label.f32", dir, k);
-    f->label[k] = read_f32(shared_path(p), &nl);
-    if (!f->data[k] || !f->label[k]) return 0;
-    f->n_data = nd;
-  }
-  return 1;
-}
-
-static void feed_free(Feed *f) {
-  for (int k = 0; k < f->n_batches; k++) free(f->data[k]), free(f->label[k]);
-}
-
-static void record_loss(Feed *f, Net *net) {
-  if (f->last_iter < 0 || f->last_iter >= 16) return;
-  Blob *l = net_blob(net, "loss");
-  if (l) f->loss[f->last_iter][f->last_micro] = l->data[0];
-}
-
-/* Batch index = iter * iter_size + micro_batch (mod the number of batches):
- * the read position derived from the iteration number. */
-static int feed_before_forward(Solver *s, int iter, int micro, void *user) {
-  Feed *f = user;
-  record_loss(f, s->net);
-  int k = (iter * s->param->iter_size + micro) % f->n_batches;
-  Blob *d = net_blob(s->net, "data"), *l = net_blob(s->net, "label");
-  if (!d || !l || d->count != f->n_data) {
-    f->error = 1;
-    return moka_errorf("feed: no data/label blob of the right size");
-  }
-  memcpy(d->data, f->data[k], d->count * sizeof(float));
-  memcpy(l->data, f->label[k], l->count * sizeof(float));
-  f->last_iter = iter;
-  f->last_micro = micro;
-  return 0;
-}
-
 /* Build a golden solver: the solver file, with `net` replaced by `net_file`
  * (both in shared/golden), and initial weights. */
 static Solver *golden_solver(const char *solver_file, const char *net_file, const char *weights,
@@ -477,26 +423,6 @@ static Solver *golden_solver(const char *solver_file, const char *net_file, cons
     return NULL;
   }
   return s;
-}
-
-/* train_log.txt: "iter lr loss printed micro..." -> loss[iter], micro[iter][j] */
-static int read_train_log(const char *file, double *loss, double micro[][2], int max) {
-  FILE *f = fopen(shared_path(file), "r");
-  if (!f) return 0;
-  char line[1024];
-  int n = 0;
-  while (fgets(line, sizeof line, f)) {
-    if (line[0] == '#') continue;
-    int it;
-    double lr, l, printed, m0 = NAN, m1 = NAN;
-    int got = sscanf(line, "%d %lf %lf %lf %lf %lf", &it, &lr, &l, &printed, &m0, &m1);
-    if (got < 4 || it < 0 || it >= max) continue;
-    loss[it] = l;
-    if (micro) micro[it][0] = m0, micro[it][1] = m1;
-    if (it + 1 > n) n = it + 1;
-  }
-  fclose(f);
-  return n;
 }
 
 /* Every blob of every layer of a caffemodel against the net's parameters. */
