@@ -166,7 +166,7 @@ bench: $(BUILD)/moka
 help:
 	@echo "make            build $(BUILD)/moka (prints a found/MISSING line per dependency)"
 	@echo "make deps       install missing Debian packages (root) or print the apt-get line"
-	@echo "make demo       deps + build + run the demo job"
+	@echo "make demo       deps + build + the fine-tuning demo (data/demo.sh, ~3 min on 2 cores)"
 	@echo "make test       unit, golden and CLI tests (no GPU needed)"
 	@echo "make gpu-check  build and run every GPU test and benchmark (needs a GPU)"
 	@echo "make bench      forward benchmark against Caffe and PyTorch"

@@ -88,7 +88,13 @@ fail:
 
 float *manifest_load(const ManifestEntry *e) {
   size_t count = 1;
-  for (int i = 0; i < e->num_axes; i++) count *= (size_t)e->shape[i];
+  for (int i = 0; i < e->num_axes; i++)
+    if (!moka_mul_size(count, (size_t)e->shape[i], &count) ||
+        count > (size_t)MOKA_MAX_BLOB_COUNT) {
+      moka_errorf("shape of '%s' has more than %lld elements", e->name,
+                  (long long)MOKA_MAX_BLOB_COUNT);
+      return NULL;
+    }
   uint8_t *data;
   size_t len;
   if (moka_read_file(e->file, &data, &len)) return NULL;

@@ -442,7 +442,8 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
       moka_errorf("%s: layer '%s' has type Python (module '%s', class '%s'): moka never runs "
                   "code named by a model file, so Python layers are refused; replace the "
                   "layer with built-in ones",
-                  source, lname, pp && pp->module ? pp->module : "", pp && pp->layer ? pp->layer : "");
+                  source, lname, pp && pp->module ? pp->module : "",
+                  pp && pp->layer ? pp->layer : "");
       goto fail;
     }
     if (!o.quiet) LOG_INFO("Creating Layer %s", lname);

@@ -112,7 +112,8 @@ int cmd_finetune(int argc, char **argv) {
   if (rc) return rc < 0 ? -1 : 0;
   if (demo_data && *demo_data) {
     if (demo_per_class < 2) return moka_errorf("--demo_per_class must be at least 2");
-    if (ft_demo_generate(demo_data, demo_size, demo_per_class, demo_per_class / 2, 1)) return -1;
+    if (ft_demo_generate(demo_data, demo_size, demo_per_class, demo_per_class / 2, (uint32_t)o.seed))
+      return -1;
     fprintf(stderr, "moka finetune: wrote %d pretrain and %d fine-tune images (%dx%d JPEG) to %s\n",
             FT_DEMO_PRETRAIN_CLASSES * demo_per_class, FT_DEMO_FINETUNE_CLASSES * (demo_per_class / 2),
             demo_size, demo_size, demo_data);

@@ -67,6 +67,7 @@ int chart_lines(Canvas *c, const char *title, const char *xlabel, const char *yl
       hi = fmax(hi, s[k].y[i]);
     }
   if (!(p.xmax >= p.xmin)) p.xmin = 0, p.xmax = 1;
+  if (p.xmin > 0 && p.xmin < 0.5 * p.xmax) p.xmin = 0; /* epochs: start the axis at 0 */
   if (p.xmax - p.xmin < 1e-12) p.xmax = p.xmin + 1;
   if (ymin > ymax) {
     ymin = isfinite(lo) ? lo : 0;
@@ -115,8 +116,14 @@ int chart_lines(Canvas *c, const char *title, const char *xlabel, const char *yl
       lx = X, ly = Y, have = true;
     }
   }
-  /* legend, top right */
-  int ly = p.y0 + 6;
+  /* legend, top right, on a white box */
+  int ly = p.y0 + 6, lw = 0, ln = 0;
+  for (int k = 0; k < n_series; k++)
+    if (s[k].name) lw = MOKA_MAX(lw, canvas_text_width(s[k].name, 1)), ln++;
+  if (ln) {
+    canvas_rect(c, p.x1 - lw - 30, p.y0 + 2, lw + 26, 12 * ln + 6, 0xffffff);
+    canvas_frame(c, p.x1 - lw - 30, p.y0 + 2, lw + 26, 12 * ln + 6, GRID);
+  }
   for (int k = 0; k < n_series; k++) {
     if (!s[k].name) continue;
     const int w = canvas_text_width(s[k].name, 1);

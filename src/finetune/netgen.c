@@ -211,7 +211,7 @@ static void emit_classifier(StrBuf *b, const Plan *pl, const FtNetSpec *s, const
             "# from the fillers below instead of the old %d-class weights.\n",
             info->classifier_old, info->old_outputs, info->classifier_new, s->n_classes,
             info->old_outputs);
-  if (train && !s->from_scratch)
+  if (train && !s->from_scratch && s->cls_lr_mult > 1)
     sb_printf(b,
               "# Its learning rate is %gx (weights) and %gx (bias) the base rate: it starts from\n"
               "# scratch, while the pretrained layers only need small adjustments.\n",
@@ -323,9 +323,10 @@ static int zero_scale(Caffe__LayerParameter *l) {
 }
 
 static void emit_header(StrBuf *b, const char *what, const FtNetSpec *s) {
-  sb_printf(b, "# %s — written by `moka finetune`; an ordinary Caffe file: edit it and\n", what);
-  sb_puts(b, "# rerun with `moka train` (or Caffe). Every change from the deploy net is\n"
-             "# commented where it is made.\n");
+  sb_printf(b, "# %s — written by `moka finetune`; an ordinary Caffe file.\n", what);
+  if (!strcmp(what, "train_val.prototxt"))
+    sb_puts(b, "# Edit it and rerun with `moka train --solver=solver.prototxt` (or Caffe).\n");
+  sb_puts(b, "# Every change from the original deploy net is commented where it is made.\n");
   if (s->command && *s->command) sb_printf(b, "# command: %s\n", s->command);
 }
 

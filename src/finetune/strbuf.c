@@ -62,6 +62,7 @@ char *sb_take(StrBuf *b) {
     moka_errorf("out of memory while writing text");
     return NULL;
   }
+  b->s[b->len] = 0; /* (an empty buffer was never terminated) */
   char *s = b->s;
   b->s = NULL;
   b->len = b->cap = 0;

@@ -20,9 +20,9 @@
 #include "net_cuda.h"
 #endif
 
-/* Blobs the trainer reads (the classifier's output, the labels) and the
- * weights it saves live on the device with the CUDA backend: copy them to
- * the host explicitly. Nothing on the CPU. */
+/* Blobs the trainer reads (the classifier's output, the labels) live on the
+ * device with the CUDA backend: copy them to the host explicitly (the weights
+ * it saves come down with solver_sync_to_host). Nothing on the CPU. */
 static int blob_host(Net *net, Blob *b) {
 #ifdef MOKA_WITH_CUDA
   if (net->cuda) return blob_to_host(net->cuda, b);
@@ -31,13 +31,6 @@ static int blob_host(Net *net, Blob *b) {
   return 0;
 }
 
-static int params_host(Net *net) {
-#ifdef MOKA_WITH_CUDA
-  if (net->cuda) return net_params_to_host(net);
-#endif
-  (void)net;
-  return 0;
-}
 
 /* ---- signals ------------------------------------------------------------------------- */
 
@@ -220,7 +213,12 @@ static float batch_accuracy(const Blob *logits, const Blob *label) {
 static int record_iter(Ctx *x, int iter) {
   if (x->h->n_iters != iter) return 0;
   if (blob_host(x->s->net, x->logits) || blob_host(x->s->net, x->label)) return -1;
-  return ft_history_add_iter(x->h, iter, x->loss->data[0], batch_accuracy(x->logits, x->label));
+  const float loss = x->loss->data[0];
+  if (!isfinite(loss))
+    return moka_errorf("the training loss is %g at iteration %d: training diverged. Start again "
+                       "(another --out) with a smaller --lr (now %g) or --classifier_lr_mult",
+                       (double)loss, iter, (double)x->s->param->base_lr);
+  return ft_history_add_iter(x->h, iter, loss, batch_accuracy(x->logits, x->label));
 }
 
 /* The rate of the last update, without moving the solver's multistep state. */
@@ -413,7 +411,7 @@ static int finish_epoch(Ctx *x, double epoch_t0, int iters_run, double train_s) 
   if (is_best) {
     char path[4200];
     snprintf(path, sizeof path, "%s/best.caffemodel", c->dir);
-    if (params_host(s->net) || net_save_caffemodel(s->net, path)) {
+    if (solver_sync_to_host(s) || net_save_caffemodel(s->net, path)) {
       free(conf);
       return moka_error_prefix("writing the best weights");
     }
@@ -463,6 +461,7 @@ int ft_train(const FtTrainConfig *c, FtHistory *h, FtTrainResult *r) {
   const bool resume = ft_find_snapshot(p->snapshot_prefix, state, sizeof state, &resume_iter) == 1;
   if (set_weights(p, resume ? NULL : c->weights)) goto done;
   SolverOptions o = {.backend = c->backend,
+                     .device = c->device,
                      .base_dir = c->dir,
                      .before_forward = on_forward,
                      .action = check_stop,
@@ -483,9 +482,9 @@ int ft_train(const FtTrainConfig *c, FtHistory *h, FtTrainResult *r) {
   }
   if (resume) {
     LOG_INFO("moka finetune: resuming from %s", state);
+    /* (solver_restore also puts the Data layers where an uninterrupted run
+     * would be: solver_seek_data) */
     if (solver_restore(s, state)) goto done;
-    Layer *dl = find_data_layer(s->net);
-    if (dl && data_layer_seek(dl, (uint64_t)s->iter * (uint64_t)c->batch)) goto done;
     ft_history_truncate(h, s->iter);
     r->resumed = true;
     r->resumed_from = s->iter;

@@ -4,8 +4,8 @@
  *   - builds the solver from DIR/solver.prototxt (the nets, the pretrained
  *     weights copied by layer name), or resumes from the newest complete
  *     snapshot of an earlier run (its .solverstate exists: it is written
- *     after its .caffemodel, both atomically), placing the training Data
- *     layer where the interrupted run was (data_layer_seek);
+ *     after its .caffemodel, both atomically); solver_restore puts the Data
+ *     layers where the interrupted run was;
  *   - after each epoch (the solver snapshots there) validates on exactly the
  *     validation images (each once; Caffe's test loop would wrap around
  *     into the first records), logging Caffe's "Test net output" lines;
@@ -33,6 +33,7 @@ typedef struct FtTrainConfig {
   const char *solver_file;     /* DIR/solver.prototxt */
   const char *weights;         /* pretrained weights (a fresh start only); NULL = fillers */
   Backend backend;
+  int device;                  /* CUDA device (MOKA_BACKEND_CUDA) */
   int n_classes;
   int n_val;                   /* validation records (the val LMDB's size) */
   int batch, val_batch;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "caffe.pb-c.h"
@@ -122,12 +123,6 @@ static int mark_done(const char *dir, const char *stage, const char *content) {
   char p[PATHN];
   marker_path(dir, stage, p, sizeof p);
   return moka_write_file_atomic(p, content, strlen(content));
-}
-
-static void unmark(const char *dir, const char *stage) {
-  char p[PATHN];
-  marker_path(dir, stage, p, sizeof p);
-  remove(p);
 }
 
 /* "key=N" from a marker's text; -1 when absent. */
@@ -245,11 +240,12 @@ static const char *set_get(const Settings *s, const char *key) {
   return NULL;
 }
 
-/* Compare with DIR/finetune.cfg (write it when absent). */
+/* Compare with DIR/finetune.cfg once the data are prepared; before that
+ * (a first run, or one that failed early) write it. */
 static int check_settings(const Settings *s, const char *dir) {
   char p[PATHN];
   snprintf(p, sizeof p, "%.3072s/finetune.cfg", dir);
-  if (!exists(p)) {
+  if (!exists(p) || !stage_done(dir, "prepare")) {
     StrBuf b = {0};
     sb_puts(&b, "# the settings of this moka finetune folder: rerunning the same command resumes;\n"
                 "# different settings need another --out\n");
@@ -495,9 +491,27 @@ static int stage_convert(const FtOptions *o, const char *dir, const char *which,
   co.resize_height = co.resize_width = resize;
   co.encoded = o->encoded;
   ConvertStats st;
+  struct statvfs vfs;
+  const double free_mb =
+      statvfs(dir, &vfs) == 0 ? (double)vfs.f_bavail * (double)vfs.f_frsize / 1048576.0 : -1;
   if (convert_imageset(&co, &st)) {
     remove_tree(db);
-    return moka_error_prefix("converting the %s images", which);
+    moka_error_prefix("converting the %s images", which);
+    /* a full disk shows as a failed write: say how much room there was */
+    int n = 0;
+    ListEntry *e;
+    if (list_file_read(list, &e, &n) == 0) list_file_free(e, n);
+    const double need_mb = n * (double)resize * resize * 3 / 1048576.0;
+    if (free_mb >= 0 && (!o->encoded ? need_mb > 0.8 * free_mb : free_mb < 64)) {
+      char need[128] = "";
+      if (!o->encoded) snprintf(need, sizeof need, ", and the raw images need about %.1f MB", need_mb);
+      char msg[8192];
+      snprintf(msg, sizeof msg, "%s\n  (the disk may be full: %.1f MB were free in %s before the "
+               "conversion%s; free some space or choose another --out, then rerun)",
+               moka_error(), free_mb, dir, need);
+      moka_errorf("%s", msg);
+    }
+    return -1;
   }
   if (st.written == 0) {
     remove_tree(db);
@@ -570,6 +584,10 @@ static int stage_mean(const FtOptions *o, const char *dir, int resize, Mean *m) 
           m->values[c] = (float)(sum / (H * W));
         }
         m->n_values = C;
+        /* classify with the same per-channel values */
+        int k = snprintf(m->arg, sizeof m->arg, "--mean_value=");
+        for (int c = 0; c < C; c++)
+          k += snprintf(m->arg + k, sizeof m->arg - (size_t)k, "%s%g", c ? "," : "", (double)m->values[c]);
         snprintf(m->why, sizeof m->why,
                  "the per-channel averages of %s: it is %dx%d and Caffe needs a mean image of "
                  "the stored images' size, %dx%d",
@@ -872,6 +890,7 @@ int ft_run(const FtOptions *o, FtOutcome *out) {
     tc.solver_file = sv_path;
     tc.weights = have_weights ? weights : NULL;
     tc.backend = o->backend;
+    tc.device = o->gpu && *o->gpu ? atoi(o->gpu) : 0;
     tc.n_classes = D.K;
     tc.n_val = D.n_val;
     tc.batch = batch;
@@ -995,6 +1014,5 @@ done:
   data_free(&D);
   set_free(&set);
   free(tv), free(dp), free(sv);
-  (void)unmark;
   return rc;
 }

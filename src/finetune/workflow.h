@@ -13,9 +13,9 @@
  * then the report (report.h). Rerunning the same command skips completed
  * stages and resumes training from the newest snapshot; a stage that did not
  * complete is redone from scratch (its partial output removed). The settings
- * are recorded in DIR/finetune.cfg: a rerun with different ones is refused
- * (use another --out), except those that do not change the result (--gpu,
- * --keep_snapshots).
+ * are recorded in DIR/finetune.cfg: once the data are prepared, a rerun with
+ * different ones is refused (use another --out), except those that do not
+ * change the result (--gpu, --keep_snapshots).
  */
 #ifndef MOKA_FT_WORKFLOW_H
 #define MOKA_FT_WORKFLOW_H

@@ -46,22 +46,20 @@ static inline void fuzz_init(void) {
 
 /* A broken invariant: print it and abort (a finding for the fuzzer, a
  * failed test in the replay). */
-#define FUZZ_ASSERT(cond, ...)                                                    \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      fprintf(stderr, "fuzz: %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-      fprintf(stderr, __VA_ARGS__);                                               \
-      fprintf(stderr, "\n");                                                      \
-      abort();                                                                    \
-    }                                                                             \
+#define FUZZ_ASSERT(cond, ...)                                         \
+  do {                                                                 \
+    if (!(cond)) {                                                     \
+      fprintf(stderr, "fuzz: %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      fprintf(stderr, __VA_ARGS__);                                    \
+      fprintf(stderr, "\n");                                           \
+      abort();                                                         \
+    }                                                                  \
   } while (0)
 
 #ifdef MOKA_LIBFUZZER
-#define FUZZ_ENTRY(fn)                                                   \
-  int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);          \
-  int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {         \
-    return fn(data, size);                                               \
-  }
+#define FUZZ_ENTRY(fn)                                          \
+  int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size); \
+  int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return fn(data, size); }
 #else
 #define FUZZ_ENTRY(fn)
 #endif
@@ -85,8 +83,10 @@ int fuzz_flags(const uint8_t *data, size_t size);
 static inline int fuzz_image_too_big(const uint8_t *data, size_t size) {
   if (size >= 24 && !memcmp(data, "\x89PNG\r\n\x1a\n", 8)) {
     /* IHDR is the first chunk: width and height, big-endian, at 16 and 20. */
-    uint64_t w = (uint64_t)data[16] << 24 | (uint64_t)data[17] << 16 | (uint64_t)data[18] << 8 | data[19];
-    uint64_t h = (uint64_t)data[20] << 24 | (uint64_t)data[21] << 16 | (uint64_t)data[22] << 8 | data[23];
+    uint64_t w =
+        (uint64_t)data[16] << 24 | (uint64_t)data[17] << 16 | (uint64_t)data[18] << 8 | data[19];
+    uint64_t h =
+        (uint64_t)data[20] << 24 | (uint64_t)data[21] << 16 | (uint64_t)data[22] << 8 | data[23];
     return w * h > FUZZ_MAX_PIXELS;
   }
   if (size >= 2 && data[0] == 0xFF && data[1] == 0xD8) {

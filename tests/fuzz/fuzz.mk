@@ -34,19 +34,28 @@ FUZZ_BINS        := $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
 # Where flag parsing lives (the CLI is not part of the library).
 FUZZ_EXTRA_flags := src/cli/flags.c
 
-.PHONY: fuzz fuzz-ci fuzz-build
+.PHONY: fuzz fuzz-ci fuzz-build fuzz-check
+# (built through pattern rules only: keep them between runs)
+.SECONDARY: $(FUZZ_LIB_OBJS)
 
-$(FUZZ_OBJDIR)/proto/caffe.pb-c.o: $(PROTO_C)
-	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+fuzz-check:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "moka fuzz: $(FUZZ_CC) not found; as root:" \
+	  "apt-get install -y clang libclang-rt-14-dev (libFuzzer)"; exit 1; }
 
-$(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H)
+$(FUZZ_OBJDIR)/proto/caffe.pb-c.o: $(PROTO_C) | fuzz-check
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+	@echo "  FUZZCC  $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H) | fuzz-check
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC  $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DMOKA_LIBFUZZER $< $(FUZZ_EXTRA_$*) \
+	@echo "  FUZZLD  $@"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DMOKA_LIBFUZZER $< $(FUZZ_EXTRA_$*) \
 	  $(FUZZ_LIB_OBJS) $(FUZZ_LIBS) -o $@
 
 fuzz-build: $(FUZZ_BINS)

@@ -17,7 +17,7 @@
 
 /* Layers that open files named by the definition. */
 static int fz_reads_files(const Caffe__NetParameter *p) {
-  static const char *const kFileTypes[] = {"Data", "ImageData", "WindowData", "HDF5Data",
+  static const char *const kFileTypes[] = {"Data",       "ImageData",  "WindowData", "HDF5Data",
                                            "HDF5Output", "MemoryData", "Python"};
   for (size_t i = 0; i < p->n_layer; i++) {
     const Caffe__LayerParameter *l = p->layer[i];

@@ -25,8 +25,8 @@ int fuzz_image(const uint8_t *data, size_t size) {
     const int sizes[2][2] = {{7, 5}, {1 + data[size - 1] % 64, 1 + data[size / 2] % 64}};
     for (int s = 0; s < 2; s++) {
       if (image_resize_bilinear(&im, sizes[s][0], sizes[s][1], &rs) == 0) {
-        FUZZ_ASSERT(rs.h == sizes[s][0] && rs.w == sizes[s][1] && rs.c == im.c, "resized to %dx%dx%d",
-                    rs.h, rs.w, rs.c);
+        FUZZ_ASSERT(rs.h == sizes[s][0] && rs.w == sizes[s][1] && rs.c == im.c,
+                    "resized to %dx%dx%d", rs.h, rs.w, rs.c);
         image_free(&rs);
       }
     }

@@ -31,12 +31,12 @@ static void fz_prototxt_round_trip(const ProtobufCMessageDescriptor *desc, const
   FUZZ_ASSERT(t1, "prototxt_format failed: %s", moka_error());
   ProtobufCMessage *m2 = NULL;
   int rc = prototxt_parse(desc, t1, strlen(t1), "formatted.prototxt", &m2);
-  FUZZ_ASSERT(rc == 0, "the formatted text does not parse again: %s\n--- text ---\n%s", moka_error(),
-              t1);
+  FUZZ_ASSERT(rc == 0, "the formatted text does not parse again: %s\n--- text ---\n%s",
+              moka_error(), t1);
   char *t2 = prototxt_format(m2);
   FUZZ_ASSERT(t2, "prototxt_format failed: %s", moka_error());
-  FUZZ_ASSERT(strcmp(t1, t2) == 0, "formatting is not stable:\n--- first ---\n%s\n--- second ---\n%s",
-              t1, t2);
+  FUZZ_ASSERT(strcmp(t1, t2) == 0,
+              "formatting is not stable:\n--- first ---\n%s\n--- second ---\n%s", t1, t2);
   size_t l1, l2;
   uint8_t *b1 = fz_pack(m, &l1), *b2 = fz_pack(m2, &l2);
   /* A NaN's payload is not kept by the text form ("nan"): compare the bytes

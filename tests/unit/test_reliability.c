@@ -23,6 +23,13 @@
 #include "testlib.h"
 #include "util.h"
 
+/* The messages the refusals produce, printed with MOKA_TEST_VERBOSE=1
+ * (docs/reliability.md quotes them). */
+#define SAY(...)                                          \
+  do {                                                    \
+    if (getenv("MOKA_TEST_VERBOSE")) printf(__VA_ARGS__); \
+  } while (0)
+
 /* A temporary folder for this run. */
 static char g_tmp[256];
 
@@ -50,17 +57,17 @@ static Net *net_from_text(const char *text) {
 }
 
 /* The net must be refused with a message containing every needle. */
-#define CHECK_REFUSED(text, ...)                                                   \
-  do {                                                                             \
-    moka_error_clear();                                                            \
-    Net *net_ = net_from_text(text);                                               \
-    CHECK_MSG(net_ == NULL, "accepted:\n%s", text);                                \
-    net_free(net_);                                                                \
-    const char *needles_[] = {__VA_ARGS__};                                        \
-    for (size_t i_ = 0; i_ < sizeof needles_ / sizeof *needles_; i_++)             \
-      CHECK_MSG(strstr(moka_error(), needles_[i_]), "message lacks '%s': %s",      \
-                needles_[i_], moka_error());                                       \
-    printf("  refused: %s\n", moka_error());                                       \
+#define CHECK_REFUSED(text, ...)                                                            \
+  do {                                                                                      \
+    moka_error_clear();                                                                     \
+    Net *net_ = net_from_text(text);                                                        \
+    CHECK_MSG(net_ == NULL, "accepted:\n%s", text);                                         \
+    net_free(net_);                                                                         \
+    const char *needles_[] = {__VA_ARGS__};                                                 \
+    for (size_t i_ = 0; i_ < sizeof needles_ / sizeof *needles_; i_++)                      \
+      CHECK_MSG(strstr(moka_error(), needles_[i_]), "message lacks '%s': %s", needles_[i_], \
+                moka_error());                                                              \
+    SAY("  refused: %s\n", moka_error());                                                   \
   } while (0)
 
 /* ---- shapes ------------------------------------------------------------------------ */
@@ -79,7 +86,7 @@ static void test_blobproto_shapes_overflowing(void) {
   CHECK(blobproto_load(&bp, b, "mean.binaryproto") != 0);
   CHECK(strstr(moka_error(), "mean.binaryproto") && strstr(moka_error(), "65536 65536 65536") &&
         strstr(moka_error(), "more than 2147483647 elements"));
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
   /* a dimension beyond int */
   int64_t big[2] = {1, 5000000000LL};
   s.n_dim = 2;
@@ -120,18 +127,20 @@ static void test_blobproto_shapes_overflowing(void) {
 
 static void test_input_dims_overflowing(void) {
   /* deprecated input_dim: 2^17 x 2^17 x 2^17 */
-  CHECK_REFUSED("input: 'data' input_dim: 131072 input_dim: 131072 input_dim: 131072 "
-                "input_dim: 1",
-                "layer 'input'", "131072 131072 131072 1", "more than 2147483647 elements");
+  CHECK_REFUSED(
+      "input: 'data' input_dim: 131072 input_dim: 131072 input_dim: 131072 "
+      "input_dim: 1",
+      "layer 'input'", "131072 131072 131072 1", "more than 2147483647 elements");
   CHECK_REFUSED("input: 'data' input_dim: -1 input_dim: 3 input_dim: 4 input_dim: 4",
                 "layer 'input'", "-1 is out of range");
   /* input_shape with a dim beyond int */
   CHECK_REFUSED("input: 'data' input_shape { dim: 1 dim: 3 dim: 4294967296 }", "layer 'input'",
                 "4294967296");
   /* an Input layer of 2^31 elements */
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' "
-                "input_param { shape { dim: 2 dim: 1024 dim: 1024 dim: 1024 } } }",
-                "layer 'in'", "more than 2147483647 elements");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' "
+      "input_param { shape { dim: 2 dim: 1024 dim: 1024 dim: 1024 } } }",
+      "layer 'in'", "more than 2147483647 elements");
   /* input count and shape count disagree */
   CHECK_REFUSED("input: 'a' input: 'b' input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1",
                 "2 inputs need 8 input_dim values");
@@ -139,56 +148,64 @@ static void test_input_dims_overflowing(void) {
 
 static void test_layer_params_too_large(void) {
   /* num_output 2^30 with 4 inputs: 2^32 weights */
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
-                "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
-                "inner_product_param { num_output: 1073741824 } }",
-                "layer 'fc'", "more than 2147483647 elements");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
+      "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
+      "inner_product_param { num_output: 1073741824 } }",
+      "layer 'fc'", "more than 2147483647 elements");
   /* a convolution whose weights overflow int: 2^16 outputs x 2^10 channels x 2^8 x 2^8 */
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' "
-                "input_param { shape { dim: 1 dim: 1024 dim: 256 dim: 256 } } }"
-                "layer { name: 'conv' type: 'Convolution' bottom: 'x' top: 'y' "
-                "convolution_param { num_output: 65536 kernel_size: 256 } }",
-                "layer 'conv'");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' "
+      "input_param { shape { dim: 1 dim: 1024 dim: 256 dim: 256 } } }"
+      "layer { name: 'conv' type: 'Convolution' bottom: 'x' top: 'y' "
+      "convolution_param { num_output: 65536 kernel_size: 256 } }",
+      "layer 'conv'");
   /* num_output beyond int */
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }"
-                "layer { name: 'conv' type: 'Convolution' bottom: 'x' top: 'y' "
-                "convolution_param { num_output: 4294967295 kernel_size: 1 } }",
-                "layer 'conv'", "4294967295");
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
-                "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
-                "inner_product_param { num_output: 4294967295 } }",
-                "layer 'fc'", "4294967295");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 "
+      "} } }"
+      "layer { name: 'conv' type: 'Convolution' bottom: 'x' top: 'y' "
+      "convolution_param { num_output: 4294967295 kernel_size: 1 } }",
+      "layer 'conv'", "4294967295");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
+      "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
+      "inner_product_param { num_output: 4294967295 } }",
+      "layer 'fc'", "4294967295");
 }
 
 static void test_memory_limit_names_the_blob(void) {
   /* Under a 64 MiB limit, 2^24 x 4 weights (2 x 256 MiB with the diff) are
    * refused before they are allocated, naming the layer and the sizes. */
   blob_set_memory_limit((size_t)64 << 20);
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
-                "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
-                "inner_product_param { num_output: 16777216 } }",
-                "layer 'fc'", "16777216 4", "memory limit is 64.0 MiB");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
+      "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
+      "inner_product_param { num_output: 16777216 } }",
+      "layer 'fc'", "16777216 4", "memory limit is 64.0 MiB");
   /* and the same net fits once the limit is back to physical memory */
   blob_set_memory_limit(0);
   CHECK(blob_memory_limit() > ((size_t)64 << 20));
   /* A net's blobs are counted while they live and released when freed. */
   size_t before = blob_memory_in_use();
-  Net *net = net_from_text("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
-                           "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
-                           "inner_product_param { num_output: 1000 } }");
+  Net *net = net_from_text(
+      "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
+      "layer { name: 'fc' type: 'InnerProduct' bottom: 'x' top: 'y' "
+      "inner_product_param { num_output: 1000 } }");
   REQUIRE(net);
   /* x (4), y (1000), weights (4000), bias (1000): data + diff */
-  CHECK_MSG(blob_memory_in_use() >= before + 2 * 4 * (4 + 1000 + 1000),
-            "in use %zu, before %zu", blob_memory_in_use(), before);
+  CHECK_MSG(blob_memory_in_use() >= before + 2 * 4 * (4 + 1000 + 1000), "in use %zu, before %zu",
+            blob_memory_in_use(), before);
   net_free(net);
   CHECK(blob_memory_in_use() == before);
 }
 
 static void test_python_layer_refused(void) {
-  CHECK_REFUSED("layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
-                "layer { name: 'py_loss' type: 'Python' bottom: 'x' top: 'y' "
-                "python_param { module: 'evil' layer: 'Loss' param_str: 'import os' } }",
-                "layer 'py_loss'", "Python", "evil", "never runs code");
+  CHECK_REFUSED(
+      "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 1 dim: 4 } } }"
+      "layer { name: 'py_loss' type: 'Python' bottom: 'x' top: 'y' "
+      "python_param { module: 'evil' layer: 'Loss' param_str: 'import os' } }",
+      "layer 'py_loss'", "Python", "evil", "never runs code");
 }
 
 /* ---- repeated fields and nesting --------------------------------------------------- */
@@ -206,7 +223,7 @@ static void test_prototxt_nesting_limit(void) {
   ProtobufCMessage *m = NULL;
   CHECK(prototxt_parse(&caffe__net_parameter__descriptor, t, n, "deep.prototxt", &m) != 0);
   CHECK_MSG(strstr(moka_error(), "deep.prototxt:1:9"), "%s", moka_error());
-  printf("  refused: %.200s\n", moka_error());
+  SAY("  refused: %.200s\n", moka_error());
   free(t);
 }
 
@@ -221,7 +238,7 @@ static void test_prototxt_of_empty_layers(void) {
   CHECK(prototxt_parse(&caffe__net_parameter__descriptor, t, 7 * n, "bomb.prototxt", &m) != 0);
   CHECK_MSG(strstr(moka_error(), "bomb.prototxt") && strstr(moka_error(), "MiB"), "%s",
             moka_error());
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
   /* 1000 of them parse */
   CHECK(prototxt_parse(&caffe__net_parameter__descriptor, t, 7 * 1000, "ok.prototxt", &m) == 0);
   if (m) {
@@ -242,7 +259,7 @@ static void test_caffemodel_of_empty_layers(void) {
   CHECK(proto_unpack(&caffe__net_parameter__descriptor, buf, 3 * n, "'bomb.caffemodel'", &m) != 0);
   CHECK_MSG(strstr(moka_error(), "bomb.caffemodel") && strstr(moka_error(), "MiB of memory"), "%s",
             moka_error());
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
   /* through the file reader too */
   FILE *f = fopen(tmp_path("bomb.caffemodel"), "wb");
   REQUIRE(f);
@@ -272,7 +289,7 @@ static void test_datum_declaring_huge_sizes(void) {
   d.data.len = 1;
   CHECK(datum_decode(&d, 0, "record '00000001_x'", &px) != 0);
   CHECK(strstr(moka_error(), "00000001_x") && strstr(moka_error(), "too large"));
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
   d.channels = 3, d.height = 100, d.width = 100;
   CHECK(datum_decode(&d, 0, "record '00000002_y'", &px) != 0);
   CHECK(strstr(moka_error(), "00000002_y") && strstr(moka_error(), "30000"));
@@ -297,7 +314,7 @@ static size_t put_chunk(uint8_t *out, const char *type, const uint8_t *data, uin
   if (len) memcpy(out + 8, data, len);
   uint32_t c = crc32_png(out + 4, 4 + len);
   out[8 + len] = (uint8_t)(c >> 24), out[9 + len] = (uint8_t)(c >> 16),
-  out[10 + len] = (uint8_t)(c >> 8), out[11 + len] = (uint8_t)c;
+          out[10 + len] = (uint8_t)(c >> 8), out[11 + len] = (uint8_t)c;
   return 12 + len;
 }
 
@@ -305,9 +322,19 @@ static size_t put_chunk(uint8_t *out, const char *type, const uint8_t *data, uin
 static size_t png_header(uint8_t *out, uint32_t w, uint32_t h) {
   static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   memcpy(out, sig, 8);
-  uint8_t ihdr[13] = {(uint8_t)(w >> 24), (uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w,
-                      (uint8_t)(h >> 24), (uint8_t)(h >> 16), (uint8_t)(h >> 8), (uint8_t)h,
-                      8, 2, 0, 0, 0};
+  uint8_t ihdr[13] = {(uint8_t)(w >> 24),
+                      (uint8_t)(w >> 16),
+                      (uint8_t)(w >> 8),
+                      (uint8_t)w,
+                      (uint8_t)(h >> 24),
+                      (uint8_t)(h >> 16),
+                      (uint8_t)(h >> 8),
+                      (uint8_t)h,
+                      8,
+                      2,
+                      0,
+                      0,
+                      0};
   size_t n = 8 + put_chunk(out + 8, "IHDR", ihdr, 13);
   n += put_chunk(out + n, "IDAT", NULL, 0);
   n += put_chunk(out + n, "IEND", NULL, 0);
@@ -341,7 +368,7 @@ static void test_images_declaring_huge_sizes(void) {
         CHECK_MSG(strstr(moka_error(), "too large"), "PNG %ux%u: %s", sizes[i][0], sizes[i][1],
                   moka_error());
     }
-    printf("  PNG %ux%u refused: %s\n", sizes[i][0], sizes[i][1], moka_error());
+    SAY("  PNG %ux%u refused: %s\n", sizes[i][0], sizes[i][1], moka_error());
   }
   /* a small PNG header decodes past the size check and fails on the missing data */
   size_t n = png_header(png, 4, 4);
@@ -353,10 +380,11 @@ static void test_images_declaring_huge_sizes(void) {
     uint8_t *j = jpeg_declaring(jsizes[i][0], jsizes[i][1], &len);
     REQUIRE(j);
     CHECK(image_decode(j, len, 3, &im) != 0);
-    CHECK_MSG(strstr(moka_error(), "too large") || strstr(moka_error(), "Maximum supported image "
-                                                                          "dimension is 65500"),
+    CHECK_MSG(strstr(moka_error(), "too large") || strstr(moka_error(),
+                                                          "Maximum supported image "
+                                                          "dimension is 65500"),
               "JPEG %dx%d: %s", jsizes[i][0], jsizes[i][1], moka_error());
-    printf("  JPEG %dx%d refused: %s\n", jsizes[i][0], jsizes[i][1], moka_error());
+    SAY("  JPEG %dx%d refused: %s\n", jsizes[i][0], jsizes[i][1], moka_error());
     free(j);
   }
   /* resizing to a huge size is refused too */
@@ -427,7 +455,7 @@ static void test_lmdb_records_of_the_wrong_type(void) {
     CHECK_MSG(strstr(moka_error(), "00000001_text") && strstr(moka_error(), "layer 'data'") &&
                   strstr(moka_error(), "not a caffe.Datum"),
               "%s", moka_error());
-    printf("  refused: %s\n", moka_error());
+    SAY("  refused: %s\n", moka_error());
     net_free(net);
   }
   /* 2: the first record is a BlobProto: refused at setup */
@@ -480,7 +508,7 @@ static void test_solver_naming_itself_or_nothing(void) {
   CHECK_MSG(strstr(moka_error(), "self_solver.prototxt:1:1") &&
                 strstr(moka_error(), "unknown field 'net' in caffe.NetParameter"),
             "%s", moka_error());
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
   /* net: a file that does not exist */
   write_text(tmp_path("missing_solver.prototxt"),
              "net: \"no_such_net.prototxt\"\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: \"fixed\"\n");
@@ -488,7 +516,7 @@ static void test_solver_naming_itself_or_nothing(void) {
   CHECK(s == NULL);
   solver_free(s);
   CHECK_MSG(strstr(moka_error(), "no_such_net.prototxt"), "%s", moka_error());
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
   /* net: a folder */
   snprintf(text, sizeof text, "net: \"%s\"\nbase_lr: 0.1\nmax_iter: 1\nlr_policy: \"fixed\"\n",
            g_tmp);
@@ -497,7 +525,7 @@ static void test_solver_naming_itself_or_nothing(void) {
   CHECK(s == NULL);
   solver_free(s);
   CHECK_MSG(strstr(moka_error(), "is a directory"), "%s", moka_error());
-  printf("  refused: %s\n", moka_error());
+  SAY("  refused: %s\n", moka_error());
 }
 
 /* ---- files moka writes ----------------------------------------------------------------- */
