@@ -105,6 +105,13 @@ void layer_free(Layer *l);
 int layer_forward(Layer *l, Backend b);
 int layer_backward(Layer *l, Backend b);
 
+/* Caffe's param_propagate_down: a parameter with lr_mult 0 (frozen, e.g.
+ * the trunk of a fine-tuned net) needs no gradient, so backward skips that
+ * work. */
+static inline bool layer_param_needs_grad(const Layer *l, int i) {
+  return i < l->n_params && l->lr_mult[i] != 0.0f;
+}
+
 /* Declare the next parameter blob with this shape, and fill it with `filler`
  * (NULL = constant 0), drawing from l->rng. Returns the blob or NULL. */
 Blob *layer_add_param(Layer *l, int num_axes, const int *shape,

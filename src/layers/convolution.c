@@ -244,13 +244,15 @@ static int conv_backward_cpu(Layer *l) {
   const int out_sp = p->out_h * p->out_w;
   const int kdim = p->channels / G * p->kernel_h * p->kernel_w;
   const float *weight = l->params[0]->data; /* (OC, IC/G, KH, KW) */
-  float *wdiff = l->params[0]->diff;        /* (OC, IC/G, KH, KW), accumulated */
-  float *bdiff = p->bias_term ? l->params[1]->diff : NULL; /* (OC), accumulated */
+  /* (OC, IC/G, KH, KW) and (OC), accumulated; NULL when lr_mult is 0 */
+  float *wdiff = layer_param_needs_grad(l, 0) ? l->params[0]->diff : NULL;
+  float *bdiff = p->bias_term && layer_param_needs_grad(l, 1) ? l->params[1]->diff : NULL;
   const size_t in_img = (size_t)p->channels * p->height * p->width;
   const size_t out_img = (size_t)p->num_output * out_sp;
   for (int i = 0; i < l->n_bottom; i++) {
     const Blob *top = l->top[i];
     Blob *bot = l->bottom[i];
+    if (!wdiff && !bdiff && !l->propagate_down[i]) continue;
     for (int n = 0; n < p->num; n++) {
       const float *dy = top->diff + n * out_img; /* (OC, OH*OW) */
       if (bdiff)
@@ -260,15 +262,17 @@ static int conv_backward_cpu(Layer *l) {
           bdiff[oc] += (float)s;
         }
       /* Weight gradient: dW_g += dy_g (OC/G, OH*OW) x col_g^T (OH*OW, kdim). */
-      const float *x = bot->data + n * in_img;
-      const float *col = x;
-      if (!p->is_1x1) {
-        moka_im2col(x, &g, p->col);
-        col = p->col;
+      if (wdiff) {
+        const float *x = bot->data + n * in_img;
+        const float *col = x;
+        if (!p->is_1x1) {
+          moka_im2col(x, &g, p->col);
+          col = p->col;
+        }
+        for (int gi = 0; gi < G; gi++)
+          moka_gemm(false, true, OCg, kdim, out_sp, 1.0f, dy + (size_t)gi * OCg * out_sp,
+                    col + (size_t)gi * kdim * out_sp, 1.0f, wdiff + (size_t)gi * OCg * kdim);
       }
-      for (int gi = 0; gi < G; gi++)
-        moka_gemm(false, true, OCg, kdim, out_sp, 1.0f, dy + (size_t)gi * OCg * out_sp,
-                  col + (size_t)gi * kdim * out_sp, 1.0f, wdiff + (size_t)gi * OCg * kdim);
       if (!l->propagate_down[i]) continue;
       /* Bottom gradient: dcol_g (kdim, OH*OW) = W_g^T (kdim, OC/G) x dy_g, then col2im. */
       float *dx = bot->diff + n * in_img; /* (IC,H,W) */

@@ -91,11 +91,13 @@ static int ip_backward_cpu(Layer *l) {
   const float *w = l->params[0]->data; /* (N,K), or (K,N) transposed */
   float *dw = l->params[0]->diff;      /* like w, accumulated */
   const int M = p->M, N = p->num_output, K = p->K;
-  if (p->transpose)
-    moka_gemm(true, false, K, N, M, 1.0f, x, dy, 1.0f, dw);  /* dW (K,N) += x^T dy */
-  else
-    moka_gemm(true, false, N, K, M, 1.0f, dy, x, 1.0f, dw);  /* dW (N,K) += dy^T x */
-  if (p->bias_term) {
+  if (layer_param_needs_grad(l, 0)) { /* skipped when lr_mult is 0 */
+    if (p->transpose)
+      moka_gemm(true, false, K, N, M, 1.0f, x, dy, 1.0f, dw);  /* dW (K,N) += x^T dy */
+    else
+      moka_gemm(true, false, N, K, M, 1.0f, dy, x, 1.0f, dw);  /* dW (N,K) += dy^T x */
+  }
+  if (p->bias_term && layer_param_needs_grad(l, 1)) {
     float *db = l->params[1]->diff; /* (N), accumulated */
     for (int n = 0; n < N; n++) {
       double s = 0.0;

@@ -140,7 +140,7 @@ static int scale_backward(Layer *l) {
   const float *dy = l->top[0]->diff; /* (outer, D, inner) */
   const bool in_place = l->top[0] == l->bottom[0];
   /* Bias gradient (reads dy only; before dx may overwrite it in place). */
-  if (p->bias_idx >= 0) {
+  if (p->bias_idx >= 0 && layer_param_needs_grad(l, p->bias_idx)) { /* skipped at lr_mult 0 */
     float *db = l->params[p->bias_idx]->diff; /* (BD) */
     const size_t BD = p->b_dim, BI = p->b_inner;
     for (size_t d = 0; d < BD; d++) {
@@ -153,7 +153,7 @@ static int scale_backward(Layer *l) {
   const size_t D = p->scale_dim, I = p->inner;
   /* Scale gradient. */
   const bool scale_is_param = l->n_bottom == 1;
-  if (scale_is_param || l->propagate_down[1]) {
+  if (scale_is_param ? layer_param_needs_grad(l, 0) : l->propagate_down[1]) {
     const float *x = in_place ? p->x_copy : l->bottom[0]->data; /* (outer, D, inner) */
     float *ds = scale_is_param ? l->params[0]->diff : l->bottom[1]->diff; /* (D) */
     for (size_t d = 0; d < D; d++) {
@@ -220,7 +220,7 @@ static int scale_backward_cuda(Layer *l) {
                                                 p->b_outer, p->b_dim, p->b_inner, true))
     return -1;
   const bool scale_is_param = l->n_bottom == 1;
-  if (scale_is_param || l->propagate_down[1]) {
+  if (scale_is_param ? layer_param_needs_grad(l, 0) : l->propagate_down[1]) {
     const float *x = in_place ? p->dev_x_copy.ptr : l->bottom[0]->dev_data;
     float *ds = scale_is_param ? l->params[0]->dev_diff : l->bottom[1]->dev_diff; /* (D) */
     if (!x) return moka_errorf("backward before forward on the device");

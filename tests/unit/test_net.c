@@ -329,6 +329,65 @@ static void test_resnet_topologies(void) {
   }
 }
 
+/* lr_mult 0 skips the parameter gradient (Caffe's param_propagate_down) but
+ * the gradient still flows through the frozen layers to conv0 below them,
+ * with the same values as when nothing is frozen. */
+static void test_lr_mult_zero_skips_param_grad(void) {
+  char a[4096], b[4096];
+  snprintf(a, sizeof a,
+           "layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 2 dim: 3 dim: 9 dim: 7 } } }\n"
+           "layer { name: 'conv0' type: 'Convolution' bottom: 'x' top: 'x0' param { lr_mult: 2 }\n"
+           "  convolution_param { num_output: 3 kernel_size: 1 bias_term: false weight_filler { type: 'xavier' } } }\n"
+           "layer { name: 'conv' type: 'Convolution' bottom: 'x0' top: 'c' param { lr_mult: %s } param { lr_mult: %s }\n"
+           "  convolution_param { num_output: 4 kernel_size: 3 stride: 2 weight_filler { type: 'xavier' } bias_filler { type: 'constant' value: 0.1 } } }\n"
+           "layer { name: 'sc' type: 'Scale' bottom: 'c' top: 'c' param { lr_mult: %s } param { lr_mult: %s } scale_param { bias_term: true } }\n"
+           "layer { name: 'fc' type: 'InnerProduct' bottom: 'c' top: 'y' param { lr_mult: %s } inner_product_param { num_output: 3 bias_term: false weight_filler { type: 'xavier' } } }\n"
+           "layer { name: 'lbl' type: 'Input' top: 'lab' input_param { shape { dim: 2 } } }\n"
+           "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'y' bottom: 'lab' top: 'l' }\n",
+           "0", "0", "0", "0", "1");
+  snprintf(b, sizeof b, "%s", a);
+  /* b: everything learnable */
+  char *q;
+  while ((q = strstr(b, "lr_mult: 0"))) q[9] = '1';
+  Net *frozen = net_from_text(a, MOKA_TRAIN), *free_ = net_from_text(b, MOKA_TRAIN);
+  REQUIRE(frozen && free_);
+  REQUIRE(frozen->param_count == free_->param_count);
+  memcpy(free_->param_data, frozen->param_data, frozen->param_count * sizeof(float));
+  for (size_t i = 0; i < net_blob(frozen, "x")->count; i++)
+    net_blob(frozen, "x")->data[i] = net_blob(free_, "x")->data[i] = (float)((i * 37) % 11) - 5.0f;
+  net_blob(frozen, "lab")->data[0] = net_blob(free_, "lab")->data[0] = 1;
+  net_blob(frozen, "lab")->data[1] = net_blob(free_, "lab")->data[1] = 2;
+  float l1, l2;
+  net_clear_param_diffs(frozen);
+  net_clear_param_diffs(free_);
+  REQUIRE(net_forward(frozen, &l1) == 0 && net_backward(frozen) == 0);
+  REQUIRE(net_forward(free_, &l2) == 0 && net_backward(free_) == 0);
+  CHECK(l1 == l2);
+  Layer *conv = net_layer(frozen, "conv"), *sc = net_layer(frozen, "sc");
+  for (int k = 0; k < 2; k++) {
+    for (size_t i = 0; i < conv->params[k]->count; i++) CHECK(conv->params[k]->diff[i] == 0.0f);
+    for (size_t i = 0; i < sc->params[k]->count; i++) CHECK(sc->params[k]->diff[i] == 0.0f);
+  }
+  Blob *fcw = net_layer(frozen, "fc")->params[0], *fcw2 = net_layer(free_, "fc")->params[0];
+  double nz = 0;
+  for (size_t i = 0; i < fcw->count; i++) {
+    CHECK(fcw->diff[i] == fcw2->diff[i]);
+    nz += fabs(fcw->diff[i]);
+  }
+  CHECK(nz > 0);
+  /* the frozen layers still pass the gradient down to the learnable conv0 */
+  CHECK(frozen->layer_need_backward[net_layer_index(frozen, "conv")]);
+  Blob *w0 = net_layer(frozen, "conv0")->params[0], *w0b = net_layer(free_, "conv0")->params[0];
+  double nz0 = 0;
+  for (size_t i = 0; i < w0->count; i++) {
+    CHECK(w0->diff[i] == w0b->diff[i]);
+    nz0 += fabs(w0->diff[i]);
+  }
+  CHECK(nz0 > 0);
+  net_free(frozen);
+  net_free(free_);
+}
+
 int main(void) {
   moka_set_log_level(1);
   RUN(test_mini_resnet_64);
@@ -341,5 +400,6 @@ int main(void) {
   RUN(test_include_exclude_and_stages);
   RUN(test_bad_nets);
   RUN(test_resnet_topologies);
+  RUN(test_lr_mult_zero_skips_param_grad);
   return test_summary();
 }
