@@ -22,26 +22,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batchnorm_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
-typedef struct BatchNormPriv {
-  bool use_global_stats;
-  float maf; /* moving_average_fraction */
-  float eps;
-  int channels;
-  size_t num, spatial;  /* N, count/(N*C) */
-  float *x_norm;        /* (N,C,spatial) normalised output, for backward */
-  size_t x_norm_cap;
-  float *mean, *var;    /* (C) statistics used by the last forward */
-  float *std;           /* (C) sqrt(var + eps) of the last forward */
-#ifdef MOKA_WITH_CUDA
-  DevBuf dev_x_norm;    /* (N,C,S) on the device */
-  DevBuf dev_stats;     /* (3C) mean | var | std on the device */
-  DevBuf dev_work;      /* (2C) backward's mean(dy) | mean(dy*x_norm) */
-#endif
-} BatchNormPriv;
+/* BatchNormPriv (the layer's state) is in batchnorm_priv.h, shared with the fast path. */
 
 static const Caffe__BatchNormParameter *bn_param(const Layer *l) {
   static const Caffe__BatchNormParameter def = CAFFE__BATCH_NORM_PARAMETER__INIT;
@@ -240,8 +227,9 @@ const LayerType layer_type_batchnorm = {
     .priv_size = sizeof(BatchNormPriv),
     .setup = bn_setup,
     .reshape = bn_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = bn_forward, [MOKA_BACKEND_CPU_FAST] = bn_forward},
-    .backward = {[MOKA_BACKEND_CPU] = bn_backward, [MOKA_BACKEND_CPU_FAST] = bn_backward},
+    .forward = {[MOKA_BACKEND_CPU] = bn_forward,
+                [MOKA_BACKEND_CPU_FAST] = bn_forward_fast /* batchnorm_fast.c */},
+    .backward = {[MOKA_BACKEND_CPU] = bn_backward, [MOKA_BACKEND_CPU_FAST] = bn_backward_fast},
     .destroy = bn_destroy,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = bn_forward_cuda,

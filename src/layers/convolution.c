@@ -15,24 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "convolution_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "moka_math.h"
 #include "util.h"
 
-typedef struct ConvPriv {
-  int num_output, group;
-  bool bias_term;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-  /* From the bottom shape (set in reshape). */
-  int num, channels, height, width, out_h, out_w;
-  bool is_1x1;   /* 1x1 kernel, stride 1, no pad: the column buffer is the input */
-  float *col;    /* (IC*KH*KW, OH*OW) one image's column buffer */
-  size_t col_cap;
-#ifdef MOKA_WITH_CUDA
-  MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
-#endif
-} ConvPriv;
+/* ConvPriv (the layer's state) is in convolution_priv.h, shared with the fast path. */
 
 /* One value from Caffe's "repeated field or _h/_w pair" convention.
  * Writes h and w; returns -1 with a message on a bad combination. */
@@ -364,10 +354,9 @@ const LayerType layer_type_convolution = {
     .setup = conv_setup,
     .reshape = conv_reshape,
     .forward = {[MOKA_BACKEND_CPU] = conv_forward_cpu,
-                /* no separate fast CPU path yet: the reference is it */
-                [MOKA_BACKEND_CPU_FAST] = conv_forward_cpu},
+                [MOKA_BACKEND_CPU_FAST] = conv_forward_fast /* convolution_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = conv_backward_cpu,
-                 [MOKA_BACKEND_CPU_FAST] = conv_backward_cpu},
+                 [MOKA_BACKEND_CPU_FAST] = conv_backward_fast},
     .destroy = conv_destroy,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = conv_forward_cuda,

@@ -14,20 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eltwise_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
-typedef struct EltwisePriv {
-  Caffe__EltwiseParameter__EltwiseOp op;
-  float *coeff;       /* (n_bottom) */
-  bool stable_prod_grad;
-  int *argmax;        /* (count) winning bottom per element (MAX) */
-  size_t argmax_cap;
-#ifdef MOKA_WITH_CUDA
-  DevBuf dev_argmax;  /* (count) the same, on the device */
-#endif
-} EltwisePriv;
+/* EltwisePriv (the layer's state) is in eltwise_priv.h, shared with the fast path. */
 
 static int eltwise_setup(Layer *l) {
   EltwisePriv *p = l->priv;
@@ -256,9 +249,10 @@ const LayerType layer_type_eltwise = {
     .priv_size = sizeof(EltwisePriv),
     .setup = eltwise_setup,
     .reshape = eltwise_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = eltwise_forward, [MOKA_BACKEND_CPU_FAST] = eltwise_forward},
+    .forward = {[MOKA_BACKEND_CPU] = eltwise_forward,
+                [MOKA_BACKEND_CPU_FAST] = eltwise_forward_fast /* eltwise_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = eltwise_backward,
-                 [MOKA_BACKEND_CPU_FAST] = eltwise_backward},
+                 [MOKA_BACKEND_CPU_FAST] = eltwise_backward_fast},
     .destroy = eltwise_destroy,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = eltwise_forward_cuda,

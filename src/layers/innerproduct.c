@@ -11,17 +11,14 @@
  */
 #include <stdlib.h>
 
+#include "innerproduct_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "moka_math.h"
 #include "util.h"
 
-typedef struct IpPriv {
-  int num_output; /* N */
-  bool bias_term, transpose;
-  int axis;       /* canonical */
-  int M, K;
-} IpPriv;
+/* IpPriv (the layer's state) is in innerproduct_priv.h, shared with the fast path. */
 
 static int ip_setup(Layer *l) {
   IpPriv *p = l->priv;
@@ -158,10 +155,9 @@ const LayerType layer_type_innerproduct = {
     .setup = ip_setup,
     .reshape = ip_reshape,
     .forward = {[MOKA_BACKEND_CPU] = ip_forward_cpu,
-                /* no separate fast CPU path yet: the reference is it */
-                [MOKA_BACKEND_CPU_FAST] = ip_forward_cpu},
+                [MOKA_BACKEND_CPU_FAST] = ip_forward_fast /* innerproduct_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = ip_backward_cpu,
-                 [MOKA_BACKEND_CPU_FAST] = ip_backward_cpu},
+                 [MOKA_BACKEND_CPU_FAST] = ip_backward_fast},
     .destroy = NULL,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = ip_forward_cuda,

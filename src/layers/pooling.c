@@ -23,22 +23,14 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "pooling_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "pool_geom.h" /* pool_window(), shared with the CUDA kernels */
 #include "util.h"
 
-typedef struct PoolPriv {
-  int method; /* CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX or __AVE */
-  bool global, round_floor;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
-  int num, channels, height, width, out_h, out_w;
-  int *argmax;   /* (N,C,PH,PW) MAX only: index h*W+w of each output's maximum */
-  size_t argmax_cap;
-#ifdef MOKA_WITH_CUDA
-  DevBuf dev_argmax; /* (N,C,PH,PW) the same, on the device */
-#endif
-} PoolPriv;
+/* PoolPriv (the layer's state) is in pooling_priv.h, shared with the fast path. */
 
 static int pool_setup(Layer *l) {
   PoolPriv *p = l->priv;
@@ -267,10 +259,9 @@ const LayerType layer_type_pooling = {
     .setup = pool_setup,
     .reshape = pool_reshape,
     .forward = {[MOKA_BACKEND_CPU] = pool_forward_cpu,
-                /* no separate fast CPU path yet: the reference is it */
-                [MOKA_BACKEND_CPU_FAST] = pool_forward_cpu},
+                [MOKA_BACKEND_CPU_FAST] = pool_forward_fast /* pooling_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = pool_backward_cpu,
-                 [MOKA_BACKEND_CPU_FAST] = pool_backward_cpu},
+                 [MOKA_BACKEND_CPU_FAST] = pool_backward_fast},
     .destroy = pool_destroy,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = pool_forward_cuda,

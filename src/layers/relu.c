@@ -7,6 +7,7 @@
  * the output, whose sign gives the same mask (slope >= 0).
  */
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
@@ -80,8 +81,9 @@ const LayerType layer_type_relu = {
     .priv_size = sizeof(ReluPriv),
     .setup = relu_setup,
     .reshape = relu_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = relu_forward, [MOKA_BACKEND_CPU_FAST] = relu_forward},
-    .backward = {[MOKA_BACKEND_CPU] = relu_backward, [MOKA_BACKEND_CPU_FAST] = relu_backward},
+    .forward = {[MOKA_BACKEND_CPU] = relu_forward,
+                [MOKA_BACKEND_CPU_FAST] = relu_forward_fast /* relu_fast.c */},
+    .backward = {[MOKA_BACKEND_CPU] = relu_backward, [MOKA_BACKEND_CPU_FAST] = relu_backward_fast},
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = relu_forward_cuda,
     .backward[MOKA_BACKEND_CUDA] = relu_backward_cuda,

@@ -17,20 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "scale_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
-typedef struct ScalePriv {
-  int bias_idx;                      /* index of the bias in l->params, -1 = none */
-  size_t outer, scale_dim, inner;    /* x viewed as (outer, scale_dim, inner) */
-  size_t b_outer, b_dim, b_inner;    /* x viewed for the bias */
-  float *x_copy;                     /* (x shape) input kept when in place */
-  size_t x_copy_cap;
-#ifdef MOKA_WITH_CUDA
-  DevBuf dev_x_copy;                 /* (x shape) the same, on the device */
-#endif
-} ScalePriv;
+/* ScalePriv (the layer's state) is in scale_priv.h, shared with the fast path. */
 
 static const Caffe__ScaleParameter *scale_param(const Layer *l) {
   static const Caffe__ScaleParameter def = CAFFE__SCALE_PARAMETER__INIT;
@@ -246,8 +239,10 @@ const LayerType layer_type_scale = {
     .priv_size = sizeof(ScalePriv),
     .setup = scale_setup,
     .reshape = scale_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = scale_forward, [MOKA_BACKEND_CPU_FAST] = scale_forward},
-    .backward = {[MOKA_BACKEND_CPU] = scale_backward, [MOKA_BACKEND_CPU_FAST] = scale_backward},
+    .forward = {[MOKA_BACKEND_CPU] = scale_forward,
+                [MOKA_BACKEND_CPU_FAST] = scale_forward_fast /* scale_fast.c */},
+    .backward = {[MOKA_BACKEND_CPU] = scale_backward,
+                 [MOKA_BACKEND_CPU_FAST] = scale_backward_fast},
     .destroy = scale_destroy,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = scale_forward_cuda,

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
@@ -68,8 +69,10 @@ const LayerType layer_type_split = {
     .min_tops = 1,
     .max_tops = -1,
     .reshape = split_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = split_forward, [MOKA_BACKEND_CPU_FAST] = split_forward},
-    .backward = {[MOKA_BACKEND_CPU] = split_backward, [MOKA_BACKEND_CPU_FAST] = split_backward},
+    .forward = {[MOKA_BACKEND_CPU] = split_forward,
+                [MOKA_BACKEND_CPU_FAST] = split_forward_fast /* split_fast.c */},
+    .backward = {[MOKA_BACKEND_CPU] = split_backward,
+                 [MOKA_BACKEND_CPU_FAST] = split_backward_fast},
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = split_forward_cuda,
     .backward[MOKA_BACKEND_CUDA] = split_backward_cuda,

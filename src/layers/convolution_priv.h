@@ -1,0 +1,27 @@
+/* convolution_priv.h — the Convolution layer's state, shared by the reference
+ * (convolution.c) and the fast CPU path (convolution_fast.c). Internal to
+ * src/layers. */
+#ifndef MOKA_LAYERS_CONVOLUTION_PRIV_H
+#define MOKA_LAYERS_CONVOLUTION_PRIV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cuda_layer.h"
+#include "layer.h"
+
+typedef struct ConvPriv {
+  int num_output, group;
+  bool bias_term;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  /* From the bottom shape (set in reshape). */
+  int num, channels, height, width, out_h, out_w;
+  bool is_1x1;   /* 1x1 kernel, stride 1, no pad: the column buffer is the input */
+  float *col;    /* (IC*KH*KW, OH*OW) one image's column buffer (reference only) */
+  size_t col_cap;
+#ifdef MOKA_WITH_CUDA
+  MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
+#endif
+} ConvPriv;
+
+#endif
