@@ -14,7 +14,7 @@
 
 /* Images declaring more pixels than this are refused before any allocation
  * (decompression bombs). */
-#define MOKA_IMAGE_MAX_PIXELS (1u << 28)
+#define MOKA_IMAGE_MAX_PIXELS (1u << 27) /* 134 Mpixel, 400 MB as BGR; larger photos are very rare */
 
 typedef struct Image {
   int h, w, c;     /* c = 3 (BGR) or 1 (grey) */

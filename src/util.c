@@ -123,6 +123,9 @@ int moka_read_file(const char *path, uint8_t **data, size_t *len) {
     return moka_errorf("'%s' is a directory, not a file", path);
   }
   size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size : 65536;
+  /* A device or pipe (a list entry "/dev/zero") has no size: read it up to
+   * a limit rather than until memory runs out. */
+  const size_t limit = S_ISREG(st.st_mode) ? SIZE_MAX : (size_t)1 << 30;
   uint8_t *buf = moka_malloc(cap + 1);
   if (!buf) {
     close(fd);
@@ -131,6 +134,11 @@ int moka_read_file(const char *path, uint8_t **data, size_t *len) {
   size_t n = 0;
   for (;;) {
     if (n == cap) {
+      if (n >= limit) {
+        free(buf);
+        close(fd);
+        return moka_errorf("'%s' is not a regular file and gives more than %zu bytes", path, limit);
+      }
       size_t ncap = cap ? cap * 2 : 65536;
       uint8_t *nb = moka_realloc(buf, ncap + 1);
       if (!nb) {

@@ -76,8 +76,10 @@ static int make_datum(const ConvertOptions *o, const char *file, const char *pat
   int rc = 1;
   if (moka_read_file(path, &bytes, &len) != 0) {
     /* (moka_read_file names the path; keep only the reason) */
-    const char *e = moka_error(), *colon = strstr(e, "': ");
-    if (colon) moka_errorf("cannot read the file: %s", colon + 3);
+    char reason[1024];
+    const char *colon = strstr(moka_error(), "': ");
+    snprintf(reason, sizeof reason, "%s", colon ? colon + 3 : moka_error());
+    moka_errorf("cannot read the file: %s", reason);
     return 1;
   }
   const bool resize = o->resize_height > 0 && o->resize_width > 0;
@@ -288,6 +290,7 @@ int convert_imageset(const ConvertOptions *o, ConvertStats *stats) {
   ListEntry *lines;
   int n;
   if (list_file_read(o->list, &lines, &n) != 0) return moka_error_prefix("convert_imageset");
+  list_file_check_paths(lines, n, o->root);
   st.lines = n;
   if (o->shuffle) {
     LOG_INFO("Shuffling data");

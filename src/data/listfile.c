@@ -51,15 +51,20 @@ int list_file_read(const char *file, ListEntry **out, int *n) {
   *out = NULL;
   *n = 0;
   if (moka_read_file(file, &text, &len) != 0) return moka_error_prefix("list file");
-  int cap = 0, cnt = 0;
+  size_t cap = 0;
+  int cnt = 0;
   ListEntry *lines = NULL;
   size_t pos = 0;
   while (pos < len) {
     size_t end = pos;
     while (end < len && text[end] != '\n') end++;
-    if (cnt == cap) {
+    if ((size_t)cnt == cap) {
+      if (cnt == INT_MAX) {
+        list_file_free(lines, cnt);
+        return moka_errorf("'%s' has too many lines", file);
+      }
       cap = cap ? cap * 2 : 1024;
-      ListEntry *p = moka_realloc(lines, (size_t)cap * sizeof *p);
+      ListEntry *p = moka_realloc(lines, cap * sizeof *p);
       if (!p) goto fail;
       lines = p;
     }
@@ -108,5 +113,34 @@ void list_shuffle(ListEntry *e, int n, Rng *r) {
     ListEntry t = e[i];
     e[i] = e[j];
     e[j] = t;
+  }
+}
+
+int list_path_inside_root(const char *root, const char *path) {
+  if (!root || !*root) return 1;
+  const char *allow = getenv("MOKA_ALLOW_PATH_ESCAPE");
+  if (allow && !strcmp(allow, "1")) return 1;
+  if (path[0] == '/') return 0;
+  int depth = 0;
+  const char *p = path;
+  while (*p) {
+    const char *slash = strchr(p, '/');
+    size_t len = slash ? (size_t)(slash - p) : strlen(p);
+    if (len == 2 && p[0] == '.' && p[1] == '.') {
+      if (--depth < 0) return 0;
+    } else if (len > 0 && !(len == 1 && p[0] == '.')) {
+      depth++;
+    }
+    if (!slash) break;
+    p = slash + 1;
+  }
+  return 1;
+}
+
+void list_file_check_paths(ListEntry *e, int n, const char *root) {
+  for (int i = 0; i < n; i++) {
+    if (!e[i].path || e[i].error || list_path_inside_root(root, e[i].path)) continue;
+    e[i].error = "path escapes root_folder (set MOKA_ALLOW_PATH_ESCAPE=1 to allow it)";
+    if (!e[i].text) e[i].text = moka_strdup(e[i].path);
   }
 }

@@ -27,6 +27,17 @@ typedef struct ListEntry {
 int list_file_read(const char *file, ListEntry **out, int *n);
 void list_file_free(ListEntry *e, int n);
 
+/* Paths from a list file stay inside root_folder: when `root` is not empty,
+ * an absolute path, or one whose ".." components climb above the root, is
+ * marked malformed ("path escapes root_folder"), so convert_imageset skips it
+ * and ImageData refuses it, naming the line. Caffe joins root + path without
+ * any check; setting MOKA_ALLOW_PATH_ESCAPE=1 in the environment restores
+ * that (explicitly allowed). With an empty root, paths are used as written
+ * (absolute lists are Caffe's common usage), and there is nothing to escape. */
+void list_file_check_paths(ListEntry *e, int n, const char *root);
+/* The same rule for one path: true when `path` may be joined to `root`. */
+int list_path_inside_root(const char *root, const char *path);
+
 /* caffe::shuffle (include/caffe/util/rng.hpp) with boost::uniform_int on
  * the given mt19937 stream: Fisher-Yates from the end. */
 #include "rng.h"

@@ -117,6 +117,7 @@ static int list_seek(void *ctx, uint64_t record_index) {
 
 static int read_lines(ImageDataPriv *p) {
   if (list_file_read(p->list, &p->all, &p->n_all) != 0) return -1;
+  list_file_check_paths(p->all, p->n_all, p->root);
   p->lines = moka_calloc((size_t)p->n_all + 1, sizeof *p->lines);
   p->order0 = moka_calloc((size_t)p->n_all + 1, sizeof *p->order0);
   if (!p->lines || !p->order0) return -1;
