@@ -38,8 +38,10 @@ echo "== 2/4 pretraining ResNet-50 (32x32 input) from random weights on 6 shapes
 
 echo
 echo "== 3/4 fine-tuning it on 4 other shapes (fc6 -> fc4, the README's workflow)"
+# The pretrained model's own mean goes with its weights (as ResNet_mean.binaryproto
+# goes with Kaiming He's).
 "$M" finetune --model=data/ResNet-50-deploy.prototxt --input_size=32 \
-  --weights="$D/pretrain/best.caffemodel" \
+  --weights="$D/pretrain/best.caffemodel" --mean_file="$D/pretrain/mean.binaryproto" \
   --epochs=6 --batch=16 --lr=0.001 --lr_steps=0.67 --classifier_lr_mult=1 --val_fraction=0.2 \
   --out="$D/finetune" "$D/images/finetune"
 
@@ -47,7 +49,7 @@ echo
 echo "== 4/4 classifying 40 newly generated images (moka classify --csv)"
 "$M" finetune --demo_data="$D/new" --demo_per_class=20 --seed=2 >/dev/null
 "$M" classify --model="$D/finetune/deploy.prototxt" --weights="$D/finetune/best.caffemodel" \
-  --labels="$D/finetune/labels.txt" --mean_file="$D/finetune/mean.binaryproto" \
+  --labels="$D/finetune/labels.txt" --mean_file="$D/pretrain/mean.binaryproto" \
   --resize=37 --squash --mirror --top_k=2 --csv="$D/predictions.csv" "$D/new/finetune"
 right=$(awk -F, 'NR > 1 { n++; k = split($1, p, "/"); if (p[k - 1] == $2) r++ } END { print r + 0 "/" n }' "$D/predictions.csv")
 

@@ -17,6 +17,7 @@
 
 #include "cli/common.h"
 #include "cli/flags.h"
+#include "prototxt.h"
 #include "finetune/demodata.h"
 #include "finetune/strbuf.h"
 #include "finetune/workflow.h"
@@ -120,6 +121,27 @@ int cmd_finetune(int argc, char **argv) {
     return 0;
   }
   o.data = n_pos ? pos[0] : NULL;
+  /* Pretrained weights want the model's own mean. With no mean given and
+   * Kaiming He's ResNet (its deploy prototxt's name), use his mean image's
+   * per-channel values; other models get the data's mean, with a warning. */
+  if (o.weights && *o.weights && !(o.mean_file && *o.mean_file) &&
+      !(o.mean_value && *o.mean_value) && o.model && *o.model) {
+    ProtobufCMessage *m;
+    if (prototxt_read_file(&caffe__net_parameter__descriptor, o.model, &m) == 0) {
+      const char *name = ((Caffe__NetParameter *)m)->name;
+      if (name && (!strcmp(name, "ResNet-50") || !strcmp(name, "ResNet-101") ||
+                   !strcmp(name, "ResNet-152"))) {
+        o.mean_value = "103.0626,115.9029,123.1516";
+        LOG_INFO("%s with pretrained weights: using Kaiming He's mean (B,G,R %s, the per-channel "
+                 "values of ResNet_mean.binaryproto); pass --mean_file or --mean_value to change it",
+                 name, o.mean_value);
+      } else {
+        LOG_WARN("pretrained weights but no --mean_file/--mean_value: the mean is computed from "
+                 "your images, which may not be the mean the weights were trained with");
+      }
+      protobuf_c_message_free_unpacked(m, NULL);
+    }
+  }
   if (gpu && *gpu) o.gpu = gpu;
   if (cli_backend(o.gpu, &o.backend)) return -1;
   char *cmd = command_line(argc, argv);
