@@ -43,7 +43,8 @@ __global__ void softmax_loss_forward_kernel(MokaLossGeom g, const float *prob, c
     }
     if (lab < 0) continue;
     const size_t n = k / I, i = k - n * I;
-    l -= log((double)fmaxf(prob[(n * C + (size_t)lab) * I + i], FLT_MIN));
+    const float pr = prob[(n * C + (size_t)lab) * I + i]; /* std::max: NaN stays NaN */
+    l -= log((double)(pr < FLT_MIN ? FLT_MIN : pr));
     cnt += 1;
   }
   l = moka_block_sum(l, sh);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_check.h"
 #include "net_cuda.h"
 #include "proto_io.h"
 #include "prototxt.h"
@@ -389,6 +390,7 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
       insert_splits(net->param, source))
     goto fail;
   Caffe__NetParameter *p = net->param;
+  net->debug_info = p->debug_info;
   if (!o.quiet)
     LOG_INFO("Initializing net '%s' from %s (phase %s)", net->name, source,
              o.phase == MOKA_TRAIN ? "TRAIN" : "TEST");
@@ -573,6 +575,7 @@ int net_forward_to(Net *net, int end, float *loss) {
   for (int i = 0; i <= end && i < net->n_layers; i++) {
     if (net_forward_layer(net, i)) return -1;
     total += layer_loss(net->layers[i]);
+    if (net->debug_info) net_debug_forward(net, i);
   }
   if (loss) *loss = (float)total;
   return 0;
@@ -581,8 +584,11 @@ int net_forward_to(Net *net, int end, float *loss) {
 int net_forward(Net *net, float *loss) { return net_forward_to(net, net->n_layers - 1, loss); }
 
 int net_backward(Net *net) {
-  for (int i = net->n_layers - 1; i >= 0; i--)
+  for (int i = net->n_layers - 1; i >= 0; i--) {
     if (net_backward_layer(net, i)) return -1;
+    if (net->debug_info && net->layer_need_backward[i]) net_debug_backward(net, i);
+  }
+  if (net->debug_info) net_debug_backward_summary(net);
   return 0;
 }
 

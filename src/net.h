@@ -68,6 +68,11 @@ typedef struct Net {
   float *param_data;         /* (param_count) all values, one allocation */
   float *param_diff;         /* (param_count) all gradients */
 
+  /* Caffe's debug_info_: net_forward / net_backward log per-layer mean
+   * absolute values (src/net_check.h). Set from the definition's
+   * `debug_info`; the solver sets the train net's on display iterations. */
+  bool debug_info;
+
   /* Outputs: blobs no layer consumes (Caffe's net_output_blobs_). */
   int n_outputs;
   Blob **outputs;

@@ -22,14 +22,18 @@
  */
 #include "solver.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "data/data_layer.h"
+#include "net_check.h"
 #include "proto_io.h"
 #include "prototxt.h"
 #include "util.h"
@@ -505,9 +509,16 @@ Solver *solver_create(const Caffe__SolverParameter *param, const SolverOptions *
   char *text = prototxt_format(&p->base);
   LOG_INFO("Initializing solver from parameters: \n%s", text ? text : "");
   free(text);
-  if (p->debug_info) LOG_WARN("debug_info is not implemented by moka; ignored");
   if (init_train_net(s, source) || init_test_nets(s, source)) goto fail;
   LOG_INFO("Solver scaffolding done.");
+  s->debug_info = p->debug_info || s->net->debug_info;
+  if (s->debug_info && p->display)
+    LOG_INFO("debug_info: the train net logs per-layer mean absolute data and gradient values "
+             "every %d iterations (on display iterations, as Caffe)",
+             p->display);
+  else if (s->debug_info)
+    LOG_WARN("debug_info is set but display is 0: as in Caffe, debug_info lines are logged only "
+             "on display iterations, so none will be; set display: 1 to see them");
   s->n_history_slots = (s->kind == SOLVER_ADADELTA || s->kind == SOLVER_ADAM) ? 2 : 1;
   size_t n = s->net->param_count + 1;
   for (int k = 0; k < s->n_history_slots; k++)
@@ -517,6 +528,8 @@ Solver *solver_create(const Caffe__SolverParameter *param, const SolverOptions *
   s->losses = moka_calloc((size_t)p->average_loss, sizeof(float));
   if (!s->update || !s->temp || !s->losses) goto fail;
   if (s->opt.backend == MOKA_BACKEND_CUDA && nets_to_device(s, source)) goto fail;
+  if (s->debug_info && s->update_on_device)
+    LOG_INFO("debug_info: no [Update] lines while the update runs on the device");
   return s;
 fail:
   solver_free(s);
@@ -542,6 +555,11 @@ Solver *solver_create_from_file(const char *path, const SolverOptions *o) {
 
 void solver_free(Solver *s) {
   if (!s) return;
+#ifdef MOKA_WITH_CUDA
+  if (s->dev_sums) moka_dev_free(s->dev_sums);
+#endif
+  free(s->host_sums);
+  free(s->last_snapshot);
   net_free(s->net);
   for (int i = 0; i < s->n_test_nets; i++) net_free(s->test_nets[i]);
   free(s->test_nets);
@@ -778,6 +796,9 @@ static void apply_update_host(Solver *s, float rate) {
     compute_update_value(s, i, off, n, rate);
     off += n;
   }
+  /* debug_info: old Caffe's UpdateDebugInfo, before each blob's update */
+  if (net->debug_info)
+    for (int i = 0; i < net->n_params; i++) net_debug_update(net, i);
   /* Net::Update: w = w - g for every parameter (one flat buffer). */
   for (size_t k = 0; k < net->param_count; k++)
     net->param_data[k] = net->param_data[k] - net->param_diff[k];
@@ -1009,6 +1030,108 @@ static int display_train_outputs(Solver *s) {
   return 0;
 }
 
+/* ---- numerical faults ----------------------------------------------------------------- */
+
+/* "the last good snapshot is X" / "no snapshot yet", for error messages. */
+static void last_snapshot_text(const Solver *s, char *buf, size_t n) {
+  if (!s->last_snapshot)
+    snprintf(buf, n, "no snapshot yet");
+  else if (file_exists(s->last_snapshot))
+    snprintf(buf, n, "the last good snapshot is %s", s->last_snapshot);
+  else
+    snprintf(buf, n, "the last snapshot, %s, is no longer on disk", s->last_snapshot);
+}
+
+/* The loss of a forward pass is not finite: name the layer, stop. */
+static int loss_fault(Solver *s, float loss, int micro_batch) {
+  NetFault f;
+  char where[2048], snap[4400], mb[64] = "";
+  if (net_locate_forward_fault(s->net, &f))
+    snprintf(where, sizeof where, "(the layer could not be located: %s)", moka_error());
+  else
+    net_fault_describe(s->net, &f, where, sizeof where);
+  last_snapshot_text(s, snap, sizeof snap);
+  if (s->param->iter_size > 1) snprintf(mb, sizeof mb, " (micro-batch %d)", micro_batch);
+  char v[32];
+  return moka_errorf("iteration %d%s: the training loss is %s, not finite: %s. Training stopped "
+                     "before this iteration's update; %s",
+                     s->iter, mb, moka_float_text(loss, v), where, snap);
+}
+
+#ifdef MOKA_WITH_CUDA
+/* Sums of chunks of the device gradients (kernels/channel_sum.cu, one block
+ * per chunk, double accumulation) copied down: a NaN or an infinity makes
+ * its chunk's sum non-finite. A sum can also overflow float for finite
+ * gradients near FLT_MAX, so a non-finite sum is confirmed on the host. */
+static int gradients_finite_cuda(Solver *s, bool *finite) {
+  Net *net = s->net;
+  const size_t chunk = (size_t)1 << 16, n = net->param_count;
+  const size_t full = n / chunk, rest = n - full * chunk, n_sums = full + (rest > 0);
+  *finite = true;
+  if (!n_sums) return 0;
+  if (!s->dev_sums) {
+    if (moka_dev_alloc((void **)&s->dev_sums, n_sums * sizeof(float), "gradient check sums"))
+      return -1;
+    if (!(s->host_sums = moka_calloc(n_sums, sizeof(float)))) return -1;
+    s->n_sums = n_sums;
+  }
+  cudaStream_t st = net->cuda->stream;
+  if (full && moka_cuda_channel_sum(st, net->dev_param_diff, NULL, s->dev_sums, 1, full, chunk,
+                                    false))
+    return -1;
+  if (rest && moka_cuda_channel_sum(st, net->dev_param_diff + full * chunk, NULL,
+                                    s->dev_sums + full, 1, 1, rest, false))
+    return -1;
+  if (moka_d2h(st, s->host_sums, s->dev_sums, n_sums * sizeof(float))) return -1;
+  for (size_t k = 0; k < n_sums; k++)
+    if (!isfinite(s->host_sums[k])) *finite = false;
+  if (*finite) return 0;
+  if (net_param_diffs_to_host(net)) return -1;
+  *finite = moka_all_finite(net->param_diff, net->param_count);
+  return 0;
+}
+#endif
+
+/* After backward (all iter_size passes), before the update: every parameter
+ * gradient finite, else name the layer and stop. */
+static int check_gradients(Solver *s) {
+  Net *net = s->net;
+  bool finite;
+#ifdef MOKA_WITH_CUDA
+  if (net->cuda) {
+    if (gradients_finite_cuda(s, &finite)) return moka_error_prefix("iteration %d", s->iter);
+  } else
+#endif
+    finite = moka_all_finite(net->param_diff, net->param_count);
+  if (finite) return 0;
+  size_t at = 0;
+  const int p = net_first_nonfinite_param(net, true, &at); /* host copies current */
+  char first[1024] = "", v[32];
+  if (p >= 0) {
+    const Layer *l = net->layers[net->param_layer[p]];
+    int k = 0;
+    while (k < l->n_params && l->params[k] != net->params[p]) k++;
+    snprintf(first, sizeof first, " (first in net order: param blob %d of layer '%s' holds %s at "
+             "element %zu)", k, l->name, moka_float_text(net->params[p]->diff[at], v), at);
+  }
+  /* A value that went non-finite in the forward pass (absorbed before the
+   * loss: ReLU of -inf, a softmax of -inf) is the cause: look there first,
+   * then in the backward pass. The forward replay recomputes the same
+   * values, so the backward replay still sees this iteration's state. */
+  NetFault f;
+  char where[2048], snap[4400];
+  int rc = net_locate_forward_fault(net, &f);
+  if (!rc && f.kind == NET_FAULT_NONE) rc = net_locate_backward_fault(net, &f);
+  if (rc)
+    snprintf(where, sizeof where, "(the layer could not be located: %s)", moka_error());
+  else
+    net_fault_describe(net, &f, where, sizeof where);
+  last_snapshot_text(s, snap, sizeof snap);
+  return moka_errorf("iteration %d: a parameter gradient is not finite%s: %s. Training stopped "
+                     "before this iteration's update; %s",
+                     s->iter, first, where, snap);
+}
+
 int solver_step(Solver *s, int iters) {
   const Caffe__SolverParameter *p = s->param;
   const int start_iter = s->iter, stop_iter = s->iter + iters;
@@ -1024,16 +1147,21 @@ int solver_step(Solver *s, int iters) {
       if (s->requested_early_exit) break;
     }
     const bool display = p->display && s->iter % p->display == 0;
+    /* Caffe: net_->set_debug_info(display && param_.debug_info()) */
+    s->net->debug_info = display && s->debug_info;
     /* accumulate the loss and the gradients over iter_size passes */
     float loss = 0;
     for (int i = 0; i < p->iter_size; i++) {
       float l;
       if (s->opt.before_forward && s->opt.before_forward(s, s->iter, i, s->opt.user))
         return moka_error_prefix("iteration %d", s->iter);
-      if (net_forward(s->net, &l) || net_backward(s->net))
-        return moka_error_prefix("iteration %d", s->iter);
+      if (net_forward(s->net, &l)) return moka_error_prefix("iteration %d", s->iter);
+      if (!isfinite(l)) return loss_fault(s, l, i);
+      if (net_backward(s->net)) return moka_error_prefix("iteration %d", s->iter);
       loss += l;
     }
+    /* the gradients, before the update can spread a NaN into the weights */
+    if (check_gradients(s)) return -1;
     loss /= (float)p->iter_size;
     update_smoothed_loss(s, loss, start_iter, average_loss);
     if (display) {
@@ -1124,6 +1252,48 @@ int solver_solve(Solver *s, const char *resume_file) {
 
 /* ---- snapshots ----------------------------------------------------------------------- */
 
+/* Remove PREFIX_iter_N.caffemodel.tmp.PID / .solverstate.tmp.PID files
+ * (moka_write_file_atomic's temporary names) whose process PID no longer
+ * exists: what a run killed while writing a snapshot leaves. Files of a live
+ * process (or one we may not signal) are kept. */
+static void remove_stale_temps(const char *prefix) {
+  char dir[4096];
+  const char *slash = strrchr(prefix, '/'), *base = slash ? slash + 1 : prefix;
+  if (!slash)
+    snprintf(dir, sizeof dir, ".");
+  else if (slash == prefix)
+    snprintf(dir, sizeof dir, "/");
+  else
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - prefix), prefix);
+  DIR *d = opendir(dir);
+  if (!d) return;
+  const size_t bl = strlen(base);
+  int removed = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *name = e->d_name;
+    if (strncmp(name, base, bl) || strncmp(name + bl, "_iter_", 6)) continue;
+    const char *t = strstr(name + bl, ".tmp.");
+    if (!t) continue;
+    const size_t stem = (size_t)(t - name);
+    const bool model = stem >= 11 && !memcmp(t - 11, ".caffemodel", 11);
+    const bool state = stem >= 12 && !memcmp(t - 12, ".solverstate", 12);
+    if (!model && !state) continue;
+    char *end;
+    errno = 0;
+    const long pid = strtol(t + 5, &end, 10);
+    if (*end || errno || pid <= 0 || pid > INT_MAX || pid == (long)getpid()) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours */
+    char path[8400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (unlink(path) == 0) removed++;
+  }
+  closedir(d);
+  if (removed)
+    LOG_INFO("Removed %d temporary snapshot file(s) left by killed runs (%s_iter_*.tmp.<pid>)",
+             removed, prefix);
+}
+
 int solver_snapshot(Solver *s) {
   const Caffe__SolverParameter *p = s->param;
   if (p->snapshot_format == CAFFE__SOLVER_PARAMETER__SNAPSHOT_FORMAT__HDF5)
@@ -1135,13 +1305,35 @@ int solver_snapshot(Solver *s) {
   snapshot_name(s, ".solverstate", state_file, sizeof state_file);
   /* CUDA: parameters, gradients and history down first (explicit copies) */
   if (solver_sync_to_host(s)) return moka_error_prefix("snapshot '%s'", model);
+  char prev[4400], prev_ok[4400];
+  last_snapshot_text(s, prev, sizeof prev);
+  if (s->last_snapshot && file_exists(s->last_snapshot))
+    snprintf(prev_ok, sizeof prev_ok, "the previous snapshot %s is intact", s->last_snapshot);
+  else
+    snprintf(prev_ok, sizeof prev_ok, "%s", prev);
+  /* weights that are not finite are never written as a snapshot */
+  if (!moka_all_finite(s->net->param_data, s->net->param_count)) {
+    size_t at = 0;
+    const int bad = net_first_nonfinite_param(s->net, false, &at);
+    const Layer *l = bad >= 0 ? s->net->layers[s->net->param_layer[bad]] : NULL;
+    int k = 0;
+    while (l && k < l->n_params && l->params[k] != s->net->params[bad]) k++;
+    char v[32];
+    return moka_errorf("iteration %d: not writing snapshot %s: param blob %d of layer '%s' holds "
+                       "%s at element %zu (the weights are not finite: training has diverged); %s",
+                       s->iter, model, k, l ? l->name : "?",
+                       moka_float_text(l ? s->net->params[bad]->data[at] : NAN, v), at, prev);
+  }
   /* 1. the weights (atomically: temporary file, fsync, rename) */
   LOG_INFO("Snapshotting to binary proto file %s", model);
   Caffe__NetParameter *np = net_to_proto(s->net, p->snapshot_diff);
   if (!np) return moka_error_prefix("snapshot '%s'", model);
   int rc = proto_write_binary(&np->base, model);
   caffe__net_parameter__free_unpacked(np, NULL);
-  if (rc) return moka_error_prefix("snapshot");
+  if (rc)
+    return moka_error_prefix("iteration %d: writing snapshot file %s failed, training stopped "
+                             "(%s)",
+                             s->iter, model, prev_ok);
   /* 2. the solver state, which names the weights file */
   LOG_INFO("Snapshotting solver state to binary proto file %s", state_file);
   const Net *net = s->net;
@@ -1179,7 +1371,17 @@ int solver_snapshot(Solver *s) {
   for (int i = 0; i < made; i++) blobproto_clear(&hist[i]);
   free(hist);
   free(ptrs);
-  return rc ? moka_error_prefix("snapshot") : 0;
+  if (rc)
+    return moka_error_prefix("iteration %d: writing snapshot file %s failed, training stopped "
+                             "(its weights %s were written; %s)",
+                             s->iter, state_file, model, prev_ok);
+  char *done = moka_strdup(state_file);
+  if (done) {
+    free(s->last_snapshot);
+    s->last_snapshot = done;
+  }
+  remove_stale_temps(p->snapshot_prefix);
+  return 0;
 }
 
 int solver_restore(Solver *s, const char *path) {
@@ -1265,6 +1467,11 @@ int solver_restore(Solver *s, const char *path) {
   s->iter = st->iter;
   s->current_step = st->current_step;
   s->iterations_last = s->iter;
+  char *resumed = moka_strdup(path);
+  if (resumed) {
+    free(s->last_snapshot);
+    s->last_snapshot = resumed;
+  }
   /* CUDA: the restored parameters and history up (explicit copies) */
   rc = solver_sync_to_device(s);
   if (!rc) rc = solver_seek_data(s);

@@ -53,6 +53,30 @@
  * (solver_sync_to_device). BatchNorm statistics are parameters, so they
  * travel with the flat buffer.
  *
+ * Faults. Every forward pass of the train net has its loss checked (a
+ * scalar), and once per iteration, after backward and before the update, the
+ * parameter gradients are checked for NaN and infinities (one pass over the
+ * flat gradient buffer on the host; on CUDA, chunk sums on the device and a
+ * few hundred floats copied down). When a value is not finite, training
+ * stops before the update with an error naming the iteration, the first
+ * layer that produced a non-finite value (src/net_check.h replays the pass
+ * to find it) and the last good snapshot (or "no snapshot yet"). A snapshot
+ * is refused when the parameters are not finite, so a snapshot on disk never
+ * holds NaN weights. With debug_info (the solver's, the train net's, or
+ * `moka train --debug_info`), the train net logs Caffe's per-layer
+ * [Forward] / [Backward] / [Update] lines on display iterations (Caffe's
+ * rule: net_->set_debug_info(display && debug_info)).
+ *
+ * Snapshots are written with moka_write_file_atomic (PATH.tmp.<pid>, fsync,
+ * rename), weights first: a run killed at any moment leaves every
+ * .caffemodel and .solverstate complete, at worst a PATH.tmp.<pid> file
+ * (never read as a snapshot: readers look for names ending in .solverstate /
+ * .caffemodel) and a .caffemodel without its .solverstate. After each
+ * successful snapshot, the temporary snapshot files of the same prefix whose
+ * process no longer exists are removed. A failed write (a full disk) stops
+ * training with an error naming the file and the previous snapshot, which is
+ * left intact.
+ *
  * Randomness. random_seed >= 0 seeds the train net's stream (Net.rng) before
  * the net is built, as Caffe seeds its global stream when the solver starts;
  * the test nets then take their setup draws from the same sequence and draw
@@ -141,6 +165,14 @@ struct Solver {
   bool requested_early_exit;
   int iterations_last;          /* for the iter/s figure of the display line */
   double timer_start;
+
+  /* Numerical faults and snapshots (see "Faults" below). */
+  bool debug_info;              /* the solver's or the train net's debug_info */
+  char *last_snapshot;          /* the .solverstate last written or resumed from (owned);
+                                   NULL: none yet */
+  float *dev_sums;              /* CUDA: (n_sums) chunk sums of the gradients on the device */
+  float *host_sums;             /* CUDA: (n_sums) their copy */
+  size_t n_sums;
 };
 
 /* Read a solver prototxt as Caffe's ReadSolverParamsFromTextFileOrDie does:

@@ -210,7 +210,8 @@ static void flip_w(float *x, size_t planes, int w) {
 
 int cmd_classify(int argc, char **argv) {
   const char *model = NULL, *weights = NULL, *mean_file = NULL, *mean_value = NULL,
-             *labels_path = NULL, *gpu = NULL, *csv = NULL, *list = NULL, *root = NULL;
+             *labels_path = NULL, *gpu = NULL, *csv = NULL, *list = NULL, *root = NULL,
+             *precision = NULL;
   int top_k = 5, resize = 256;
   bool fast_resize = false, mirror = false, squash = false;
   double scale = 1.0;
@@ -234,6 +235,7 @@ int cmd_classify(int argc, char **argv) {
        "write file,top1,p1,...,topK,pK,error rows to this file (unreadable images get a row with "
        "the error instead of stopping the run)"},
       {"gpu", FLAG_STRING, &gpu, "GPU id to run on (default: CPU)"},
+      {"precision", FLAG_STRING, &precision, CLI_PRECISION_HELP},
       {"fast_resize", FLAG_BOOL, &fast_resize,
        "let libjpeg-turbo shrink large JPEGs in the DCT domain while decoding, then resize "
        "(default false): faster, but the pixels differ from Caffe/OpenCV's resize by more "
@@ -266,7 +268,7 @@ int cmd_classify(int argc, char **argv) {
     return moka_errorf("moka classify: no images given%s", n_pos || list ? " (the folders/list hold none)" : "");
   }
   Backend be;
-  if (cli_backend(gpu, &be)) {
+  if (cli_backend(gpu, &be) || cli_precision(precision, be)) {
     paths_free(&P);
     return -1;
   }

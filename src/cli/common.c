@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/flags.h"
+#include "layers/fast.h"
 #include "proto_io.h"
 #include "util.h"
 
@@ -24,9 +25,44 @@ int cli_gpu_device(const char *gpu, int *device) {
   return 0;
 }
 
+/* The CPU backend: the fast path unless MOKA_BACKEND asks for the reference. */
+static int cpu_backend(Backend *out) {
+  const char *env = getenv("MOKA_BACKEND");
+  if (!env || !*env || !strcmp(env, "fast") || !strcmp(env, "cpu-fast")) {
+    *out = MOKA_BACKEND_CPU_FAST;
+  } else if (!strcmp(env, "reference") || !strcmp(env, "cpu")) {
+    *out = MOKA_BACKEND_CPU;
+  } else {
+    return moka_errorf("MOKA_BACKEND=%s: use 'reference' (the plain-loop CPU reference) or "
+                       "'fast' (the default: threaded, batched GEMMs); a GPU is chosen with --gpu",
+                       env);
+  }
+  if (*out == MOKA_BACKEND_CPU)
+    LOG_INFO("Using the %s backend (the reference; MOKA_BACKEND=reference)", backend_name(*out));
+  else
+    LOG_INFO("Using the %s backend (fp32 GEMMs: %s)", backend_name(*out), fast_sgemm_name());
+  return 0;
+}
+
+int cli_precision(const char *precision, Backend be) {
+  if (precision && *precision && fast_set_precision(precision))
+    return moka_error_prefix("--precision");
+  FastPrecision p = fast_precision(); /* the flag, else MOKA_PRECISION, else fp32 */
+  if (p == FAST_FP32) return 0;
+  if (be != MOKA_BACKEND_CPU_FAST)
+    return moka_errorf("precision %s is a mode of the fast CPU backend; the %s backend runs "
+                       "fp32 only (unset MOKA_PRECISION or drop --precision)",
+                       fast_precision_name(p), backend_name(be));
+  LOG_INFO("Precision %s: convolution and inner-product GEMMs take bf16-rounded inputs and "
+           "accumulate in fp32 (AVX-512 BF16); weights, gradients and BatchNorm statistics "
+           "stay fp32",
+           fast_precision_name(p));
+  return 0;
+}
+
 int cli_backend(const char *gpu, Backend *out) {
   *out = MOKA_BACKEND_CPU;
-  if (!gpu || !*gpu) return 0;
+  if (!gpu || !*gpu) return cpu_backend(out) || cli_precision(NULL, *out) ? -1 : 0;
 #ifdef MOKA_WITH_CUDA
   int device;
   char err[512];
@@ -35,7 +71,7 @@ int cli_backend(const char *gpu, Backend *out) {
     return moka_errorf("--gpu=%s asked for a GPU, but %s; run without --gpu to use the CPU", gpu,
                        err);
   *out = MOKA_BACKEND_CUDA;
-  return 0;
+  return cli_precision(NULL, *out);
 #else
   return moka_errorf("--gpu=%s asked for a GPU, but this moka was built without CUDA "
                      "(rebuild with nvcc installed, or run without --gpu)",

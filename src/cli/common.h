@@ -7,8 +7,19 @@
 #include "net.h"
 
 /* --gpu: "" = CPU. Anything else asks for CUDA device N: an error when this
- * build or this machine has no usable GPU (never a silent CPU run). */
+ * build or this machine has no usable GPU (never a silent CPU run).
+ * On the CPU the backend is the fast path (MOKA_BACKEND_CPU_FAST) unless the
+ * environment says MOKA_BACKEND=reference (the plain-loop reference,
+ * MOKA_BACKEND_CPU); the choice is logged ("Using the cpu-fast backend"). */
 int cli_backend(const char *gpu, Backend *out);
+/* --precision=fp32|bf16 (NULL or "": keep MOKA_PRECISION's, default fp32):
+ * the fast CPU backend's GEMM precision (src/layers/fast.h). bf16 with
+ * another backend, or on a CPU without AVX-512 BF16, is an error.
+ * cli_backend applies MOKA_PRECISION itself. */
+int cli_precision(const char *precision, Backend be);
+#define CLI_PRECISION_HELP                                                                   \
+  "fp32 (default) or bf16: the CPU's convolution/inner-product GEMMs in bf16 with fp32 "    \
+  "accumulation (AVX-512 BF16; also MOKA_PRECISION=bf16)"
 /* The device number of --gpu (one non-negative integer). */
 int cli_gpu_device(const char *gpu, int *device);
 /* Build `model` in `phase` and copy `weights` (comma-separated, may be NULL

@@ -137,6 +137,7 @@ int cmd_import(int argc, char **argv) {
   else return moka_errorf("moka import: --phase must be TEST or TRAIN");
   NetOptions o;
   net_options_default(&o);
+  if (cli_backend(NULL, &o.backend)) return -1; /* the CPU backend for --fill's calibration */
   o.phase = ph;
   o.seed = (uint32_t)seed;
   o.has_seed = true;

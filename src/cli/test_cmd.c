@@ -28,13 +28,14 @@ static float loss_weight_of(const Net *net, const Blob *b) {
 }
 
 int cmd_test(int argc, char **argv) {
-  const char *model = NULL, *weights = NULL, *gpu = NULL, *stage = NULL;
+  const char *model = NULL, *weights = NULL, *gpu = NULL, *stage = NULL, *precision = NULL;
   int iterations = 50, level = 0;
   Flag flags[] = {
       {"model", FLAG_STRING, &model, "the net definition (.prototxt, required)"},
       {"weights", FLAG_STRING, &weights, "trained weights, comma-separated .caffemodel files (required)"},
       {"iterations", FLAG_INT, &iterations, "number of forward passes (default 50)"},
       {"gpu", FLAG_STRING, &gpu, "GPU device id (default: CPU)"},
+      {"precision", FLAG_STRING, &precision, CLI_PRECISION_HELP},
       {"level", FLAG_INT, &level, "net level for the NetState (default 0)"},
       {"stage", FLAG_STRING, &stage, "net stages for the NetState, comma-separated"},
   };
@@ -49,8 +50,8 @@ int cmd_test(int argc, char **argv) {
     return moka_errorf("moka test: Need model weights to score (--weights=model.caffemodel)");
   if (iterations < 0) return moka_errorf("moka test: --iterations must be >= 0, got %d", iterations);
   Backend be;
-  if (cli_backend(gpu, &be)) return -1;
-  if (be == MOKA_BACKEND_CPU) LOG_INFO("Use CPU.");
+  if (cli_backend(gpu, &be) || cli_precision(precision, be)) return -1;
+  if (be != MOKA_BACKEND_CUDA) LOG_INFO("Use CPU.");
 
   const char *stages[256];
   int n_stages = 0;

@@ -106,7 +106,7 @@ static void fill_inputs(Net *net) {
 }
 
 int cmd_time(int argc, char **argv) {
-  const char *model = NULL, *weights = NULL, *phase_s = NULL, *gpu = NULL;
+  const char *model = NULL, *weights = NULL, *phase_s = NULL, *gpu = NULL, *precision = NULL;
   int iterations = 50;
   bool forward_only = false;
   Flag flags[] = {
@@ -118,6 +118,7 @@ int cmd_time(int argc, char **argv) {
        "time forward passes only (inference; TEST phase unless --phase is given)"},
       {"weights", FLAG_STRING, &weights, ".caffemodel to copy by layer name (default: fillers)"},
       {"gpu", FLAG_STRING, &gpu, "GPU id (default: CPU)"},
+      {"precision", FLAG_STRING, &precision, CLI_PRECISION_HELP},
   };
   const char *pos[1];
   int n_pos;
@@ -132,7 +133,7 @@ int cmd_time(int argc, char **argv) {
   else if (!strcmp(phase_s, "TEST")) ph = MOKA_TEST;
   else return moka_errorf("moka time: --phase must be TRAIN or TEST, not '%s'", phase_s);
   Backend be;
-  if (cli_backend(gpu, &be)) return -1;
+  if (cli_backend(gpu, &be) || cli_precision(precision, be)) return -1;
   LOG_INFO("Use %s.", be == MOKA_BACKEND_CUDA ? "GPU" : "CPU");
   Net *net = cli_load_net(model, weights, ph, be, gpu);
   if (!net) return -1;

@@ -3,7 +3,7 @@
  *   moka train --solver=solver.prototxt [--weights=a.caffemodel[,b...]]
  *              [--snapshot=PREFIX_iter_N.solverstate] [--gpu=N]
  *              [--level=N] [--stage=a,b] [--sigint_effect=stop|snapshot|none]
- *              [--sighup_effect=stop|snapshot|none]
+ *              [--sighup_effect=stop|snapshot|none] [--debug_info]
  *
  * As in Caffe: --weights and --snapshot exclude each other; --weights
  * replaces the solver's `weights`; --level/--stage go into train_state.
@@ -19,6 +19,11 @@
  * iterations (and between test batches) and stops, snapshots, or ignores it
  * (Caffe's SignalHandler). Defaults: SIGINT stops (the final snapshot is
  * still written, snapshot_after_train), SIGHUP snapshots and goes on.
+ *
+ * --debug_info sets the solver's debug_info: per-layer mean absolute data and
+ * gradient values on display iterations (src/net_check.h). A non-finite loss
+ * or gradient stops training with an error naming the iteration, the layer
+ * and the last good snapshot (solver.h, "Faults").
  *
  * Relative net files in the solver are looked up from the working directory
  * first (Caffe), then beside the solver file.
@@ -114,8 +119,10 @@ static int set_weights(Caffe__SolverParameter *p, const char *weights) {
 
 int cmd_train(int argc, char **argv) {
   const char *solver_file = NULL, *weights = NULL, *snapshot = NULL, *gpu = NULL, *stage = NULL;
+  const char *precision = NULL;
   const char *sigint_effect = "stop", *sighup_effect = "snapshot";
   int level = 0;
+  bool debug_info = false;
   Flag flags[] = {
       {"solver", FLAG_STRING, &solver_file, "the solver definition (.prototxt, required)"},
       {"weights", FLAG_STRING, &weights,
@@ -124,10 +131,13 @@ int cmd_train(int argc, char **argv) {
       {"gpu", FLAG_STRING, &gpu,
        "CUDA device id to train on, overriding solver_mode (default: the solver's solver_mode and "
        "device_id; CPU when unset)"},
+      {"precision", FLAG_STRING, &precision, CLI_PRECISION_HELP},
       {"level", FLAG_INT, &level, "net level for the train net's NetState (default 0)"},
       {"stage", FLAG_STRING, &stage, "net stages for the train net's NetState, comma-separated"},
       {"sigint_effect", FLAG_STRING, &sigint_effect, "on SIGINT: stop (default), snapshot or none"},
       {"sighup_effect", FLAG_STRING, &sighup_effect, "on SIGHUP: snapshot (default), stop or none"},
+      {"debug_info", FLAG_BOOL, &debug_info,
+       "log per-layer data and gradient values on display iterations (the solver's debug_info)"},
   };
   const char *pos[1];
   int n_pos;
@@ -149,6 +159,10 @@ int cmd_train(int argc, char **argv) {
   Solver *s = NULL;
   rc = -1;
   if (set_train_state(p, level, stage)) goto done;
+  if (debug_info) {
+    p->has_debug_info = 1;
+    p->debug_info = 1;
+  }
 
   /* the device: --gpu, else an explicit solver_mode: GPU (device_id) */
   if (gpu && (!strcmp(gpu, "all") || strchr(gpu, ','))) {
@@ -171,8 +185,9 @@ int cmd_train(int argc, char **argv) {
                         solver_file, gpu);
     goto done;
   }
+  if (cli_precision(precision, be)) goto done;
   int device = 0;
-  if (be == MOKA_BACKEND_CPU) {
+  if (be != MOKA_BACKEND_CUDA) {
     LOG_INFO("Use CPU.");
   } else {
     if (cli_gpu_device(gpu, &device)) goto done;

@@ -5,15 +5,13 @@
  */
 #include <string.h>
 
+#include "concat_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
-typedef struct ConcatPriv {
-  int axis;
-  size_t num_concats; /* count(0, axis) */
-  size_t inner;       /* count(axis+1, end) */
-} ConcatPriv;
+/* ConcatPriv (the layer's state) is in concat_priv.h, shared with the fast path. */
 
 static int concat_setup(Layer *l) {
   const Caffe__ConcatParameter *cp = l->param->concat_param;
@@ -138,9 +136,10 @@ const LayerType layer_type_concat = {
     .priv_size = sizeof(ConcatPriv),
     .setup = concat_setup,
     .reshape = concat_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = concat_forward, [MOKA_BACKEND_CPU_FAST] = concat_forward},
+    .forward = {[MOKA_BACKEND_CPU] = concat_forward,
+                [MOKA_BACKEND_CPU_FAST] = concat_forward_fast /* concat_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = concat_backward,
-                 [MOKA_BACKEND_CPU_FAST] = concat_backward},
+                 [MOKA_BACKEND_CPU_FAST] = concat_backward_fast},
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = concat_forward_cuda,
     .backward[MOKA_BACKEND_CUDA] = concat_backward_cuda,

@@ -11,19 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dropout_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "util.h"
 
-typedef struct DropoutPriv {
-  float ratio;          /* threshold_ */
-  float scale;          /* 1 / (1 - ratio), in float */
-  unsigned int *mask;   /* (count) 1 = kept, from the last TRAIN forward */
-  size_t mask_cap;
-#ifdef MOKA_WITH_CUDA
-  DevBuf dev_mask;      /* (count) the same mask, copied to the device */
-#endif
-} DropoutPriv;
+/* DropoutPriv (the layer's state) is in dropout_priv.h, shared with the fast path. */
 
 static int dropout_setup(Layer *l) {
   DropoutPriv *p = l->priv;
@@ -131,9 +125,10 @@ const LayerType layer_type_dropout = {
     .priv_size = sizeof(DropoutPriv),
     .setup = dropout_setup,
     .reshape = dropout_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = dropout_forward, [MOKA_BACKEND_CPU_FAST] = dropout_forward},
+    .forward = {[MOKA_BACKEND_CPU] = dropout_forward,
+                [MOKA_BACKEND_CPU_FAST] = dropout_forward_fast /* dropout_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = dropout_backward,
-                 [MOKA_BACKEND_CPU_FAST] = dropout_backward},
+                 [MOKA_BACKEND_CPU_FAST] = dropout_backward_fast},
     .destroy = dropout_destroy,
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = dropout_forward_cuda,

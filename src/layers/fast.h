@@ -4,7 +4,7 @@
  * Threads. There is a single pool: OpenMP's. OpenBLAS is switched to one
  * thread (once, by fast_init) and fast_gemm splits a GEMM into column (or
  * row) blocks that the OpenMP threads run side by side, each block one
- * single-threaded cblas_sgemm. So OpenBLAS's own threads never compete with
+ * single-threaded cblas_sgemm (or a call of moka's own AVX-512 GEMM). So OpenBLAS's own threads never compete with
  * OpenMP's (no oversubscription, no spinning pool stealing the other's
  * cores), and BLAS is only ever called from inside a parallel region while
  * it is single-threaded. The reference backend never calls fast_init: when
@@ -19,7 +19,14 @@
  *
  * Loops. Element-wise loops use `#pragma omp parallel for simd` over ranges
  * of at least FAST_GRAIN elements (smaller ones run on one thread: a parallel
- * region costs microseconds). Internal to src/layers.
+ * region costs microseconds).
+ *
+ * On a machine where other processes keep the cores busy, libgomp's spinning
+ * waits make every parallel region cost a time slice: run with
+ * OMP_WAIT_POLICY=passive there (docs/performance.md).
+ *
+ * Internal to src/layers, except the precision functions, which the CLI
+ * uses for --precision (src/cli/common.c).
  */
 #ifndef MOKA_LAYERS_FAST_H
 #define MOKA_LAYERS_FAST_H
@@ -30,14 +37,46 @@
 /* Work below this many elements runs single-threaded. */
 #define FAST_GRAIN 32768
 
-/* Workspace slots (independent buffers). */
-enum { FAST_WS_COL = 0, FAST_WS_OUT = 1, FAST_WS_AUX = 2, FAST_WS_SLOTS = 3 };
+/* Workspace slots (independent buffers): the convolution's column buffer,
+ * its output/gradient buffer, its per-thread weight-gradient buffer, and
+ * the packed panels of moka's own GEMMs (gemm_f32.c, gemm_bf16.c). */
+enum {
+  FAST_WS_COL = 0,
+  FAST_WS_OUT = 1,
+  FAST_WS_AUX = 2,
+  FAST_WS_PACK_A = 3,
+  FAST_WS_PACK_B = 4,
+  FAST_WS_SLOTS = 5
+};
 
-/* Once per process: OpenBLAS to one thread (see above). Cheap to call again. */
+/* Precision of the fast backend's GEMMs (convolution, inner product):
+ * fp32 (the default), or bf16 inputs with fp32 accumulation on CPUs with
+ * AVX-512 BF16 (opt-in: MOKA_PRECISION=bf16 or the CLI's --precision=bf16).
+ * Everything else (BatchNorm statistics, the weights, the solver) stays fp32.
+ * Process-wide, like OpenBLAS's thread count. */
+typedef enum FastPrecision { FAST_FP32 = 0, FAST_BF16 = 1 } FastPrecision;
+
+/* Once per process: OpenBLAS to one thread (see above), and the choice of
+ * the fp32 GEMM: OpenBLAS when it runs an AVX-512 kernel (or the CPU has no
+ * AVX-512), moka's own AVX-512 kernel (gemm_f32.c) otherwise, e.g. when the
+ * environment pins OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU.
+ * MOKA_SGEMM=openblas|moka forces one (for benchmarks). Cheap to call again. */
 void fast_init(void);
+/* Which fp32 GEMM the fast backend uses (for logs). */
+const char *fast_sgemm_name(void);
 
 /* The OpenMP pool size (>= 1). */
 int fast_threads(void);
+
+/* Set the GEMM precision by name ("fp32" or "bf16"); -1 with a message for
+ * an unknown name, or bf16 on a CPU without AVX-512 BF16. */
+int fast_set_precision(const char *name);
+/* The current precision; the first call reads MOKA_PRECISION (an invalid
+ * value there is reported once and leaves fp32). */
+FastPrecision fast_precision(void);
+const char *fast_precision_name(FastPrecision p);
+/* Does this CPU have AVX-512 BF16 (and AVX-512 F/BW)? */
+bool fast_bf16_supported(void);
 
 /* A scratch buffer of at least `count` floats (64-byte aligned), this
  * thread's buffer for `slot`; its contents are undefined. NULL with
@@ -51,8 +90,21 @@ void fast_workspace_release(void);
  * dimensions, op(A) (M,K) and op(B) (K,N) as in moka_gemm. Runs on the
  * OpenMP pool: blocks of columns (or rows, when N is small) in parallel,
  * each a single-threaded OpenBLAS call. Called from inside a parallel region
- * it runs on the calling thread only. */
-void fast_gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
-               int lda, const float *B, int ldb, float beta, float *C, int ldc);
+ * it runs on the calling thread only. With the bf16 precision it is
+ * fast_gemm_bf16. Returns 0, or -1 with moka_errorf (bf16 workspace). */
+int fast_gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* moka's own AVX-512 fp32 GEMM (gemm_f32.c), the same interface: -1 with a
+ * message on CPUs without AVX-512F. */
+int fast_gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
+bool fast_avx512_supported(void);
+
+/* The same with bf16-rounded inputs and fp32 accumulation (gemm_bf16.c):
+ * AVX-512 BF16 only (-1 with a message on other CPUs). */
+int fast_gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                   int ldc);
 
 #endif

@@ -23,5 +23,11 @@ int split_forward_fast(Layer *l);
 int split_backward_fast(Layer *l);
 int ip_forward_fast(Layer *l);
 int ip_backward_fast(Layer *l);
+int softmax_forward_fast(Layer *l);
+int softmax_backward_fast(Layer *l);
+int concat_forward_fast(Layer *l);
+int concat_backward_fast(Layer *l);
+int dropout_forward_fast(Layer *l);
+int dropout_backward_fast(Layer *l);
 
 #endif

@@ -71,10 +71,12 @@ int scale_backward_fast(Layer *l) {
   const bool in_place = l->top[0] == l->bottom[0];
   const size_t D = p->scale_dim, I = p->inner, count = l->top[0]->count;
   const bool scale_is_param = l->n_bottom == 1;
+  /* Parameter gradients are skipped at lr_mult 0, as in the reference. */
+  const bool want_db = p->bias_idx >= 0 && layer_param_needs_grad(l, p->bias_idx);
   const bool fused_bias = bias_like_scale(p);
   /* Bias gradient on its own when its geometry differs (before dx may
    * overwrite dy in place). */
-  if (p->bias_idx >= 0 && !fused_bias) {
+  if (want_db && !fused_bias) {
     float *db = l->params[p->bias_idx]->diff; /* (BD) */
     const size_t BD = p->b_dim, BI = p->b_inner;
 #pragma omp parallel for schedule(static) if (count >= FAST_GRAIN)
@@ -88,10 +90,10 @@ int scale_backward_fast(Layer *l) {
       db[d] += (float)acc;
     }
   }
-  const bool want_ds = scale_is_param || l->propagate_down[1];
+  const bool want_ds = scale_is_param ? layer_param_needs_grad(l, 0) : l->propagate_down[1];
   const float *x = in_place ? p->x_copy : l->bottom[0]->data; /* (outer, D, inner) */
   float *ds = scale_is_param ? l->params[0]->diff : l->bottom[1]->diff; /* (D) */
-  float *db = fused_bias ? l->params[p->bias_idx]->diff : NULL;        /* (D) */
+  float *db = want_db && fused_bias ? l->params[p->bias_idx]->diff : NULL; /* (D) */
   const float *s = (l->n_bottom > 1 ? l->bottom[1] : l->params[0])->data; /* (D) */
   float *dx = l->propagate_down[0] ? l->bottom[0]->diff : NULL; /* (outer, D, inner), may be dy */
   /* One pass per channel: the sums read dy[k] before dx[k] overwrites it. */

@@ -7,14 +7,14 @@
  */
 #include <math.h>
 
+#include "softmax_priv.h"
 #include "cuda_layer.h"
+#include "fast_layers.h"
 #include "layer.h"
 #include "softmax.h"
 #include "util.h"
 
-typedef struct SoftmaxPriv {
-  size_t outer, channels, inner; /* x viewed as (outer, C, inner) */
-} SoftmaxPriv;
+/* SoftmaxPriv (the layer's state) is in softmax_priv.h, shared with the fast path. */
 
 void softmax_ref_forward(const float *x, float *y, size_t outer, size_t channels,
                          size_t inner) {
@@ -99,9 +99,10 @@ const LayerType layer_type_softmax = {
     .in_place_ok = true,
     .priv_size = sizeof(SoftmaxPriv),
     .reshape = softmax_reshape,
-    .forward = {[MOKA_BACKEND_CPU] = softmax_forward, [MOKA_BACKEND_CPU_FAST] = softmax_forward},
+    .forward = {[MOKA_BACKEND_CPU] = softmax_forward,
+                [MOKA_BACKEND_CPU_FAST] = softmax_forward_fast /* softmax_fast.c */},
     .backward = {[MOKA_BACKEND_CPU] = softmax_backward,
-                 [MOKA_BACKEND_CPU_FAST] = softmax_backward},
+                 [MOKA_BACKEND_CPU_FAST] = softmax_backward_fast},
 #ifdef MOKA_WITH_CUDA
     .forward[MOKA_BACKEND_CUDA] = softmax_forward_cuda,
     .backward[MOKA_BACKEND_CUDA] = softmax_backward_cuda,

@@ -138,7 +138,10 @@ static int swl_forward(Layer *l) {
       bool valid;
       if (read_label(l, n * I + i, &lab, &valid)) return -1;
       if (!valid) continue;
-      loss -= log(fmaxf(p->prob[(n * C + (size_t)lab) * I + i], FLT_MIN));
+      /* Caffe's std::max(p, FLT_MIN): a NaN probability stays NaN (fmaxf would
+       * turn it into FLT_MIN and hide the fault behind a finite 87.3365). */
+      const float pr = p->prob[(n * C + (size_t)lab) * I + i];
+      loss -= log(pr < FLT_MIN ? FLT_MIN : pr);
       count++;
     }
   l->top[0]->data[0] = (float)(loss / normalizer(p, count));

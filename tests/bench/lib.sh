@@ -110,7 +110,7 @@ other_load() {
 # "Average Forward pass: X ms." (and friends) from a moka/caffe time log
 avg_ms() { sed -n "s/.*] $2: \([0-9.e+-]*\) ms\.\$/\1/p" "$1" | tail -1; }
 # key=value from a "result ..." line
-result_val() { sed -n "s/^result .*$2=\([0-9.e+-]*\).*/\1/p" "$1" | tail -1; }
+result_val() { sed -n "s/^result.* $2=\([0-9.e+-]*\).*/\1/p" "$1" | tail -1; }
 
 # Kernels in use, one line per engine (MODE).
 kernels() {

@@ -295,11 +295,12 @@ static void conv_vs_naive(const char *name, const ConvSpec *s, const float *x_in
     conv_naive(s, bot->data, l->params[0]->data, s->bias ? l->params[1]->data : NULL, want, OH,
                OW);
     CHECK_MSG(compare_f32(name, top->data, want, top->count, 1e-5, 0.0), "%s", name);
-    /* the fast-path slot is the same function for now, so it must agree exactly */
+    /* the fast path (convolution_fast.c: batched GEMMs) sums in another order:
+     * it must agree to float rounding (tests/unit/test_fast.c tests it fully) */
     float *again = malloc(top->count * sizeof(float));
     memcpy(again, top->data, top->count * sizeof(float));
     CHECK(layer_forward(l, MOKA_BACKEND_CPU_FAST) == 0);
-    CHECK(memcmp(again, top->data, top->count * sizeof(float)) == 0);
+    CHECK_MSG(compare_f32(name, top->data, again, top->count, 1e-5, 0.0), "%s fast path", name);
     free(again);
     free(want);
     layer_free(l);

@@ -1,0 +1,202 @@
+/* gemm_f32.c — moka's own fp32 GEMM for CPUs with AVX-512 (the fast CPU
+ * backend's fp32 GEMM when OpenBLAS itself runs an older kernel; see
+ * fast_gemm in fast.c).
+ *
+ *   C (M,N) = alpha * op(A) (M,K) * op(B) (K,N) + beta * C     (row-major)
+ *
+ * Why: OpenBLAS picks its kernel once, from the CPU or from
+ * OPENBLAS_CORETYPE; environments that pin an older core type (Haswell:
+ * AVX2, 8 lanes) halve moka's GEMM throughput on an AVX-512 CPU. This is the
+ * same blocked algorithm as gemm_bf16.c (BLIS's loops: NC columns of op(B)
+ * packed, KC values of K per pass, MC rows of op(A) packed, an MR x NR
+ * micro-kernel), with fp32 panels
+ *
+ *   packed A micro-panel (MR rows):  [k][MR]
+ *   packed B micro-panel (NR cols):  [k][NR]
+ *
+ * zero-padded past M and N, and a 12 x 32 micro-kernel of FMAs (24 zmm
+ * accumulators, per k two B vectors and one broadcast per row). Threads
+ * split the longer of M and N, each packing into its own workspace.
+ *
+ * Compiled for AVX-512F by a target pragma; fast_gemm calls it only when
+ * the CPU has AVX-512F.
+ */
+#include <omp.h>
+#include <string.h>
+
+#include "fast.h"
+#include "util.h"
+
+enum { MR = 12, NR = 32, MC = 144, KC = 256, NC = 512 };
+
+bool fast_avx512_supported(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#include <immintrin.h>
+
+#include "avx512_transpose.h"
+
+static inline __mmask16 mask16(int n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* op(A) rows [i0, i0+mc), K range [p0, p0+kc) -> micro-panels of MR rows. */
+static void pack_a(bool ta, const float *A, int lda, int i0, int mc, int p0, int kc, float *out) {
+  const __mmask16 mr_mask = mask16(MR);
+  for (int ip = 0; ip * MR < mc; ip++) {
+    float *dst = out + (size_t)ip * kc * MR;
+    const int m0 = ip * MR, mm = mc - m0 < MR ? mc - m0 : MR;
+    if (!ta) { /* A(m,k) = A[m*lda + k]: rows contiguous in k; transpose 16 x 16 */
+      for (int k = 0; k < kc; k += 16) {
+        __m512i r[16];
+        const __mmask16 kmask = mask16(kc - k);
+        for (int j = 0; j < 16; j++)
+          r[j] = j < mm ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
+                              kmask, A + (size_t)(i0 + m0 + j) * lda + p0 + k))
+                        : _mm512_setzero_si512();
+        transpose16(r); /* r[q] = column k+q of the rows */
+        const int nk = kc - k < 16 ? kc - k : 16;
+        for (int q = 0; q < nk; q++)
+          _mm512_mask_storeu_epi32(dst + (size_t)(k + q) * MR, mr_mask, r[q]);
+      }
+    } else { /* A(m,k) = A[k*lda + m]: storage row k, consecutive m */
+      const __mmask16 mk = mask16(mm);
+      for (int k = 0; k < kc; k++)
+        _mm512_mask_storeu_ps(dst + (size_t)k * MR, mr_mask,
+                              _mm512_maskz_loadu_ps(mk, A + (size_t)(p0 + k) * lda + i0 + m0));
+    }
+  }
+}
+
+/* op(B) columns [j0, j0+nc), K range [p0, p0+kc) -> micro-panels of NR columns. */
+static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int nc, float *out) {
+  const int panels = (nc + NR - 1) / NR;
+  for (int jp = 0; jp < panels; jp++) {
+    float *dst = out + (size_t)jp * kc * NR;
+    const int n0 = jp * NR, nn = nc - n0 < NR ? nc - n0 : NR;
+    if (!tb) { /* B(k,n) = B[k*ldb + n]: row k, consecutive n */
+      for (int k = 0; k < kc; k++) {
+        const float *row = B + (size_t)(p0 + k) * ldb + j0 + n0;
+        _mm512_storeu_ps(dst + (size_t)k * NR, _mm512_maskz_loadu_ps(mask16(nn), row));
+        _mm512_storeu_ps(dst + (size_t)k * NR + 16, _mm512_maskz_loadu_ps(mask16(nn - 16), row + 16));
+      }
+    } else { /* B(k,n) = B[n*ldb + k]: storage rows contiguous in k; transpose 16 x 16 */
+      for (int v = 0; v < NR; v += 16)
+        for (int k = 0; k < kc; k += 16) {
+          __m512i r[16];
+          const __mmask16 kmask = mask16(kc - k);
+          for (int j = 0; j < 16; j++)
+            r[j] = v + j < nn ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
+                                    kmask, B + (size_t)(j0 + n0 + v + j) * ldb + p0 + k))
+                              : _mm512_setzero_si512();
+          transpose16(r); /* r[q] = row k+q of op(B), 16 columns */
+          const int nk = kc - k < 16 ? kc - k : 16;
+          for (int q = 0; q < nk; q++) _mm512_storeu_si512(dst + (size_t)(k + q) * NR + v, r[q]);
+        }
+    }
+  }
+}
+
+/* C tile (mr <= MR rows, nr <= NR columns) (+)= alpha * Ap x Bp over kc. */
+static void kernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+                   bool accumulate, float alpha) {
+  __m512 c[MR][2];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    const __m512 b0 = _mm512_loadu_ps(Bp + (size_t)k * NR);
+    const __m512 b1 = _mm512_loadu_ps(Bp + (size_t)k * NR + 16);
+    const float *a = Ap + (size_t)k * MR;
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; m++) {
+      const __m512 am = _mm512_set1_ps(a[m]);
+      c[m][0] = _mm512_fmadd_ps(am, b0, c[m][0]);
+      c[m][1] = _mm512_fmadd_ps(am, b1, c[m][1]);
+    }
+  }
+  const __mmask16 k0 = mask16(nr), k1 = mask16(nr - 16);
+  const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; m++) {
+    if (m >= mr) break;
+    float *row = C + (size_t)m * ldc;
+    __m512 v0 = alpha == 1.0f ? c[m][0] : _mm512_mul_ps(c[m][0], va);
+    __m512 v1 = alpha == 1.0f ? c[m][1] : _mm512_mul_ps(c[m][1], va);
+    if (accumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, row));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, k0, v0);
+    _mm512_mask_storeu_ps(row + 16, k1, v1);
+  }
+}
+
+/* One thread's GEMM (beta 0 or 1 here), packing into its own workspace. */
+static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, bool accumulate, float *C, int ldc) {
+  float *abuf = fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
+  float *bbuf = fast_workspace(FAST_WS_PACK_B, (size_t)(NC + NR) * KC, "fp32 GEMM packing (B)");
+  if (!abuf || !bbuf) return -1;
+  for (int jc = 0; jc < N; jc += NC) {
+    const int nc = N - jc < NC ? N - jc : NC;
+    for (int pc = 0; pc < K; pc += KC) {
+      const int kc = K - pc < KC ? K - pc : KC;
+      const bool acc = accumulate || pc > 0;
+      pack_b(tb, B, ldb, pc, kc, jc, nc, bbuf);
+      for (int ic = 0; ic < M; ic += MC) {
+        const int mc = M - ic < MC ? M - ic : MC;
+        pack_a(ta, A, lda, ic, mc, pc, kc, abuf);
+        for (int jr = 0; jr < nc; jr += NR)
+          for (int ir = 0; ir < mc; ir += MR)
+            kernel(kc, abuf + (size_t)(ir / MR) * kc * MR, bbuf + (size_t)(jr / NR) * kc * NR,
+                   C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < MR ? mc - ir : MR,
+                   nc - jr < NR ? nc - jr : NR, acc, alpha);
+      }
+    }
+  }
+  return 0;
+}
+
+#pragma GCC pop_options
+
+int fast_gemm_f32(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc) {
+  if (!fast_avx512_supported())
+    return moka_errorf("fp32 GEMM: this CPU has no AVX-512 (use OpenBLAS)");
+  if (M <= 0 || N <= 0) return 0;
+  if (beta != 0.0f && beta != 1.0f)
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+  if (K <= 0) {
+    if (beta == 0.0f)
+      for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+    return 0;
+  }
+  const bool accumulate = beta != 0.0f;
+  const int T = omp_in_parallel() ? 1 : fast_threads();
+  /* Split the longer side: each block packs the whole of the other operand. */
+  const bool by_cols = N >= M;
+  const int len = by_cols ? N : M, unit = by_cols ? NR : MR;
+  int nb = T;
+  while (nb > 1 && len / nb < unit) nb--;
+  if (2.0 * M * N * K < 2e6) nb = 1;
+  int rc = 0;
+#pragma omp parallel for schedule(static, 1) num_threads(nb) reduction(| : rc) if (nb > 1)
+  for (int b = 0; b < nb; b++) {
+    const int units = (len + unit - 1) / unit;
+    int lo = (int)((long)units * b / nb) * unit, hi = (int)((long)units * (b + 1) / nb) * unit;
+    if (hi > len) hi = len;
+    if (hi <= lo) continue;
+    if (by_cols)
+      rc |= gemm_f32_1(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + (size_t)lo * ldb : B + lo,
+                       ldb, accumulate, C + lo, ldc);
+    else
+      rc |= gemm_f32_1(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + (size_t)lo * lda, lda, B,
+                       ldb, accumulate, C + (size_t)lo * ldc, ldc);
+  }
+  return rc ? -1 : 0;
+}
