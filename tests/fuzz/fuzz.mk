@@ -28,7 +28,7 @@ FUZZ_SAN         := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS      := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
                     -Wno-missing-field-initializers -Wno-unknown-pragmas -MMD -MP $(FUZZ_SAN) \
                     -Isrc -I$(BUILD)/proto -I/usr/include/openblas -Ikernels -Itests/fuzz
-FUZZ_LIBS        := -lprotobuf-c -llmdb -lturbojpeg -lpng -lopenblas -lm -lpthread
+FUZZ_LIBS        := -lprotobuf-c -llmdb -lturbojpeg -lpng -lopenblas -lm -lpthread -lgomp
 FUZZ_LIB_OBJS    := $(patsubst %.c,$(FUZZ_OBJDIR)/%.o,$(LIB_SRCS)) $(FUZZ_OBJDIR)/proto/caffe.pb-c.o
 FUZZ_BINS        := $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_TARGETS))
 # Where flag parsing lives (the CLI is not part of the library).
@@ -47,10 +47,15 @@ $(FUZZ_OBJDIR)/proto/caffe.pb-c.o: $(PROTO_C) | fuzz-check
 	@echo "  FUZZCC  $<"
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
+# clang ignores `#pragma GCC target`: the AVX-512 GEMM files get the flags on
+# the command line (their kernels only run after a runtime CPU check).
+$(FUZZ_OBJDIR)/src/layers/gemm_f32.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq
+$(FUZZ_OBJDIR)/src/layers/gemm_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
+
 $(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H) | fuzz-check
 	@mkdir -p $(dir $@)
 	@echo "  FUZZCC  $<"
-	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_FILE_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_LIB_OBJS)
 	@mkdir -p $(dir $@)
