@@ -2,9 +2,9 @@
  * prototxt_write.c), generic
  * over protobuf-c message descriptors (protobuf-c has no text format).
  *
- * Reader: a small lexer (identifiers, numbers, quoted strings, one-character
- * symbols, `#` comments) and a recursive-descent parser over the message
- * descriptor. Recursion is bounded: messages may nest at most
+ * Reader: a small lexer (prototxt_lex.c: identifiers, numbers, quoted
+ * strings, one-character symbols, `#` comments) and a recursive-descent
+ * parser over the message descriptor. Recursion is bounded: messages may nest at most
  * PROTOTXT_MAX_DEPTH levels (Google's parser has the same default limit), so
  * hostile input cannot exhaust the stack. The input is a (pointer, length)
  * pair and is never read past its end (it need not be NUL-terminated).
@@ -52,209 +52,17 @@
 #include <string.h>
 
 #include "prototxt_internal.h"
+#include "prototxt_lex.h"
 #include "util.h"
 
-#define TAB_WIDTH 8
 #define MAX_NAME_LEN 255   /* longer identifiers cannot be field names */
 #define MAX_NUMBER_LEN 511 /* longer numeric literals are rejected */
-
-/* ======================================================================== */
-/* Lexer                                                                     */
-/* ======================================================================== */
-
-typedef enum {
-  TOK_END,    /* end of input */
-  TOK_IDENT,  /* [A-Za-z_][A-Za-z0-9_]* */
-  TOK_INT,    /* decimal, 0x hex or 0 octal integer (no sign) */
-  TOK_FLOAT,  /* digits with '.', an exponent, or an f suffix (no sign) */
-  TOK_STRING, /* one quoted literal, quotes included, escapes not decoded */
-  TOK_SYMBOL, /* one of { } < > [ ] : ; , - */
-  TOK_ERROR,  /* lexical error; the message is in Parser.lexmsg */
-} TokKind;
-
-typedef struct {
-  TokKind kind;
-  const char *p; /* first byte of the token in the input */
-  size_t len;
-  int line, col;
-} Token;
-
-typedef struct {
-  const char *pos, *end; /* lexer cursor and end of input */
-  const char *start;     /* first byte of the input */
-  int line, col;         /* of pos */
-  const char *filename;
-  Token tok;        /* the current (lookahead) token */
-  char lexmsg[128]; /* message of a TOK_ERROR token */
-  size_t msg_bytes; /* sub-message structs allocated so far */
-  size_t budget;    /* ... and the most allowed (PROTOTXT_BUDGET) */
-} Parser;
 
 /* Memory allowed for the message structs of `len` bytes of text: 64 MiB
  * plus 16 bytes per byte. Real definitions need under 10 per byte; an
  * empty `layer{}` costs 7 bytes of text and 568 of memory, so a large
  * hostile file would otherwise ask for 80 times its size. */
 #define PROTOTXT_BUDGET(len) (((size_t)64 << 20) + 16 * (size_t)(len))
-
-static bool is_digit(int c) { return c >= '0' && c <= '9'; }
-static bool is_hex(int c) {
-  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-static bool is_alpha_(int c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
-static bool is_alnum_(int c) { return is_alpha_(c) || is_digit(c); }
-static bool is_space(int c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
-
-/* Consume one byte, keeping line and column up to date. */
-static void lex_adv(Parser *ps) {
-  unsigned char c = (unsigned char)*ps->pos++;
-  if (c == '\n') {
-    ps->line++;
-    ps->col = 1;
-  } else if (c == '\t') {
-    ps->col = ((ps->col - 1) / TAB_WIDTH + 1) * TAB_WIDTH + 1;
-  } else if ((c & 0xC0) != 0x80) {
-    ps->col++;
-  }
-}
-
-static void lex_adv_to(Parser *ps, const char *q) {
-  while (ps->pos < q) lex_adv(ps);
-}
-
-/* Mark the current token as a lexical error at its start. */
-static void lex_fail(Parser *ps, const char *fmt, ...) MOKA_PRINTF(2, 3);
-static void lex_fail(Parser *ps, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(ps->lexmsg, sizeof ps->lexmsg, fmt, ap);
-  va_end(ap);
-  ps->tok.kind = TOK_ERROR;
-  ps->tok.len = 0;
-}
-
-/* Scan a number starting at ps->pos (a digit, or '.' followed by a digit). */
-static void lex_number(Parser *ps) {
-  const char *q = ps->pos, *end = ps->end;
-  bool is_float = false;
-  if (q + 1 < end && q[0] == '0' && (q[1] == 'x' || q[1] == 'X')) {
-    q += 2;
-    if (q >= end || !is_hex((unsigned char)*q)) {
-      lex_fail(ps, "invalid hexadecimal number: '0x' needs digits");
-      return;
-    }
-    while (q < end && is_hex((unsigned char)*q)) q++;
-  } else {
-    while (q < end && is_digit((unsigned char)*q)) q++;
-    if (q < end && *q == '.') {
-      is_float = true;
-      q++;
-      while (q < end && is_digit((unsigned char)*q)) q++;
-    }
-    if (q < end && (*q == 'e' || *q == 'E')) {
-      is_float = true;
-      q++;
-      if (q < end && (*q == '+' || *q == '-')) q++;
-      if (q >= end || !is_digit((unsigned char)*q)) {
-        lex_fail(ps, "invalid number '%.*s': the exponent has no digits",
-                 (int)MOKA_MIN((size_t)(q - ps->pos), 40), ps->pos);
-        return;
-      }
-      while (q < end && is_digit((unsigned char)*q)) q++;
-    }
-    if (is_float && q < end && (*q == 'f' || *q == 'F')) q++;
-  }
-  if (q < end && (is_alnum_((unsigned char)*q) || *q == '.')) {
-    const char *r = q;
-    while (r < end && (is_alnum_((unsigned char)*r) || *r == '.')) r++;
-    lex_fail(ps, "invalid number '%.*s'", (int)MOKA_MIN((size_t)(r - ps->pos), 40), ps->pos);
-    return;
-  }
-  ps->tok.kind = is_float ? TOK_FLOAT : TOK_INT;
-  ps->tok.len = (size_t)(q - ps->pos);
-  lex_adv_to(ps, q);
-}
-
-/* Scan a quoted literal (escapes are checked when it is decoded). */
-static void lex_string(Parser *ps) {
-  const char quote = *ps->pos;
-  const char *q = ps->pos + 1, *end = ps->end;
-  for (;;) {
-    if (q >= end || *q == '\n') {
-      lex_fail(ps, "unterminated string literal (strings cannot span lines)");
-      return;
-    }
-    if (*q == quote) break;
-    if (*q == '\\') {
-      q++;
-      if (q >= end || *q == '\n') continue; /* reported as unterminated above */
-    }
-    q++;
-  }
-  q++; /* closing quote */
-  ps->tok.kind = TOK_STRING;
-  ps->tok.len = (size_t)(q - ps->pos);
-  lex_adv_to(ps, q);
-}
-
-/* Read the next token into ps->tok. */
-static void lex_next(Parser *ps) {
-  for (;;) {
-    while (ps->pos < ps->end && is_space((unsigned char)*ps->pos)) lex_adv(ps);
-    if (ps->pos < ps->end && *ps->pos == '#') {
-      while (ps->pos < ps->end && *ps->pos != '\n') lex_adv(ps);
-      continue;
-    }
-    break;
-  }
-  Token *t = &ps->tok;
-  t->p = ps->pos;
-  t->line = ps->line;
-  t->col = ps->col;
-  t->len = 0;
-  if (ps->pos >= ps->end) {
-    t->kind = TOK_END;
-    return;
-  }
-  unsigned char c = (unsigned char)*ps->pos;
-  if (is_alpha_(c)) {
-    const char *q = ps->pos;
-    while (q < ps->end && is_alnum_((unsigned char)*q)) q++;
-    t->kind = TOK_IDENT;
-    t->len = (size_t)(q - ps->pos);
-    lex_adv_to(ps, q);
-  } else if (is_digit(c) ||
-             (c == '.' && ps->pos + 1 < ps->end && is_digit((unsigned char)ps->pos[1]))) {
-    lex_number(ps);
-  } else if (c == '"' || c == '\'') {
-    lex_string(ps);
-  } else if (c != 0 && strchr("{}<>[]:;,-", c)) {
-    t->kind = TOK_SYMBOL;
-    t->len = 1;
-    lex_adv(ps);
-  } else if (c >= 0x20 && c < 0x7f) {
-    lex_fail(ps, "unexpected character '%c'", c);
-  } else {
-    lex_fail(ps, "unexpected byte 0x%02x", c);
-  }
-}
-
-static bool is_sym(const Token *t, char c) { return t->kind == TOK_SYMBOL && t->p[0] == c; }
-
-/* Consume the current token if it is the symbol c. */
-static bool try_sym(Parser *ps, char c) {
-  if (!is_sym(&ps->tok, c)) return false;
-  lex_next(ps);
-  return true;
-}
-
-static bool tok_is(const Token *t, const char *word) {
-  size_t n = strlen(word);
-  return t->kind == TOK_IDENT && t->len == n && memcmp(t->p, word, n) == 0;
-}
 
 /* ======================================================================== */
 /* Errors                                                                    */
@@ -934,4 +742,3 @@ int prototxt_read_file(const ProtobufCMessageDescriptor *desc, const char *path,
   free(data);
   return rc;
 }
-

@@ -182,6 +182,9 @@ struct Solver {
 int solver_param_read(const char *path, Caffe__SolverParameter **out);
 /* Upgrade solver_type -> type in place (error when both are given). */
 int solver_param_upgrade(Caffe__SolverParameter *p, const char *source);
+/* Replace the `weights` list of `p` by the one file `weights` (moka train
+ * --weights, moka finetune), or empty it when `weights` is NULL or "". */
+int solver_param_set_weights(Caffe__SolverParameter *p, const char *weights);
 
 /* Build the solver: the train net (net / net_param / train_net /
  * train_net_param, with train_state), the test nets (test_net /

@@ -17,7 +17,7 @@ for t in "$@"; do
   passed=$((passed + p)); failed=$((failed + f))
   [ "$f" = 0 ] || failed_names="$failed_names $t"
 done
-for s in tests/cli/*.sh; do
+for s in tests/cli/test_*.sh; do
   [ -f "$s" ] || continue
   echo "== $s"
   out=$(sh "$s" 2>&1); rc=$?

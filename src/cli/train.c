@@ -105,18 +105,6 @@ static int set_train_state(Caffe__SolverParameter *p, int level, const char *sta
   return 0;
 }
 
-static int set_weights(Caffe__SolverParameter *p, const char *weights) {
-  for (size_t i = 0; i < p->n_weights; i++) free(p->weights[i]);
-  free(p->weights);
-  p->weights = NULL;
-  p->n_weights = 0;
-  if (!weights) return 0;
-  p->weights = moka_calloc(1, sizeof *p->weights);
-  if (!p->weights || !(p->weights[0] = moka_strdup(weights))) return -1;
-  p->n_weights = 1;
-  return 0;
-}
-
 int cmd_train(int argc, char **argv) {
   const char *solver_file = NULL, *weights = NULL, *snapshot = NULL, *gpu = NULL, *stage = NULL;
   const char *precision = NULL;
@@ -195,9 +183,9 @@ int cmd_train(int argc, char **argv) {
   }
 
   if (snapshot && *snapshot) {
-    if (set_weights(p, NULL)) goto done;
+    if (solver_param_set_weights(p, NULL)) goto done;
   } else if (weights && *weights) {
-    if (set_weights(p, weights)) goto done;
+    if (solver_param_set_weights(p, weights)) goto done;
   }
 
   char dir[4096];

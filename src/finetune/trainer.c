@@ -427,18 +427,6 @@ static int finish_epoch(Ctx *x, double epoch_t0, int iters_run, double train_s) 
   return 0;
 }
 
-static int set_weights(Caffe__SolverParameter *p, const char *weights) {
-  for (size_t i = 0; i < p->n_weights; i++) free(p->weights[i]);
-  free(p->weights);
-  p->weights = NULL;
-  p->n_weights = 0;
-  if (!weights || !*weights) return 0;
-  p->weights = moka_calloc(1, sizeof *p->weights);
-  if (!p->weights || !(p->weights[0] = moka_strdup(weights))) return -1;
-  p->n_weights = 1;
-  return 0;
-}
-
 int ft_train(const FtTrainConfig *c, FtHistory *h, FtTrainResult *r) {
   memset(r, 0, sizeof *r);
   g_stop = 0;
@@ -459,7 +447,7 @@ int ft_train(const FtTrainConfig *c, FtHistory *h, FtTrainResult *r) {
   char state[4200];
   int resume_iter = 0;
   const bool resume = ft_find_snapshot(p->snapshot_prefix, state, sizeof state, &resume_iter) == 1;
-  if (set_weights(p, resume ? NULL : c->weights)) goto done;
+  if (solver_param_set_weights(p, resume ? NULL : c->weights)) goto done;
   SolverOptions o = {.backend = c->backend,
                      .device = c->device,
                      .base_dir = c->dir,

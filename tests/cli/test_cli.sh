@@ -8,21 +8,7 @@ G=${MOKA_SHARED:-../shared}/golden
 T=$(mktemp -d /tmp/moka_cli.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
-
-# expect_error NAME PATTERN CMD...: exit status 1 (not a crash), and stderr
-# has exactly one "moka: error:" line matching PATTERN.
-expect_error() {
-  name=$1 pat=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; rc=$?
-  n=$(grep -c '^moka: error:' "$T/err")
-  if [ $rc -ne 1 ]; then fail "$name" "exit status $rc (want 1): $(tail -2 "$T/err")"; return; fi
-  if [ "$n" != 1 ]; then fail "$name" "$n error lines: $(cat "$T/err")"; return; fi
-  if ! grep '^moka: error:' "$T/err" | grep -q -- "$pat"; then
-    fail "$name" "message does not match '$pat': $(cat "$T/err")"; return; fi
-  ok "$name"
-}
+. "$(dirname "$0")/lib.sh"
 
 # --- help: every command answers --help, and every flag its help lists is
 # accepted by its parser (the help is generated from the parser's table).

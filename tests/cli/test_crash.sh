@@ -28,8 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
+. "$(dirname "$0")/lib.sh"
 
 if [ ! -x "$C" ]; then fail checksnap_built "$C is missing (make $BUILD/tools/checksnap)"; exit 1; fi
 

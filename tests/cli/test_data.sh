@@ -11,8 +11,7 @@ G=$S/golden
 T=$(mktemp -d /tmp/moka_cli_data.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
+. "$(dirname "$0")/lib.sh"
 
 I=tests/data/images
 mkdir -p "$T/img"

@@ -13,9 +13,7 @@ C="$(pwd)/$BUILD/tools/checksnap"
 T=$(mktemp -d /tmp/moka_faults.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
-strip() { sed -n 's/^[IWE][0-9]\{4\} [0-9:.]* *[0-9]* [^ ]*] //p' "$1"; }
+. "$(dirname "$0")/lib.sh"
 
 # net NAME DATA_FILLER LABEL_FILLER SCALE_FILLER: DummyData -> conv -> Scale
 # (in place) -> ReLU (in place) -> fc -> softmax loss

@@ -19,20 +19,7 @@ trap cleanup EXIT
 [ -n "$KEEP" ] && trap - EXIT
 R50=$(pwd)/data/ResNet-50-deploy.prototxt
 
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
-
-# expect_error NAME PATTERN CMD...: exit status 1 and one "moka: error:" line matching PATTERN
-expect_error() {
-  name=$1 pat=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; rc=$?
-  n=$(grep -c '^moka: error:' "$T/err")
-  if [ $rc -ne 1 ]; then fail "$name" "exit status $rc (want 1): $(tail -2 "$T/err")"; return; fi
-  if [ "$n" != 1 ]; then fail "$name" "$n error lines: $(tail -3 "$T/err")"; return; fi
-  if ! grep '^moka: error:' "$T/err" | grep -q -- "$pat"; then
-    fail "$name" "message does not match '$pat': $(grep '^moka: error:' "$T/err")"; return; fi
-  ok "$name"
-}
+. "$(dirname "$0")/lib.sh"
 
 # A small deploy net in Kaiming He's style (legacy input header, BatchNorm +
 # Scale, a 1000-way classifier fc1000 and a Softmax): fast to train.

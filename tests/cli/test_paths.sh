@@ -8,8 +8,7 @@ BUILD=${BUILD:-build}
 M=${MOKA:-$BUILD/moka}
 T=$(mktemp -d /tmp/moka_paths.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
+. "$(dirname "$0")/lib.sh"
 mkdir -p "$T/root/sub"
 $BUILD/tools/mkimage "$T/root/ok.jpg" 20 16 1
 $BUILD/tools/mkimage "$T/outside.jpg" 20 16 2

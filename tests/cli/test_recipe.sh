@@ -10,8 +10,7 @@ M=${MOKA:-$BUILD/moka}
 G=$(cd "${MOKA_SHARED:-../shared}" && pwd)/golden/mini_train
 T=$(mktemp -d /tmp/moka_recipe.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
+. "$(dirname "$0")/lib.sh"
 
 # DummyData instead of the two Input layers; the classifier renamed.
 awk '

@@ -8,8 +8,7 @@ M=${MOKA:-$BUILD/moka}
 L=$(cd "${MOKA_SHARED:-../shared}" && pwd)/golden/lmdb
 T=$(mktemp -d /tmp/moka_resume.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
+. "$(dirname "$0")/lib.sh"
 cat > "$T/net.prototxt" <<N
 name: "tiny"
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }

@@ -10,24 +10,7 @@ G=$(cd "${MOKA_SHARED:-../shared}/golden" && pwd)
 T=$(mktemp -d /tmp/moka_train.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-ok() { echo "ok $1"; }
-fail() { echo "FAIL $1${2:+: $2}"; }
-
-# expect_error NAME PATTERN CMD...: exit status 1 (not a crash), and stderr
-# has exactly one "moka: error:" line matching PATTERN.
-expect_error() {
-  name=$1 pat=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; rc=$?
-  n=$(grep -c '^moka: error:' "$T/err")
-  if [ $rc -ne 1 ]; then fail "$name" "exit status $rc (want 1): $(tail -2 "$T/err")"; return; fi
-  if [ "$n" != 1 ]; then fail "$name" "$n error lines: $(tail -3 "$T/err")"; return; fi
-  if ! grep '^moka: error:' "$T/err" | grep -q -- "$pat"; then
-    fail "$name" "message does not match '$pat': $(grep '^moka: error:' "$T/err")"; return; fi
-  ok "$name"
-}
-
-# The text after the glog prefix ("I1128 03:26:26.427273 19818 solver.cpp:239] ").
-strip() { sed -n 's/^[IWE][0-9]\{4\} [0-9:.]* *[0-9]* [^ ]*] //p' "$1"; }
+. "$(dirname "$0")/lib.sh"
 
 # --- a small net fed by DummyData: constant data, so runs are reproducible
 # and a resumed run sees the same batches as an uninterrupted one.

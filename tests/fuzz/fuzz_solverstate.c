@@ -1,6 +1,6 @@
 /* fuzz_solverstate.c — a .solverstate: SolverState unpacked as
  * proto_read_binary does, and every history blob loaded into a Blob as a
- * resume would (the solver's own restore, src/solver.c, checks the history
+ * resume would (the solver's own restore, src/solver_snapshot.c, checks the history
  * against the net's parameters through blobproto_shape and
  * blobproto_to_blob_data, both exercised here). */
 #include "caffe.pb-c.h"

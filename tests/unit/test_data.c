@@ -18,16 +18,11 @@
 #include "data/reader.h"
 #include "data/transform.h"
 #include "image.h"
+#include "imagetest.h"
 #include "layer.h"
 #include "prototxt.h"
 #include "testlib.h"
 #include "util.h"
-
-static uint8_t *read_all(const char *path, size_t *len) {
-  uint8_t *d = NULL;
-  if (moka_read_file(path, &d, len) != 0) return NULL;
-  return d;
-}
 
 static void test_db_reader_order_and_wrap(void) {
   DbReader *r;

@@ -20,18 +20,13 @@
 #include "data/datum.h"
 #include "data/db.h"
 #include "image.h"
+#include "imagetest.h"
 #include "layer.h"
 #include "prototxt.h"
 #include "testlib.h"
 #include "util.h"
 
 /* ---- helpers -------------------------------------------------------------------- */
-
-static uint8_t *read_all(const char *path, size_t *len) {
-  uint8_t *d = NULL;
-  if (moka_read_file(path, &d, len) != 0) return NULL;
-  return d;
-}
 
 static int write_bytes(const char *path, const void *d, size_t n) {
   FILE *f = fopen(path, "wb");
@@ -84,19 +79,6 @@ static int count_prefixed(const char *dir, const char *prefix) {
   while ((e = readdir(d))) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
   closedir(d);
   return n;
-}
-
-static uint32_t crc32_png(const uint8_t *p, size_t n) {
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; i++) {
-    c ^= p[i];
-    for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-  }
-  return ~c;
-}
-
-static void put_be32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
 }
 
 /* Run convert_imageset with the log captured into *log (malloc'd). */
@@ -174,20 +156,15 @@ static int make_bad_folder(const char *dir, char *list, size_t list_len) {
   if (!jpg) return -1;
   snprintf(p, sizeof p, "%s/cut_header.jpg", dir);
   if (write_bytes(p, jpg, 100) != 0) return -1; /* inside the quantisation tables */
-  size_t sof = 0;
-  for (size_t i = 2; i + 9 < len && !sof; i++)
-    if (jpg[i] == 0xFF && jpg[i + 1] == 0xC0) sof = i;
+  const size_t sof = jpeg_sof0(jpg, len);
   if (!sof) return -1;
-  jpg[sof + 5] = 60000 >> 8, jpg[sof + 6] = 60000 & 255; /* height */
-  jpg[sof + 7] = 60000 >> 8, jpg[sof + 8] = 60000 & 255; /* width */
+  jpeg_set_size(jpg, sof, 60000, 60000);
   snprintf(p, sizeof p, "%s/huge.jpg", dir);
   if (write_bytes(p, jpg, len) != 0) return -1;
   free(jpg);
   uint8_t *png = read_all("tests/data/images/rgba.png", &len);
   if (!png) return -1;
-  put_be32(png + 16, 60000);
-  put_be32(png + 20, 60000);
-  put_be32(png + 29, crc32_png(png + 12, 17));
+  png_set_size(png, 60000, 60000);
   snprintf(p, sizeof p, "%s/huge.png", dir);
   if (write_bytes(p, png, len) != 0) return -1;
   free(png);

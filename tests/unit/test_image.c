@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "imagetest.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -141,60 +142,29 @@ static void test_truncated_jpeg_warns(void) {
   image_free(&im);
 }
 
-static uint8_t *read_all(const char *path, size_t *len) {
-  uint8_t *d = NULL;
-  if (moka_read_file(path, &d, len) != 0) return NULL;
-  return d;
-}
-
-static uint32_t crc32_png(const uint8_t *p, size_t n) {
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; i++) {
-    c ^= p[i];
-    for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-  }
-  return ~c;
-}
-
-static void put_be32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)(v >> 24);
-  p[1] = (uint8_t)(v >> 16);
-  p[2] = (uint8_t)(v >> 8);
-  p[3] = (uint8_t)v;
-}
-
 static void test_size_limits(void) {
   size_t len;
   uint8_t *jpg = read_all("tests/data/images/colour.jpg", &len);
   REQUIRE(jpg != NULL);
   /* patch the SOF0 frame size: 40000 x 40000 (1.6e9 pixels) must be refused
    * from the header, before any allocation */
-  size_t sof = 0;
-  for (size_t i = 2; i + 9 < len; i++)
-    if (jpg[i] == 0xFF && jpg[i + 1] == 0xC0) {
-      sof = i;
-      break;
-    }
+  const size_t sof = jpeg_sof0(jpg, len);
   REQUIRE(sof != 0);
-  jpg[sof + 5] = 40000 >> 8, jpg[sof + 6] = 40000 & 255; /* height */
-  jpg[sof + 7] = 40000 >> 8, jpg[sof + 8] = 40000 & 255; /* width */
+  jpeg_set_size(jpg, sof, 40000, 40000);
   Image im;
   CHECK(image_decode(jpg, len, 3, &im) != 0);
   CHECK_MSG(strstr(moka_error(), "too large") != NULL, "%s", moka_error());
   CHECK(im.px == NULL);
   CHECK(image_probe(jpg, len, 3, NULL, NULL, NULL) != 0 && strstr(moka_error(), "too large"));
   CHECK(image_decode_reduced(jpg, len, 3, 64, 64, &im) != 0 && strstr(moka_error(), "too large"));
-  jpg[sof + 5] = 0, jpg[sof + 6] = 2;         /* 2 rows */
-  jpg[sof + 7] = 65535 >> 8, jpg[sof + 8] = 255; /* 65535 columns: over 65500 */
+  jpeg_set_size(jpg, sof, 2, 65535); /* 65535 columns: over 65500 */
   CHECK(image_decode(jpg, len, 3, &im) != 0);
   CHECK_MSG(strstr(moka_error(), "65500") != NULL, "%s", moka_error());
   free(jpg);
 
   uint8_t *png = read_all("tests/data/images/rgba.png", &len);
   REQUIRE(png != NULL && len > 33);
-  put_be32(png + 16, 100000); /* IHDR width */
-  put_be32(png + 20, 100000); /* IHDR height */
-  put_be32(png + 29, crc32_png(png + 12, 17));
+  png_set_size(png, 100000, 100000);
   CHECK(image_decode(png, len, 3, &im) != 0);
   CHECK_MSG(strstr(moka_error(), "too large") != NULL, "%s", moka_error());
   free(png);
