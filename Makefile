@@ -66,6 +66,8 @@ TEST_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 # GPU tests: built and run by `make test` everywhere; without a GPU they print SKIP.
 GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
 TEST_BINS += $(patsubst tests/gpu/%.c,$(BUILD)/tests/%,$(GPU_TEST_SRCS))
+# The implicit-GEMM CUDA kernel (kernels/conv_igemm.cu) emulated on the CPU (C++, no GPU needed).
+TEST_BINS += $(BUILD)/tests/igemm_emulate
 TOOL_SRCS := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
@@ -128,7 +130,7 @@ $(BUILD)/obj/%.o: %.c $(PROTO_H)
 
 $(BUILD)/obj/kernels/%.o: kernels/%.cu kernels/*.h
 	@mkdir -p $(dir $@)
-	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Ikernels -Isrc -I$(BUILD)/proto $(if $(filter 1,$(DEBUG)),-G -DMOKA_DEBUG=1,) -Xcompiler -fPIC $(EXTRA_NVCCFLAGS) -c $< -o $@
+	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Ikernels -Isrc -I$(BUILD)/proto $(if $(filter 1,$(DEBUG)),-G -DMOKA_DEBUG=1,) -Xcompiler -fPIC -MMD -MP -MF $(@:.o=.d) $(EXTRA_NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/libmoka.a: $(LIB_OBJS)
 	@rm -f $@
@@ -144,6 +146,10 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/libmoka.a
 $(BUILD)/tests/%: tests/gpu/%.c tests/unit/testlib.h $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
+
+$(BUILD)/tests/igemm_emulate: tests/gpu/igemm_emulate.cpp kernels/conv_igemm.cu kernels/conv_igemm_index.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)

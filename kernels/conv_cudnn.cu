@@ -10,7 +10,18 @@
  * (no timing search: fast set-up, reproducible choice). The plan
  * (descriptors + algorithms) is made for one geometry and remade when the
  * input shape changes. Bias add and bias gradient use moka's own kernels.
+ *
+ * Precision (moka_cudnn_conv_*_prec, --precision on CUDA): BF16 converts x,
+ * w and dy to bf16 in the shared workspace (after cuDNN's own workspace),
+ * runs CUDNN_DATA_BFLOAT16 tensors with CUDNN_DATA_FLOAT compute in
+ * CUDNN_TENSOR_OP_MATH, and converts the bf16 outputs back to fp32 (cuDNN's
+ * legacy API gives y, dx and dW in the tensors' type: the weight gradient
+ * comes in bf16 and is added to the fp32 dw, as with PyTorch's AMP). TF32
+ * keeps fp32 tensors and runs CUDNN_DEFAULT_MATH, which permits TF32. The
+ * algorithms for BF16/TF32 are the heuristics' first that succeed in any
+ * math type. The conversions are part of what the bf16 engine costs here.
  */
+#include <cuda_bf16.h>
 #include <cudnn.h>
 #include <string.h>
 
@@ -20,6 +31,7 @@
 
 struct MokaCudnnConv {
   MokaConvGeom g;
+  MokaConvPrec prec;
   cudnnTensorDescriptor_t x, y;
   cudnnFilterDescriptor_t w;
   cudnnConvolutionDescriptor_t conv;
@@ -38,44 +50,56 @@ void moka_cudnn_conv_free(MokaCudnnConv *p) {
   free(p);
 }
 
-/* Accept an algorithm the heuristics rate as working in FMA math. */
-static bool acceptable(cudnnStatus_t st, cudnnMathType_t m, size_t mem) {
-  return st == CUDNN_STATUS_SUCCESS && (m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH) &&
+/* Accept an algorithm the heuristics rate as working: in FMA math for fp32, in any math for
+ * bf16 / tf32. */
+static bool acceptable(cudnnStatus_t st, cudnnMathType_t m, size_t mem, MokaConvPrec prec) {
+  return st == CUDNN_STATUS_SUCCESS &&
+         (prec != MOKA_CONV_FP32 || m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH) &&
          mem <= MOKA_CUDNN_WS_LIMIT;
 }
 
-static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaCudnnConv *p) {
+static cudnnMathType_t prec_math(MokaConvPrec prec) {
+  return prec == MOKA_CONV_BF16   ? CUDNN_TENSOR_OP_MATH
+         : prec == MOKA_CONV_TF32 ? CUDNN_DEFAULT_MATH
+                                  : CUDNN_FMA_MATH;
+}
+
+static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec, MokaCudnnConv *p) {
   cudnnHandle_t h = c->cudnn;
+  const cudnnDataType_t dt = prec == MOKA_CONV_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
   p->g = *g;
+  p->prec = prec;
   MOKA_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
   MOKA_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
   MOKA_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
   MOKA_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv));
-  MOKA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g->num,
+  MOKA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, dt, g->num,
                                               g->channels, g->height, g->width));
-  MOKA_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW,
+  MOKA_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dt, CUDNN_TENSOR_NCHW,
                                               g->num_output, g->channels / g->group, g->kernel_h,
                                               g->kernel_w));
   MOKA_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, g->pad_h, g->pad_w, g->stride_h,
                                                    g->stride_w, g->dilation_h, g->dilation_w,
                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   MOKA_CUDNN_CHECK(cudnnSetConvolutionGroupCount(p->conv, g->group));
-  MOKA_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, CUDNN_FMA_MATH));
+  MOKA_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, prec_math(prec)));
   int n, oc, oh, ow;
   MOKA_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &n, &oc, &oh, &ow));
   if (n != g->num || oc != g->num_output || oh != g->out_h || ow != g->out_w)
     return moka_errorf("cuDNN computes a %dx%dx%dx%d output, the layer %dx%dx%dx%d", n, oc, oh,
                        ow, g->num, g->num_output, g->out_h, g->out_w);
-  MOKA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, oc,
+  MOKA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, dt, n, oc,
                                               oh, ow));
 
   cudnnConvolutionFwdAlgoPerf_t fp[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int got = 0, k;
   MOKA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
       h, p->x, p->w, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fp));
-  for (k = 0; k < got && !acceptable(fp[k].status, fp[k].mathType, fp[k].memory); k++) {
+  for (k = 0; k < got && !acceptable(fp[k].status, fp[k].mathType, fp[k].memory, prec); k++) {
   }
-  if (k == got) return moka_errorf("cuDNN offers no fp32 (FMA) forward algorithm for this shape");
+  if (k == got)
+    return moka_errorf("cuDNN offers no %s forward algorithm for this shape",
+                       moka_conv_prec_name(prec));
   p->fwd = fp[k].algo;
   MOKA_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd,
                                                            &p->ws_fwd));
@@ -83,10 +107,11 @@ static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaCudnnConv *p) {
   cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
       h, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dp));
-  for (k = 0; k < got && !acceptable(dp[k].status, dp[k].mathType, dp[k].memory); k++) {
+  for (k = 0; k < got && !acceptable(dp[k].status, dp[k].mathType, dp[k].memory, prec); k++) {
   }
   if (k == got)
-    return moka_errorf("cuDNN offers no fp32 (FMA) backward-data algorithm for this shape");
+    return moka_errorf("cuDNN offers no %s backward-data algorithm for this shape",
+                       moka_conv_prec_name(prec));
   p->bwd_data = dp[k].algo;
   MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x,
                                                                 p->bwd_data, &p->ws_bwd_data));
@@ -94,80 +119,163 @@ static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaCudnnConv *p) {
   cudnnConvolutionBwdFilterAlgoPerf_t wp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
       h, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wp));
-  for (k = 0; k < got && !acceptable(wp[k].status, wp[k].mathType, wp[k].memory); k++) {
+  for (k = 0; k < got && !acceptable(wp[k].status, wp[k].mathType, wp[k].memory, prec); k++) {
   }
   if (k == got)
-    return moka_errorf("cuDNN offers no fp32 (FMA) backward-filter algorithm for this shape");
+    return moka_errorf("cuDNN offers no %s backward-filter algorithm for this shape",
+                       moka_conv_prec_name(prec));
   p->bwd_filter = wp[k].algo;
   MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
       h, p->x, p->y, p->conv, p->w, p->bwd_filter, &p->ws_bwd_filter));
-  /* The heuristics may report DEFAULT math; execution stays in FMA math. */
-  MOKA_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, CUDNN_FMA_MATH));
+  /* The heuristics may report DEFAULT math; fp32 execution stays in FMA math. */
+  MOKA_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, prec_math(prec)));
   return 0;
 }
 
-static int get_plan(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g) {
-  if (*plan && memcmp(&(*plan)->g, g, sizeof *g) == 0) return 0;
+static int get_plan(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                    MokaConvPrec prec) {
+  if (*plan && (*plan)->prec == prec && memcmp(&(*plan)->g, g, sizeof *g) == 0) return 0;
   moka_cudnn_conv_free(*plan);
   *plan = NULL;
   if (moka_cuda_cudnn(c)) return -1;
   MokaCudnnConv *p = (MokaCudnnConv *)moka_calloc(1, sizeof *p);
   if (!p) return -1;
-  if (make_plan(c, g, p)) {
+  if (make_plan(c, g, prec, p)) {
     moka_cudnn_conv_free(p);
-    return moka_error_prefix("cuDNN convolution %dx%dx%dx%d, %d outputs, kernel %dx%d, stride "
-                             "%dx%d, pad %dx%d, group %d",
-                             g->num, g->channels, g->height, g->width, g->num_output,
-                             g->kernel_h, g->kernel_w, g->stride_h, g->stride_w, g->pad_h,
-                             g->pad_w, g->group);
+    return moka_error_prefix("cuDNN %s convolution %dx%dx%dx%d, %d outputs, kernel %dx%d, "
+                             "stride %dx%d, pad %dx%d, group %d",
+                             moka_conv_prec_name(prec), g->num, g->channels, g->height,
+                             g->width, g->num_output, g->kernel_h, g->kernel_w, g->stride_h,
+                             g->stride_w, g->pad_h, g->pad_w, g->group);
   }
   *plan = p;
   return 0;
 }
 
-int moka_cudnn_conv_forward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
-                            const float *x, const float *w, const float *bias, float *y) {
-  if (g->num == 0) return 0;
-  if (get_plan(c, plan, g)) return -1;
-  MokaCudnnConv *p = *plan;
+/* ---- bf16 staging ---------------------------------------------------------------------------- */
+
+__global__ void cudnn_to_bf16_kernel(const float *src, __nv_bfloat16 *dst, size_t n) {
+  MOKA_GRID_LOOP(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+/* dst = (float) src, or dst += (float) src. */
+__global__ void cudnn_from_bf16_kernel(const __nv_bfloat16 *src, float *dst, size_t n,
+                                       bool accumulate) {
+  MOKA_GRID_LOOP(i, n) {
+    const float v = __bfloat162float(src[i]);
+    dst[i] = accumulate ? dst[i] + v : v;
+  }
+}
+
+static int to_bf16(MokaCuda *c, const float *src, void *dst, size_t n) {
+  cudnn_to_bf16_kernel<<<moka_blocks(n), MOKA_THREADS, 0, c->stream>>>(
+      src, (__nv_bfloat16 *)dst, n);
+  return moka_cuda_launched(c->stream, "cudnn_to_bf16_kernel", __FILE__, __LINE__);
+}
+
+static int from_bf16(MokaCuda *c, const void *src, float *dst, size_t n, bool accumulate) {
+  cudnn_from_bf16_kernel<<<moka_blocks(n), MOKA_THREADS, 0, c->stream>>>(
+      (const __nv_bfloat16 *)src, dst, n, accumulate);
+  return moka_cuda_launched(c->stream, "cudnn_from_bf16_kernel", __FILE__, __LINE__);
+}
+
+static size_t al256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+/* The shared workspace carved as: cuDNN's (ws_bytes) | x (N,C,H,W) | w
+ * (OC,C/G,KH,KW) | dw like w | y or dy (N,OC,OH,OW), the last four in bf16
+ * (only for BF16; the carve is stream-ordered, one convolution at a time). */
+typedef struct Carve {
+  void *cudnn_ws, *x, *w, *dw, *y;
+  size_t nx, nw, ny;
+} Carve;
+
+static int carve(MokaCuda *c, const MokaCudnnConv *p, size_t ws_bytes, bool with_dw, Carve *cv) {
+  const MokaConvGeom *g = &p->g;
+  cv->nx = (size_t)g->num * g->channels * g->height * g->width;
+  cv->nw = (size_t)g->num_output * (g->channels / g->group) * g->kernel_h * g->kernel_w;
+  cv->ny = (size_t)g->num * g->num_output * g->out_h * g->out_w;
+  const bool bf = p->prec == MOKA_CONV_BF16;
+  const size_t e = sizeof(__nv_bfloat16);
+  const size_t b0 = al256(ws_bytes), bx = bf ? al256(cv->nx * e) : 0;
+  const size_t bw = bf ? al256(cv->nw * e) : 0;
+  const size_t bdw = bf && with_dw ? bw : 0, by = bf ? al256(cv->ny * e) : 0;
+  const size_t total = b0 + bx + bw + bdw + by;
   void *ws = NULL;
-  if (p->ws_fwd && moka_cuda_workspace(c, p->ws_fwd, "cuDNN forward workspace", &ws)) return -1;
+  if (total && moka_cuda_workspace(c, total, bf ? "cuDNN bf16 workspace" : "cuDNN workspace", &ws))
+    return -1;
+  char *b = (char *)ws;
+  cv->cudnn_ws = ws_bytes ? b : NULL;
+  cv->x = b + b0;
+  cv->w = b + b0 + bx;
+  cv->dw = b + b0 + bx + bw;
+  cv->y = b + b0 + bx + bw + bdw;
+  return 0;
+}
+
+int moka_cudnn_conv_forward_prec(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                                 MokaConvPrec prec, const float *x, const float *w,
+                                 const float *bias, float *y) {
+  if (g->num == 0) return 0;
+  if (get_plan(c, plan, g, prec)) return -1;
+  MokaCudnnConv *p = *plan;
+  Carve cv;
+  if (carve(c, p, p->ws_fwd, false, &cv)) return -1;
+  const bool bf = prec == MOKA_CONV_BF16;
+  if (bf && (to_bf16(c, x, cv.x, cv.nx) || to_bf16(c, w, cv.w, cv.nw))) return -1;
   const float one = 1.0f, zero = 0.0f;
-  MOKA_CUDNN_CHECK(cudnnConvolutionForward(c->cudnn, &one, p->x, x, p->w, w, p->conv, p->fwd, ws,
-                                           p->ws_fwd, &zero, p->y, y));
+  MOKA_CUDNN_CHECK(cudnnConvolutionForward(c->cudnn, &one, p->x, bf ? cv.x : x, p->w,
+                                           bf ? cv.w : w, p->conv, p->fwd, cv.cudnn_ws,
+                                           p->ws_fwd, &zero, p->y, bf ? cv.y : y));
   if (moka_cuda_launched(c->stream, "cudnnConvolutionForward", __FILE__, __LINE__)) return -1;
+  if (bf && from_bf16(c, cv.y, y, cv.ny, false)) return -1;
   if (bias)
     return moka_cuda_bias_add(c->stream, y, bias, (size_t)g->num, (size_t)g->num_output,
                               (size_t)g->out_h * g->out_w);
   return 0;
 }
 
-int moka_cudnn_conv_backward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
-                             const float *x, const float *w, const float *dy, float *dx,
-                             float *dw, float *db) {
+int moka_cudnn_conv_backward_prec(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                                  MokaConvPrec prec, const float *x, const float *w,
+                                  const float *dy, float *dx, float *dw, float *db) {
   if (g->num == 0) return 0;
-  if (get_plan(c, plan, g)) return -1;
+  if (get_plan(c, plan, g, prec)) return -1;
   MokaCudnnConv *p = *plan;
   const float one = 1.0f, zero = 0.0f;
+  const bool bf = prec == MOKA_CONV_BF16;
   if (db && moka_cuda_channel_sum(c->stream, dy, NULL, db, (size_t)g->num, (size_t)g->num_output,
                                   (size_t)g->out_h * g->out_w, true))
     return -1;
-  void *ws = NULL;
-  if (p->ws_bwd_filter &&
-      moka_cuda_workspace(c, p->ws_bwd_filter, "cuDNN backward-filter workspace", &ws))
+  const size_t ws_bytes = p->ws_bwd_filter > p->ws_bwd_data ? p->ws_bwd_filter : p->ws_bwd_data;
+  Carve cv;
+  if (carve(c, p, ws_bytes, true, &cv)) return -1;
+  if (bf && (to_bf16(c, x, cv.x, cv.nx) || to_bf16(c, w, cv.w, cv.nw) ||
+             to_bf16(c, dy, cv.y, cv.ny)))
     return -1;
-  /* beta = 1: the weight gradient accumulates (iter_size), as in the reference */
-  MOKA_CUDNN_CHECK(cudnnConvolutionBackwardFilter(c->cudnn, &one, p->x, x, p->y, dy, p->conv,
-                                                  p->bwd_filter, ws, p->ws_bwd_filter, &one, p->w,
-                                                  dw));
+  /* fp32: beta = 1, the weight gradient accumulates (iter_size), as in the
+   * reference; bf16: into a bf16 buffer, then dw += it in fp32 */
+  MOKA_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+      c->cudnn, &one, p->x, bf ? cv.x : x, p->y, bf ? cv.y : dy, p->conv, p->bwd_filter,
+      cv.cudnn_ws, p->ws_bwd_filter, bf ? &zero : &one, p->w, bf ? cv.dw : dw));
   if (moka_cuda_launched(c->stream, "cudnnConvolutionBackwardFilter", __FILE__, __LINE__))
     return -1;
+  if (bf && from_bf16(c, cv.dw, dw, cv.nw, true)) return -1;
   if (!dx) return 0;
-  ws = NULL;
-  if (p->ws_bwd_data &&
-      moka_cuda_workspace(c, p->ws_bwd_data, "cuDNN backward-data workspace", &ws))
+  /* bf16: dx goes to the bf16 x buffer (x is no longer needed) */
+  MOKA_CUDNN_CHECK(cudnnConvolutionBackwardData(c->cudnn, &one, p->w, bf ? cv.w : w, p->y,
+                                                bf ? cv.y : dy, p->conv, p->bwd_data, cv.cudnn_ws,
+                                                p->ws_bwd_data, &zero, p->x, bf ? cv.x : dx));
+  if (moka_cuda_launched(c->stream, "cudnnConvolutionBackwardData", __FILE__, __LINE__))
     return -1;
-  MOKA_CUDNN_CHECK(cudnnConvolutionBackwardData(c->cudnn, &one, p->w, w, p->y, dy, p->conv,
-                                                p->bwd_data, ws, p->ws_bwd_data, &zero, p->x, dx));
-  return moka_cuda_launched(c->stream, "cudnnConvolutionBackwardData", __FILE__, __LINE__);
+  return bf ? from_bf16(c, cv.x, dx, cv.nx, false) : 0;
+}
+
+int moka_cudnn_conv_forward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                            const float *x, const float *w, const float *bias, float *y) {
+  return moka_cudnn_conv_forward_prec(c, plan, g, MOKA_CONV_FP32, x, w, bias, y);
+}
+
+int moka_cudnn_conv_backward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                             const float *x, const float *w, const float *dy, float *dx,
+                             float *dw, float *db) {
+  return moka_cudnn_conv_backward_prec(c, plan, g, MOKA_CONV_FP32, x, w, dy, dx, dw, db);
 }

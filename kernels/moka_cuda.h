@@ -18,13 +18,11 @@
  *     warns when that variable is set) and cuDNN convolutions in
  *     CUDNN_FMA_MATH (cuDNN's CUDNN_DEFAULT_MATH *permits* TF32 on Ampere and
  *     later, so it is not used).
- *     TODO(bf16): opt-in bf16 training (issue 7, item 4). Plan: bf16
- *     activations and weights copies, fp32 master weights in the flat
- *     parameter buffer (the SGD kernel reads fp32 diffs and writes fp32 and
- *     bf16 weights), fp32 BatchNorm statistics and reductions, conv/fc GEMMs
- *     with bf16 inputs and fp32 accumulation (cublasGemmEx with
- *     CUBLAS_COMPUTE_32F, cuDNN with CUDNN_DATA_BFLOAT16 tensors and
- *     CUDNN_DATA_FLOAT compute), loss and softmax in fp32. Not implemented.
+ *     Opt-in bf16 / TF32 (--precision, MOKA_PRECISION; issue 7): only the
+ *     convolutions and inner products change (see "Convolution and inner
+ *     product in bf16 / TF32" below): inputs rounded as they are read,
+ *     fp32 accumulation, fp32 outputs; blobs, master weights, gradients,
+ *     BatchNorm statistics, loss and solver stay fp32.
  *   - Blobs: NCHW float32, the same layout as the host blobs; copies between
  *     host and device are explicit calls (moka_h2d / moka_d2h), never hidden.
  */
@@ -208,6 +206,52 @@ int moka_cuda_bn_backward(cudaStream_t s, const float *dy, const float *x_norm,
                           const float *stats, float *dx, float *work, size_t N, size_t C,
                           size_t S, bool use_global);
 
+/* ---- Fused BatchNorm -> Scale [-> Eltwise SUM] [-> ReLU] (helper B: kernels/bn_fused.cu) -- */
+/* The math of src/net_fuse.h (per channel c of x (N,C,S), m = N*S):
+ *   statistics as moka_cuda_bn_forward (batch: two passes, double sums, the
+ *   running statistics b0..b2 updated; global: from b0..b2); stats (3C) =
+ *   mean | var | std;
+ *   xhat = (x - mean) / std;  z = xhat * gamma + beta (two roundings);
+ *   no residual:   xz = relu(z) (or z without ReLU)
+ *   residual:      xz = z;  y = relu((0 + b0) + b1), b0/b1 = z and r in the
+ *                  Eltwise's bottom order (residual_first: z is bottom 0)
+ *   backward, dy/y = the chain output's diff/data:
+ *     dz = dy * ((y > 0) + slope*(y <= 0)) (relu_bw; else dz = dy)
+ *     dr = dz;  per channel sdz = sum dz, sdzx = sum dz*xhat (double);
+ *     dbeta += sdz, dgamma += sdzx;
+ *     dx = (dz*gamma - mean_a - mean_b*xhat) / std  (batch; mean_a =
+ *          (float)(gamma*sdz/m), mean_b = (float)(gamma*sdzx/m))
+ *     dx = (dz*gamma) / std                         (global)
+ * Each per-channel sum is split over several blocks (double partials, added
+ * in a fixed order: deterministic). */
+typedef struct MokaBnFusedGeom {
+  size_t N, C, S;
+  float eps, maf, bias_correction; /* bias_correction = m/(m-1) in float, by the caller */
+  bool use_global;
+  bool has_relu;       /* forward: apply the ReLU */
+  bool relu_bw;        /* backward: apply the ReLU mask to dy */
+  float slope;         /* the ReLU's negative_slope */
+  int residual;        /* -1: none; 0: z is the Eltwise's bottom 0; 1: z is its bottom 1 */
+} MokaBnFusedGeom;
+/* Device scratch (bytes) the two calls need (the caller passes it as
+ * `partials`, e.g. from moka_cuda_workspace). */
+size_t moka_cuda_bn_fused_scratch_bytes(const MokaBnFusedGeom *g);
+/* x (N,C,S) in; xz (N,C,S) out (may be x); y (N,C,S) the Eltwise/ReLU
+ * output and r (N,C,S) the shortcut (residual only; else NULL); x_norm
+ * (N,C,S) or NULL (not kept); stats (3C); b0, b1 (C), b2 (1) the BatchNorm
+ * blobs; gamma (C), beta (C) or NULL. */
+int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const float *x,
+                               float *xz, float *y, const float *r, float *x_norm, float *stats,
+                               float *b0, float *b1, float *b2, const float *gamma,
+                               const float *beta, void *partials);
+/* dy, y (N,C,S) the chain output's diff and data; x_norm (N,C,S) and stats
+ * (3C) from the forward; gamma (C). Outputs, each NULL when not wanted: dx
+ * (N,C,S, may be dy), dr (N,C,S, residual), dgamma, dbeta (C, accumulated). */
+int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const float *dy,
+                                const float *y, const float *x_norm, const float *stats,
+                                const float *gamma, float *dx, float *dr, float *dgamma,
+                                float *dbeta, void *partials);
+
 /* ---- Pooling (Caffe's rounding; src/pool_geom.h) ------------------------------------------ */
 
 typedef struct MokaPoolGeom {
@@ -296,6 +340,61 @@ int moka_cudnn_conv_backward(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGe
                              float *dw, float *db);
 void moka_cudnn_conv_free(MokaCudnnConv *plan);
 
+/* ---- Convolution and inner product in bf16 / TF32 (issue 7: --precision on CUDA) ---------- */
+/* conv_igemm.cu, conv_cudnn.cu (the _prec functions), gemm_lowp.cu.
+ * MOKA_CONV_FP32 is Caffe-exact fp32 (the functions above). BF16: inputs
+ * (x, W, dy) rounded to bf16 (nearest even) as they are read, products
+ * accumulated in fp32, outputs and gradients written in fp32 (the fp32
+ * master weights, fp32 gradients, BatchNorm untouched). TF32: the same with
+ * inputs rounded to TF32 (10-bit mantissa). sm_80 and later. */
+typedef enum MokaConvPrec {
+  MOKA_CONV_FP32 = 0,
+  MOKA_CONV_BF16 = 1,
+  MOKA_CONV_TF32 = 2
+} MokaConvPrec;
+const char *moka_conv_prec_name(MokaConvPrec p);
+
+/* moka's implicit-GEMM convolution on tensor cores (WMMA; bf16 or tf32,
+ * not fp32): no column buffer; bias added in the epilogue. Same contract as
+ * moka_cuda_conv_forward / _backward: dw and db accumulate (+=), dx is
+ * overwritten; the weight gradient is deterministic (split-K partials
+ * reduced in a fixed order). */
+int moka_cuda_igemm_conv_forward(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec,
+                                 const float *x, const float *w, const float *bias, float *y);
+int moka_cuda_igemm_conv_backward(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec,
+                                  const float *x, const float *w, const float *dy, float *dx,
+                                  float *dw, float *db);
+/* Benchmarks only: every later igemm launch uses BM x BN tiles (64 or 128
+ * each); 0, 0 restores the automatic choice. Process-wide. 0 / -1. */
+int moka_cuda_igemm_force_tile(int bm, int bn);
+
+/* cuDNN in a given precision (FP32: exactly moka_cudnn_conv_forward/backward).
+ * BF16: x, w, dy converted to bf16 in the shared workspace, CUDNN_DATA_BFLOAT16
+ * tensors with fp32 compute (tensor-op math), outputs converted back to fp32
+ * (the weight gradient is computed into bf16 by cuDNN, then added to dw in
+ * fp32). TF32: fp32 tensors, CUDNN_DEFAULT_MATH (TF32 allowed; note that
+ * NVIDIA_TF32_OVERRIDE=0 turns it back into fp32). The plan is remade when
+ * the precision changes. */
+int moka_cudnn_conv_forward_prec(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                                 MokaConvPrec prec, const float *x, const float *w,
+                                 const float *bias, float *y);
+int moka_cudnn_conv_backward_prec(MokaCuda *c, MokaCudnnConv **plan, const MokaConvGeom *g,
+                                  MokaConvPrec prec, const float *x, const float *w,
+                                  const float *dy, float *dx, float *dw, float *db);
+
+/* moka_cuda_gemm in a given precision (gemm_lowp.cu): FP32 is moka_cuda_gemm;
+ * BF16 converts A and B to bf16 in the shared workspace and runs
+ * cublasGemmEx (bf16 inputs, fp32 C, CUBLAS_COMPUTE_32F); TF32 runs
+ * cublasGemmEx on the fp32 inputs with CUBLAS_COMPUTE_32F_FAST_TF32. */
+int moka_cuda_gemm_prec(MokaCuda *c, MokaConvPrec prec, bool trans_a, bool trans_b, int M, int N,
+                        int K, float alpha, const float *A, const float *B, float beta,
+                        float *C);
+/* n values fp32 -> bf16 (nearest even; dst holds n 2-byte values) and back
+ * (gemm_lowp.cu; the benchmark uses them to time the conversions the cuDNN
+ * bf16 engine pays). */
+int moka_cuda_to_bf16(cudaStream_t s, const float *src, void *dst, size_t n);
+int moka_cuda_from_bf16(cudaStream_t s, const void *src, float *dst, size_t n);
+
 /* ---- SGD update over the flat parameter buffers ------------------------------------------- */
 
 /* One segment per parameter blob: values [offset, offset+count). */
@@ -320,6 +419,28 @@ int moka_cuda_sgd_update(cudaStream_t s, float *w, float *diff, float *history,
 int moka_cuda_nesterov_update(cudaStream_t s, float *w, float *diff, float *history,
                               const MokaSgdSegment *seg_dev, int n_seg, size_t total,
                               float momentum, int iter_size, bool l1);
+
+/* ---- data transforms on the device (helper C, issue 7: kernels/transform.cu) -------------- */
+#include "data/raw_batch.h"
+
+/* The DataTransformer's constants for moka_cuda_transform (device pointers). */
+typedef struct MokaTransformParams {
+  int num, channels, out_h, out_w;   /* top (N,C,OH,OW) */
+  float scale;
+  const float *mean;                 /* (C,MH,MW) mean file on the device, or NULL */
+  int mean_h, mean_w;                /* = every image's (H,W) when mean is set */
+  const float *mean_values;          /* [n_mean_values] on the device, or NULL */
+  int n_mean_values;                 /* 0, 1 or C */
+} MokaTransformParams;
+/* A raw batch (src/data/raw_batch.h) already on the device, `batch` = its
+ * start (the items at 0, image i at batch + items[i].offset) -> y (N,C,OH,OW):
+ *   y[i][c][h][mirror ? OW-1-w : w] = (x - mean) * scale
+ * with x = image i's uint8 pixel (c, h_off+h, w_off+w) as float, mean the mean
+ * file at that position, or mean_value[c], or none (y = x * scale): the CPU
+ * transformer's float operations in its order (bit-identical; oracle:
+ * transform_apply_raw_host). labels (N), unless NULL: items[i].label. */
+int moka_cuda_transform(cudaStream_t s, const MokaTransformParams *p, const uint8_t *batch,
+                        float *y, float *labels);
 
 #ifdef __cplusplus
 }

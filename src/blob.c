@@ -75,8 +75,28 @@ Blob *blob_new(const char *name) {
   return b;
 }
 
+int blob_share_data(Blob *dst, const Blob *src) {
+  if (dst == src) return 0;
+  if (!dst->owns)
+    return moka_errorf("blob '%s' is a view and cannot share blob '%s''s data", dst->name,
+                       src->name);
+  if (dst->count != src->count)
+    return moka_errorf("blob '%s' (%zu values) cannot share the data of blob '%s' (%zu values)",
+                       dst->name, dst->count, src->name, src->count);
+  if (!dst->own_data) dst->own_data = dst->data;
+  dst->data = src->data;
+  return 0;
+}
+
+void blob_unshare_data(Blob *b) {
+  if (!b->own_data) return;
+  b->data = b->own_data;
+  b->own_data = NULL;
+}
+
 void blob_free(Blob *b) {
   if (!b) return;
+  blob_unshare_data(b);
   if (b->owns) {
     free(b->data);
     free(b->diff);
@@ -128,6 +148,7 @@ static int shape_count(const char *name, int num_axes, const int *shape, size_t 
 
 int blob_reshape(Blob *b, int num_axes, const int *shape) {
   size_t count;
+  blob_unshare_data(b);
   if (shape_count(b->name, num_axes, shape, &count)) return -1;
   if (!b->owns && count > b->capacity)
     return moka_errorf("blob '%s' is a view of %zu values and cannot grow to %zu", b->name,
@@ -175,6 +196,7 @@ int blob_reshape_like(Blob *b, const Blob *other) {
 int blob_set_view(Blob *b, int num_axes, const int *shape, float *data, float *diff) {
   size_t count;
   if (shape_count(b->name, num_axes, shape, &count)) return -1;
+  blob_unshare_data(b);
   if (b->owns) {
     free(b->data);
     free(b->diff);

@@ -25,6 +25,9 @@ typedef struct Blob {
   float *data;      /* (shape...) host values */
   float *diff;      /* (shape...) host gradients */
   bool owns;        /* false: data/diff point into someone else's buffer */
+  /* blob_share_data: `data` is another blob's (Caffe's ShareData), the
+   * blob's own data array waits in own_data; NULL when not shared. */
+  float *own_data;
   /* Device copies (CUDA backend); NULL on the CPU. */
   float *dev_data;
   float *dev_diff;
@@ -64,6 +67,17 @@ int blob_reshape4(Blob *b, int n, int c, int h, int w);
 int blob_reshape_like(Blob *b, const Blob *other);
 /* Make `b` a view of `count(shape)` floats at data/diff (not owned). */
 int blob_set_view(Blob *b, int num_axes, const int *shape, float *data, float *diff);
+
+/* Caffe's ShareData: dst's data becomes a view of src's (same count; dst
+ * keeps its own diff). Host memory only. The sharing lasts until
+ * blob_unshare_data, or until dst is reshaped, set as a view or freed, which
+ * all give dst its own data back (with the values it had before sharing):
+ * whoever shares re-shares after reshaping (the net does it before each
+ * Split forward, src/net_fuse.c). -1 with a message when the counts
+ * differ or dst is a view. */
+int blob_share_data(Blob *dst, const Blob *src);
+void blob_unshare_data(Blob *b);
+static inline bool blob_data_shared(const Blob *b) { return b->own_data != NULL; }
 
 /* Caffe's CanonicalAxisIndex: negative axes count from the end. -1 and an
  * error when out of range. */

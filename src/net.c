@@ -7,6 +7,7 @@
 
 #include "net_check.h"
 #include "net_cuda.h"
+#include "net_fuse.h"
 #include "proto_io.h"
 #include "prototxt.h"
 #include "util.h"
@@ -500,6 +501,11 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
       if (!o.quiet) LOG_INFO("This network produces output %s", net->blobs[b]->name);
     }
   }
+  /* Fused BN -> Scale (-> Eltwise) (-> ReLU) chains and shared Split tops
+   * (fast backends only; src/net_fuse.h). Its one summary line is logged
+   * even when quiet: `moka time` readers must know where a chain's time
+   * shows. */
+  if (net_fuse_plan(net, false)) goto fail;
   if (!o.quiet) LOG_INFO("Network initialization done.");
   return net;
 fail:
@@ -520,6 +526,7 @@ void net_free(Net *net) {
 #ifdef MOKA_WITH_CUDA
   net_cuda_free(net); /* the blobs' device memory and the context (layers free their own) */
 #endif
+  net_fuse_free(net);
   for (int i = 0; i < net->n_layers; i++) layer_free(net->layers[i]);
   free(net->layers);
   free(net->layer_need_backward);
@@ -551,7 +558,35 @@ static double layer_loss(const Layer *l) {
   return loss;
 }
 
+/* A fused chain (src/net_fuse.h) on the net's backend. */
+static int fused_forward(Net *net, const FusedChain *c) {
+  int rc = -1;
+  if (net->backend == MOKA_BACKEND_CPU_FAST) rc = net_fuse_cpu_forward(net, c);
+#if defined(MOKA_WITH_CUDA) && MOKA_FUSE_CUDA_READY
+  if (net->backend == MOKA_BACKEND_CUDA) rc = net_fuse_cuda_forward(net, c);
+#endif
+  return rc ? moka_error_prefix("fused chain at layer '%s' (forward)", net->layers[c->bn]->name)
+            : 0;
+}
+
+static int fused_backward(Net *net, const FusedChain *c) {
+  int rc = -1;
+  if (net->backend == MOKA_BACKEND_CPU_FAST) rc = net_fuse_cpu_backward(net, c);
+#if defined(MOKA_WITH_CUDA) && MOKA_FUSE_CUDA_READY
+  if (net->backend == MOKA_BACKEND_CUDA) rc = net_fuse_cuda_backward(net, c);
+#endif
+  return rc ? moka_error_prefix("fused chain at layer '%s' (backward)", net->layers[c->bn]->name)
+            : 0;
+}
+
 int net_forward_layer(Net *net, int i) {
+  if (net->fuse) {
+    FusedChain *c = NULL;
+    FuseRole role = net_fuse_forward_role(net, i, &c);
+    if (role == FUSE_SKIP) return 0; /* runs at the chain's fwd_at */
+    if (role == FUSE_RUN) return fused_forward(net, c);
+    net_fuse_split_share(net, i);
+  }
 #ifdef MOKA_WITH_CUDA
   if (net->backend == MOKA_BACKEND_CUDA) return net_cuda_forward_layer(net, i);
 #endif
@@ -561,6 +596,12 @@ int net_forward_layer(Net *net, int i) {
 int net_backward_layer(Net *net, int i) {
   Layer *l = net->layers[i];
   if (!net->layer_need_backward[i]) return 0;
+  if (net->fuse) {
+    FusedChain *c = NULL;
+    FuseRole role = net_fuse_backward_role(net, i, &c);
+    if (role == FUSE_SKIP) return 0; /* runs at the chain's bwd_at */
+    if (role == FUSE_RUN) return fused_backward(net, c);
+  }
 #ifdef MOKA_WITH_CUDA
   if (net->backend == MOKA_BACKEND_CUDA) return net_cuda_backward_layer(net, i);
 #endif
@@ -572,13 +613,19 @@ int net_backward_layer(Net *net, int i) {
 
 int net_forward_to(Net *net, int end, float *loss) {
   double total = 0;
+  if (net->fuse) net->fuse->forward_end = end; /* chains running past `end` run unfused */
+  int rc = 0;
   for (int i = 0; i <= end && i < net->n_layers; i++) {
-    if (net_forward_layer(net, i)) return -1;
+    if (net_forward_layer(net, i)) {
+      rc = -1;
+      break;
+    }
     total += layer_loss(net->layers[i]);
     if (net->debug_info) net_debug_forward(net, i);
   }
-  if (loss) *loss = (float)total;
-  return 0;
+  if (net->fuse) net->fuse->forward_end = net->n_layers - 1;
+  if (loss && !rc) *loss = (float)total;
+  return rc;
 }
 
 int net_forward(Net *net, float *loss) { return net_forward_to(net, net->n_layers - 1, loss); }
@@ -610,6 +657,8 @@ int net_reshape(Net *net) {
 #ifdef MOKA_WITH_CUDA
   if (net->cuda && net_cuda_reshape(net)) return -1; /* grow the device blobs */
 #endif
+  /* The chains' geometry may have changed: plan again. */
+  if (net->fuse && net_fuse_plan(net, true)) return -1;
   return 0;
 }
 

@@ -85,6 +85,23 @@ typedef struct Net {
   float *dev_param_diff;     /* (param_count) gradients on the device */
   float *dev_history;        /* (param_count) SGD momentum on the device (zeroed) */
   struct NetCudaState *cuda_state; /* net_cuda.c's own bookkeeping (owned) */
+  /* Device memory plan (src/net_memplan.h), read by net_to_device (and again
+   * after a reshape). false, the default: every blob keeps its own device
+   * memory and stays readable after forward and backward, as in Caffe, so a
+   * library user can read any blob. true: activations whose values no later
+   * step needs share one arena, and only the net's outputs, loss tops,
+   * source tops and the blobs named in memplan_keep stay readable. `moka
+   * time`, `moka train` and `moka test` turn it on for their nets
+   * (net_cuda_plan_memory_by_default); MOKA_CUDA_MEMPLAN=0 in the
+   * environment turns it off everywhere, =1 on everywhere. */
+  bool plan_device_memory;
+  const char *const *memplan_keep; /* [n_memplan_keep] blob names (not owned; read
+                                      when the plan is made: net_to_device, reshapes) */
+  int n_memplan_keep;
+
+  /* Fused BatchNorm -> Scale (-> Eltwise) (-> ReLU) chains (src/net_fuse.h);
+   * NULL when fusion does not apply (reference backend, MOKA_FUSE=0). */
+  struct NetFusePlan *fuse;
 } Net;
 
 void net_options_default(NetOptions *o);

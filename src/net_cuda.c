@@ -1,35 +1,34 @@
 /* net_cuda.c — device memory and explicit copies for a Net on a CUDA device
  * (see net_cuda.h). Compiled only in CUDA builds.
  *
- * Memory plan (this version): every blob has its own device buffer for its
- * data, and one for its diff when any layer of the net runs backward; in-place
- * layers share their bottom's Blob and so its buffers. Parameters, their
- * gradients and the SGD momentum are one flat buffer each. Layers keep their
- * own device scratch (BatchNorm's normalised output, pooling's argmax, ...)
- * in their priv structs, and the convolutions share one workspace in the
- * MokaCuda context.
- *
- * The reuse plan (not done yet): a liveness pass over the layer order.
- *   - Data: a blob's data is live from its producer's forward to the last
- *     backward that reads it (ReLU reads its top, BatchNorm keeps x_norm,
- *     convolution reads its bottom, Eltwise SUM and Split read nothing).
- *     In TEST nets (no backward) it dies at its last consumer's forward, and
- *     ResNet-50 inference then needs three activation buffers in turn.
- *   - Diff: a blob's diff is live from the backward of its last consumer
- *     to the backward of its producer; diffs of different stages never
- *     overlap in time, so a handful of buffers the size of the largest
- *     activation serve the whole backward pass.
- *   Buffers are then assigned greedily by size from a pool (interval
- *   colouring), and the plan is recomputed on reshape.
+ * Memory. Parameters, their gradients and the SGD momentum are one flat
+ * buffer each. Layers keep their own device scratch (BatchNorm's normalised
+ * output, pooling's argmax, ...) in their priv structs, and the convolutions
+ * share one workspace in the MokaCuda context. Activations (blob data, and
+ * diffs when any layer runs backward) are placed one of two ways:
+ *   - every blob its own buffers (the default for library users, as Caffe:
+ *     every blob stays readable; MOKA_CUDA_MEMPLAN=0 forces it);
+ *   - the memory plan (net->plan_device_memory, or the process default that
+ *     `moka time/train/test` set; src/net_memplan.h): one arena, every blob's
+ *     dev_data/dev_diff a view into it, buffers whose live intervals do not
+ *     meet sharing memory. Re-planned (and the arena zeroed, grown if
+ *     needed) when a reshape changes a blob's size.
+ * In-place layers share their bottom's Blob and so its buffers either way.
  */
-#ifdef MOKA_WITH_CUDA
-
 #include "net_cuda.h"
+
+/* The process default for nets whose plan_device_memory is not set: off for
+ * library users, on in the CLI commands that only read outputs. */
+static bool plan_by_default;
+void net_cuda_plan_memory_by_default(bool on) { plan_by_default = on; }
+
+#ifdef MOKA_WITH_CUDA
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_memplan.h"
 #include "util.h"
 
 typedef struct NetCudaState {
@@ -38,6 +37,11 @@ typedef struct NetCudaState {
   bool with_diff;         /* blobs have device diffs */
   DevBuf segments;        /* (n_params) MokaSgdSegment table for the SGD kernel */
   MokaSgdSegment *host_segments;
+  /* The memory plan (planned: activations are views into `arena`). */
+  bool planned;
+  MemPlan plan;           /* the current plan (its sizes: the blobs' at planning) */
+  void *arena;            /* (arena_bytes) every activation buffer */
+  size_t arena_bytes;
 } NetCudaState;
 
 static cudaStream_t stream_of(const Net *net) { return net->cuda->stream; }
@@ -116,11 +120,19 @@ int net_cuda_memory(Net *net, size_t *now_bytes, size_t *peak_bytes, bool log) {
   if (now > st->peak_bytes) st->peak_bytes = now;
   if (now_bytes) *now_bytes = now;
   if (peak_bytes) *peak_bytes = st->peak_bytes;
-  if (log)
+  if (log) {
+    char act[160];
+    if (st->planned)
+      snprintf(act, sizeof act, "; activations %.1f MiB in one arena by the memory plan, %.1f "
+               "MiB with every blob its own", st->arena_bytes / 1048576.0,
+               st->plan.unplanned_bytes / 1048576.0);
+    else
+      snprintf(act, sizeof act, "; every blob its own memory (no memory plan)");
     LOG_INFO("GPU memory of net '%s' on device %d (%s): %.1f MiB now, %.1f MiB peak (%.1f MiB "
-             "free of %.1f MiB)",
+             "free of %.1f MiB%s)",
              net->name, net->cuda->device, net->cuda->device_name, now / 1048576.0,
-             st->peak_bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0);
+             st->peak_bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0, act);
+  }
   return 0;
 }
 
@@ -130,8 +142,77 @@ static bool any_backward(const Net *net) {
   return false;
 }
 
+/* Whether this net's activations get the memory plan (see the header). */
+static bool wants_plan(const Net *net) {
+  const char *e = getenv("MOKA_CUDA_MEMPLAN");
+  if (e && !strcmp(e, "0")) return false;
+  if (e && !strcmp(e, "1")) return true;
+  return net->plan_device_memory || plan_by_default;
+}
+
+/* The memory plan: (re)plan when a blob's size changed since the last plan,
+ * grow the arena when needed, zero it (a diff that no layer writes must read
+ * as zeros, as in fresh host memory), and point every blob into it. */
+static int plan_blobs(Net *net) {
+  NetCudaState *st = net->cuda_state;
+  if (st->plan.data && st->plan.n_blobs == net->n_blobs) {
+    bool same = true;
+    for (int b = 0; b < net->n_blobs && same; b++)
+      same = st->plan.data[b].bytes == net->blobs[b]->count * sizeof(float);
+    if (same) return 0;
+  }
+  bool *keep = moka_calloc((size_t)net->n_blobs + 1, sizeof *keep);
+  if (!keep) return -1;
+  for (int k = 0; k < net->n_memplan_keep; k++) {
+    const Blob *want = net_blob(net, net->memplan_keep[k]);
+    int idx = -1;
+    for (int b = 0; b < net->n_blobs && want; b++)
+      if (net->blobs[b] == want) idx = b;
+    if (idx < 0) {
+      free(keep);
+      return moka_errorf("memplan_keep names '%s', which is not a blob of net '%s'",
+                         net->memplan_keep[k], net->name);
+    }
+    keep[idx] = true;
+  }
+  MemPlan plan;
+  const int rc = memplan_net(net, keep, st->with_diff, &plan);
+  free(keep);
+  if (rc) return -1;
+  if (plan.arena_bytes > st->arena_bytes) {
+    char what[512];
+    snprintf(what, sizeof what, "net '%s' activation arena (%zu bytes)", net->name,
+             plan.arena_bytes);
+    void *a = NULL;
+    moka_dev_free(st->arena); /* before the new one: the old contents are not kept */
+    st->arena = NULL;
+    st->arena_bytes = 0;
+    if (moka_dev_calloc(&a, plan.arena_bytes, what)) {
+      memplan_free(&plan);
+      return -1;
+    }
+    st->arena = a;
+    st->arena_bytes = plan.arena_bytes;
+  } else if (st->arena && moka_dev_zero(stream_of(net), st->arena, st->arena_bytes)) {
+    memplan_free(&plan);
+    return -1;
+  }
+  char *base = st->arena;
+  for (int b = 0; b < net->n_blobs; b++) {
+    Blob *x = net->blobs[b];
+    blob_free_device(x); /* a view: only forgets the old pointers */
+    x->dev_data = (float *)(base + plan.data[b].offset);
+    x->dev_diff = st->with_diff ? (float *)(base + plan.diff[b].offset) : NULL;
+    x->dev_capacity = 0; /* a view into the arena */
+  }
+  memplan_free(&st->plan);
+  st->plan = plan;
+  return 0;
+}
+
 static int alloc_blobs(Net *net) {
   NetCudaState *st = net->cuda_state;
+  if (st->planned) return plan_blobs(net);
   for (int b = 0; b < net->n_blobs; b++) {
     char what[512];
     snprintf(what, sizeof what, "net '%s'", net->name);
@@ -152,6 +233,7 @@ int net_to_device(Net *net, int device) {
   if (moka_dev_mem_info(&fr0, &tot)) goto fail;
   st->free_at_start = fr0;
   st->with_diff = any_backward(net);
+  st->planned = wants_plan(net);
 
   /* The flat parameter, gradient and momentum buffers. */
   size_t pbytes = net->param_count * sizeof(float);
@@ -185,9 +267,11 @@ int net_to_device(Net *net, int device) {
   size_t now;
   if (net_cuda_memory(net, &now, NULL, false)) goto fail;
   LOG_INFO("Net '%s' on CUDA device %d (%s, sm_%d%d): %.1f MiB of device memory for %d blobs "
-           "and %zu parameters (blobs %s diffs)",
+           "and %zu parameters (blobs %s diffs; %s)",
            net->name, device, c->device_name, c->cc_major, c->cc_minor, now / 1048576.0,
-           net->n_blobs, net->param_count, st->with_diff ? "with" : "without");
+           net->n_blobs, net->param_count, st->with_diff ? "with" : "without",
+           st->planned ? "memory plan on" : "every blob its own memory");
+  if (st->planned) memplan_log(&st->plan, net->name);
   return 0;
 fail:
   moka_error_prefix("moving net '%s' to CUDA device %d", net->name, device);
@@ -208,6 +292,8 @@ void net_cuda_free(Net *net) {
   moka_dev_free(net->dev_history);
   net->dev_param_data = net->dev_param_diff = net->dev_history = NULL;
   if (net->cuda_state) {
+    moka_dev_free(net->cuda_state->arena);
+    memplan_free(&net->cuda_state->plan);
     moka_devbuf_free(&net->cuda_state->segments);
     free(net->cuda_state->host_segments);
     free(net->cuda_state);

@@ -1,7 +1,9 @@
 /* net_cuda.h — a Net on a CUDA device (src/net_cuda.c; CUDA builds only).
  *
  * net_to_device gives every blob device memory (dev_data/dev_diff; in-place
- * blobs are one Blob and so share it), puts all parameters, gradients and
+ * blobs are one Blob and so share it): its own buffers, or views into one
+ * arena laid out by the memory plan (src/net_memplan.h; net.h's
+ * plan_device_memory says which), puts all parameters, gradients and
  * SGD momentum in one flat device buffer each (net->dev_param_data,
  * dev_param_diff, dev_history; the parameter blobs' dev pointers are views
  * into them), copies the parameters up, and points every layer at the
@@ -21,6 +23,12 @@
 #include <stdbool.h>
 
 #include "net.h"
+
+/* The memory plan for every net put on a device from now on whose
+ * plan_device_memory is not set (net.h; default off, so that API users can
+ * read every blob as in Caffe). The CLI's time/train/test turn it on. In
+ * every build (a no-op without CUDA). */
+void net_cuda_plan_memory_by_default(bool on);
 
 #ifdef MOKA_WITH_CUDA
 #include "moka_cuda.h"

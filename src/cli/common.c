@@ -49,10 +49,22 @@ int cli_precision(const char *precision, Backend be) {
     return moka_error_prefix("--precision");
   FastPrecision p = fast_precision(); /* the flag, else MOKA_PRECISION, else fp32 */
   if (p == FAST_FP32) return 0;
+#ifdef MOKA_WITH_CUDA
+  if (be == MOKA_BACKEND_CUDA) {
+    if (fast_check_precision(true)) return -1;
+    LOG_INFO("Precision %s on CUDA: convolutions on moka's implicit-GEMM tensor-core kernels "
+             "(or cuDNN in %s with MOKA_CONV_ENGINE=cudnn) and inner products on cuBLAS, "
+             "%s-rounded inputs, fp32 accumulation; weights, gradients and BatchNorm "
+             "statistics stay fp32",
+             fast_precision_name(p), fast_precision_name(p), fast_precision_name(p));
+    return 0;
+  }
+#endif
   if (be != MOKA_BACKEND_CPU_FAST)
-    return moka_errorf("precision %s is a mode of the fast CPU backend; the %s backend runs "
-                       "fp32 only (unset MOKA_PRECISION or drop --precision)",
+    return moka_errorf("precision %s is a mode of the fast CPU backend and of CUDA; the %s "
+                       "backend runs fp32 only (unset MOKA_PRECISION or drop --precision)",
                        fast_precision_name(p), backend_name(be));
+  if (fast_check_precision(false)) return -1;
   LOG_INFO("Precision %s: convolution and inner-product GEMMs take bf16-rounded inputs and "
            "accumulate in fp32 (AVX-512 BF16); weights, gradients and BatchNorm statistics "
            "stay fp32",

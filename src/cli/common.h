@@ -12,14 +12,16 @@
  * environment says MOKA_BACKEND=reference (the plain-loop reference,
  * MOKA_BACKEND_CPU); the choice is logged ("Using the cpu-fast backend"). */
 int cli_backend(const char *gpu, Backend *out);
-/* --precision=fp32|bf16 (NULL or "": keep MOKA_PRECISION's, default fp32):
- * the fast CPU backend's GEMM precision (src/layers/fast.h). bf16 with
- * another backend, or on a CPU without AVX-512 BF16, is an error.
+/* --precision=fp32|bf16|tf32 (NULL or "": keep MOKA_PRECISION's, default
+ * fp32): the convolution/inner-product precision (src/layers/fast.h). bf16
+ * runs on the fast CPU backend (AVX-512 BF16 CPUs only) and on CUDA; tf32 on
+ * CUDA only; anything else is an error.
  * cli_backend applies MOKA_PRECISION itself. */
 int cli_precision(const char *precision, Backend be);
 #define CLI_PRECISION_HELP                                                                   \
-  "fp32 (default) or bf16: the CPU's convolution/inner-product GEMMs in bf16 with fp32 "    \
-  "accumulation (AVX-512 BF16; also MOKA_PRECISION=bf16)"
+  "fp32 (default), bf16 or tf32: convolution/inner-product GEMMs with bf16 (CPU with "       \
+  "AVX-512 BF16, or CUDA) or TF32 (CUDA only) inputs and fp32 accumulation (also "           \
+  "MOKA_PRECISION)"
 /* The device number of --gpu (one non-negative integer). */
 int cli_gpu_device(const char *gpu, int *device);
 /* Build `model` in `phase` and copy `weights` (comma-separated, may be NULL

@@ -15,6 +15,7 @@
 #include "cli/common.h"
 #include "cli/flags.h"
 #include "net.h"
+#include "net_cuda.h"
 #include "util.h"
 
 /* The loss weight of the last layer that has `b` as a top (Caffe's
@@ -28,6 +29,8 @@ static float loss_weight_of(const Net *net, const Blob *b) {
 }
 
 int cmd_test(int argc, char **argv) {
+  /* Only outputs are read: activations share device memory (src/net_memplan.h). */
+  net_cuda_plan_memory_by_default(true);
   const char *model = NULL, *weights = NULL, *gpu = NULL, *stage = NULL, *precision = NULL;
   int iterations = 50, level = 0;
   Flag flags[] = {

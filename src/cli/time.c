@@ -43,6 +43,7 @@
 
 #include "cli/common.h"
 #include "cli/flags.h"
+#include "net_cuda.h"
 #include "util.h"
 #ifdef MOKA_WITH_CUDA
 #include "moka_cuda.h"
@@ -106,6 +107,8 @@ static void fill_inputs(Net *net) {
 }
 
 int cmd_time(int argc, char **argv) {
+  /* Only outputs are read: activations share device memory (src/net_memplan.h). */
+  net_cuda_plan_memory_by_default(true);
   const char *model = NULL, *weights = NULL, *phase_s = NULL, *gpu = NULL, *precision = NULL;
   int iterations = 50;
   bool forward_only = false;

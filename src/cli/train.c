@@ -34,6 +34,7 @@
 
 #include "cli/common.h"
 #include "cli/flags.h"
+#include "net_cuda.h"
 #include "solver.h"
 #include "util.h"
 
@@ -106,6 +107,8 @@ static int set_train_state(Caffe__SolverParameter *p, int level, const char *sta
 }
 
 int cmd_train(int argc, char **argv) {
+  /* Only outputs are read: activations share device memory (src/net_memplan.h). */
+  net_cuda_plan_memory_by_default(true);
   const char *solver_file = NULL, *weights = NULL, *snapshot = NULL, *gpu = NULL, *stage = NULL;
   const char *precision = NULL;
   const char *sigint_effect = "stop", *sighup_effect = "snapshot";

@@ -21,6 +21,14 @@
  * a data layer, or the source cannot be positioned. */
 int data_layer_seek(Layer *l, uint64_t record_index);
 
+/* The first members of both layers' priv structs: the pipeline and (CUDA
+ * builds, once the layer ran on a device) its device-transform state
+ * (src/data/data_cuda.h). */
+typedef struct DataLayerHead {
+  Prefetcher *pf;
+  struct DataCuda *dc;
+} DataLayerHead;
+
 /* The layer's pipeline (for statistics: prefetch_wait_seconds, ...), or
  * NULL when l is not a Data / ImageData layer. */
 Prefetcher *data_layer_prefetcher(Layer *l);

@@ -39,6 +39,72 @@ int datum_pixels_from_image(const Image *im, DatumPixels *px) {
   return 0;
 }
 
+/* ---- uint8 (C,H,W): the raw path of the device transforms ----------------------------- */
+
+void datum_bytes_free(DatumBytes *px) {
+  if (!px) return;
+  free(px->data);
+  memset(px, 0, sizeof *px);
+}
+
+static int bytes_reserve(DatumBytes *px, int c, int h, int w) {
+  size_t n = (size_t)c * (size_t)h * (size_t)w;
+  if (n > px->cap) {
+    uint8_t *p = moka_realloc(px->data, n);
+    if (!p) return -1;
+    px->data = p;
+    px->cap = n;
+  }
+  px->c = c;
+  px->h = h;
+  px->w = w;
+  return 0;
+}
+
+int datum_bytes_from_image(const Image *im, DatumBytes *px) {
+  if (bytes_reserve(px, im->c, im->h, im->w) != 0) return -1;
+  /* (H,W,C) -> (C,H,W) */
+  const size_t hw = (size_t)im->h * im->w;
+  for (int c = 0; c < im->c; c++) {
+    uint8_t *dst = px->data + c * hw;
+    const uint8_t *src = im->px + c;
+    for (size_t i = 0; i < hw; i++) dst[i] = src[i * im->c];
+  }
+  return 0;
+}
+
+int datum_decode_u8(const Caffe__Datum *d, int channels, const char *what, DatumBytes *px) {
+  if (d->encoded) {
+    if (!d->has_data || d->data.len == 0)
+      return moka_errorf("%s: encoded Datum without data", what);
+    Image im;
+    if (image_decode(d->data.data, d->data.len, channels, &im) != 0)
+      return moka_error_prefix("%s: cannot decode the encoded image", what);
+    int rc = datum_bytes_from_image(&im, px);
+    image_free(&im);
+    return rc;
+  }
+  const int c = d->channels, h = d->height, w = d->width;
+  if (c <= 0 || h <= 0 || w <= 0)
+    return moka_errorf("%s: raw Datum with invalid size channels=%d height=%d width=%d", what, c,
+                       h, w);
+  size_t n;
+  if (!moka_mul_size((size_t)c * (size_t)h, (size_t)w, &n) || n > (size_t)1 << 31)
+    return moka_errorf("%s: raw Datum too large (%dx%dx%d)", what, c, h, w);
+  if (!d->has_data || d->data.len == 0)
+    return moka_errorf("%s: the Datum holds float_data (%zu values), not uint8 pixels: device "
+                       "transforms need uint8 records (set MOKA_DEVICE_TRANSFORM=0 to transform "
+                       "on the host)",
+                       what, d->n_float_data);
+  if (d->data.len != n)
+    return moka_errorf("%s: Datum holds %zu bytes of data, but channels*height*width = "
+                       "%d*%d*%d = %zu",
+                       what, d->data.len, c, h, w, n);
+  if (bytes_reserve(px, c, h, w) != 0) return -1;
+  memcpy(px->data, d->data.data, n);
+  return 0;
+}
+
 int datum_unpack(const void *buf, size_t len, const char *what, Caffe__Datum **out) {
   *out = caffe__datum__unpack(NULL, len, buf);
   if (!*out)

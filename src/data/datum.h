@@ -44,6 +44,24 @@ int datum_decode(const Caffe__Datum *d, int channels, const char *what, DatumPix
  * from a cv::Mat); px's buffer is reused. */
 int datum_pixels_from_image(const Image *im, DatumPixels *px);
 
+/* The raw (device-transform) form: decoded pixels of one record kept as
+ * uint8 (C,H,W), BGR, no float conversion (src/data/raw_batch.h). `data`
+ * grows as needed and is reused (free with datum_bytes_free). */
+typedef struct DatumBytes {
+  int c, h, w;
+  uint8_t *data; /* (C,H,W) */
+  size_t cap;    /* bytes allocated */
+} DatumBytes;
+
+void datum_bytes_free(DatumBytes *px);
+/* datum_decode, to uint8: the same pixels (a raw Datum's bytes, or the
+ * encoded image decoded the same way). A Datum that holds float_data has no
+ * uint8 form: an error that says so (device transforms take uint8 records;
+ * MOKA_DEVICE_TRANSFORM=0 keeps the float path). */
+int datum_decode_u8(const Caffe__Datum *d, int channels, const char *what, DatumBytes *px);
+/* px = im's pixels as (C,H,W) uint8. */
+int datum_bytes_from_image(const Image *im, DatumBytes *px);
+
 /* Fill d (which this initialises) as Caffe's CVMatToDatum does: channels,
  * height, width, data = im's pixels in (C,H,W) order, encoded = false, and
  * the label. d->data.data is malloc'd: free with datum_clear. */

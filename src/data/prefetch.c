@@ -21,6 +21,13 @@
  *                    in parallel and wait only for that before writing.
  *                    Item 0 is always claimed before the others of its
  *                    batch, so that wait always ends.
+ *   raw mode         (prefetch_set_raw) a slot holds one buffer from the
+ *                    caller's allocator: the items' parameters at its start,
+ *                    then the images, each appended under the slot's raw_mu
+ *                    by the worker that decoded it (the buffer grows there,
+ *                    under the same lock, so no thread ever writes into a
+ *                    buffer being replaced). A taken slot is TAKEN until
+ *                    prefetch_raw_release: the reader waits for FREE.
  */
 #include "data/prefetch.h"
 
@@ -49,7 +56,7 @@ void (*data_free_host)(void *p) = default_free_host;
 
 /* ---- state --------------------------------------------------------------- */
 
-enum { SLOT_FREE = 0, SLOT_FILLING, SLOT_READY };
+enum { SLOT_FREE = 0, SLOT_FILLING, SLOT_READY, SLOT_TAKEN };
 enum { ERR_LEN = 2048 };
 
 typedef struct Slot {
@@ -63,12 +70,17 @@ typedef struct Slot {
   int done;            /* items finished (or given up) */
   int err_item;        /* lowest failing item, -1 = none */
   char err[ERR_LEN];
+  /* raw mode: items[B] (TransformRawItem) at 0, then the images (raw_batch.h) */
+  uint8_t *raw;        /* raw_cap bytes, via the raw allocator */
+  size_t raw_cap, raw_used, raw_hdr;
+  pthread_mutex_t raw_mu; /* guards raw, raw_cap, raw_used */
 } Slot;
 
 typedef struct Worker {
   Prefetcher *p;
   pthread_t tid;
   DatumPixels px; /* (C,H,W) decode buffer, reused */
+  DatumBytes bx;  /* (C,H,W) uint8 decode buffer (raw mode), reused */
 } Worker;
 
 struct Prefetcher {
@@ -94,6 +106,8 @@ struct Prefetcher {
   int failed;             /* sticky error */
   char fail_msg[ERR_LEN + 256];
   double wait_s;
+  int raw;                /* raw mode (prefetch_set_raw) */
+  PrefetchRawAlloc raw_alloc;
 };
 
 int prefetch_default_threads(void) {
@@ -135,10 +149,44 @@ static void item_fail(Prefetcher *p, Slot *s, int i, const PrefetchItem *it, con
   pthread_mutex_unlock(&p->mu);
 }
 
+/* Item 0 publishes the batch's output shape; the others wait for it and must
+ * match it (as the float path). 0: go on; 1: stopping; 2: the item is done
+ * (failed, or item 0 failed). */
+static int agree_shape(Prefetcher *p, Slot *s, int i, const PrefetchItem *it, int c, int h,
+                       int w) {
+  pthread_mutex_lock(&p->mu);
+  if (i == 0) {
+    s->c = c, s->h = h, s->w = w;
+    s->shape_state = 1;
+    pthread_cond_broadcast(&p->shape_cv);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+  }
+  while (s->shape_state == 0 && !p->stop) pthread_cond_wait(&p->shape_cv, &p->mu);
+  int st = s->shape_state, stop = p->stop && st == 0;
+  pthread_mutex_unlock(&p->mu);
+  if (stop) return 1;
+  if (st < 0) return 2; /* item 0 failed: its error is the batch's */
+  if (c != s->c || h != s->h || w != s->w) {
+    char msg[400];
+    snprintf(msg, sizeof msg,
+             "gives %dx%dx%d (CxHxW) items but the batch's first record gives %dx%dx%d: "
+             "images of different sizes need crop_size or batch_size 1",
+             c, h, w, s->c, s->h, s->w);
+    item_fail(p, s, i, it, msg);
+    return 2;
+  }
+  return 0;
+}
+
 /* Decode and transform item i of slot s into its place. Returns 0 when the
  * item is finished (well or with a recorded error), 1 when it was abandoned
  * because the pipeline is stopping. */
-static int process_item(Prefetcher *p, Slot *s, int i, DatumPixels *px) {
+static int process_item_raw(Prefetcher *p, Slot *s, int i, DatumBytes *bx);
+
+static int process_item(Prefetcher *p, Slot *s, int i, Worker *wk) {
+  if (p->raw) return process_item_raw(p, s, i, &wk->bx);
+  DatumPixels *px = &wk->px;
   PrefetchItem *it = &s->items[i];
   int c, h, w;
   if (p->src.decode(p->src.ctx, it, px) != 0 ||
@@ -165,28 +213,9 @@ static int process_item(Prefetcher *p, Slot *s, int i, DatumPixels *px) {
       }
       s->cap = need;
     }
-    pthread_mutex_lock(&p->mu);
-    s->c = c, s->h = h, s->w = w;
-    s->shape_state = 1;
-    pthread_cond_broadcast(&p->shape_cv);
-    pthread_mutex_unlock(&p->mu);
-  } else {
-    pthread_mutex_lock(&p->mu);
-    while (s->shape_state == 0 && !p->stop) pthread_cond_wait(&p->shape_cv, &p->mu);
-    int st = s->shape_state, stop = p->stop && st == 0;
-    pthread_mutex_unlock(&p->mu);
-    if (stop) return 1;
-    if (st < 0) return 0; /* item 0 failed: its error is the batch's */
-    if (c != s->c || h != s->h || w != s->w) {
-      char msg[400];
-      snprintf(msg, sizeof msg,
-               "gives %dx%dx%d (CxHxW) items but the batch's first record gives %dx%dx%d: "
-               "images of different sizes need crop_size or batch_size 1",
-               c, h, w, s->c, s->h, s->w);
-      item_fail(p, s, i, it, msg);
-      return 0;
-    }
   }
+  const int rc = agree_shape(p, s, i, it, c, h, w);
+  if (rc != 0) return rc == 1 ? 1 : 0;
   char rec[600];
   p->src.describe(p->src.ctx, it, rec, sizeof rec);
   if (transform_apply_draws(p->tf, px, it->draws, s->data + (size_t)i * item, rec) != 0) {
@@ -195,6 +224,61 @@ static int process_item(Prefetcher *p, Slot *s, int i, DatumPixels *px) {
     item_fail(p, s, i, it, msg);
     return 0;
   }
+  s->labels[i] = it->label;
+  return 0;
+}
+
+/* Raw mode: make room for `bytes` more in s->raw (caller holds raw_mu). */
+static int raw_reserve(Prefetcher *p, Slot *s, size_t bytes) {
+  const size_t need = s->raw_used + bytes;
+  if (need < s->raw_used || need > ((size_t)1 << 40))
+    return moka_errorf("the raw batch would be too large");
+  if (need <= s->raw_cap) return 0;
+  size_t cap = s->raw_cap + s->raw_cap / 2;
+  if (cap < need) cap = need;
+  uint8_t *n = p->raw_alloc.alloc(p->raw_alloc.ctx, cap);
+  if (!n) return -1;
+  if (s->raw_used) memcpy(n, s->raw, s->raw_used);
+  if (s->raw) p->raw_alloc.free(p->raw_alloc.ctx, s->raw);
+  s->raw = n;
+  s->raw_cap = cap;
+  return 0;
+}
+
+/* Raw mode: decode item i to uint8, take its crop offset and mirror flag from
+ * its draws, append it to the slot's buffer. Same checks, same messages and
+ * the same return values as process_item. */
+static int process_item_raw(Prefetcher *p, Slot *s, int i, DatumBytes *bx) {
+  PrefetchItem *it = &s->items[i];
+  int c, h, w;
+  if (p->src.decode_u8(p->src.ctx, it, bx) != 0 ||
+      transform_out_shape(p->tf, bx->c, bx->h, bx->w, &c, &h, &w) != 0) {
+    char msg[ERR_LEN];
+    snprintf(msg, sizeof msg, "%s", moka_error());
+    item_fail(p, s, i, it, msg);
+    return 0;
+  }
+  int rc = agree_shape(p, s, i, it, c, h, w);
+  if (rc == 1) return 1;
+  if (rc == 2) return 0;
+  TransformRawItem ri;
+  transform_raw_params(p->tf, bx->c, bx->h, bx->w, it->draws, &ri);
+  const size_t bytes = (size_t)bx->c * bx->h * bx->w;
+  pthread_mutex_lock(&s->raw_mu);
+  if (raw_reserve(p, s, (bytes + 63) & ~(size_t)63) != 0) {
+    pthread_mutex_unlock(&s->raw_mu);
+    char msg[ERR_LEN];
+    snprintf(msg, sizeof msg, "%s", moka_error());
+    item_fail(p, s, i, it, msg);
+    return 0;
+  }
+  ri.label = it->label;
+  ri.pad_ = 0;
+  ri.offset = s->raw_used;
+  memcpy(s->raw + s->raw_used, bx->data, bytes);
+  s->raw_used += (bytes + 63) & ~(size_t)63;
+  memcpy(s->raw + (size_t)i * sizeof ri, &ri, sizeof ri); /* items[i] */
+  pthread_mutex_unlock(&s->raw_mu);
   s->labels[i] = it->label;
   return 0;
 }
@@ -233,6 +317,7 @@ static void slot_reset(Slot *s) {
   s->done = 0;
   s->err_item = -1;
   s->err[0] = 0;
+  s->raw_used = s->raw_hdr;
 }
 
 static void *reader_main(void *arg) {
@@ -282,7 +367,7 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&p->mu);
     Slot *s = &p->slots[(seq / (uint64_t)p->B) % (uint64_t)p->depth];
     int i = (int)(seq % (uint64_t)p->B);
-    if (process_item(p, s, i, &wk->px) != 0) break; /* stopping */
+    if (process_item(p, s, i, wk) != 0) break; /* stopping */
     pthread_mutex_lock(&p->mu);
     slot_items_done(p, s, 1);
     pthread_mutex_unlock(&p->mu);
@@ -342,10 +427,15 @@ void prefetch_destroy(Prefetcher *p) {
     free(p->slots[k].items);
     data_free_host(p->slots[k].data);
     data_free_host(p->slots[k].labels);
+    if (p->slots[k].raw) p->raw_alloc.free(p->raw_alloc.ctx, p->slots[k].raw);
+    pthread_mutex_destroy(&p->slots[k].raw_mu);
   }
   free(p->slots);
   int nw = p->n_threads ? p->n_threads : 1;
-  for (int i = 0; p->workers && i < nw; i++) datum_pixels_free(&p->workers[i].px);
+  for (int i = 0; p->workers && i < nw; i++) {
+    datum_pixels_free(&p->workers[i].px);
+    datum_bytes_free(&p->workers[i].bx);
+  }
   free(p->workers);
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->work_cv);
@@ -387,6 +477,7 @@ int prefetch_create(const PrefetchConfig *cfg, const PrefetchSource *src, Prefet
   for (int i = 0; i < nw; i++) p->workers[i].p = p;
   for (int k = 0; k < p->depth; k++) {
     Slot *s = &p->slots[k];
+    pthread_mutex_init(&s->raw_mu, NULL);
     s->items = moka_calloc((size_t)p->B, sizeof *s->items);
     s->labels = data_alloc_host((size_t)p->B * sizeof(float));
     if (!s->items || !s->labels) goto fail;
@@ -428,7 +519,7 @@ static void fill_sync(Prefetcher *p, Slot *s) {
   s->state = SLOT_FILLING;
   int n = fill_items(p, s);
   for (int i = 0; i < n; i++) {
-    process_item(p, s, i, &p->workers[0].px);
+    process_item(p, s, i, &p->workers[0]);
     s->done++;
   }
   s->done += p->B - n;
@@ -437,6 +528,9 @@ static void fill_sync(Prefetcher *p, Slot *s) {
 
 int prefetch_next(Prefetcher *p, Blob *data, Blob *label) {
   if (p->failed) return moka_errorf("%s", p->fail_msg);
+  if (p->raw)
+    return moka_errorf("%s: internal error: the pipeline makes raw batches (prefetch_raw_take)",
+                       p->what);
   Slot *s = &p->slots[p->consume_batch % (uint64_t)p->depth];
   if (p->n_threads == 0) {
     fill_sync(p, s);
@@ -472,4 +566,98 @@ int prefetch_next(Prefetcher *p, Blob *data, Blob *label) {
     pthread_mutex_unlock(&p->mu);
   }
   return rc;
+}
+
+/* ---- raw mode ---------------------------------------------------------------------------- */
+
+int prefetch_is_raw(const Prefetcher *p) { return p->raw; }
+
+int prefetch_set_raw(Prefetcher *p, const PrefetchRawAlloc *alloc) {
+  if (p->raw) return 0;
+  if (!p->src.decode_u8)
+    return moka_errorf("%s: internal error: this data source has no raw (uint8) mode", p->what);
+  if (!alloc || !alloc->alloc || !alloc->free)
+    return moka_errorf("%s: internal error: no allocator for raw batches", p->what);
+  const uint64_t pos = prefetch_position(p);
+  stop_threads(p);
+  p->raw = 1;
+  p->raw_alloc = *alloc;
+  const size_t hdr = (size_t)transform_raw_header_bytes(p->B);
+  size_t per = alloc->item_bytes_hint ? (alloc->item_bytes_hint + 63) & ~(size_t)63 : 0;
+  size_t first;
+  if (!per || !moka_mul_size(per, (size_t)p->B, &first) || first > ((size_t)1 << 34)) first = 0;
+  for (int k = 0; k < p->depth; k++) {
+    Slot *s = &p->slots[k];
+    data_free_host(s->data); /* the float batches are not used any more */
+    s->data = NULL;
+    s->cap = 0;
+    s->raw_hdr = hdr;
+    s->raw_used = hdr;
+    s->raw_cap = 0;
+    s->raw = alloc->alloc(alloc->ctx, hdr + first);
+    if (!s->raw) {
+      p->failed = 1;
+      snprintf(p->fail_msg, sizeof p->fail_msg, "%s: raw batch buffer: %s", p->what, moka_error());
+      return moka_errorf("%s", p->fail_msg);
+    }
+    s->raw_cap = hdr + first;
+  }
+  return prefetch_seek(p, pos);
+}
+
+int prefetch_raw_take(Prefetcher *p, int wait, PrefetchRawBatch *out) {
+  memset(out, 0, sizeof *out);
+  if (p->failed) return moka_errorf("%s", p->fail_msg);
+  if (!p->raw)
+    return moka_errorf("%s: internal error: the pipeline makes float batches (prefetch_next)",
+                       p->what);
+  const int k = (int)(p->consume_batch % (uint64_t)p->depth);
+  Slot *s = &p->slots[k];
+  if (p->n_threads == 0) {
+    if (!wait) return 1;
+    if (s->state == SLOT_TAKEN)
+      return moka_errorf("%s: internal error: a raw batch is still held (prefetch_raw_release)",
+                         p->what);
+    fill_sync(p, s);
+  } else {
+    pthread_mutex_lock(&p->mu);
+    if (s->state != SLOT_READY) {
+      if (!wait) {
+        pthread_mutex_unlock(&p->mu);
+        return 1;
+      }
+      double t0 = moka_now();
+      while (s->state != SLOT_READY) pthread_cond_wait(&p->ready_cv, &p->mu);
+      p->wait_s += moka_now() - t0;
+    }
+    pthread_mutex_unlock(&p->mu);
+  }
+  if (s->err_item >= 0) {
+    p->failed = 1;
+    snprintf(p->fail_msg, sizeof p->fail_msg, "%s", s->err);
+    return moka_errorf("%s", p->fail_msg);
+  }
+  out->bytes = s->raw;
+  out->n_bytes = s->raw_used;
+  out->items = (const TransformRawItem *)s->raw;
+  out->labels = s->labels;
+  out->batch = p->B;
+  out->c = s->c, out->h = s->h, out->w = s->w;
+  out->slot = k;
+  pthread_mutex_lock(&p->mu);
+  s->state = SLOT_TAKEN;
+  p->consume_batch++;
+  pthread_mutex_unlock(&p->mu);
+  return 0;
+}
+
+void prefetch_raw_release(Prefetcher *p, const PrefetchRawBatch *b) {
+  if (!b->bytes || b->slot < 0 || b->slot >= p->depth) return;
+  Slot *s = &p->slots[b->slot];
+  pthread_mutex_lock(&p->mu);
+  if (s->state == SLOT_TAKEN) {
+    s->state = SLOT_FREE;
+    pthread_cond_broadcast(&p->free_cv);
+  }
+  pthread_mutex_unlock(&p->mu);
 }

@@ -36,6 +36,16 @@
  *
  * Threads: MOKA_DATA_THREADS=N (0 = no threads: the forward runs the same
  * steps itself), default min(4, number of CPUs).
+ *
+ * Raw mode (prefetch_set_raw; the CUDA Data/ImageData forward,
+ * src/data/data_cuda.c): the workers decode each record to uint8 (C,H,W)
+ * and do NOT transform it; each slot is one buffer from the caller's
+ * allocator (pinned memory), laid out as src/data/raw_batch.h says: the
+ * per-image parameters (size, crop offset, mirror flag — taken from the same
+ * draws, so the same crops and mirrors as the float path) and the images.
+ * A batch is taken (prefetch_raw_take) and handed back (prefetch_raw_release)
+ * separately, so that its slot is not refilled while an asynchronous copy
+ * still reads it.
  */
 #ifndef MOKA_PREFETCH_H
 #define MOKA_PREFETCH_H
@@ -79,6 +89,9 @@ typedef struct PrefetchSource {
   /* Main thread, no other thread running: position the source so that the
    * next record is the one `record_index` records after its start. */
   int (*seek)(void *ctx, uint64_t record_index);
+  /* Raw mode only (may be NULL: then the source has no raw mode): like
+   * decode, to uint8 (C,H,W) pixels. */
+  int (*decode_u8)(void *ctx, PrefetchItem *it, DatumBytes *px);
 } PrefetchSource;
 
 typedef struct PrefetchConfig {
@@ -113,6 +126,46 @@ uint64_t prefetch_position(const Prefetcher *p);
  * the net waited on data), since creation. */
 double prefetch_wait_seconds(const Prefetcher *p);
 int prefetch_threads(const Prefetcher *p);
+/* ---- raw mode ------------------------------------------------------------------------- */
+
+/* Where raw batch buffers come from (pinned memory: cudaHostAlloc). alloc
+ * may be called from the decode threads; ctx must outlive the prefetcher. */
+typedef struct PrefetchRawAlloc {
+  void *(*alloc)(void *ctx, size_t bytes); /* NULL + moka_errorf on failure */
+  void (*free)(void *ctx, void *p);
+  void *ctx;
+  size_t item_bytes_hint; /* bytes of one decoded image (first buffer size), 0 = unknown */
+} PrefetchRawAlloc;
+
+/* Switch the pipeline to raw batches from the next batch on: stops the
+ * threads, drops the batches made ahead, and restarts at the same position
+ * (prefetch_position) with the same random stream, so the batches that
+ * follow are the ones the float path would have given, as raw batches.
+ * Errors: the source has no raw mode. */
+int prefetch_set_raw(Prefetcher *p, const PrefetchRawAlloc *alloc);
+int prefetch_is_raw(const Prefetcher *p);
+
+/* One raw batch (raw_batch.h). Valid until prefetch_raw_release. */
+typedef struct PrefetchRawBatch {
+  const uint8_t *bytes;           /* the slot's buffer: items at 0, then the images */
+  size_t n_bytes;                 /* bytes in use (what to copy) */
+  const TransformRawItem *items;  /* [batch] (= bytes) */
+  const float *labels;            /* [batch] */
+  int batch, c, h, w;             /* the top: (batch, c, h, w) after the transform */
+  int slot;                       /* for prefetch_raw_release */
+} PrefetchRawBatch;
+
+/* The next raw batch: 0 and *out; with wait == 0, 1 when it is not ready
+ * yet (nothing taken; never in synchronous mode: there wait == 0 always
+ * gives 1); -1 on an error (a record that failed: sticky, as for
+ * prefetch_next). Several batches may be held at once with threads (the
+ * reader waits while every slot is held); one in synchronous mode, where it
+ * must be released before the next take. */
+int prefetch_raw_take(Prefetcher *p, int wait, PrefetchRawBatch *out);
+/* Hand a taken batch's slot back to the reader (its buffer may then be
+ * overwritten). */
+void prefetch_raw_release(Prefetcher *p, const PrefetchRawBatch *b);
+
 /* Stop and join every thread, free everything. NULL is a no-op. */
 void prefetch_destroy(Prefetcher *p);
 

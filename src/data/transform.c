@@ -132,24 +132,30 @@ int transform_apply(const Transformer *t, const DatumPixels *px, Rng *rng, float
   return transform_apply_draws(t, px, draws, out, what);
 }
 
+/* Caffe's order of draws: the mirror coin first, then h_off, then w_off. */
+static void crop_params(const Transformer *t, int H, int W, const uint32_t *draws, int *do_mirror,
+                        int *h_off, int *w_off) {
+  int k = 0;
+  *do_mirror = t->mirror && (draws[k++] % 2u);
+  *h_off = 0, *w_off = 0;
+  if (t->crop_size) {
+    if (t->train) {
+      *h_off = (int)(draws[k++] % (uint32_t)(H - t->crop_size + 1));
+      *w_off = (int)(draws[k++] % (uint32_t)(W - t->crop_size + 1));
+    } else {
+      *h_off = (H - t->crop_size) / 2;
+      *w_off = (W - t->crop_size) / 2;
+    }
+  }
+}
+
 int transform_apply_draws(const Transformer *t, const DatumPixels *px, const uint32_t *draws,
                           float *out, const char *what) {
   const int C = px->c, H = px->h, W = px->w;
   int oc, oh, ow;
   if (transform_out_shape(t, C, H, W, &oc, &oh, &ow) != 0) return moka_error_prefix("%s", what);
-  /* Caffe's order of draws: the mirror coin first, then h_off, then w_off. */
-  int k = 0;
-  const int do_mirror = t->mirror && (draws[k++] % 2u);
-  int h_off = 0, w_off = 0;
-  if (t->crop_size) {
-    if (t->train) {
-      h_off = (int)(draws[k++] % (uint32_t)(H - t->crop_size + 1));
-      w_off = (int)(draws[k++] % (uint32_t)(W - t->crop_size + 1));
-    } else {
-      h_off = (H - t->crop_size) / 2;
-      w_off = (W - t->crop_size) / 2;
-    }
-  }
+  int do_mirror, h_off, w_off;
+  crop_params(t, H, W, draws, &do_mirror, &h_off, &w_off);
   const float scale = t->scale;
   for (int c = 0; c < C; c++) {
     const float mv = t->n_mean_values ? t->mean_values[t->n_mean_values == 1 ? 0 : c] : 0.0f;
@@ -167,4 +173,39 @@ int transform_apply_draws(const Transformer *t, const DatumPixels *px, const uin
     }
   }
   return 0;
+}
+
+void transform_raw_params(const Transformer *t, int c, int h, int w, const uint32_t *draws,
+                          TransformRawItem *it) {
+  int do_mirror, h_off, w_off;
+  crop_params(t, h, w, draws, &do_mirror, &h_off, &w_off);
+  it->c = c, it->h = h, it->w = w;
+  it->h_off = h_off, it->w_off = w_off;
+  it->mirror = do_mirror;
+}
+
+void transform_apply_raw_host(const Transformer *t, const uint8_t *base,
+                              const TransformRawItem *items, int n, int oc, int oh, int ow,
+                              float *out) {
+  const float scale = t->scale;
+  for (int i = 0; i < n; i++) {
+    const TransformRawItem *it = &items[i];
+    const uint8_t *img = base + it->offset; /* (C,H,W) uint8 */
+    float *dst = out + (size_t)i * oc * oh * ow; /* (oc,oh,ow) */
+    for (int c = 0; c < oc; c++) {
+      const float mv = t->n_mean_values ? t->mean_values[t->n_mean_values == 1 ? 0 : c] : 0.0f;
+      for (int h = 0; h < oh; h++) {
+        const size_t src_row = ((size_t)c * it->h + it->h_off + h) * it->w + it->w_off;
+        float *dst_row = dst + ((size_t)c * oh + h) * ow;
+        for (int w = 0; w < ow; w++) {
+          const float x = (float)img[src_row + w];
+          float v;
+          if (t->mean) v = (x - t->mean[src_row + w]) * scale;
+          else if (t->n_mean_values) v = (x - mv) * scale;
+          else v = x * scale;
+          dst_row[it->mirror ? ow - 1 - w : w] = v;
+        }
+      }
+    }
+  }
 }

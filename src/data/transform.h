@@ -16,6 +16,7 @@
 
 #include "caffe.pb-c.h"
 #include "data/datum.h"
+#include "data/raw_batch.h"
 #include "rng.h"
 
 typedef struct Transformer {
@@ -73,5 +74,26 @@ int transform_draws_per_record(const Transformer *t);
  * order); safe to call from several threads on one Transformer. */
 int transform_apply_draws(const Transformer *t, const DatumPixels *px, const uint32_t *draws,
                           float *out, const char *what);
+
+/* ---- the raw (device) path: the same transform in two halves ----------------------------
+ * Host half (the prefetch threads): the record's crop offset and mirror flag
+ * from its draws, exactly as transform_apply_draws picks them, into `it`
+ * (offset untouched); (c,h,w) is the decoded image's size, which must already
+ * have passed transform_out_shape. Device half: kernels/transform.cu, whose
+ * oracle is transform_apply_raw_host below. */
+void transform_raw_params(const Transformer *t, int c, int h, int w, const uint32_t *draws,
+                          TransformRawItem *it);
+/* The device half on the host (the kernel's oracle, plain loops): for each
+ * of the n items of a raw batch (raw_batch.h; `base` is the batch buffer,
+ * items[i].offset counts from it), out (n, oc, oh, ow) with
+ *   out[i][c][y][mirror ? ow-1-x : x] = (px - mean) * scale
+ * px = pixel (c, h_off+y, w_off+x) of image i, mean as transform_apply_draws
+ * (the mean file at the same position, or mean_value[c], or none: px *
+ * scale) — the same float operations, so results are bit-identical to the
+ * float path. Items must have passed transform_out_shape with output
+ * (oc, oh, ow). */
+void transform_apply_raw_host(const Transformer *t, const uint8_t *base,
+                              const TransformRawItem *items, int n, int oc, int oh, int ow,
+                              float *out);
 
 #endif

@@ -287,11 +287,24 @@ static void conv_destroy(Layer *l) {
 }
 
 #ifdef MOKA_WITH_CUDA
-/* CUDA: moka's engine (kernels/conv_gemm.cu: im2col + cuBLAS SGEMM, 1x1 as a
- * plain GEMM) by default; cuDNN (kernels/conv_cudnn.cu) with
+#include "fast.h"
+
+/* CUDA: moka's engine by default; cuDNN (kernels/conv_cudnn.cu) with
  * `engine: CUDNN`, or for every layer left at DEFAULT when
- * MOKA_CONV_ENGINE=cudnn. `engine: CAFFE` always means moka's own. fp32,
- * TF32 off in both. */
+ * MOKA_CONV_ENGINE=cudnn. `engine: CAFFE` always means moka's own.
+ * Precision (process-wide, fast_precision(): --precision, MOKA_PRECISION):
+ *   fp32 (default)  moka: kernels/conv_gemm.cu (im2col + cuBLAS SGEMM, 1x1 as
+ *                   a plain GEMM), Caffe-exact; cuDNN in FMA math. TF32 off.
+ *   bf16, tf32      moka: kernels/conv_igemm.cu (implicit GEMM on tensor
+ *                   cores, inputs rounded as read, fp32 accumulation);
+ *                   cuDNN: moka_cudnn_conv_*_prec in the same precision.
+ * Weights, biases and all gradients stay fp32 blobs (the fp32 master
+ * weights the solver updates). */
+static MokaConvPrec conv_cuda_prec(void) {
+  const FastPrecision p = fast_precision();
+  return p == FAST_BF16 ? MOKA_CONV_BF16 : p == FAST_TF32 ? MOKA_CONV_TF32 : MOKA_CONV_FP32;
+}
+
 static MokaConvGeom conv_cuda_geom(const ConvPriv *p) {
   MokaConvGeom g = {p->num,      p->channels, p->height,   p->width,    p->num_output,
                     p->group,    p->out_h,    p->out_w,    p->kernel_h, p->kernel_w,
@@ -314,12 +327,15 @@ static int conv_forward_cuda(Layer *l) {
   const float *w = l->params[0]->dev_data;                          /* (OC, IC/G, KH, KW) */
   const float *bias = p->bias_term ? l->params[1]->dev_data : NULL; /* (OC) */
   const bool cudnn = conv_uses_cudnn(l);
+  const MokaConvPrec prec = conv_cuda_prec();
   for (int i = 0; i < l->n_bottom; i++) {
     const float *x = l->bottom[i]->dev_data; /* (N,IC,H,W) */
     float *y = l->top[i]->dev_data;          /* (N,OC,OH,OW) */
-    if (cudnn ? moka_cudnn_conv_forward(l->cuda, &p->cudnn_plan, &g, x, w, bias, y)
-              : moka_cuda_conv_forward(l->cuda, &g, x, w, bias, y))
-      return -1;
+    const int rc =
+        cudnn ? moka_cudnn_conv_forward_prec(l->cuda, &p->cudnn_plan, &g, prec, x, w, bias, y)
+        : prec == MOKA_CONV_FP32 ? moka_cuda_conv_forward(l->cuda, &g, x, w, bias, y)
+                                 : moka_cuda_igemm_conv_forward(l->cuda, &g, prec, x, w, bias, y);
+    if (rc) return -1;
   }
   return 0;
 }
@@ -332,13 +348,18 @@ static int conv_backward_cuda(Layer *l) {
   float *dw = l->params[0]->dev_diff;                          /* accumulated */
   float *db = p->bias_term ? l->params[1]->dev_diff : NULL;    /* (OC), accumulated */
   const bool cudnn = conv_uses_cudnn(l);
+  const MokaConvPrec prec = conv_cuda_prec();
   for (int i = 0; i < l->n_bottom; i++) {
     const float *x = l->bottom[i]->dev_data;
     const float *dy = l->top[i]->dev_diff;
     float *dx = l->propagate_down[i] ? l->bottom[i]->dev_diff : NULL;
-    if (cudnn ? moka_cudnn_conv_backward(l->cuda, &p->cudnn_plan, &g, x, w, dy, dx, dw, db)
-              : moka_cuda_conv_backward(l->cuda, &g, x, w, dy, dx, dw, db))
-      return -1;
+    const int rc =
+        cudnn ? moka_cudnn_conv_backward_prec(l->cuda, &p->cudnn_plan, &g, prec, x, w, dy, dx,
+                                              dw, db)
+        : prec == MOKA_CONV_FP32
+            ? moka_cuda_conv_backward(l->cuda, &g, x, w, dy, dx, dw, db)
+            : moka_cuda_igemm_conv_backward(l->cuda, &g, prec, x, w, dy, dx, dw, db);
+    if (rc) return -1;
   }
   return 0;
 }

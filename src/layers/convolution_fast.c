@@ -44,6 +44,8 @@
 #include <omp.h>
 #include <string.h>
 
+#include "conv_winograd.h" /* Winograd hook: 3x3 stride-1 convolutions in fp32 */
+#include "convolution_bf16.h"
 #include "convolution_priv.h"
 #include "fast.h"
 #include "fast_layers.h"
@@ -260,6 +262,13 @@ int conv_forward_fast(Layer *l) {
   const float *weight = l->params[0]->data;                     /* (OC, IC/G, KH, KW) */
   const float *bias = p->bias_term ? l->params[1]->data : NULL; /* (OC) */
   if (p->num == 0 || p->out_h * p->out_w == 0) return 0;
+  /* Winograd hook (conv_winograd.c; MOKA_WINOGRAD=0 turns it off). */
+  if (conv_winograd_applies(p, false)) return conv_winograd_forward(l);
+  /* bf16 hook (convolution_bf16.c: no fp32 column buffer); 1: not taken. */
+  if (fast_precision() == FAST_BF16) {
+    const int rb = conv_forward_bf16(l);
+    if (rb <= 0) return rb;
+  }
   const ConvPlan pl = conv_plan(p);
   const int n_chunks = (p->num + pl.chunk - 1) / pl.chunk;
   for (int i = 0; i < l->n_bottom; i++) {
@@ -344,6 +353,12 @@ int conv_backward_fast(Layer *l) {
     const float *x = l->bottom[i]->data; /* (N,IC,H,W) */
     const float *dy = l->top[i]->diff;   /* (N,OC,OH,OW) */
     float *dx = l->propagate_down[i] ? l->bottom[i]->diff : NULL; /* (N,IC,H,W) */
+    /* Winograd hook (conv_winograd.c): the data gradient. */
+    if (dx && conv_winograd_applies(p, true)) {
+      if (conv_winograd_backward_data(p, weight, dy, dx))
+        return moka_error_prefix("layer %s", l->name);
+      dx = NULL;
+    }
     if (bdiff) {
       /* As the reference: per image a double sum, added to the float diff in
        * image order. */
@@ -358,6 +373,17 @@ int conv_backward_fast(Layer *l) {
         }
     }
     if (!wdiff && !dx) continue;
+    /* Winograd hook (conv_winograd.c): the weight gradient, when the data gradient is done. */
+    if (!dx && conv_winograd_applies(p, false)) {
+      if (conv_winograd_backward_weights(p, x, dy, wdiff))
+        return moka_error_prefix("layer %s", l->name);
+      continue;
+    }
+    if (fast_precision() == FAST_BF16) { /* bf16 hook (convolution_bf16.c); 1: not taken */
+      const int rb = conv_backward_bf16(l, x, dy, dx, wdiff);
+      if (rb < 0) return -1;
+      if (rb == 0) continue;
+    }
     int rc = 0;
     if (pl.by_chunk) {
       /* Thread t takes chunks t, t+T, ... (a fixed assignment, so the sums are
@@ -400,4 +426,21 @@ int conv_backward_fast(Layer *l) {
     if (rc) return -1;
   }
   return 0;
+}
+
+/* For convolution_bf16.c (declared in convolution_bf16.h). */
+void conv_fast_fill_columns(const ConvPriv *p, const float *x, int n0, int nc, float *col,
+                            bool par) {
+  fill_columns(p, x, n0, nc, col, par);
+}
+void conv_fast_scatter_columns(const ConvPriv *p, const float *dcol, int n0, int nc, float *dx,
+                               bool par) {
+  scatter_columns(p, dcol, n0, nc, dx, par);
+}
+void conv_fast_to_nchw(const float *Y, const float *bias, int OC, size_t S, int nc, float *top,
+                       bool par) {
+  to_nchw(Y, bias, OC, S, nc, top, par);
+}
+void conv_fast_from_nchw(const float *blob, int OC, size_t S, int nc, float *Y, bool par) {
+  from_nchw(blob, OC, S, nc, Y, par);
 }

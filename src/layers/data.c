@@ -19,21 +19,30 @@
  * from the net's stream (l->rng) the draws Caffe 1.0's takes from its global
  * stream (data_layer.h); the transform then draws, per record, the mirror
  * coin and the crop offsets from its own stream, in record order.
+ *
+ * CUDA forward (src/data/data_cuda.h): the pipeline switches to raw batches
+ * (uint8 records in page-locked memory, crops and mirrors drawn on the host
+ * from the same stream) and the transform runs on the device, bit-identical
+ * to the host's; MOKA_DEVICE_TRANSFORM=0 keeps the host transform.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "data/data_cuda.h"
 #include "data/data_layer.h"
 #include "data/db.h"
 #include "layer.h"
 #include "util.h"
 
 typedef struct DataPriv {
-  Prefetcher *pf; /* first member: data_layer_seek reads it for both layers */
+  Prefetcher *pf; /* first two members: DataLayerHead (data_layer.h) */
+  struct DataCuda *dc;
   DbReader *db;
   Transformer tf;
   int tf_init;
   int channels; /* what encoded Datums are decoded to (transform_decode_channels) */
+  int raw_ok;   /* the first record has uint8 pixels (not float_data): device transforms */
+  size_t item_bytes; /* bytes of the first record's decoded image */
   char what[300];
 } DataPriv;
 
@@ -66,6 +75,16 @@ static int lmdb_decode(void *ctx, PrefetchItem *it, DatumPixels *px) {
   return rc;
 }
 
+static int lmdb_decode_u8(void *ctx, PrefetchItem *it, DatumBytes *px) {
+  DataPriv *p = ctx;
+  Caffe__Datum *d;
+  if (datum_unpack(it->val, it->val_len, "the value", &d) != 0) return -1;
+  int rc = datum_decode_u8(d, p->channels, "the Datum", px);
+  it->label = (float)d->label;
+  caffe__datum__free_unpacked(d, NULL);
+  return rc;
+}
+
 static int lmdb_seek(void *ctx, uint64_t record_index) {
   DataPriv *p = ctx;
   return db_reader_seek_index(p->db, (size_t)(record_index % db_reader_count(p->db)));
@@ -89,7 +108,7 @@ void data_setup_draws_after(const Transformer *t, Rng *global, Rng *own) {
 Prefetcher *data_layer_prefetcher(Layer *l) {
   if (!l || !l->type || !l->priv) return NULL;
   if (strcmp(l->type->name, "Data") != 0 && strcmp(l->type->name, "ImageData") != 0) return NULL;
-  return *(Prefetcher **)l->priv; /* both privs start with the pipeline */
+  return ((DataLayerHead *)l->priv)->pf; /* both privs start with DataLayerHead */
 }
 
 int data_layer_seek(Layer *l, uint64_t record_index) {
@@ -97,6 +116,11 @@ int data_layer_seek(Layer *l, uint64_t record_index) {
   if (!pf)
     return moka_errorf("data_layer_seek: layer '%s' (%s) is not a set-up Data or ImageData layer",
                        l && l->name ? l->name : "?", l && l->type ? l->type->name : "?");
+#ifdef MOKA_WITH_CUDA
+  /* the copies in flight finish and the held batches go back first */
+  if (data_cuda_drop(((DataLayerHead *)l->priv)->dc, pf) != 0)
+    return moka_error_prefix("layer '%s'", l->name);
+#endif
   return prefetch_seek(pf, record_index);
 }
 
@@ -144,6 +168,15 @@ static int data_setup(Layer *l) {
   int c, h, w;
   int rc = lmdb_decode(p, &first, &px);
   if (rc == 0) rc = transform_out_shape(&p->tf, px.c, px.h, px.w, &c, &h, &w);
+  if (rc == 0) {
+    Caffe__Datum *d;
+    rc = datum_unpack(first.val, first.val_len, "the value", &d);
+    if (rc == 0) {
+      p->raw_ok = d->encoded || (d->has_data && d->data.len > 0);
+      caffe__datum__free_unpacked(d, NULL);
+    }
+    p->item_bytes = (size_t)px.c * px.h * px.w;
+  }
   datum_pixels_free(&px);
   if (rc != 0) return moka_error_prefix("%s: %s", p->what, rec);
   if (blob_reshape4(l->top[0], (int)dp->batch_size, c, h, w) != 0) return -1;
@@ -158,7 +191,7 @@ static int data_setup(Layer *l) {
                         .threads = prefetch_default_threads(),
                         .tf = &p->tf,
                         .rng = transform_needs_rand(&p->tf) ? &own : NULL};
-  PrefetchSource src = {p, lmdb_next, lmdb_decode, lmdb_describe, lmdb_seek};
+  PrefetchSource src = {p, lmdb_next, lmdb_decode, lmdb_describe, lmdb_seek, lmdb_decode_u8};
   return prefetch_create(&cfg, &src, &p->pf);
 }
 
@@ -171,10 +204,26 @@ static int data_forward(Layer *l) {
 
 static int data_backward(Layer *l) { return 0; }
 
+#ifdef MOKA_WITH_CUDA
+static int data_forward_cuda(Layer *l) {
+  DataPriv *p = l->priv;
+  if (data_cuda_forward(&p->dc, l, p->pf, &p->tf, p->item_bytes, p->raw_ok) != 0)
+    return moka_error_prefix("layer '%s' (Data)", l->name);
+  return 0;
+}
+#endif
+
 static void data_destroy(Layer *l) {
   DataPriv *p = l->priv;
+#ifdef MOKA_WITH_CUDA
+  data_cuda_quiesce(p->dc); /* no copy reads the pinned buffers any more */
+#endif
   prefetch_destroy(p->pf); /* joins the threads before the cursor goes */
   p->pf = NULL;
+#ifdef MOKA_WITH_CUDA
+  data_cuda_free(p->dc);
+  p->dc = NULL;
+#endif
   db_reader_close(p->db);
   p->db = NULL;
   if (p->tf_init) transform_free(&p->tf);
@@ -192,5 +241,9 @@ const LayerType layer_type_data = {
     .reshape = NULL,
     .forward = {[MOKA_BACKEND_CPU] = data_forward, [MOKA_BACKEND_CPU_FAST] = data_forward},
     .backward = {[MOKA_BACKEND_CPU] = data_backward, [MOKA_BACKEND_CPU_FAST] = data_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = data_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = data_backward,
+#endif
     .destroy = data_destroy,
 };

@@ -4,7 +4,8 @@
  *   y = ((0 + c0*x0) + c1*x1) + ...
  * which is the reference's sequence of float operations element by element
  * (eltwise.c zeroes y and adds each bottom in turn), so identical results.
- * Its backward is dx_k = dy (coefficient 1) or c_k*dy, threaded.
+ * Its backward is dx_k = dy (coefficient 1) or c_k*dy, threaded; two
+ * bottoms with coefficient 1 get both copies from one pass over dy.
  * PROD and MAX run the reference's loops, threaded over elements.
  */
 #include <string.h>
@@ -75,6 +76,23 @@ int eltwise_backward_fast(Layer *l) {
   const float *y = l->top[0]->data;  /* (shape) */
   const float *dy = l->top[0]->diff; /* (shape) */
   const int K = l->n_bottom;
+  /* SUM of two bottoms, coefficients 1, both wanting their gradient (a
+   * residual connection the net did not fuse): one pass reads dy once and
+   * writes both copies, instead of one memcpy per bottom. (Fused residual
+   * chains, src/net_fuse.c, make no copy at all.) The same blob twice, or a
+   * bottom that is the top, falls through to the general loop. */
+  if (p->op == CAFFE__ELTWISE_PARAMETER__ELTWISE_OP__SUM && K == 2 && p->coeff[0] == 1.0f &&
+      p->coeff[1] == 1.0f && l->propagate_down[0] && l->propagate_down[1]) {
+    float *d0 = l->bottom[0]->diff, *d1 = l->bottom[1]->diff; /* (shape) */
+    if (d0 != dy && d1 != dy && d0 != d1) {
+#pragma omp parallel for simd schedule(static) if (n >= FAST_GRAIN)
+      for (size_t i = 0; i < n; i++) {
+        d0[i] = dy[i];
+        d1[i] = dy[i];
+      }
+      return 0;
+    }
+  }
   for (int k = 0; k < K; k++) {
     if (!l->propagate_down[k]) continue;
     const float *xk = l->bottom[k]->data;

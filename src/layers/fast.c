@@ -56,22 +56,34 @@ int fast_threads(void) {
 static FastPrecision g_precision = FAST_FP32;
 static pthread_once_t g_precision_once = PTHREAD_ONCE_INIT;
 
-const char *fast_precision_name(FastPrecision p) { return p == FAST_BF16 ? "bf16" : "fp32"; }
+const char *fast_precision_name(FastPrecision p) {
+  return p == FAST_BF16 ? "bf16" : p == FAST_TF32 ? "tf32" : "fp32";
+}
 
+/* The name only: whether the backend can run it is fast_check_precision's
+ * question (a CUDA net's bf16 has nothing to do with this CPU's AVX-512). */
 static int parse_precision(const char *name, FastPrecision *out) {
-  if (!strcmp(name, "fp32")) {
-    *out = FAST_FP32;
-    return 0;
-  }
-  if (!strcmp(name, "bf16")) {
-    if (!fast_bf16_supported())
-      return moka_errorf("precision bf16 needs a CPU with AVX-512 BF16 (the vdpbf16ps "
-                         "instruction: Intel Cooper Lake / Sapphire Rapids or newer, AMD Zen 4 "
-                         "or newer); this CPU lacks it: use fp32");
-    *out = FAST_BF16;
-    return 0;
-  }
-  return moka_errorf("unknown precision '%s': use fp32 (the default) or bf16", name);
+  if (!strcmp(name, "fp32")) *out = FAST_FP32;
+  else if (!strcmp(name, "bf16")) *out = FAST_BF16;
+  else if (!strcmp(name, "tf32")) *out = FAST_TF32;
+  else
+    return moka_errorf("unknown precision '%s': use fp32 (the default), bf16, or tf32 (CUDA "
+                       "only)",
+                       name);
+  return 0;
+}
+
+int fast_check_precision(bool cuda) {
+  const FastPrecision p = fast_precision();
+  if (cuda || p == FAST_FP32) return 0;
+  if (p == FAST_TF32)
+    return moka_errorf("precision tf32 is a CUDA mode (TF32 tensor cores); the CPU backends "
+                       "have no TF32: use fp32 or bf16 on the CPU, or run on a GPU (--gpu)");
+  if (!fast_bf16_supported())
+    return moka_errorf("precision bf16 needs a CPU with AVX-512 BF16 (the vdpbf16ps "
+                       "instruction: Intel Cooper Lake / Sapphire Rapids or newer, AMD Zen 4 "
+                       "or newer); this CPU lacks it: use fp32, or run on a GPU (--gpu)");
+  return 0;
 }
 
 static void precision_from_env(void) {
@@ -189,6 +201,8 @@ int fast_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A
               const float *B, int ldb, float beta, float *C, int ldc) {
   if (fast_precision() == FAST_BF16)
     return fast_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (fast_precision() == FAST_TF32) /* never silently fp32 */
+    return fast_check_precision(false);
   fast_init();
   if (g_own_sgemm) return fast_gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   const int T = omp_in_parallel() ? 1 : fast_threads();

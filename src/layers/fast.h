@@ -46,15 +46,20 @@ enum {
   FAST_WS_AUX = 2,
   FAST_WS_PACK_A = 3,
   FAST_WS_PACK_B = 4,
-  FAST_WS_SLOTS = 5
+  FAST_WS_WINO = 5, /* Winograd's transformed weights or weight gradient (conv_winograd.c) */
+  FAST_WS_WPACK = 6, /* the bf16 convolution's packed weights (convolution_bf16.c) */
+  FAST_WS_SLOTS = 7
 };
 
-/* Precision of the fast backend's GEMMs (convolution, inner product):
- * fp32 (the default), or bf16 inputs with fp32 accumulation on CPUs with
- * AVX-512 BF16 (opt-in: MOKA_PRECISION=bf16 or the CLI's --precision=bf16).
- * Everything else (BatchNorm statistics, the weights, the solver) stays fp32.
- * Process-wide, like OpenBLAS's thread count. */
-typedef enum FastPrecision { FAST_FP32 = 0, FAST_BF16 = 1 } FastPrecision;
+/* Precision of the convolution and inner-product GEMMs: fp32 (the default,
+ * Caffe-exact), or bf16 inputs with fp32 accumulation (opt-in:
+ * MOKA_PRECISION=bf16 or the CLI's --precision=bf16): on the fast CPU
+ * backend with AVX-512 BF16, on CUDA with tensor cores (kernels/conv_igemm.cu);
+ * or tf32 (CUDA only: inputs rounded to TF32, fp32 accumulation). Everything
+ * else (BatchNorm statistics, the weights, the gradients, the solver) stays
+ * fp32. Process-wide, like OpenBLAS's thread count. The name is checked when
+ * set; whether the backend can run it, by fast_check_precision. */
+typedef enum FastPrecision { FAST_FP32 = 0, FAST_BF16 = 1, FAST_TF32 = 2 } FastPrecision;
 
 /* Once per process: OpenBLAS to one thread (see above), and the choice of
  * the fp32 GEMM: OpenBLAS when it runs an AVX-512 kernel (or the CPU has no
@@ -68,9 +73,13 @@ const char *fast_sgemm_name(void);
 /* The OpenMP pool size (>= 1). */
 int fast_threads(void);
 
-/* Set the GEMM precision by name ("fp32" or "bf16"); -1 with a message for
- * an unknown name, or bf16 on a CPU without AVX-512 BF16. */
+/* Set the GEMM precision by name ("fp32", "bf16" or "tf32"); -1 with a
+ * message for an unknown name. */
 int fast_set_precision(const char *name);
+/* 0 when the current precision can run on the CPU (cuda false: bf16 needs
+ * AVX-512 BF16, tf32 is refused) or on CUDA (cuda true: every precision);
+ * else -1 with a message saying why. */
+int fast_check_precision(bool cuda);
 /* The current precision; the first call reads MOKA_PRECISION (an invalid
  * value there is reported once and leaves fp32). */
 FastPrecision fast_precision(void);

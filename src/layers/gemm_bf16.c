@@ -15,9 +15,17 @@
  * zero-padded past M, N and (odd) K. The micro-kernel keeps an MR x NR = 12 x 32
  * block of C in 24 zmm accumulators; per k-pair it loads two B vectors and
  * broadcasts one A dword per row. Blocking is BLIS's: NC columns of B packed
- * (L2), KC values of K per pass, MC rows of A packed, then the micro-kernel
- * over MR x NR tiles. Threads split the columns (or rows, when N is small);
- * each thread packs into its own workspace (fast_workspace).
+ * (L2), KC values of K per pass, MC rows of A at a time, then the
+ * micro-kernel over MR x NR tiles. A is packed whole, once, before the
+ * threads start (by the pool: bf16_pack_a); B is packed a block at a time
+ * by a callback (gemm_bf16.h), here from a matrix, in convolution_bf16.c
+ * straight from the convolution's input (im2col without a column buffer).
+ * Threads split the columns (or rows, when N is small); each packs B into
+ * its own workspace (fast_workspace).
+ *
+ * The packing loops read along rows of the fp32 source (sequential), or
+ * prefetch when they cannot: the strided reads of a row-by-row walk were
+ * latency-bound (up to half the micro-kernel's time on ResNet's 1x1 layers).
  *
  * The file is compiled for AVX-512 BF16 by a target pragma; callers must
  * check fast_bf16_supported() first (fast_set_precision does).
@@ -27,14 +35,15 @@
 #include <string.h>
 
 #include "fast.h"
+#include "gemm_bf16.h"
 #include "util.h"
 
-enum { MR = 12, NR = 32, MC = 144, KC = 256, NC = 1024 };
+enum { MR = 12, NR = BF16_NR, MC = 144, KC = 256, NC = 1024 };
 
 bool fast_bf16_supported(void) {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512f");
+         __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("bmi2");
 }
 
 #pragma GCC push_options
@@ -42,23 +51,7 @@ bool fast_bf16_supported(void) {
 #include <immintrin.h>
 
 #include "avx512_transpose.h"
-
-/* Two 16-float vectors -> 16 dwords, dword j = (bf16(lo[j]), bf16(hi[j])). */
-static inline __m512i pairs_interleaved(__m512 lo, __m512 hi) {
-  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
-                                       8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  __m512i w = (__m512i)_mm512_cvtne2ps_pbh(hi, lo); /* words: lo[0..15], hi[0..15] */
-  return _mm512_permutexvar_epi16(idx, w);
-}
-
-/* 32 consecutive floats -> 16 dwords, dword j = (bf16(x[2j]), bf16(x[2j+1])). */
-static inline __m512i pairs_consecutive(__m512 x0_15, __m512 x16_31) {
-  return (__m512i)_mm512_cvtne2ps_pbh(x16_31, x0_15);
-}
-
-static inline __mmask16 mask16(int n) {
-  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
-}
+#include "bf16_simd.h"
 
 /* ---- packing ------------------------------------------------------------------------- */
 
@@ -67,19 +60,38 @@ static inline __mmask16 mask16(int n) {
 static void pack_a(bool ta, const float *A, int lda, int i0, int mc, int p0, int kc,
                    int32_t *out) {
   const int kpt = (kc + 1) / 2;
-  const __mmask16 mr_mask = mask16(MR);
+  const __mmask16 mr_mask = bf16_mask16(MR);
+  if (ta) { /* A(m,k) = A[k*lda + m]: storage rows k and k+1, read along m (sequential) */
+    for (int kp = 0; kp < kpt; kp++) {
+      const float *r0 = A + (size_t)(p0 + 2 * kp) * lda + i0;
+      const bool has1 = 2 * kp + 1 < kc;
+      for (int ip = 0; ip * MR < mc; ip++) {
+        const int m0 = ip * MR;
+        const __mmask16 mk = bf16_mask16(mc - m0);
+        __m512 lo = _mm512_maskz_loadu_ps(mk, r0 + m0);
+        __m512 hi = has1 ? _mm512_maskz_loadu_ps(mk, r0 + lda + m0) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(out + ((size_t)ip * kpt + kp) * MR, mr_mask,
+                                 bf16_pairs_interleaved(lo, hi));
+      }
+    }
+    return;
+  }
   for (int ip = 0; ip * MR < mc; ip++) {
     int32_t *dst = out + (size_t)ip * kpt * MR;
     const int m0 = ip * MR, mm = mc - m0 < MR ? mc - m0 : MR;
-    if (!ta) { /* A(m,k) = A[m*lda + k]: each row gives consecutive pairs; transpose */
+    { /* A(m,k) = A[m*lda + k]: each row gives consecutive pairs; transpose */
       for (int k = 0; k < kc; k += 32) {
         __m512i r[16];
         const int left = kc - k;
         for (int j = 0; j < 16; j++) {
           if (j < mm) {
             const float *row = A + (size_t)(i0 + m0 + j) * lda + p0 + k;
-            r[j] = pairs_consecutive(_mm512_maskz_loadu_ps(mask16(left), row),
-                                     _mm512_maskz_loadu_ps(mask16(left - 16), row + 16));
+            if (k + 96 <= kc) { /* the same row two steps ahead */
+              _mm_prefetch((const char *)(row + 64), _MM_HINT_T0);
+              _mm_prefetch((const char *)(row + 80), _MM_HINT_T0);
+            }
+            r[j] = bf16_pairs_consecutive(_mm512_maskz_loadu_ps(bf16_mask16(left), row),
+                                          _mm512_maskz_loadu_ps(bf16_mask16(left - 16), row + 16));
           } else {
             r[j] = _mm512_setzero_si512();
           }
@@ -88,14 +100,6 @@ static void pack_a(bool ta, const float *A, int lda, int i0, int mc, int p0, int
         const int np = (left + 1) / 2 < 16 ? (left + 1) / 2 : 16;
         for (int q = 0; q < np; q++)
           _mm512_mask_storeu_epi32(dst + (size_t)(k / 2 + q) * MR, mr_mask, r[q]);
-      }
-    } else { /* A(m,k) = A[k*lda + m]: storage rows k and k+1, consecutive m */
-      const __mmask16 mk = mask16(mm);
-      for (int kp = 0; kp < kpt; kp++) {
-        const float *r0 = A + (size_t)(p0 + 2 * kp) * lda + i0 + m0;
-        __m512 lo = _mm512_maskz_loadu_ps(mk, r0);
-        __m512 hi = 2 * kp + 1 < kc ? _mm512_maskz_loadu_ps(mk, r0 + lda) : _mm512_setzero_ps();
-        _mm512_mask_storeu_epi32(dst + (size_t)kp * MR, mr_mask, pairs_interleaved(lo, hi));
       }
     }
   }
@@ -106,21 +110,25 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
                    int32_t *out) {
   const int kpt = (kc + 1) / 2;
   const int panels = (nc + NR - 1) / NR;
+  if (!tb) { /* B(k,n) = B[k*ldb + n]: rows k and k+1 read along n (sequential), into
+              * every panel */
+    for (int kp = 0; kp < kpt; kp++) {
+      const float *r0 = B + (size_t)(p0 + 2 * kp) * ldb + j0;
+      const bool has1 = 2 * kp + 1 < kc;
+      for (int n = 0; n < panels * NR; n += 16) {
+        const __mmask16 mk = bf16_mask16(nc - n);
+        __m512 lo = _mm512_maskz_loadu_ps(mk, r0 + n);
+        __m512 hi = has1 ? _mm512_maskz_loadu_ps(mk, r0 + ldb + n) : _mm512_setzero_ps();
+        _mm512_storeu_si512(out + ((size_t)(n / NR) * kpt + kp) * NR + n % NR,
+                            bf16_pairs_interleaved(lo, hi));
+      }
+    }
+    return;
+  }
   for (int jp = 0; jp < panels; jp++) {
     int32_t *dst = out + (size_t)jp * kpt * NR;
     const int n0 = jp * NR, nn = nc - n0 < NR ? nc - n0 : NR;
-    if (!tb) { /* B(k,n) = B[k*ldb + n]: rows k, k+1, consecutive n */
-      for (int kp = 0; kp < kpt; kp++) {
-        const float *r0 = B + (size_t)(p0 + 2 * kp) * ldb + j0 + n0;
-        const bool has1 = 2 * kp + 1 < kc;
-        for (int v = 0; v < NR; v += 16) {
-          const __mmask16 mk = mask16(nn - v);
-          __m512 lo = _mm512_maskz_loadu_ps(mk, r0 + v);
-          __m512 hi = has1 ? _mm512_maskz_loadu_ps(mk, r0 + ldb + v) : _mm512_setzero_ps();
-          _mm512_storeu_si512(dst + (size_t)kp * NR + v, pairs_interleaved(lo, hi));
-        }
-      }
-    } else { /* B(k,n) = B[n*ldb + k]: one storage row per column, consecutive pairs */
+    { /* B(k,n) = B[n*ldb + k]: one storage row per column, consecutive pairs */
       for (int v = 0; v < NR; v += 16) {
         for (int k = 0; k < kc; k += 32) {
           __m512i r[16];
@@ -128,9 +136,9 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
           for (int j = 0; j < 16; j++) {
             if (v + j < nn) {
               const float *row = B + (size_t)(j0 + n0 + v + j) * ldb + p0 + k;
-              __m512 x0 = _mm512_maskz_loadu_ps(mask16(left), row);
-              __m512 x1 = _mm512_maskz_loadu_ps(mask16(left - 16), row + 16);
-              r[j] = pairs_consecutive(x0, x1);
+              __m512 x0 = _mm512_maskz_loadu_ps(bf16_mask16(left), row);
+              __m512 x1 = _mm512_maskz_loadu_ps(bf16_mask16(left - 16), row + 16);
+              r[j] = bf16_pairs_consecutive(x0, x1);
             } else {
               r[j] = _mm512_setzero_si512();
             }
@@ -153,6 +161,11 @@ static void kernel(int kpt, const int32_t *Ap, const int32_t *Bp, float *C, int 
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
+  if (accumulate) /* the C tile, read at the end */
+    for (int m = 0; m < mr; m++) {
+      _mm_prefetch((const char *)(C + (size_t)m * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char *)(C + (size_t)m * ldc + 16), _MM_HINT_T0);
+    }
   for (int p = 0; p < kpt; p++) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + (size_t)p * NR);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bp + (size_t)p * NR + 16);
@@ -164,7 +177,7 @@ static void kernel(int kpt, const int32_t *Ap, const int32_t *Bp, float *C, int 
       c[m][1] = _mm512_dpbf16_ps(c[m][1], am, b1);
     }
   }
-  const __mmask16 k0 = mask16(nr), k1 = mask16(nr - 16);
+  const __mmask16 k0 = bf16_mask16(nr), k1 = bf16_mask16(nr - 16);
   const __m512 va = _mm512_set1_ps(alpha);
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) {
@@ -181,32 +194,96 @@ static void kernel(int kpt, const int32_t *Ap, const int32_t *Bp, float *C, int 
   }
 }
 
-/* One thread's GEMM (beta 0 or 1 here), packing into its own workspace. */
-static int gemm_bf16_1(bool ta, bool tb, int M, int N, int K, float alpha, const float *A,
-                       int lda, const float *B, int ldb, bool accumulate, float *C, int ldc) {
-  int32_t *abuf = (int32_t *)fast_workspace(FAST_WS_PACK_A, (size_t)MC * (KC / 2 + 1),
-                                            "bf16 GEMM packing (A)");
+/* ---- pre-packed A, B packed by a callback (gemm_bf16.h) ------------------------------ */
+
+/* Packed A (M,K): for each KC-block of K (pairs pc/2 ..), ceil(M/MR) micro-
+ * panels of kpt x MR dwords, the block starting at dword Mpad * pc/2. */
+static int round_mr(int M) { return (M + MR - 1) / MR * MR; }
+
+size_t bf16_packed_a_size(int M, int K) { return (size_t)round_mr(M) * ((K + 1) / 2); }
+
+void bf16_pack_a(bool ta, const float *A, int lda, int M, int K, int32_t *out, bool par) {
+  const int panels = round_mr(M) / MR, blocks = (K + KC - 1) / KC;
+  const int T = par && !omp_in_parallel() && (size_t)M * K >= FAST_GRAIN ? fast_threads() : 1;
+  /* Pieces: KC-blocks of K, each cut into `cuts` runs of whole micro-panels. */
+  int cuts = (2 * T + blocks - 1) / blocks;
+  if (cuts > panels) cuts = panels;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(T) if (T > 1)
+  for (int b = 0; b < blocks; b++)
+    for (int q = 0; q < cuts; q++) {
+      const int ip0 = panels * q / cuts, ip1 = panels * (q + 1) / cuts;
+      const int pc = b * KC, kc = K - pc < KC ? K - pc : KC, kpt = (kc + 1) / 2;
+      const int i0 = ip0 * MR, i1 = ip1 * MR < M ? ip1 * MR : M;
+      if (i1 > i0)
+        pack_a(ta, A, lda, i0, i1 - i0, pc, kc,
+               out + (size_t)round_mr(M) * (pc / 2) + (size_t)ip0 * kpt * MR);
+    }
+}
+
+void bf16_pack_b_plain(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
+  const Bf16Plain *b = ctx;
+  pack_b(false, b->B, b->ldb, p0, kc, j0, nc, out);
+}
+
+void bf16_pack_b_plain_t(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
+  const Bf16Plain *b = ctx;
+  pack_b(true, b->B, b->ldb, p0, kc, j0, nc, out);
+}
+
+/* Rows [i0, i1) (i0 a multiple of MR) and columns [j0, j1) (j0 a multiple
+ * of NR) of g, on this thread. */
+static int gemm_packed_1(const Bf16Gemm *g, int i0, int i1, int j0, int j1) {
   int32_t *bbuf = (int32_t *)fast_workspace(FAST_WS_PACK_B, (size_t)NC * (KC / 2 + 1),
                                             "bf16 GEMM packing (B)");
-  if (!abuf || !bbuf) return -1;
-  for (int jc = 0; jc < N; jc += NC) {
-    const int nc = N - jc < NC ? N - jc : NC;
-    for (int pc = 0; pc < K; pc += KC) {
-      const int kc = K - pc < KC ? K - pc : KC, kpt = (kc + 1) / 2;
-      const bool acc = accumulate || pc > 0;
-      pack_b(tb, B, ldb, pc, kc, jc, nc, bbuf);
-      for (int ic = 0; ic < M; ic += MC) {
-        const int mc = M - ic < MC ? M - ic : MC;
-        pack_a(ta, A, lda, ic, mc, pc, kc, abuf);
+  if (!bbuf) return -1;
+  const size_t Mpad = (size_t)round_mr(g->M);
+  for (int jc = j0; jc < j1; jc += NC) {
+    const int nc = j1 - jc < NC ? j1 - jc : NC;
+    for (int pc = 0; pc < g->K; pc += KC) {
+      const int kc = g->K - pc < KC ? g->K - pc : KC, kpt = (kc + 1) / 2;
+      const bool acc = g->accumulate || pc > 0;
+      const int32_t *ablk = g->A + Mpad * (pc / 2); /* (Mpad/MR panels, kpt, MR) */
+      g->pack_b(g->b_ctx, pc, kc, jc, nc, bbuf);
+      for (int ic = i0; ic < i1; ic += MC) {
+        const int mc = i1 - ic < MC ? i1 - ic : MC;
         for (int jr = 0; jr < nc; jr += NR)
           for (int ir = 0; ir < mc; ir += MR)
-            kernel(kpt, abuf + (size_t)(ir / MR) * kpt * MR, bbuf + (size_t)(jr / NR) * kpt * NR,
-                   C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < MR ? mc - ir : MR,
-                   nc - jr < NR ? nc - jr : NR, acc, alpha);
+            kernel(kpt, ablk + (size_t)((ic + ir) / MR) * kpt * MR,
+                   bbuf + (size_t)(jr / NR) * kpt * NR, g->C + (size_t)(ic + ir) * g->ldc + jc + jr,
+                   g->ldc, mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, acc, g->alpha);
       }
     }
   }
   return 0;
+}
+
+int bf16_gemm_packed(const Bf16Gemm *g, bool par) {
+  if (g->M <= 0 || g->N <= 0) return 0;
+  if (g->K <= 0) {
+    if (!g->accumulate)
+      for (int i = 0; i < g->M; i++)
+        memset(g->C + (size_t)i * g->ldc, 0, (size_t)g->N * sizeof(float));
+    return 0;
+  }
+  const int T = par && !omp_in_parallel() ? fast_threads() : 1;
+  /* Split the columns when there are enough of them (each block packs its
+   * own B; A is shared), else the rows (each block packs all of B). */
+  const int col_units = (g->N + NR - 1) / NR, row_units = (g->M + MR - 1) / MR;
+  const bool by_cols = col_units >= 2 * T || col_units * NR >= row_units * MR;
+  const int units = by_cols ? col_units : row_units, unit = by_cols ? NR : MR;
+  int nb = T < units ? T : units;
+  if (2.0 * g->M * g->N * g->K < 2e6) nb = 1;
+  if (nb <= 1) return gemm_packed_1(g, 0, g->M, 0, g->N);
+  int rc = 0;
+#pragma omp parallel for schedule(static, 1) num_threads(nb) reduction(| : rc)
+  for (int b = 0; b < nb; b++) {
+    const int len = by_cols ? g->N : g->M;
+    int lo = (int)((long)units * b / nb) * unit, hi = (int)((long)units * (b + 1) / nb) * unit;
+    if (hi > len) hi = len;
+    if (hi <= lo) continue;
+    rc |= by_cols ? gemm_packed_1(g, 0, g->M, lo, hi) : gemm_packed_1(g, lo, hi, 0, g->N);
+  }
+  return rc ? -1 : 0;
 }
 
 #pragma GCC pop_options
@@ -225,28 +302,13 @@ int fast_gemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const flo
       for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
     return 0;
   }
-  const bool accumulate = beta != 0.0f;
-  const int T = omp_in_parallel() ? 1 : fast_threads();
-  /* Split the longer side: each block packs the whole of the other operand. */
-  const bool by_cols = N >= M;
-  const int len = by_cols ? N : M;
-  int nb = T;
-  while (nb > 1 && len / nb < (by_cols ? NR : MR)) nb--;
-  if (2.0 * M * N * K < 2e6) nb = 1;
-  int rc = 0;
-#pragma omp parallel for schedule(static, 1) num_threads(nb) reduction(| : rc) if (nb > 1)
-  for (int b = 0; b < nb; b++) {
-    /* Block edges on multiples of NR (columns) or MR (rows). */
-    const int unit = by_cols ? NR : MR, units = (len + unit - 1) / unit;
-    int lo = (int)((long)units * b / nb) * unit, hi = (int)((long)units * (b + 1) / nb) * unit;
-    if (hi > len) hi = len;
-    if (hi <= lo) continue;
-    if (by_cols)
-      rc |= gemm_bf16_1(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + (size_t)lo * ldb : B + lo,
-                        ldb, accumulate, C + lo, ldc);
-    else
-      rc |= gemm_bf16_1(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + (size_t)lo * lda, lda, B,
-                        ldb, accumulate, C + (size_t)lo * ldc, ldc);
-  }
-  return rc ? -1 : 0;
+  /* A packed whole (by the pool), B a block at a time by each thread. */
+  int32_t *ap = (int32_t *)fast_workspace(FAST_WS_PACK_A, bf16_packed_a_size(M, K),
+                                          "bf16 GEMM packing (A)");
+  if (!ap) return -1;
+  bf16_pack_a(ta, A, lda, M, K, ap, true);
+  const Bf16Plain b = {B, ldb};
+  const Bf16Gemm g = {M, N, K, ap, tb ? bf16_pack_b_plain_t : bf16_pack_b_plain, &b, C, ldc,
+                      beta != 0.0f, alpha};
+  return bf16_gemm_packed(&g, true);
 }

@@ -26,10 +26,14 @@
  * lines are ignored (Caffe keeps them as "" and then fails to read them);
  * an unreadable image is an error naming the list line and the file (Caffe
  * aborts on its CHECK).
+ *
+ * CUDA forward: as the Data layer's (src/data/data_cuda.h): images decoded
+ * (and resized) to uint8 on the host, transformed on the device.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "data/data_cuda.h"
 #include "data/data_layer.h"
 #include "data/listfile.h"
 #include "image.h"
@@ -37,7 +41,9 @@
 #include "util.h"
 
 typedef struct ImageDataPriv {
-  Prefetcher *pf; /* first member: data_layer_seek reads it for both layers */
+  Prefetcher *pf; /* first two members: DataLayerHead (data_layer.h) */
+  struct DataCuda *dc;
+  size_t item_bytes; /* bytes of the first image, decoded */
   Transformer tf;
   int tf_init;
   ListEntry *all;    /* every line of the list file (owns the strings) */
@@ -77,24 +83,41 @@ static void list_describe(void *ctx, const PrefetchItem *it, char *buf, size_t l
            (int)it->key_len, (const char *)it->key);
 }
 
-static int list_decode(void *ctx, PrefetchItem *it, DatumPixels *px) {
-  ImageDataPriv *p = ctx;
+/* The image of `it`, read, decoded and resized as Caffe's ReadImageToCVMat;
+ * *use points at im or rs (free both). */
+static int list_read(ImageDataPriv *p, const PrefetchItem *it, Image *im, Image *rs,
+                     const Image **use) {
   char path[4096];
   int n = snprintf(path, sizeof path, "%s%.*s", p->root, (int)it->key_len, (const char *)it->key);
   if (n < 0 || (size_t)n >= sizeof path) return moka_errorf("the path is too long");
-  Image im = {0}, rs = {0};
-  if (image_read_file(path, p->channels, &im) != 0) return -1;
+  if (image_read_file(path, p->channels, im) != 0) return -1;
   if (image_decode_warning()[0])
     LOG_WARN("%s: %s (accepted, as OpenCV does)", path, image_decode_warning());
-  const Image *use = &im;
+  *use = im;
   if (p->new_h > 0) {
-    if (image_resize_bilinear(&im, p->new_h, p->new_w, &rs) != 0) {
-      image_free(&im);
-      return -1;
-    }
-    use = &rs;
+    if (image_resize_bilinear(im, p->new_h, p->new_w, rs) != 0) return -1;
+    *use = rs;
   }
-  int rc = datum_pixels_from_image(use, px);
+  return 0;
+}
+
+static int list_decode_u8(void *ctx, PrefetchItem *it, DatumBytes *px) {
+  ImageDataPriv *p = ctx;
+  Image im = {0}, rs = {0};
+  const Image *use = NULL;
+  int rc = list_read(p, it, &im, &rs, &use);
+  if (rc == 0) rc = datum_bytes_from_image(use, px);
+  image_free(&im);
+  image_free(&rs);
+  return rc;
+}
+
+static int list_decode(void *ctx, PrefetchItem *it, DatumPixels *px) {
+  ImageDataPriv *p = ctx;
+  Image im = {0}, rs = {0};
+  const Image *use = NULL;
+  int rc = list_read(p, it, &im, &rs, &use);
+  if (rc == 0) rc = datum_pixels_from_image(use, px);
   image_free(&im);
   image_free(&rs);
   return rc;
@@ -196,6 +219,7 @@ static int imagedata_setup(Layer *l) {
   int c, h, w;
   int rc = list_decode(p, &first, &px);
   if (rc == 0) rc = transform_out_shape(&p->tf, px.c, px.h, px.w, &c, &h, &w);
+  p->item_bytes = (size_t)px.c * px.h * px.w;
   datum_pixels_free(&px);
   if (rc != 0) {
     char rec[600];
@@ -217,7 +241,7 @@ static int imagedata_setup(Layer *l) {
                         .threads = prefetch_default_threads(),
                         .tf = &p->tf,
                         .rng = transform_needs_rand(&p->tf) ? &own : NULL};
-  PrefetchSource src = {p, list_next, list_decode, list_describe, list_seek};
+  PrefetchSource src = {p, list_next, list_decode, list_describe, list_seek, list_decode_u8};
   return prefetch_create(&cfg, &src, &p->pf);
 }
 
@@ -230,10 +254,26 @@ static int imagedata_forward(Layer *l) {
 
 static int imagedata_backward(Layer *l) { return 0; }
 
+#ifdef MOKA_WITH_CUDA
+static int imagedata_forward_cuda(Layer *l) {
+  ImageDataPriv *p = l->priv;
+  if (data_cuda_forward(&p->dc, l, p->pf, &p->tf, p->item_bytes, 1) != 0)
+    return moka_error_prefix("layer '%s' (ImageData)", l->name);
+  return 0;
+}
+#endif
+
 static void imagedata_destroy(Layer *l) {
   ImageDataPriv *p = l->priv;
+#ifdef MOKA_WITH_CUDA
+  data_cuda_quiesce(p->dc); /* no copy reads the pinned buffers any more */
+#endif
   prefetch_destroy(p->pf); /* joins the threads before the list goes */
   p->pf = NULL;
+#ifdef MOKA_WITH_CUDA
+  data_cuda_free(p->dc);
+  p->dc = NULL;
+#endif
   list_file_free(p->all, p->n_all);
   free(p->lines);
   free(p->order0);
@@ -256,5 +296,9 @@ const LayerType layer_type_imagedata = {
                 [MOKA_BACKEND_CPU_FAST] = imagedata_forward},
     .backward = {[MOKA_BACKEND_CPU] = imagedata_backward,
                  [MOKA_BACKEND_CPU_FAST] = imagedata_backward},
+#ifdef MOKA_WITH_CUDA
+    .forward[MOKA_BACKEND_CUDA] = imagedata_forward_cuda,
+    .backward[MOKA_BACKEND_CUDA] = imagedata_backward,
+#endif
     .destroy = imagedata_destroy,
 };

@@ -108,17 +108,26 @@ static int ip_backward_cpu(Layer *l) {
 }
 
 #ifdef MOKA_WITH_CUDA
+#include "fast.h"
+
 /* CUDA: the same GEMMs on cuBLAS (kernels/gemm.cu; fp32, TF32 off), the bias
  * added in a second pass as the reference does, its gradient summed in
- * double (kernels/channel_sum.cu). */
+ * double (kernels/channel_sum.cu). With --precision=bf16|tf32 the three GEMMs
+ * run in that precision (kernels/gemm_lowp.cu: bf16-rounded inputs or TF32,
+ * fp32 accumulation and outputs); weights and gradients stay fp32. */
+static MokaConvPrec ip_cuda_prec(void) {
+  const FastPrecision p = fast_precision();
+  return p == FAST_BF16 ? MOKA_CONV_BF16 : p == FAST_TF32 ? MOKA_CONV_TF32 : MOKA_CONV_FP32;
+}
+
 static int ip_forward_cuda(Layer *l) {
   IpPriv *p = l->priv;
   if (layer_cuda_ready(l, false)) return -1;
   MokaCuda *c = l->cuda;
   const int M = p->M, N = p->num_output, K = p->K;
   float *y = l->top[0]->dev_data; /* (M,N) */
-  if (moka_cuda_gemm(c, false, !p->transpose, M, N, K, 1.0f, l->bottom[0]->dev_data,
-                     l->params[0]->dev_data, 0.0f, y))
+  if (moka_cuda_gemm_prec(c, ip_cuda_prec(), false, !p->transpose, M, N, K, 1.0f,
+                          l->bottom[0]->dev_data, l->params[0]->dev_data, 0.0f, y))
     return -1;
   if (p->bias_term) return moka_cuda_bias_add(c->stream, y, l->params[1]->dev_data, M, N, 1);
   return 0;
@@ -132,15 +141,16 @@ static int ip_backward_cuda(Layer *l) {
   const float *x = l->bottom[0]->dev_data; /* (M,K) */
   const float *dy = l->top[0]->dev_diff;   /* (M,N) */
   float *dw = l->params[0]->dev_diff;      /* (N,K) or (K,N), accumulated */
-  if (p->transpose ? moka_cuda_gemm(c, true, false, K, N, M, 1.0f, x, dy, 1.0f, dw)
-                   : moka_cuda_gemm(c, true, false, N, K, M, 1.0f, dy, x, 1.0f, dw))
+  const MokaConvPrec prec = ip_cuda_prec();
+  if (p->transpose ? moka_cuda_gemm_prec(c, prec, true, false, K, N, M, 1.0f, x, dy, 1.0f, dw)
+                   : moka_cuda_gemm_prec(c, prec, true, false, N, K, M, 1.0f, dy, x, 1.0f, dw))
     return -1;
   if (p->bias_term &&
       moka_cuda_channel_sum(c->stream, dy, NULL, l->params[1]->dev_diff, M, N, 1, true))
     return -1;
   if (l->propagate_down[0])
-    return moka_cuda_gemm(c, false, p->transpose, M, K, N, 1.0f, dy, l->params[0]->dev_data,
-                          0.0f, l->bottom[0]->dev_diff);
+    return moka_cuda_gemm_prec(c, prec, false, p->transpose, M, K, N, 1.0f, dy,
+                               l->params[0]->dev_data, 0.0f, l->bottom[0]->dev_diff);
   return 0;
 }
 #endif

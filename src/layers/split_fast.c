@@ -1,6 +1,8 @@
 /* split_fast.c — Split on the fast CPU backend: the copies and the gradient
  * sum threaded, the sum fused into one pass in the reference's order
- * ((dy0 + dy1) + dy2 ...: identical results).
+ * ((dy0 + dy1) + dy2 ...: identical results). In a net, the tops usually
+ * share the bottom's data (net_fuse_split_share, before this forward), and
+ * forward copies nothing.
  */
 #include <string.h>
 
@@ -22,8 +24,11 @@ static void copy_parallel(float *dst, const float *src, size_t n) {
 
 int split_forward_fast(Layer *l) {
   const Blob *x = l->bottom[0];
+  /* A top that shares the bottom's data (the net's doing, as Caffe's
+   * ShareData: src/net_fuse.c) needs no copy. */
   for (int t = 0; t < l->n_top; t++)
-    if (l->top[t] != x) copy_parallel(l->top[t]->data, x->data, x->count);
+    if (l->top[t] != x && l->top[t]->data != x->data)
+      copy_parallel(l->top[t]->data, x->data, x->count);
   return 0;
 }
 

@@ -50,7 +50,8 @@ $(FUZZ_OBJDIR)/proto/caffe.pb-c.o: $(PROTO_C) | fuzz-check
 # clang ignores `#pragma GCC target`: the AVX-512 GEMM files get the flags on
 # the command line (their kernels only run after a runtime CPU check).
 $(FUZZ_OBJDIR)/src/layers/gemm_f32.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq
-$(FUZZ_OBJDIR)/src/layers/gemm_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
+$(FUZZ_OBJDIR)/src/layers/gemm_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mbmi2
+$(FUZZ_OBJDIR)/src/layers/convolution_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mbmi2
 
 $(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H) | fuzz-check
 	@mkdir -p $(dir $@)

@@ -9,18 +9,20 @@
 # Before: on the build machine, `sh tests/gpu/prepare.sh` (build dependencies as .deb files,
 # generated protobuf sources, golden files, all in .gpu/, which the device call must carry).
 # Needs no network. Every step has a hard time limit (timeout) and a failing step does not
-# stop the others. About 5-6 minutes on an H100.
+# stop the others. About 7-8 minutes on an H100 (estimated: the bf16 steps have not run yet).
 #
 # Output: $OUT (default $BUILD/gpu-out), at most 8 files:
 #   summary.txt      the figures: tests, sanitizer, img/s, peak memory, ratios, per-conv-layer
 #                    moka vs cuDNN
 #   run.log          what ran, each step's exit status and duration
 #   build.log, test.log (test_cuda_layers, test_cuda_solver, the moka train runs),
-#   sanitizer.log, moka_time.log (every `moka time` run, per-layer lines included), torch.log
+#   sanitizer.log, moka_time.log (every `moka time` run, per-layer lines included), torch.log,
+#   igemm_bench.log (per-layer convolution benchmark: moka bf16/fp32 vs cuDNN bf16/fp32)
 # Exit status: 0 when the build, the GPU tests and the sanitizer passed (benchmarks never fail
 # the check: slow figures are reported, not hidden).
 #
-# Environment: BUILD (build-gpu), OUT, BATCHES ("32 64"), ITERS (10), CUDA_ARCH (detected from
+# Environment: BUILD (build-gpu), OUT, BATCHES ("32 64"), BF16_BATCH (64: the batch also timed
+# with --precision=bf16), ITERS (10), CUDA_ARCH (detected from
 # nvidia-smi, else sm_90), MOKA_SHARED (.gpu/shared, else ../shared), GPU_CHECK_BUDGET (540:
 # seconds for the whole script; each step's limit is cut to what is left, and steps that no
 # longer fit are skipped, so that the summary is always written inside a 10-minute device call).
@@ -152,7 +154,9 @@ NJ=$(nproc 2>/dev/null || echo 8)
 BUILD_OK=0
 step "build (CUDA=1)" 420 "$W/build.log" make -j"$NJ" --no-print-directory BUILD="$BUILD" CUDA=1 \
   CUDA_ARCH="$CUDA_ARCH" EXTRA_CFLAGS="$XCFLAGS" EXTRA_LDFLAGS="$XLDFLAGS" EXTRA_NVCCFLAGS="$XNVCC" \
-  "$BUILD/moka" "$BUILD/tests/test_cuda_layers" "$BUILD/tests/test_cuda_solver" && BUILD_OK=1
+  "$BUILD/moka" "$BUILD/tests/test_cuda_layers" "$BUILD/tests/test_cuda_solver" \
+  "$BUILD/tests/test_cuda_transform" "$BUILD/tests/test_cuda_igemm" \
+  "$BUILD/tests/test_cuda_fused" && BUILD_OK=1
 M=$BUILD/moka
 
 # ---- 3. GPU tests (kernels vs CPU reference, whole nets vs Caffe) -------------------------------
@@ -165,7 +169,16 @@ if [ $BUILD_OK = 1 ]; then
   # the CLI: mini_train with --gpu=0, and with solver_mode: GPU (device_id 0) and no --gpu
   step "moka train --gpu=0, solver_mode GPU" 90 "$W/test.log" \
     sh tests/gpu/train_cli.sh "$M" "$MOKA_SHARED" "$W" && t3=1
-  [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && TEST_OK=1
+  # data transforms on the device (kernel vs oracle, Data/ImageData vs the CPU layer, timing)
+  t4=0
+  step "test_cuda_transform" 90 "$W/test.log" "$BUILD/tests/test_cuda_transform" && t4=1
+  # bf16/TF32 implicit-GEMM convolution, cuDNN bf16, bf16/TF32 GEMM vs the host (issue 7)
+  t5=0
+  step "test_cuda_igemm" 90 "$W/test.log" "$BUILD/tests/test_cuda_igemm" && t5=1
+  # fused BatchNorm->Scale(->Eltwise)(->ReLU) op vs the reference layers; the memory plan
+  t6=0
+  step "test_cuda_fused" 90 "$W/test.log" "$BUILD/tests/test_cuda_fused" && t6=1
+  [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && [ $t4 = 1 ] && [ $t5 = 1 ] && [ $t6 = 1 ] && TEST_OK=1
   grep -q '^SKIP' "$W/test.log" 2>/dev/null && TEST_OK=0 && say "GPU tests SKIPPED: $(grep '^SKIP' "$W/test.log" | head -2)"
 fi
 
@@ -177,6 +190,18 @@ if [ $BUILD_OK = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
     --gpu=0 --iterations=2 && SAN_OK=1
 elif [ $BUILD_OK = 1 ]; then
   say "compute-sanitizer: not found on this machine"
+fi
+# the tensor-core convolution kernels (first run unobserved): memcheck on the small igemm shapes
+if [ $BUILD_OK = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  step "compute-sanitizer memcheck igemm" 60 "$W/sanitizer.log" compute-sanitizer --tool memcheck \
+    --print-limit 50 --error-exitcode 99 "$BUILD/tests/test_cuda_igemm" quick || SAN_OK=0
+fi
+
+# ---- 4b. per-layer convolution benchmark: each distinct ResNet-50 shape, batch 64, forward and
+# backward of moka bf16 (implicit GEMM), cuDNN bf16, moka fp32, cuDNN fp32 ----------------------
+if [ $BUILD_OK = 1 ]; then
+  step "igemm per-layer benchmark b64" 75 "$W/igemm_bench.log" "$BUILD/tests/test_cuda_igemm" \
+    bench 64 3
 fi
 
 # ---- 5. benchmark, batch by batch: moka time (ResNet-50 v1 training, both convolution engines),
@@ -190,9 +215,26 @@ for b in $BATCHES; do
       env MOKA_CONV_ENGINE=$eng "$M" time --model="$W/r50_train_b$b.prototxt" --gpu=0 \
       --iterations="$ITERS"
   done
+  # --precision=bf16 (moka's implicit-GEMM kernels, then cuDNN bf16), the largest batch only
+  if [ "$b" = "${BF16_BATCH:-64}" ]; then
+    for eng in moka cudnn; do
+      step "moka time b$b engine=$eng bf16" 180 "$W/moka_${eng}bf16_b$b.log" \
+        env MOKA_CONV_ENGINE=$eng "$M" time --model="$W/r50_train_b$b.prototxt" --gpu=0 \
+        --iterations="$ITERS" --precision=bf16
+    done
+  fi
   step "PyTorch ResNet-50 b$b" 180 "$W/torch.log" python3 tests/gpu/torch_bench.py "$ITERS" \
     "$b:fp32:nchw" "$b:fp32:channels_last" "$b:bf16:channels_last"
 done
+
+# ---- 5b. A/B of the fused BatchNorm chains and the memory plan (both on above): the first batch
+# with both off (summary row "unfused": img/s and peak MiB beside the "moka" row) -----------------
+b0=${BATCHES%% *}
+if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
+  step "moka time b$b0 MOKA_FUSE=0 MOKA_CUDA_MEMPLAN=0" 120 "$W/moka_unfused_b$b0.log" \
+    env MOKA_FUSE=0 MOKA_CUDA_MEMPLAN=0 "$M" time --model="$W/r50_train_b$b0.prototxt" --gpu=0 \
+    --iterations="$ITERS"
+fi
 
 # ---- 6. summary ---------------------------------------------------------------------------------
 say "total $(($(date +%s) - T_START))s"
@@ -203,7 +245,7 @@ python3 tests/gpu/summarize.py "$W" >"$OUT/summary.txt" 2>&1 || echo "summarize.
   cat "$LOG"
 } >>"$OUT/summary.txt"
 cp "$LOG" "$OUT/run.log"
-for f in build test sanitizer torch; do [ -f "$W/$f.log" ] && cp "$W/$f.log" "$OUT/$f.log"; done
+for f in build test sanitizer torch igemm_bench; do [ -f "$W/$f.log" ] && cp "$W/$f.log" "$OUT/$f.log"; done
 : >"$OUT/moka_time.log"
 for f in "$W"/moka_*_b*.log; do
   [ -f "$f" ] || continue

@@ -96,9 +96,12 @@ def main():
             if ln.startswith("[FAIL]") or ln.startswith("SKIP"):
                 print("  " + ln)
     s = read(os.path.join(work, "sanitizer.log"))
-    sm = re.search(r"ERROR SUMMARY: (\d+) error", s)
+    sm = re.findall(r"ERROR SUMMARY: (\d+) error", s)
     print("compute-sanitizer (memcheck, mini_train moka time): %s" %
-          (("%s errors" % sm.group(1)) if sm else "no summary (see sanitizer.log)"))
+          (("%s errors" % sm[0]) if sm else "no summary (see sanitizer.log)"))
+    if "test_cuda_igemm" in s:
+        print("compute-sanitizer (memcheck, test_cuda_igemm quick): %s" %
+              (("%s errors" % sm[1]) if len(sm) > 1 else "no summary (see sanitizer.log)"))
     print()
 
     runs, tr = moka_runs(work), torch_runs(work)
@@ -106,11 +109,14 @@ def main():
     print("ResNet-50 v1 training (forward+backward, 224x224), img/s:")
     print("  %-44s %8s %10s %10s" % ("", "batch", "img/s", "peak MiB"))
     for b in batches:
-        for eng in ("moka", "cudnn"):
+        for eng in ("moka", "cudnn", "mokabf16", "cudnnbf16", "unfused"):
             r = runs.get((eng, b))
             if r:
                 print("  %-44s %8d %10s %10s%s" % (
-                    "moka fp32, %s convolutions" % ("moka's own" if eng == "moka" else "cuDNN"),
+                    "moka fp32, no BN fusion, no memory plan" if eng == "unfused" else
+                    "moka %s, %s convolutions" % ("bf16" if eng.endswith("bf16") else "fp32",
+                                                  "moka's own" if eng.startswith("moka")
+                                                  else "cuDNN"),
                     b, fmt(r["img_s"]), fmt(r["peak_mib"], "%.0f"),
                     "  (per-layer synced: %s img/s)" % fmt(r["img_s_synced"])
                     + ("  ERROR: %s" % r["error"] if r["error"] and not r["img_s"] else "")))
@@ -134,16 +140,23 @@ def main():
         ci = cd["img_s"] if cd else None
         ti = float(tf["img_s"]) if tf else None
         bi = float(tb["img_s"]) if tb else None
+        mb, cb = runs.get(("mokabf16", b)), runs.get(("cudnnbf16", b))
+        mbi = mb["img_s"] if mb else None
+        cbi = cb["img_s"] if cb else None
         print("  batch %d: moka/PyTorch fp32 = %s (target >= 1.0); cuDNN engine/PyTorch fp32 = %s; "
-              "moka/cuDNN engine = %s; moka fp32/PyTorch bf16 AMP channels_last = %s "
-              "(bf16 target >= 1.5: moka bf16 not implemented)"
-              % (b, ratio(mi, ti), ratio(ci, ti), ratio(mi, ci), ratio(mi, bi)))
+              "moka/cuDNN engine = %s; moka fp32/PyTorch bf16 AMP channels_last = %s; "
+              "moka bf16/PyTorch bf16 AMP channels_last = %s (bf16 target >= 1.5); "
+              "moka bf16/cuDNN engine bf16 = %s"
+              % (b, ratio(mi, ti), ratio(ci, ti), ratio(mi, ci), ratio(mi, bi), ratio(mbi, bi),
+                 ratio(mbi, cbi)))
     print()
-    for b in batches:
-        mk, cd = runs.get(("moka", b)), runs.get(("cudnn", b))
+    for b, (em, ec, prec) in [(b, p) for b in batches for p in (("moka", "cudnn", "fp32"),
+                                                               ("mokabf16", "cudnnbf16", "bf16"))]:
+        mk, cd = runs.get((em, b)), runs.get((ec, b))
         if not (mk and cd and mk["layers"] and cd["layers"]):
             continue
-        print("Convolutions, batch %d: t_cuDNN / t_moka per layer (>= 0.8 meets the target):" % b)
+        print("Convolutions, batch %d, %s: t_cuDNN / t_moka per layer (>= 0.8 meets the target):"
+              % (b, prec))
         print("  %-18s %9s %9s %6s %9s %9s %6s" % ("layer", "fwd moka", "fwd cuDNN", "ratio",
                                                    "bwd moka", "bwd cuDNN", "ratio"))
         tot = [0.0, 0.0, 0.0, 0.0]
@@ -166,6 +179,66 @@ def main():
                 tot[3], tot[3] / tot[2] if tot[2] else 0))
             print("  %d of %d convolution layers at >= 0.8x cuDNN (forward+backward)" % (met, n))
         print()
+
+    igemm_bench(work)
+
+
+def igemm_bench(work):
+    """Per-layer convolution benchmark (test_cuda_igemm bench): t_cuDNN / t_moka per shape."""
+    text = read(os.path.join(work, "igemm_bench.log"))
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("igemm_bench_error"):
+            print("  " + line)
+        if not line.startswith("igemm_bench "):
+            continue
+        kv = dict(re.findall(r"(\w+)=(\S+)", line))
+        rows.append(kv)
+    if not rows:
+        if text:
+            print("Per-layer convolution benchmark: no results (see igemm_bench.log)")
+        return
+    print("Per-layer convolutions, batch 64 (test_cuda_igemm bench), forward+backward ms; "
+          "ratio = t_cuDNN / t_moka (>= 0.8 meets the target):")
+    print("  %-16s %-26s %9s %9s %6s %9s %9s %6s  %s" % (
+        "layer", "shape", "moka bf16", "cuDNN bf16", "ratio", "moka fp32", "cuDNN fp32", "ratio",
+        "best igemm tile (ms)"))
+
+    def fb(kv, e):
+        f, b = float(kv.get("fwd_" + e, -1)), float(kv.get("bwd_" + e, -1))
+        return f + b if f >= 0 and b >= 0 else None
+    met = [0, 0]
+    n = [0, 0]
+    for kv in rows:
+        t = [fb(kv, e) for e in ("moka_bf16", "cudnn_bf16", "moka_fp32", "cudnn_fp32")]
+        r = []
+        for i in (0, 2):
+            if t[i] and t[i + 1]:
+                r.append(t[i + 1] / t[i])
+                n[i // 2] += 1
+                met[i // 2] += r[-1] >= 0.8 - 1e-9
+            else:
+                r.append(None)
+        tiles = [(fb(kv, "t" + tl), tl) for tl in ("128x128", "128x64", "64x128", "64x64")]
+        tiles = [tt for tt in tiles if tt[0]]
+        best = "%s (%.3f)" % (min(tiles)[1], min(tiles)[0]) if tiles else "n/a"
+        print("  %-16s %-26s %9s %9s %6s %9s %9s %6s  %s" % (
+            kv.get("layer", "?"), kv.get("shape", "?"), fmt(t[0], "%.3f"), fmt(t[1], "%.3f"),
+            fmt(r[0], "%.2f"), fmt(t[2], "%.3f"), fmt(t[3], "%.3f"), fmt(r[1], "%.2f"), best))
+    print("  bf16: %d of %d shapes at >= 0.8x cuDNN; fp32: %d of %d" % (met[0], n[0], met[1], n[1]))
+    # cuDNN's bf16 times include fp32<->bf16 conversions (moka's kernels convert as they load);
+    # without them (t_cuDNN bf16 - t_conversions) the comparison with a bf16-native cuDNN:
+    core = []
+    for kv in rows:
+        tm, tc, cv = fb(kv, "moka_bf16"), fb(kv, "cudnn_bf16"), fb(kv, "cvt")
+        if tm and tc and cv is not None and tc - cv > 0:
+            core.append((kv.get("layer", "?"), (tc - cv) / tm))
+    if core:
+        print("  bf16 without cuDNN's conversions (t_cuDNN_bf16 - t_cvt) / t_moka: " +
+              ", ".join("%s %.2f" % c for c in core))
+        print("  %d of %d shapes at >= 0.8x that" % (sum(r >= 0.8 - 1e-9 for _, r in core),
+                                                    len(core)))
+    print()
 
 
 if __name__ == "__main__":

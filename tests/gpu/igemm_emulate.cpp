@@ -1,0 +1,401 @@
+/* igemm_emulate.cpp — the implicit-GEMM convolution kernel of
+ * kernels/conv_igemm.cu (the same source, compiled with MOKA_IGEMM_EMULATE)
+ * run on the CPU, so that its tiling, thread maps, shared-memory staging,
+ * boundary checks, epilogue and split-K are tested where there is no GPU
+ * (`make test`). Only the hardware is mocked:
+ *
+ *   - threads: the 256 threads of a CTA are cooperative contexts
+ *     (ucontext) on one OS thread; __syncthreads and __syncwarp switch to
+ *     the next thread, round robin, so every thread reaches its i-th barrier
+ *     before any passes it (the scheduler checks that all threads meet at the
+ *     same barrier: a divergent barrier is an error). __shared__ is a static
+ *     (one CTA runs at a time).
+ *   - WMMA: fragments hold the whole 16x16 (16x8, 8x16) tile; load, MMA and
+ *     store act for the warp (lane 0 does the work, the other lanes skip it,
+ *     like the collective operations they are). Their documented
+ *     preconditions are asserted: 256-bit aligned pointers, ldm a multiple
+ *     of 16 bytes. MMA accumulates in fp32, in k order.
+ *   - bf16 / tf32 conversions: round to nearest even / nearest-away, the
+ *     roundings of __float2bfloat16_rn and cvt.rna.tf32.f32.
+ *
+ * Checks, for geometries that leave partial tiles in M, N and K, several
+ * groups and several K splits, with every tile shape (BM, BN in {64, 128}) and
+ * both precisions: forward (with bias), data gradient and weight gradient
+ * (single pass +=, and split-K partials reduced in order) against a direct
+ * convolution in double. Inputs on the bf16 grid (so both roundings are
+ * exact): bound (K + 64) * 2^-23 * sum |terms| per element, as in
+ * test_cuda_igemm.c. What it cannot check: the real fragment layouts (hidden
+ * behind load/store, which the mock honours), timing, memory coherence.
+ * Out-of-bounds reads of the gathers are caught with AddressSanitizer (slow,
+ * not in `make test`; ASan warns that it does not fully support swapcontext):
+ *   g++ -std=c++17 -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas \
+ *       tests/gpu/igemm_emulate.cpp -o /tmp/igemm_emulate && /tmp/igemm_emulate
+ */
+#include <cassert>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include <ucontext.h>
+
+/* ---- mocked CUDA ----------------------------------------------------------------------------- */
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __ldg(p) (*(p))
+
+struct dim3 {
+  unsigned x, y, z;
+};
+static dim3 threadIdx, blockIdx;
+
+static void emu_sync(int kind);
+static void __syncthreads() { emu_sync(1); }
+static void __syncwarp() { emu_sync(2); }
+static void __trap() { abort(); }
+
+struct __nv_bfloat16 { /* 2 bytes, like the device's: the shared-memory layout is the same */
+  uint16_t bits;
+};
+static float round_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return f;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static __nv_bfloat16 __float2bfloat16_rn(float v) {
+  const float r = round_bf16(v);
+  uint32_t u;
+  memcpy(&u, &r, 4);
+  return __nv_bfloat16{(uint16_t)(u >> 16)};
+}
+static float to_float(float v) { return v; }
+static float to_float(__nv_bfloat16 v) {
+  const uint32_t u = (uint32_t)v.bits << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static int g_errors;
+#define EMU_ASSERT(cond, ...)                                                                   \
+  do {                                                                                          \
+    if (!(cond)) {                                                                              \
+      if (g_errors++ < 5) {                                                                     \
+        fprintf(stderr, "emulator: " __VA_ARGS__);                                              \
+        fprintf(stderr, "\n");                                                                  \
+      }                                                                                         \
+    }                                                                                           \
+  } while (0)
+
+namespace wmma {
+struct row_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+enum layout_t { mem_row_major };
+namespace precision {
+struct tf32 {};
+}
+template <class Use, int M, int N, int K, class T, class L = void>
+struct fragment {
+  float v[256];
+};
+
+static bool lane0() { return threadIdx.x % 32 == 0; }
+static void check_ptr(const void *p, unsigned ldm, size_t elem) {
+  EMU_ASSERT((uintptr_t)p % 32 == 0, "WMMA pointer %p is not 256-bit aligned", p);
+  EMU_ASSERT((ldm * elem) % 16 == 0,
+             "WMMA ldm %u (element %zu bytes) is not a multiple of 16 bytes", ldm, elem);
+}
+
+template <int M, int N, int K, class T, class L, class E>
+void load_matrix_sync(fragment<matrix_a, M, N, K, T, L> &f, const E *p, unsigned ldm) {
+  check_ptr(p, ldm, sizeof(E));
+  if (!lane0()) return;
+  for (int r = 0; r < M; r++)
+    for (int c = 0; c < K; c++) f.v[r * K + c] = to_float(p[(size_t)r * ldm + c]);
+}
+template <int M, int N, int K, class T, class L, class E>
+void load_matrix_sync(fragment<matrix_b, M, N, K, T, L> &f, const E *p, unsigned ldm) {
+  check_ptr(p, ldm, sizeof(E));
+  if (!lane0()) return;
+  for (int r = 0; r < K; r++)
+    for (int c = 0; c < N; c++) f.v[r * N + c] = to_float(p[(size_t)r * ldm + c]);
+}
+template <int M, int N, int K, class TA, class TB, class LA, class LB>
+void mma_sync(fragment<accumulator, M, N, K, float> &d,
+              const fragment<matrix_a, M, N, K, TA, LA> &a,
+              const fragment<matrix_b, M, N, K, TB, LB> &b,
+              const fragment<accumulator, M, N, K, float> &c) {
+  if (!lane0()) return;
+  float t[256];
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      float s = c.v[i * N + j];
+      for (int k = 0; k < K; k++) s += a.v[i * K + k] * b.v[k * N + j];
+      t[i * N + j] = s;
+    }
+  memcpy(d.v, t, sizeof t);
+}
+template <int M, int N, int K>
+void fill_fragment(fragment<accumulator, M, N, K, float> &f, float v) {
+  for (int i = 0; i < 256; i++) f.v[i] = v;
+}
+template <int M, int N, int K>
+void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f, unsigned ldm,
+                       layout_t) {
+  check_ptr(p, ldm, 4);
+  if (!lane0()) return;
+  for (int r = 0; r < M; r++)
+    for (int c = 0; c < N; c++) p[(size_t)r * ldm + c] = f.v[r * N + c];
+}
+static float __float_to_tf32(float f) { /* cvt.rna.tf32.f32: nearest, ties away from zero */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return f;
+  u += 0x1000u;
+  u &= 0xffffe000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+} // namespace wmma
+
+#define MOKA_IGEMM_EMULATE 1
+#include "../../kernels/conv_igemm.cu"
+
+/* ---- cooperative threads --------------------------------------------------------------------- */
+
+enum { NT = 256, STACK = 256 * 1024 };
+static ucontext_t g_sched, g_ctx[NT];
+static std::vector<char> g_stacks;
+static int g_cur, g_kind[NT], g_count[NT];
+static bool g_done[NT];
+static std::function<void()> g_body;
+
+static void emu_sync(int kind) {
+  const int t = g_cur;
+  g_kind[t] = kind;
+  g_count[t]++;
+  swapcontext(&g_ctx[t], &g_sched);
+}
+
+static void thread_entry() {
+  g_body();
+  g_done[g_cur] = true;
+}
+
+static void run_block(const std::function<void()> &body) {
+  if (g_stacks.empty()) g_stacks.resize((size_t)NT * STACK);
+  g_body = body;
+  for (int t = 0; t < NT; t++) {
+    getcontext(&g_ctx[t]);
+    g_ctx[t].uc_stack.ss_sp = &g_stacks[(size_t)t * STACK];
+    g_ctx[t].uc_stack.ss_size = STACK;
+    g_ctx[t].uc_link = &g_sched;
+    makecontext(&g_ctx[t], thread_entry, 0);
+    g_done[t] = false;
+    g_kind[t] = 0;
+    g_count[t] = 0;
+  }
+  for (;;) {
+    for (int t = 0; t < NT; t++) {
+      if (g_done[t]) continue;
+      g_cur = t;
+      threadIdx = dim3{(unsigned)t, 0, 0};
+      swapcontext(&g_sched, &g_ctx[t]);
+    }
+    int ndone = 0;
+    for (int t = 0; t < NT; t++) ndone += g_done[t];
+    if (ndone == NT) return;
+    bool same = ndone == 0;
+    for (int t = 1; t < NT && same; t++)
+      same = g_kind[t] == g_kind[0] && g_count[t] == g_count[0];
+    EMU_ASSERT(same, "threads diverge at a barrier (%d finished; thread 0 at barrier %d kind %d)",
+               ndone, g_count[0], g_kind[0]);
+    if (!same) { /* run the rest to completion to leave no context behind */
+      for (int t = 0; t < NT; t++) g_kind[t] = g_count[t] = 0;
+    }
+  }
+}
+
+template <int BM, int BN, class PR, class Op>
+static void launch_emu(const Op &op, int M, int N, int K, int kchunk, int splits, int G) {
+  const unsigned gx = (N + BN - 1) / BN, gy = (M + BM - 1) / BM, gz = G * splits;
+  for (unsigned z = 0; z < gz; z++)
+    for (unsigned y = 0; y < gy; y++)
+      for (unsigned x = 0; x < gx; x++) {
+        blockIdx = dim3{x, y, z};
+        run_block([&] { igemm_kernel<BM, BN, PR, Op>(op, M, N, K, kchunk, splits); });
+      }
+}
+
+template <class PR, class Op>
+static void launch_tile(int bm, int bn, const Op &op, int M, int N, int K, int kchunk, int splits,
+                        int G) {
+  if (bm == 128 && bn == 128) launch_emu<128, 128, PR>(op, M, N, K, kchunk, splits, G);
+  else if (bm == 128) launch_emu<128, 64, PR>(op, M, N, K, kchunk, splits, G);
+  else if (bn == 128) launch_emu<64, 128, PR>(op, M, N, K, kchunk, splits, G);
+  else launch_emu<64, 64, PR>(op, M, N, K, kchunk, splits, G);
+}
+
+/* ---- the checks ------------------------------------------------------------------------------ */
+
+static int g_passed, g_failed;
+
+struct Geo {
+  int num, C, H, W, OC, G, KH, KW, PH, PW, SH, SW, DH, DW;
+};
+
+static unsigned long long g_lcg = 777;
+static float rnd_grid() {
+  g_lcg = g_lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+  return round_bf16((float)((g_lcg >> 33) % 2000001) / 1000000.0f - 1.0f);
+}
+
+static bool close_all(const char *what, const std::vector<float> &got,
+                      const std::vector<double> &ref, const std::vector<double> &S, long long K) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); i++) {
+    const double d = fabs((double)got[i] - ref[i]);
+    if (!(d <= (double)(K + 64) * ldexp(1.0, -23) * S[i] + 1e-30)) {
+      if (!bad) first = i;
+      bad++;
+    }
+  }
+  if (bad)
+    fprintf(stderr, "  FAIL %s: %zu of %zu wrong (first %zu: got %.9g want %.9g)\n", what, bad,
+            got.size(), first, (double)got[first], ref[first]);
+  return bad == 0;
+}
+
+/* One geometry, one tile shape, one precision: the three GEMMs. */
+template <class PR>
+static bool run(const Geo &c, int bm, int bn, bool split, const char *pname) {
+  const int OH = (c.H + 2 * c.PH - (c.DH * (c.KH - 1) + 1)) / c.SH + 1;
+  const int OW = (c.W + 2 * c.PW - (c.DW * (c.KW - 1) + 1)) / c.SW + 1;
+  const IgemmGeom g = igemm_geom(c.num, c.C, c.H, c.W, c.OC, c.G, OH, OW, c.KH, c.KW, c.PH, c.PW,
+                                 c.SH, c.SW, c.DH, c.DW);
+  const size_t nx = (size_t)c.num * c.C * g.HW, ny = (size_t)c.num * c.OC * g.OHW;
+  const size_t nw = (size_t)c.OC * g.Cg * g.KHW;
+  std::vector<float> x(nx), w(nw), dy(ny), bias(c.OC), dw0(nw);
+  for (auto &v : x) v = rnd_grid();
+  for (auto &v : w) v = rnd_grid();
+  for (auto &v : dy) v = rnd_grid();
+  for (auto &v : bias) v = rnd_grid() * 0.37f;
+  for (auto &v : dw0) v = rnd_grid() * 0.11f;
+  /* reference */
+  std::vector<double> y(ny), sy(ny), dx(nx, 0.0), sdx(nx, 0.0), dwr(nw), sdw(nw);
+  for (size_t i = 0; i < nw; i++) dwr[i] = dw0[i], sdw[i] = fabs(dw0[i]);
+  for (int n = 0; n < c.num; n++)
+    for (int oc = 0; oc < c.OC; oc++)
+      for (int oh = 0; oh < OH; oh++)
+        for (int ow = 0; ow < OW; ow++) {
+          const int grp = oc / g.OCg;
+          const size_t yi = (((size_t)n * c.OC + oc) * OH + oh) * OW + ow;
+          double s = bias[oc], a = fabs(bias[oc]);
+          for (int ci = 0; ci < g.Cg; ci++)
+            for (int kh = 0; kh < c.KH; kh++)
+              for (int kw = 0; kw < c.KW; kw++) {
+                const int h = oh * c.SH - c.PH + kh * c.DH, ww = ow * c.SW - c.PW + kw * c.DW;
+                if (h < 0 || h >= c.H || ww < 0 || ww >= c.W) continue;
+                const size_t xi = (((size_t)n * c.C + grp * g.Cg + ci) * c.H + h) * c.W + ww;
+                const size_t wi = (((size_t)oc * g.Cg + ci) * c.KH + kh) * c.KW + kw;
+                s += (double)w[wi] * x[xi], a += fabs((double)w[wi] * x[xi]);
+                dx[xi] += (double)w[wi] * dy[yi], sdx[xi] += fabs((double)w[wi] * dy[yi]);
+                dwr[wi] += (double)dy[yi] * x[xi], sdw[wi] += fabs((double)dy[yi] * x[xi]);
+              }
+          y[yi] = s, sy[yi] = a;
+        }
+  std::vector<IgemmTap> tab(g.Cg * g.KHW), dtab(g.OCg * g.KHW);
+  for (int k = 0; k < (int)tab.size(); k++) tab[k] = igemm_fwd_tap(&g, k);
+  for (int k = 0; k < (int)dtab.size(); k++) dtab[k] = igemm_dgrad_tap(&g, k);
+  std::vector<float> gy(ny, NAN), gdx(nx, NAN), gdw(dw0);
+  char what[200];
+  bool ok = true;
+  /* forward */
+  {
+    FwdOp op = {g, x.data(), w.data(), bias.data(), gy.data(), tab.data()};
+    const int M = g.OCg, N = c.num * g.OHW, K = g.Cg * g.KHW;
+    launch_tile<PR>(bm, bn, op, M, N, K, K, 1, c.G);
+    snprintf(what, sizeof what, "%s forward, tile %dx%d", pname, bm, bn);
+    ok &= close_all(what, gy, y, sy, K + 1);
+  }
+  /* data gradient */
+  {
+    DgradOp op = {g, w.data(), dy.data(), gdx.data(), dtab.data()};
+    const int M = g.Cg, N = c.num * g.HW, K = g.OCg * g.KHW;
+    launch_tile<PR>(bm, bn, op, M, N, K, K, 1, c.G);
+    snprintf(what, sizeof what, "%s data gradient, tile %dx%d", pname, bm, bn);
+    ok &= close_all(what, gdx, dx, sdx, K);
+  }
+  /* weight gradient: one pass (+=), or split-K as the launcher plans it for a 4-SM GPU */
+  {
+    const int M = g.OCg, N = g.Cg * g.KHW, K = c.num * g.OHW;
+    int splits = 1, kchunk = K;
+    if (split) plan_split(M, N, K, c.G, bm, bn, 4, &splits, &kchunk);
+    std::vector<float> part(splits > 1 ? (size_t)splits * nw : 0, NAN);
+    WgradOp op = {g, x.data(), dy.data(), gdw.data(), splits > 1 ? part.data() : nullptr,
+                  tab.data()};
+    launch_tile<PR>(bm, bn, op, M, N, K, kchunk, splits, c.G);
+    if (splits > 1)
+      for (size_t i = 0; i < nw; i++) { /* igemm_split_reduce_kernel */
+        float s = part[i];
+        for (int p = 1; p < splits; p++) s += part[(size_t)p * nw + i];
+        gdw[i] += s;
+      }
+    snprintf(what, sizeof what, "%s weight gradient, tile %dx%d, %d split(s)", pname, bm, bn,
+             splits);
+    ok &= close_all(what, gdw, dwr, sdw, K + splits + 1);
+    if (split && splits < 2 && K >= 16 * IG_BK)
+      fprintf(stderr, "  note: %s planned no split for K %d\n", what, K);
+  }
+  return ok;
+}
+
+int main() {
+  static const Geo geos[] = {
+      /* num C H W OC G KH KW PH PW SH SW DH DW */
+      {2, 3, 19, 17, 70, 1, 7, 7, 3, 3, 2, 2, 1, 1},     /* stem-like: K 147, M 70 > 64 */
+      {1, 20, 13, 11, 36, 1, 3, 3, 1, 1, 1, 1, 1, 1},    /* odd: N 143, K 180 */
+      {2, 40, 9, 7, 130, 1, 1, 1, 0, 0, 1, 1, 1, 1},     /* 1x1: M 130 (> 128), N 126 */
+      {2, 24, 15, 15, 40, 1, 1, 1, 0, 0, 2, 2, 1, 1},    /* 1x1/2: dgrad skips 3 of 4 pixels */
+      {1, 18, 10, 10, 22, 2, 3, 3, 1, 1, 1, 1, 1, 1},    /* groups 2 */
+      {1, 12, 14, 13, 21, 3, 3, 3, 2, 2, 2, 1, 2, 2},    /* groups 3, dilation 2, stride 2x1 */
+      {4, 8, 16, 16, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1},     /* wgrad K 1024: split-K */
+  };
+  struct Tile {
+    int bm, bn;
+  } tiles[] = {{128, 128}, {128, 64}, {64, 128}, {64, 64}};
+  for (const Geo &c : geos)
+    for (const Tile &t : tiles)
+      for (int prec = 0; prec < 2; prec++) {
+        const int e0 = g_errors;
+        const bool split = (t.bm + t.bn + prec) % 3 != 0; /* both paths across the runs */
+        const bool ok = prec == 0 ? run<PrecBf16>(c, t.bm, t.bn, split, "bf16")
+                                  : run<PrecTf32>(c, t.bm, t.bn, split, "tf32");
+        if (ok && g_errors == e0) {
+          g_passed++;
+        } else {
+          g_failed++;
+          fprintf(stderr,
+                  "[FAIL] N%d C%d %dx%d OC%d G%d k%dx%d p%dx%d s%dx%d d%dx%d tile %dx%d %s\n",
+                  c.num, c.C, c.H, c.W, c.OC, c.G, c.KH, c.KW, c.PH, c.PW, c.SH, c.SW, c.DH, c.DW,
+                  t.bm, t.bn, prec == 0 ? "bf16" : "tf32");
+        }
+      }
+  printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}
