@@ -206,7 +206,7 @@ int moka_cuda_bn_backward(cudaStream_t s, const float *dy, const float *x_norm,
                           const float *stats, float *dx, float *work, size_t N, size_t C,
                           size_t S, bool use_global);
 
-/* ---- Fused BatchNorm -> Scale [-> Eltwise SUM] [-> ReLU] (helper B: kernels/bn_fused.cu) -- */
+/* ---- Fused BatchNorm -> Scale [-> Eltwise SUM] [-> ReLU] (kernels/bn_fused.cu) ------------- */
 /* The math of src/net_fuse.h (per channel c of x (N,C,S), m = N*S):
  *   statistics as moka_cuda_bn_forward (batch: two passes, double sums, the
  *   running statistics b0..b2 updated; global: from b0..b2); stats (3C) =
@@ -420,7 +420,7 @@ int moka_cuda_nesterov_update(cudaStream_t s, float *w, float *diff, float *hist
                               const MokaSgdSegment *seg_dev, int n_seg, size_t total,
                               float momentum, int iter_size, bool l1);
 
-/* ---- data transforms on the device (helper C, issue 7: kernels/transform.cu) -------------- */
+/* ---- data transforms on the device (kernels/transform.cu) ------------------------------ */
 #include "data/raw_batch.h"
 
 /* The DataTransformer's constants for moka_cuda_transform (device pointers). */

@@ -65,11 +65,12 @@
  * layers whose tops may share their bottom's data, as Caffe's Split does;
  * see net_fuse_split_share.
  *
- * CUDA (helper B, src/net_fuse_cuda.c): implement the two functions under
- * MOKA_WITH_CUDA below with the math above, on the BN layer's device buffers
- * (BatchNormPriv's dev_x_norm / dev_stats, src/layers/batchnorm_priv.h), then
- * enable CUDA fusion by changing MOKA_FUSE_CUDA_READY below to 1. Until then
- * net_fuse_plan never fuses on the CUDA backend and net.c never calls them.
+ * CUDA (src/net_fuse_cuda.c, kernels/bn_fused.cu): the two functions under
+ * MOKA_WITH_CUDA below, with the math above, on the BN layer's device buffers
+ * (BatchNormPriv's dev_x_norm / dev_stats, src/layers/batchnorm_priv.h).
+ * They skip the x_diff_dz write (nobody reads that diff). Building with
+ * -DMOKA_FUSE_CUDA_READY=0 makes net_fuse_plan never fuse on the CUDA
+ * backend (net.c then never calls them); MOKA_FUSE=0 does it at run time.
  */
 #ifndef MOKA_NET_FUSE_H
 #define MOKA_NET_FUSE_H
@@ -78,7 +79,7 @@
 
 #include "net.h"
 
-/* 1 once src/net_fuse_cuda.c implements net_fuse_cuda_forward/backward. */
+/* CUDA fusion compiled in (see above). */
 #ifndef MOKA_FUSE_CUDA_READY
 #define MOKA_FUSE_CUDA_READY 1
 #endif

@@ -156,7 +156,7 @@ step "build (CUDA=1)" 420 "$W/build.log" make -j"$NJ" --no-print-directory BUILD
   CUDA_ARCH="$CUDA_ARCH" EXTRA_CFLAGS="$XCFLAGS" EXTRA_LDFLAGS="$XLDFLAGS" EXTRA_NVCCFLAGS="$XNVCC" \
   "$BUILD/moka" "$BUILD/tests/test_cuda_layers" "$BUILD/tests/test_cuda_solver" \
   "$BUILD/tests/test_cuda_transform" "$BUILD/tests/test_cuda_igemm" \
-  "$BUILD/tests/test_cuda_fused" && BUILD_OK=1
+  "$BUILD/tests/test_cuda_fused" "$BUILD/tests/test_cuda_faults" && BUILD_OK=1
 M=$BUILD/moka
 
 # ---- 3. GPU tests (kernels vs CPU reference, whole nets vs Caffe) -------------------------------
@@ -178,7 +178,11 @@ if [ $BUILD_OK = 1 ]; then
   # fused BatchNorm->Scale(->Eltwise)(->ReLU) op vs the reference layers; the memory plan
   t6=0
   step "test_cuda_fused" 90 "$W/test.log" "$BUILD/tests/test_cuda_fused" && t6=1
-  [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && [ $t4 = 1 ] && [ $t5 = 1 ] && [ $t6 = 1 ] && TEST_OK=1
+  # numerical faults on the device: NaN/inf stops naming the layer, debug_info lines
+  t7=0
+  step "test_cuda_faults" 60 "$W/test.log" "$BUILD/tests/test_cuda_faults" && t7=1
+  [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && [ $t4 = 1 ] && [ $t5 = 1 ] && [ $t6 = 1 ] &&
+    [ $t7 = 1 ] && TEST_OK=1
   grep -q '^SKIP' "$W/test.log" 2>/dev/null && TEST_OK=0 && say "GPU tests SKIPPED: $(grep '^SKIP' "$W/test.log" | head -2)"
 fi
 
