@@ -423,8 +423,8 @@ int net_fuse_cpu_forward(Net *net, const FusedChain *c) {
     return 0;
   }
 
-  /* Batch statistics: batchnorm_fast.c's loops (the same sums, so the same
-   * mean and variance), then the channel's planes while still in cache.
+  /* Batch statistics: bn_fast_channel_stats, as batchnorm_fast.c (the same
+   * sums, so the same mean and variance), then the channel's planes while still in cache.
    * Small planes (7x7, 14x14: a channel is N scattered pieces of a few
    * cache lines) are written afterwards in memory order instead: read
    * channel by channel, the shortcut and outputs would wait on memory for
@@ -433,32 +433,12 @@ int net_fuse_cpu_forward(Net *net, const FusedChain *c) {
   const bool in_cache = S >= FUSE_PLANE_STREAM;
 #pragma omp parallel for schedule(dynamic, 1) if (count >= FAST_GRAIN)
   for (size_t ch = 0; ch < C; ch++) {
-    double sum = 0;
-    for (size_t n = 0; n < N; n++) {
-      const float *xc = x + (n * C + ch) * S;
-#pragma omp simd reduction(+ : sum)
-      for (size_t s = 0; s < S; s++) sum += xc[s];
-    }
-    const float mu = (float)(sum / (double)m);
-    double sq = 0;
-    for (size_t n = 0; n < N; n++) {
-      const float *xc = x + (n * C + ch) * S;
-#pragma omp simd reduction(+ : sq)
-      for (size_t s = 0; s < S; s++) {
-        float d = xc[s] - mu;
-        sq += (double)d * (double)d;
-      }
-    }
-    const float var = (float)(sq / (double)m);
-    const float sd = sqrtf(var + p->eps);
-    p->mean[ch] = mu;
-    p->var[ch] = var;
-    p->std[ch] = sd;
+    bn_fast_channel_stats(x, N, C, S, ch, p->eps, &p->mean[ch], &p->var[ch], &p->std[ch]);
     if (!in_cache) continue;
     for (size_t n = 0; n < N; n++) {
       const size_t o = (n * C + ch) * S;
       forward_plane(c, x + o, xn ? xn + o : NULL, xz + o, r ? r + o : NULL, y ? y + o : NULL, S,
-                    mu, sd, g[ch], be ? be[ch] : 0.0f);
+                    p->mean[ch], p->std[ch], g[ch], be ? be[ch] : 0.0f);
     }
   }
   if (!in_cache) {

@@ -59,30 +59,10 @@ int bn_forward_fast(Layer *l) {
   const size_t m = N * S;
 #pragma omp parallel for schedule(dynamic, 1) if (count >= FAST_GRAIN)
   for (size_t c = 0; c < C; c++) {
-    double sum = 0;
-    for (size_t n = 0; n < N; n++) {
-      const float *xc = x + (n * C + c) * S;
-#pragma omp simd reduction(+ : sum)
-      for (size_t s = 0; s < S; s++) sum += xc[s];
-    }
-    const float mu = (float)(sum / (double)m);
-    double sq = 0;
-    for (size_t n = 0; n < N; n++) {
-      const float *xc = x + (n * C + c) * S;
-#pragma omp simd reduction(+ : sq)
-      for (size_t s = 0; s < S; s++) {
-        float d = xc[s] - mu;
-        sq += (double)d * (double)d;
-      }
-    }
-    const float var = (float)(sq / (double)m);
-    const float sd = sqrtf(var + p->eps);
-    p->mean[c] = mu;
-    p->var[c] = var;
-    p->std[c] = sd;
+    bn_fast_channel_stats(x, N, C, S, c, p->eps, &p->mean[c], &p->var[c], &p->std[c]);
     for (size_t n = 0; n < N; n++) {
       const size_t o = (n * C + c) * S;
-      normalize(x + o, y + o, xn + o, S, mu, sd);
+      normalize(x + o, y + o, xn + o, S, p->mean[c], p->std[c]);
     }
   }
   /* Running statistics (weighted sums), as the reference. */

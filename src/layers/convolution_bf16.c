@@ -472,6 +472,20 @@ static int backward_chunk(const Bf16Conv *cv, const float *x, const float *dy, f
   return 0;
 }
 
+/* backward_chunk for fast_chunked_wgrad: chunk k of `chunk` images, one thread. */
+typedef struct BwdChunks {
+  const Bf16Conv *cv;
+  const float *x, *dy;
+  float *dx;
+  int chunk, num;
+} BwdChunks;
+
+static int backward_chunk_k(void *ctx, int k, float *wacc) {
+  const BwdChunks *b = ctx;
+  const int n0 = k * b->chunk, nc = b->num - n0 < b->chunk ? b->num - n0 : b->chunk;
+  return backward_chunk(b->cv, b->x, b->dy, b->dx, wacc, n0, nc, false);
+}
+
 int conv_backward_bf16(Layer *l, const float *x, const float *dy, float *dx, float *wdiff) {
   ConvPriv *p = l->priv;
   const size_t wcount = l->params[0]->count;
@@ -480,36 +494,9 @@ int conv_backward_bf16(Layer *l, const float *x, const float *dy, float *dx, flo
   int rc = layer_setup(l, &pl, true, dx != NULL, &cv);
   if (rc) return rc;
   if (pl.by_chunk) {
-    /* As convolution_fast.c: thread t takes chunks t, t+T, ...; thread 0
-     * accumulates into the weight diff, the others into their own buffers,
-     * added afterwards in thread order (the same sums on every run). */
-    const int T = pl.threads;
-    float *acc[64] = {0};
-    if (T > 64) return moka_errorf("internal: more than 64 threads");
-#pragma omp parallel num_threads(T) reduction(| : rc)
-    {
-      const int t = omp_get_thread_num();
-      float *wacc = wdiff;
-      if (wdiff && t > 0) {
-        wacc = fast_workspace(FAST_WS_AUX, wcount, "convolution weight-gradient buffer");
-        if (wacc) memset(wacc, 0, wcount * sizeof(float));
-        else rc |= 1;
-        acc[t] = wacc;
-      }
-      for (int k = t; k < pl.n_chunks && !rc; k += T) {
-        const int n0 = k * pl.chunk, nc = p->num - n0 < pl.chunk ? p->num - n0 : pl.chunk;
-        rc |= backward_chunk(&cv, x, dy, dx, wacc, n0, nc, false);
-      }
-    }
-    if (!rc && wdiff) {
-#pragma omp parallel for simd schedule(static) if (wcount >= FAST_GRAIN)
-      for (size_t k = 0; k < wcount; k++) {
-        float v = wdiff[k];
-        for (int t = 1; t < T; t++)
-          if (acc[t]) v += acc[t][k];
-        wdiff[k] = v;
-      }
-    }
+    /* A chunk per thread in turn, weight gradients added in thread order. */
+    BwdChunks bc = {&cv, x, dy, dx, pl.chunk, p->num};
+    rc = fast_chunked_wgrad(pl.threads, pl.n_chunks, wdiff, wcount, backward_chunk_k, &bc);
   } else {
     for (int k = 0; k < pl.n_chunks && !rc; k++) {
       const int n0 = k * pl.chunk, nc = p->num - n0 < pl.chunk ? p->num - n0 : pl.chunk;

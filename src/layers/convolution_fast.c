@@ -338,6 +338,21 @@ static int backward_chunk(const ConvPriv *p, const float *x, const float *dy, fl
   return 0;
 }
 
+/* backward_chunk for fast_chunked_wgrad: chunk k of `chunk` images, one thread. */
+typedef struct BwdChunks {
+  const ConvPriv *p;
+  const float *x, *dy;
+  float *dx;
+  const float *weight;
+  int chunk;
+} BwdChunks;
+
+static int backward_chunk_k(void *ctx, int k, float *wacc) {
+  const BwdChunks *b = ctx;
+  const int n0 = k * b->chunk, nc = b->p->num - n0 < b->chunk ? b->p->num - n0 : b->chunk;
+  return backward_chunk(b->p, b->x, b->dy, b->dx, b->weight, wacc, n0, nc, false);
+}
+
 int conv_backward_fast(Layer *l) {
   ConvPriv *p = l->priv;
   const int OC = p->num_output;
@@ -386,37 +401,9 @@ int conv_backward_fast(Layer *l) {
     }
     int rc = 0;
     if (pl.by_chunk) {
-      /* Thread t takes chunks t, t+T, ... (a fixed assignment, so the sums are
-       * the same from run to run); thread 0 accumulates into the weight
-       * diff, the others into their own buffers, added afterwards in thread
-       * order. */
-      const int T = pl.threads;
-      float *acc[64] = {0};
-      if (T > 64) return moka_errorf("internal: more than 64 threads");
-#pragma omp parallel num_threads(T) reduction(| : rc)
-      {
-        const int t = omp_get_thread_num();
-        float *wacc = wdiff;
-        if (wdiff && t > 0) {
-          wacc = fast_workspace(FAST_WS_AUX, wcount, "convolution weight-gradient buffer");
-          if (wacc) memset(wacc, 0, wcount * sizeof(float));
-          else rc |= 1;
-          acc[t] = wacc;
-        }
-        for (int k = t; k < n_chunks && !rc; k += T) {
-          const int n0 = k * pl.chunk, nc = p->num - n0 < pl.chunk ? p->num - n0 : pl.chunk;
-          rc |= backward_chunk(p, x, dy, dx, weight, wacc, n0, nc, false);
-        }
-      }
-      if (!rc && wdiff) {
-#pragma omp parallel for simd schedule(static) if (wcount >= FAST_GRAIN)
-        for (size_t k = 0; k < wcount; k++) {
-          float v = wdiff[k];
-          for (int t = 1; t < T; t++)
-            if (acc[t]) v += acc[t][k];
-          wdiff[k] = v;
-        }
-      }
+      /* A chunk per thread in turn, weight gradients added in thread order. */
+      BwdChunks bc = {p, x, dy, dx, weight, pl.chunk};
+      rc = fast_chunked_wgrad(pl.threads, n_chunks, wdiff, wcount, backward_chunk_k, &bc);
     } else {
       for (int k = 0; k < n_chunks && !rc; k++) {
         const int n0 = k * pl.chunk, nc = p->num - n0 < pl.chunk ? p->num - n0 : pl.chunk;

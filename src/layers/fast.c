@@ -238,3 +238,32 @@ int fast_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A
   }
   return 0;
 }
+
+int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
+                       int (*fn)(void *ctx, int k, float *wacc), void *ctx) {
+  float *acc[64] = {0};
+  if (T > 64) return moka_errorf("internal: more than 64 threads");
+  int rc = 0;
+#pragma omp parallel num_threads(T) reduction(| : rc)
+  {
+    const int t = omp_get_thread_num();
+    float *wacc = wdiff;
+    if (wdiff && t > 0) {
+      wacc = fast_workspace(FAST_WS_AUX, wcount, "convolution weight-gradient buffer");
+      if (wacc) memset(wacc, 0, wcount * sizeof(float));
+      else rc |= 1;
+      acc[t] = wacc;
+    }
+    for (int k = t; k < n_chunks && !rc; k += T) rc |= fn(ctx, k, wacc) != 0;
+  }
+  if (!rc && wdiff) {
+#pragma omp parallel for simd schedule(static) if (wcount >= FAST_GRAIN)
+    for (size_t k = 0; k < wcount; k++) {
+      float v = wdiff[k];
+      for (int t = 1; t < T; t++)
+        if (acc[t]) v += acc[t][k];
+      wdiff[k] = v;
+    }
+  }
+  return rc ? -1 : 0;
+}

@@ -95,6 +95,15 @@ float *fast_workspace(int slot, size_t count, const char *what);
 /* Free this thread's workspace (a later call allocates again). */
 void fast_workspace_release(void);
 
+/* Chunks with a weight gradient, deterministically: runs fn(ctx, k, wacc) for
+ * k = 0..n_chunks-1 on T threads, thread t taking chunks t, t+T, ... (a
+ * fixed assignment). Thread 0 accumulates into wdiff, the others into their
+ * own zeroed buffers (slot FAST_WS_AUX, wcount floats), added to wdiff
+ * afterwards in thread order: the same sums on every run. wdiff may be NULL
+ * (fn then gets NULL). fn returns 0 / non-zero; 0 / -1. */
+int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
+                       int (*fn)(void *ctx, int k, float *wacc), void *ctx);
+
 /* C (M,N) = alpha * op(A) * op(B) + beta * C, row-major with leading
  * dimensions, op(A) (M,K) and op(B) (K,N) as in moka_gemm. Runs on the
  * OpenMP pool: blocks of columns (or rows, when N is small) in parallel,
