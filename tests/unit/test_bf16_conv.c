@@ -38,18 +38,6 @@ static void fill_random(float *v, size_t n, float scale) {
   for (size_t i = 0; i < n; i++) v[i] = rng_gaussian(&g_rng, 0.0f, scale);
 }
 
-/* max|a-b| / max|b|. */
-static double norm_err(const float *a, const float *b, size_t n) {
-  double maxb = 0, maxd = 0;
-  for (size_t i = 0; i < n; i++) {
-    maxb = fmax(maxb, fabs((double)b[i]));
-    double d = fabs((double)a[i] - (double)b[i]);
-    if (isnan(d)) d = INFINITY;
-    maxd = fmax(maxd, d);
-  }
-  return maxb > 0 ? maxd / maxb : maxd;
-}
-
 enum { REF, OLD, NEW, KINDS };
 static const char *const kind_name[KINDS] = {"reference", "old bf16", "new bf16"};
 

@@ -24,59 +24,12 @@
 #include "data/db.h"
 #include "data/prefetch.h"
 #include "data/reader.h"
+#include "datatest.h"
 #include "image.h"
 #include "layer.h"
 #include "prototxt.h"
 #include "testlib.h"
 #include "util.h"
-
-/* ---- helpers ------------------------------------------------------------------ */
-
-typedef struct TLayer {
-  Caffe__LayerParameter *lp;
-  Blob *top[2];
-  Rng rng;
-  Layer *l;
-} TLayer;
-
-/* Build a layer from prototxt text (printf-style), with the net's stream
- * seeded with `seed`, in `phase`, and `threads` decode threads. */
-static int tlayer_make(TLayer *t, int phase, uint32_t seed, int threads, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static int tlayer_make(TLayer *t, int phase, uint32_t seed, int threads, const char *fmt, ...) {
-  memset(t, 0, sizeof *t);
-  char text[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(text, sizeof text, fmt, ap);
-  va_end(ap);
-  if (prototxt_parse(&caffe__layer_parameter__descriptor, text, strlen(text), "test",
-                     (ProtobufCMessage **)&t->lp) != 0)
-    return -1;
-  t->top[0] = blob_new("data");
-  t->top[1] = blob_new("label");
-  rng_seed(&t->rng, seed);
-  char nt[16];
-  snprintf(nt, sizeof nt, "%d", threads);
-  setenv("MOKA_DATA_THREADS", nt, 1);
-  t->l = layer_create(t->lp, phase, &t->rng, NULL, 0, t->top, 2);
-  unsetenv("MOKA_DATA_THREADS");
-  return t->l ? 0 : -1;
-}
-
-static void tlayer_free(TLayer *t) {
-  layer_free(t->l);
-  blob_free(t->top[0]);
-  blob_free(t->top[1]);
-  if (t->lp) protobuf_c_message_free_unpacked(&t->lp->base, NULL);
-  memset(t, 0, sizeof *t);
-}
-
-static int blobs_equal(const Blob *a, const Blob *b) {
-  return blob_same_shape(a, b) && memcmp(a->data, b->data, a->count * sizeof(float)) == 0;
-}
-
-static const char *golden(const char *rel) { return shared_path(rel); }
 
 /* ---- the pipeline equals the synchronous reference ------------------------------ */
 
@@ -274,11 +227,7 @@ static void test_net_does_not_wait_and_no_malloc_per_batch(void) {
  * rand_skip, across reshuffles). */
 static void test_seek_matches_uninterrupted(void) {
   char list[] = "/tmp/moka_test_seek_XXXXXX";
-  int fd = mkstemp(list);
-  REQUIRE(fd >= 0);
-  FILE *f = fdopen(fd, "w");
-  for (int i = 0; i < 8; i++) fprintf(f, "img%d.jpg %d\n", i, i);
-  fclose(f);
+  REQUIRE(write_image_list(list, 0) == 0);
   char layers[2][2048];
   snprintf(layers[0], sizeof layers[0],
            "name: 'd' type: 'Data' top: 'data' top: 'label' "
@@ -350,41 +299,7 @@ static void test_seek_matches_uninterrupted(void) {
 
 /* ---- ImageData ------------------------------------------------------------------------ */
 
-/* Caffe 1.0 (caffe-peer python3: caffe.set_random_seed(seed); Net(proto,
- * TRAIN); 6 forwards), per item: forward, item, label, sum of the values,
- * sum of value * (1-based flat index). Layers:
- *   ImageData: list "img<k>.jpg <k+10>" (k = 0..7), root_folder images/,
- *     batch_size 3, shuffle, rand_skip 5, new 32x32; transform mirror,
- *     crop_size 28, mean_value 104/117/123 (seeds 1701 and 5)
- *   Data: lmdb_raw32, batch_size 3; transform mirror, crop_size 20,
- *     mean_value 104 (seed 1701) */
-typedef struct CaffeItem {
-  int f, i, label;
-  double sum, wsum;
-} CaffeItem;
-
-static const CaffeItem CAFFE_IMAGEDATA_1701[18] = {
-    {0, 0, 13, 15693.0, -9386333.0},  {0, 1, 17, 33674.0, 19555913.0},
-    {0, 2, 14, -16541.0, -5647650.0}, {1, 0, 11, 16928.0, 13971023.0},
-    {1, 1, 15, 13544.0, 15912071.0},  {1, 2, 10, 7819.0, -16709671.0},
-    {2, 0, 12, 17847.0, 25630408.0},  {2, 1, 16, 1066.0, -22381433.0},
-    {2, 2, 14, -4561.0, -6981274.0},  {3, 0, 13, 17154.0, -8535214.0},
-    {3, 1, 10, 3771.0, -23460010.0},  {3, 2, 17, 33674.0, 19505897.0},
-    {4, 0, 16, 4136.0, -20918186.0},  {4, 1, 12, 17749.0, 23113942.0},
-    {4, 2, 15, 12681.0, 15179327.0},  {5, 0, 11, 14565.0, 12479593.0},
-    {5, 1, 10, 1277.0, -26781899.0},  {5, 2, 15, 12681.0, 15179327.0},
-};
-static const CaffeItem CAFFE_DATA_1701[18] = {
-    {0, 0, 0, 17932.0, 9041818.0},  {0, 1, 1, -284.0, 1542046.0},
-    {0, 2, 2, 29281.0, 19671279.0}, {1, 0, 3, 17704.0, 6156307.0},
-    {1, 1, 4, 5482.0, 2915218.0},   {1, 2, 0, 13102.0, 10872122.0},
-    {2, 0, 1, -3941.0, 3513397.0},  {2, 1, 2, 29637.0, 13904148.0},
-    {2, 2, 0, 4391.0, -5815290.0},  {3, 0, 1, 27290.0, 16706715.0},
-    {3, 1, 2, 17404.0, 17770709.0}, {3, 2, 3, 15048.0, 2883321.0},
-    {4, 0, 4, 2296.0, 4566888.0},   {4, 1, 0, 14012.0, 12492510.0},
-    {4, 2, 1, 24473.0, 7592101.0},  {5, 0, 2, 26436.0, 12874355.0},
-    {5, 1, 0, 14948.0, 4548683.0},  {5, 2, 1, 27310.0, 17327745.0},
-};
+/* Caffe 1.0's ImageData values (datatest.h) with seed 5. */
 static const CaffeItem CAFFE_IMAGEDATA_5[18] = {
     {0, 0, 11, 10317.0, 5657267.0},   {0, 1, 17, 36425.0, 22624366.0},
     {0, 2, 14, -1318.0, -7116656.0},  {1, 0, 10, 12358.0, -8400779.0},
@@ -404,45 +319,21 @@ static void check_against_caffe(const char *name, TLayer *t, const CaffeItem *wa
       CHECK_MSG(0, "%s: %s", name, moka_error());
       return;
     }
-    const size_t item = t->top[0]->count / 3;
-    for (int i = 0; i < 3; i++) {
-      const CaffeItem *w = &want[f * 3 + i];
-      double sum = 0, wsum = 0;
-      for (size_t k = 0; k < item; k++) {
-        double v = t->top[0]->data[i * item + k];
-        sum += v;
-        wsum += v * (double)(k + 1);
-      }
-      int label = (int)t->top[1]->data[i];
-      if (label != w->label || sum != w->sum || wsum != w->wsum) {
-        if (bad++ < 4)
-          fprintf(stderr, "    %s forward %d item %d: label %d sums %.1f %.1f, Caffe %d %.1f %.1f\n",
-                  name, f, i, label, sum, wsum, w->label, w->sum, w->wsum);
-      }
-    }
+    caffe_items_check(name, f, t->top[0], t->top[1], want, &bad);
   }
   CHECK_MSG(bad == 0, "%s: %d of 18 items differ from Caffe's", name, bad);
 }
 
 static void test_against_caffe(void) {
   char list[] = "/tmp/moka_test_idl_XXXXXX";
-  int fd = mkstemp(list);
-  REQUIRE(fd >= 0);
-  FILE *f = fdopen(fd, "w");
-  for (int i = 0; i < 8; i++) fprintf(f, "img%d.jpg %d\n", i, i + 10);
-  fclose(f);
+  REQUIRE(write_image_list(list, 10) == 0);
   const uint32_t seeds[2] = {1701, 5};
   const CaffeItem *wants[2] = {CAFFE_IMAGEDATA_1701, CAFFE_IMAGEDATA_5};
   for (int s = 0; s < 2; s++)
     for (int threads = 0; threads <= 3; threads += 3) {
       TLayer t;
-      int rc = tlayer_make(&t, MOKA_TRAIN, seeds[s], threads,
-                           "name: 'data' type: 'ImageData' top: 'data' top: 'label' "
-                           "image_data_param { source: '%s' root_folder: '%s/' batch_size: 3 "
-                           "shuffle: true rand_skip: 5 new_height: 32 new_width: 32 } "
-                           "transform_param { mirror: true crop_size: 28 mean_value: 104 "
-                           "mean_value: 117 mean_value: 123 }",
-                           list, golden("golden/lmdb/images"));
+      int rc = tlayer_make(&t, MOKA_TRAIN, seeds[s], threads, CAFFE_IMAGEDATA_LAYER, list,
+                           golden("golden/lmdb/images"));
       CHECK_MSG(rc == 0, "%s", moka_error());
       if (rc == 0) {
         CHECK(t.top[0]->shape[0] == 3 && t.top[0]->shape[1] == 3 && t.top[0]->shape[2] == 28);
@@ -454,10 +345,7 @@ static void test_against_caffe(void) {
     }
   for (int threads = 0; threads <= 3; threads += 3) {
     TLayer t;
-    int rc = tlayer_make(&t, MOKA_TRAIN, 1701, threads,
-                         "name: 'data' type: 'Data' top: 'data' top: 'label' "
-                         "data_param { source: '%s' batch_size: 3 backend: LMDB } "
-                         "transform_param { mirror: true crop_size: 20 mean_value: 104 }",
+    int rc = tlayer_make(&t, MOKA_TRAIN, 1701, threads, CAFFE_DATA_LAYER,
                          golden("golden/lmdb/lmdb_raw32"));
     CHECK_MSG(rc == 0, "%s", moka_error());
     if (rc == 0) check_against_caffe(threads ? "Data, 3 threads" : "Data, sync", &t, CAFFE_DATA_1701);

@@ -23,14 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "goldentest.h"
 #include "layers/fast.h"
-#include "manifest.h"
 #include "net.h"
-#include "proto_io.h"
 #include "prototxt.h"
 #include "solver.h"
 #include "testlib.h"
-#include "train_feed.h"
 #include "util.h"
 
 /* Normalised error bounds. The GEMM-based layers sum the same products in
@@ -41,18 +39,6 @@
 static Rng g_rng;
 
 /* ---- comparing ------------------------------------------------------------------------ */
-
-/* max|a-b| / max|b| (0 when b is all zero and a equals it). */
-static double norm_err(const float *a, const float *b, size_t n) {
-  double maxb = 0, maxd = 0;
-  for (size_t i = 0; i < n; i++) {
-    maxb = fmax(maxb, fabs((double)b[i]));
-    double d = fabs((double)a[i] - (double)b[i]);
-    if (isnan(d)) d = INFINITY;
-    maxd = fmax(maxd, d);
-  }
-  return maxb > 0 ? maxd / maxb : maxd;
-}
 
 /* tol < 0: bit-identical values (NaN equal to NaN); else normalised error. */
 static int same(const char *what, const char *name, const float *fast, const float *ref,
@@ -518,76 +504,6 @@ static void test_layers_bf16(void) {
 
 /* ---- whole nets ----------------------------------------------------------------------- */
 
-static Net *load_fast(const char *proto, const char *weights, Phase ph) {
-  NetOptions o;
-  net_options_default(&o);
-  o.phase = ph;
-  o.backend = MOKA_BACKEND_CPU_FAST;
-  o.quiet = true;
-  Net *net = net_create_from_file(shared_path(proto), &o);
-  if (!net) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return NULL;
-  }
-  if (weights && net_copy_from_file(net, shared_path(weights))) {
-    fprintf(stderr, "    %s\n", moka_error());
-    net_free(net);
-    return NULL;
-  }
-  return net;
-}
-
-/* Every blob of the golden manifest with this prefix against the net (rtol
- * 1e-4, the golden README's rule; prob with an absolute floor 1e-5). */
-static int golden_forward(const char *proto, const char *input, const char *prefix,
-                          int want_count) {
-  moka_set_log_level(1); /* no "Copying source layer" lines */
-  Net *net = load_fast(proto, "golden/mini_resnet/weights.caffemodel", MOKA_TEST);
-  moka_set_log_level(0);
-  if (!net) return 0;
-  Blob *in = net_blob(net, "data");
-  size_t n;
-  float *v = read_f32(shared_path(input), &n);
-  int ok = in && v && n == in->count;
-  if (ok) memcpy(in->data, v, n * sizeof(float));
-  free(v);
-  float loss;
-  ok = ok && net_forward(net, &loss) == 0;
-  ManifestEntry *e;
-  int ne, count = 0;
-  if (ok && manifest_read(shared_path("golden/mini_resnet/manifest.txt"), &e, &ne) == 0) {
-    for (int i = 0; i < ne; i++) {
-      const char *name = e[i].name;
-      if (*prefix) {
-        if (strncmp(name, prefix, strlen(prefix))) continue;
-        name += strlen(prefix);
-      } else if (strchr(name, '/')) {
-        continue;
-      }
-      Blob *b = net_blob(net, name);
-      if (!b || !strcmp(name, "data")) continue;
-      float *want = read_f32(e[i].file, &n); /* manifest_read gives the full path */
-      if (!want || n != b->count) {
-        fprintf(stderr, "    %s: missing or wrong size\n", name);
-        ok = 0;
-      } else {
-        ok &= compare_f32(name, b->data, want, n, 1e-4, !strcmp(name, "prob") ? 1e-5 : 0);
-      }
-      free(want);
-      count++;
-    }
-    manifest_free(e, ne);
-  } else {
-    ok = 0;
-  }
-  if (count != want_count) {
-    fprintf(stderr, "    %d blobs compared, %d expected\n", count, want_count);
-    ok = 0;
-  }
-  net_free(net);
-  return ok;
-}
-
 static void test_mini_resnet_golden(void) {
   CHECK(golden_forward("golden/mini_resnet/deploy.prototxt", "golden/mini_resnet/input.bin", "",
                        19));
@@ -595,76 +511,13 @@ static void test_mini_resnet_golden(void) {
                        "golden/mini_resnet/input_67x61.bin", "odd/", 19));
 }
 
-/* The parameters of a caffemodel against the net's (rtol 1e-4). */
-static int compare_caffemodel(const Net *net, const char *file) {
-  ProtobufCMessage *m;
-  if (proto_read_binary(&caffe__net_parameter__descriptor, file, &m)) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return 0;
-  }
-  const Caffe__NetParameter *np = (const Caffe__NetParameter *)m;
-  int ok = 1, compared = 0;
-  for (size_t i = 0; i < np->n_layer; i++) {
-    const Caffe__LayerParameter *lp = np->layer[i];
-    if (!lp->n_blobs) continue;
-    Layer *l = net_layer(net, lp->name);
-    if (!l || l->n_params != (int)lp->n_blobs) {
-      fprintf(stderr, "    layer %s missing or different blob count\n", lp->name);
-      ok = 0;
-      continue;
-    }
-    for (size_t k = 0; k < lp->n_blobs; k++) {
-      char what[256];
-      snprintf(what, sizeof what, "%s.%zu", lp->name, k);
-      ok &= lp->blobs[k]->n_data == l->params[k]->count &&
-            compare_f32(what, l->params[k]->data, lp->blobs[k]->data, lp->blobs[k]->n_data,
-                        1e-4, 0);
-      compared++;
-    }
-  }
-  protobuf_c_message_free_unpacked(m, NULL);
-  return ok && compared > 0;
-}
-
-static void replace_string(char **field, const char *v) {
-  free(*field);
-  *field = strdup(v);
-}
-
 static void test_mini_train_golden(void) {
   moka_set_log_level(1);
   Feed f;
-  REQUIRE(feed_load(&f, "golden/mini_train", 6));
-  Caffe__SolverParameter *p;
-  if (solver_param_read(shared_path("golden/mini_train/solver.prototxt"), &p)) {
-    fprintf(stderr, "    %s\n", moka_error());
-    feed_free(&f);
-    REQUIRE(0);
-  }
-  replace_string(&p->net, shared_path("golden/mini_train/train.prototxt"));
-  SolverOptions o = {.backend = MOKA_BACKEND_CPU_FAST,
-                     .quiet_nets = true,
-                     .before_forward = feed_before_forward,
-                     .user = &f};
-  Solver *s = solver_create(p, &o, "golden/mini_train/solver.prototxt");
-  caffe__solver_parameter__free_unpacked(p, NULL);
-  if (!s || net_copy_from_file(s->net, shared_path("golden/mini_train/init.caffemodel"))) {
-    fprintf(stderr, "    %s\n", moka_error());
-    solver_free(s);
-    feed_free(&f);
-    REQUIRE(0);
-  }
+  Solver *s = golden_mini_train_start(MOKA_BACKEND_CPU_FAST, &f);
+  REQUIRE(s);
   CHECK(s->net->backend == MOKA_BACKEND_CPU_FAST);
-  CHECK(solver_step(s, 6) == 0);
-  record_loss(&f, s->net);
-  double want[16], micro[16][2];
-  int n = read_train_log("golden/mini_train/train_log.txt", want, micro, 16);
-  CHECK(n == 6);
-  for (int it = 0; it < n && it < 6; it++)
-    CHECK_MSG(fabs(f.loss[it][0] - want[it]) <= 1e-4, "loss at iteration %d: %.8f, want %.8f",
-              it, (double)f.loss[it][0], want[it]);
-  CHECK(compare_caffemodel(s->net,
-                           shared_path("golden/mini_train/snapshots/mini_iter_6.caffemodel")));
+  golden_mini_train_check(s, &f, "");
   solver_free(s);
   feed_free(&f);
   moka_set_log_level(0);

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "goldentest.h"
 #include "net.h"
 #include "proto_io.h"
 #include "prototxt.h"
@@ -66,66 +67,14 @@ static int cmp_loss(const char *what, double got, double want) {
 
 /* ---- golden training runs ------------------------------------------------------------ */
 
-/* Build a golden solver: the solver file, with `net` replaced by `net_file`
- * (both in shared/golden), and initial weights. */
-static Solver *golden_solver(const char *solver_file, const char *net_file, const char *weights,
-                             Feed *feed) {
-  Caffe__SolverParameter *p;
-  if (solver_param_read(shared_path(solver_file), &p)) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return NULL;
-  }
-  replace_string(&p->net, shared_path(net_file));
-  SolverOptions o = {.quiet_nets = true, .before_forward = feed_before_forward, .user = feed};
-  Solver *s = solver_create(p, &o, solver_file);
-  caffe__solver_parameter__free_unpacked(p, NULL);
-  if (!s) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return NULL;
-  }
-  if (weights && net_copy_from_file(s->net, shared_path(weights))) {
-    fprintf(stderr, "    %s\n", moka_error());
-    solver_free(s);
-    return NULL;
-  }
-  return s;
+/* A parameter blob: BatchNorm statistics count as W_BN, the rest W_PARAM. */
+static int cmp_param(bool is_bn, const char *what, const float *a, const float *b, size_t n) {
+  return cmp(is_bn ? W_BN : W_PARAM, what, a, b, n, 1e-4, 0);
 }
 
 /* Every blob of every layer of a caffemodel against the net's parameters. */
 static int compare_caffemodel(const Net *net, const char *file, bool bn_only) {
-  ProtobufCMessage *m;
-  if (proto_read_binary(&caffe__net_parameter__descriptor, file, &m)) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return 0;
-  }
-  const Caffe__NetParameter *np = (const Caffe__NetParameter *)m;
-  int ok = 1, compared = 0;
-  for (size_t i = 0; i < np->n_layer; i++) {
-    const Caffe__LayerParameter *lp = np->layer[i];
-    if (!lp->n_blobs) continue;
-    bool is_bn = lp->type && !strcmp(lp->type, "BatchNorm");
-    if (bn_only && !is_bn) continue;
-    Layer *l = net_layer(net, lp->name);
-    if (!l || l->n_params != (int)lp->n_blobs) {
-      fprintf(stderr, "    layer %s missing or different blob count\n", lp->name);
-      ok = 0;
-      continue;
-    }
-    for (size_t k = 0; k < lp->n_blobs; k++) {
-      char what[256];
-      snprintf(what, sizeof what, "%s.%zu", lp->name, k);
-      if (lp->blobs[k]->n_data != l->params[k]->count) {
-        fprintf(stderr, "    %s: size mismatch\n", what);
-        ok = 0;
-        continue;
-      }
-      ok &= cmp(is_bn ? W_BN : W_PARAM, what, l->params[k]->data, lp->blobs[k]->data,
-                lp->blobs[k]->n_data, 1e-4, 0);
-      compared++;
-    }
-  }
-  protobuf_c_message_free_unpacked(m, NULL);
-  return ok && compared > 0;
+  return golden_compare_caffemodel(net, file, bn_only, cmp_param);
 }
 
 /* The solver's history against a solverstate's; iter and current_step. */
@@ -187,10 +136,7 @@ static void check_losses(const Feed *f, const char *log, int n_iter, int iter_si
 static void test_mini_train(void) {
   moka_set_log_level(1);
   Feed f;
-  REQUIRE(feed_load(&f, "golden/mini_train", 6));
-  Solver *s = golden_solver("golden/mini_train/solver.prototxt", "golden/mini_train/train.prototxt",
-                            "golden/mini_train/init.caffemodel", &f);
-  if (!s) feed_free(&f);
+  Solver *s = golden_mini_train_start(MOKA_BACKEND_CPU, &f);
   REQUIRE(s);
   CHECK(s->kind == SOLVER_SGD && s->n_test_nets == 0 && s->net->n_params == 75);
   CHECK(solver_step(s, 6) == 0);
@@ -227,7 +173,7 @@ static void test_mini_train_itersize2(void) {
   /* itersize2/train.prototxt feeds with a Python layer; the Input-layer net
    * fed the same sequence is equivalent (golden README section 2). */
   Solver *s = golden_solver("golden/mini_train/itersize2/solver.prototxt",
-                            "golden/mini_train/train.prototxt", "golden/mini_train/init.caffemodel", &f);
+                            "golden/mini_train/train.prototxt", "golden/mini_train/init.caffemodel", MOKA_BACKEND_CPU, &f);
   if (!s) feed_free(&f);
   REQUIRE(s);
   CHECK(s->param->iter_size == 2);
@@ -246,7 +192,7 @@ static void test_mini_train_frozen_bn(void) {
   REQUIRE(feed_load(&f, "golden/mini_train", 6));
   Solver *s = golden_solver("golden/mini_train/frozen_bn/solver.prototxt",
                             "golden/mini_train/frozen_bn/train.prototxt",
-                            "golden/mini_train/init.caffemodel", &f);
+                            "golden/mini_train/init.caffemodel", MOKA_BACKEND_CPU, &f);
   if (!s) feed_free(&f);
   REQUIRE(s);
   CHECK(solver_step(s, 6) == 0);
@@ -388,7 +334,7 @@ static void test_mini_alexnet_train(void) {
   REQUIRE(feed_load(&f, "golden/mini_alexnet/train", 5));
   Solver *s = golden_solver("golden/mini_alexnet/train/solver.prototxt",
                             "golden/mini_alexnet/train/train.prototxt",
-                            "golden/mini_alexnet/weights.caffemodel", &f);
+                            "golden/mini_alexnet/weights.caffemodel", MOKA_BACKEND_CPU, &f);
   if (!s) feed_free(&f);
   REQUIRE(s);
   CHECK(s->param->random_seed == 1701);
@@ -444,14 +390,12 @@ static void test_snapshot_resume_bit_identical(void) {
   REQUIRE(feed_load(&f1, "golden/mini_train", 6));
   REQUIRE(feed_load(&f2, "golden/mini_train", 6));
   /* uninterrupted: 6 iterations */
-  Solver *a = golden_solver("golden/mini_train/solver.prototxt", "golden/mini_train/train.prototxt",
-                            "golden/mini_train/init.caffemodel", &f1);
+  Solver *a = golden_mini_train_solver(MOKA_BACKEND_CPU, &f1);
   REQUIRE(a);
   REQUIRE(solver_step(a, 6) == 0);
   record_loss(&f1, a->net);
   /* interrupted: 3 iterations, snapshot, a new solver resumes for 3 more */
-  Solver *b = golden_solver("golden/mini_train/solver.prototxt", "golden/mini_train/train.prototxt",
-                            "golden/mini_train/init.caffemodel", &f2);
+  Solver *b = golden_mini_train_solver(MOKA_BACKEND_CPU, &f2);
   REQUIRE(b);
   replace_string(&b->param->snapshot_prefix, prefix);
   REQUIRE(solver_step(b, 3) == 0);
@@ -514,7 +458,7 @@ static void test_resume_from_caffe_solverstate(void) {
   Feed f;
   REQUIRE(feed_load(&f, "golden/mini_train", 6));
   Solver *s = golden_solver("golden/mini_train/solver.prototxt", "golden/mini_train/train.prototxt",
-                            NULL, &f);
+                            NULL, MOKA_BACKEND_CPU, &f);
   if (!s) feed_free(&f);
   REQUIRE(s);
   CHECK(solver_restore(s, shared_path("golden/mini_train/snapshots/mini_iter_3.solverstate")) == 0);

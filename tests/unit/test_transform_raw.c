@@ -29,6 +29,7 @@
 #include "data/datum.h"
 #include "data/prefetch.h"
 #include "data/transform.h"
+#include "datatest.h"
 #include "layer.h"
 #include "prototxt.h"
 #include "testlib.h"
@@ -36,51 +37,16 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-typedef struct TLayer {
-  Caffe__LayerParameter *lp;
-  Blob *top[2];
-  Rng rng;
-  Layer *l;
-  Transformer tf; /* the layer's transform, for transform_apply_raw_host */
-  int tf_init;
-} TLayer;
-
-static int tlayer_make(TLayer *t, int phase, uint32_t seed, int threads, const char *fmt, ...)
+/* A data layer (tlayer_make, datatest.h) with its transform in t->tf. */
+static int rlayer_make(TLayer *t, int phase, uint32_t seed, int threads, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-static int tlayer_make(TLayer *t, int phase, uint32_t seed, int threads, const char *fmt, ...) {
-  memset(t, 0, sizeof *t);
-  char text[4096];
+static int rlayer_make(TLayer *t, int phase, uint32_t seed, int threads, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(text, sizeof text, fmt, ap);
+  int rc = tlayer_vmake(t, phase, seed, threads, fmt, ap);
   va_end(ap);
-  if (prototxt_parse(&caffe__layer_parameter__descriptor, text, strlen(text), "test",
-                     (ProtobufCMessage **)&t->lp) != 0)
-    return -1;
-  t->top[0] = blob_new("data");
-  t->top[1] = blob_new("label");
-  rng_seed(&t->rng, seed);
-  char nt[16];
-  snprintf(nt, sizeof nt, "%d", threads);
-  setenv("MOKA_DATA_THREADS", nt, 1);
-  t->l = layer_create(t->lp, phase, &t->rng, NULL, 0, t->top, 2);
-  unsetenv("MOKA_DATA_THREADS");
-  if (!t->l) return -1;
-  if (transform_init(&t->tf, t->lp->transform_param, phase == MOKA_TRAIN, "test") != 0) return -1;
-  t->tf_init = 1;
-  return 0;
+  return rc == 0 ? tlayer_init_transform(t, phase) : -1;
 }
-
-static void tlayer_free(TLayer *t) {
-  layer_free(t->l);
-  blob_free(t->top[0]);
-  blob_free(t->top[1]);
-  if (t->tf_init) transform_free(&t->tf);
-  if (t->lp) protobuf_c_message_free_unpacked(&t->lp->base, NULL);
-  memset(t, 0, sizeof *t);
-}
-
-static const char *golden(const char *rel) { return shared_path(rel); }
 
 /* The raw buffers: counted, so the test sees they come from the hook. */
 static int n_raw_alloc, n_raw_free;
@@ -137,10 +103,6 @@ static int raw_forward(TLayer *t, Blob *data, Blob *label) {
   return 0;
 }
 
-static int blobs_equal(const Blob *a, const Blob *b) {
-  return blob_same_shape(a, b) && memcmp(a->data, b->data, a->count * sizeof(float)) == 0;
-}
-
 /* ---- the golden Data-layer outputs of real Caffe -------------------------------------------- */
 
 typedef struct Golden {
@@ -167,7 +129,7 @@ static void test_golden(void) {
     snprintf(mean, sizeof mean, g->mean, golden("golden/lmdb/mean.binaryproto"));
     snprintf(tp, sizeof tp, "%s%s%s", g->crop ? "crop_size: 28 " : "", mean, " mirror: false");
     TLayer t;
-    int rc = tlayer_make(&t, MOKA_TEST, 1, 2,
+    int rc = rlayer_make(&t, MOKA_TEST, 1, 2,
                          "name: 'data' type: 'Data' top: 'data' top: 'label' "
                          "data_param { source: '%s' batch_size: %d backend: LMDB } "
                          "transform_param { %s }",
@@ -229,10 +191,10 @@ static void test_train_matches_float(void) {
           "name: 'data' type: 'Data' top: 'data' top: 'label' "
           "data_param { source: '%s' batch_size: 3 backend: LMDB prefetch: 3 } "
           "transform_param { %s }";
-      int rc = tlayer_make(&a, MOKA_TRAIN, 4242, threads, fmt, golden(cases[c].source),
+      int rc = rlayer_make(&a, MOKA_TRAIN, 4242, threads, fmt, golden(cases[c].source),
                            cases[c].transform);
       if (rc == 0)
-        rc = tlayer_make(&b, MOKA_TRAIN, 4242, threads, fmt, golden(cases[c].source),
+        rc = rlayer_make(&b, MOKA_TRAIN, 4242, threads, fmt, golden(cases[c].source),
                          cases[c].transform);
       if (rc == 0) rc = to_raw(&b, 0);
       CHECK_MSG(rc == 0, "case %zu: %s", c, moka_error());
@@ -274,37 +236,9 @@ static void test_train_matches_float(void) {
     }
 }
 
-/* ---- TRAIN against real Caffe (values measured with caffe-peer; the same
- * tables as tests/unit/test_data_pipeline.c) ------------------------------------------------------
+/* ---- TRAIN against real Caffe (values measured with caffe-peer: the tables of
+ * datatest.h, shared with tests/unit/test_data_pipeline.c) ---------------------------------------
  */
-
-typedef struct CaffeItem {
-  int f, i, label;
-  double sum, wsum;
-} CaffeItem;
-
-/* ImageData: list "img<k>.jpg <k+10>", root images/, batch 3, shuffle,
- * rand_skip 5, new 32x32; mirror, crop 28, mean_value 104/117/123; seed 1701 */
-static const CaffeItem CAFFE_IMAGEDATA_1701[18] = {
-    {0, 0, 13, 15693.0, -9386333.0},  {0, 1, 17, 33674.0, 19555913.0},
-    {0, 2, 14, -16541.0, -5647650.0}, {1, 0, 11, 16928.0, 13971023.0},
-    {1, 1, 15, 13544.0, 15912071.0},  {1, 2, 10, 7819.0, -16709671.0},
-    {2, 0, 12, 17847.0, 25630408.0},  {2, 1, 16, 1066.0, -22381433.0},
-    {2, 2, 14, -4561.0, -6981274.0},  {3, 0, 13, 17154.0, -8535214.0},
-    {3, 1, 10, 3771.0, -23460010.0},  {3, 2, 17, 33674.0, 19505897.0},
-    {4, 0, 16, 4136.0, -20918186.0},  {4, 1, 12, 17749.0, 23113942.0},
-    {4, 2, 15, 12681.0, 15179327.0},  {5, 0, 11, 14565.0, 12479593.0},
-    {5, 1, 10, 1277.0, -26781899.0},  {5, 2, 15, 12681.0, 15179327.0},
-};
-/* Data: lmdb_raw32, batch 3; mirror, crop 20, mean_value 104; seed 1701 */
-static const CaffeItem CAFFE_DATA_1701[18] = {
-    {0, 0, 0, 17932.0, 9041818.0},  {0, 1, 1, -284.0, 1542046.0},   {0, 2, 2, 29281.0, 19671279.0},
-    {1, 0, 3, 17704.0, 6156307.0},  {1, 1, 4, 5482.0, 2915218.0},   {1, 2, 0, 13102.0, 10872122.0},
-    {2, 0, 1, -3941.0, 3513397.0},  {2, 1, 2, 29637.0, 13904148.0}, {2, 2, 0, 4391.0, -5815290.0},
-    {3, 0, 1, 27290.0, 16706715.0}, {3, 1, 2, 17404.0, 17770709.0}, {3, 2, 3, 15048.0, 2883321.0},
-    {4, 0, 4, 2296.0, 4566888.0},   {4, 1, 0, 14012.0, 12492510.0}, {4, 2, 1, 24473.0, 7592101.0},
-    {5, 0, 2, 26436.0, 12874355.0}, {5, 1, 0, 14948.0, 4548683.0},  {5, 2, 1, 27310.0, 17327745.0},
-};
 
 static void check_raw_against_caffe(const char *name, TLayer *t, const CaffeItem *want) {
   int bad = 0;
@@ -314,22 +248,7 @@ static void check_raw_against_caffe(const char *name, TLayer *t, const CaffeItem
       CHECK_MSG(0, "%s: %s", name, moka_error());
       break;
     }
-    const size_t item = d->count / 3;
-    for (int i = 0; i < 3; i++) {
-      const CaffeItem *w = &want[f * 3 + i];
-      double sum = 0, wsum = 0;
-      for (size_t k = 0; k < item; k++) {
-        double v = d->data[i * item + k];
-        sum += v;
-        wsum += v * (double)(k + 1);
-      }
-      if ((int)l->data[i] != w->label || sum != w->sum || wsum != w->wsum) {
-        if (bad++ < 4)
-          fprintf(stderr,
-                  "    %s forward %d item %d: label %d sums %.1f %.1f, Caffe %d %.1f %.1f\n", name,
-                  f, i, (int)l->data[i], sum, wsum, w->label, w->sum, w->wsum);
-      }
-    }
+    caffe_items_check(name, f, d, l, want, &bad);
   }
   CHECK_MSG(bad == 0, "%s: %d of 18 items differ from Caffe's", name, bad);
   blob_free(d);
@@ -338,30 +257,18 @@ static void check_raw_against_caffe(const char *name, TLayer *t, const CaffeItem
 
 static void test_against_caffe(void) {
   char list[] = "/tmp/moka_test_raw_XXXXXX";
-  int fd = mkstemp(list);
-  REQUIRE(fd >= 0);
-  FILE *f = fdopen(fd, "w");
-  for (int i = 0; i < 8; i++) fprintf(f, "img%d.jpg %d\n", i, i + 10);
-  fclose(f);
+  REQUIRE(write_image_list(list, 10) == 0);
   for (int threads = 0; threads <= 3; threads += 3) {
     TLayer t;
-    int rc = tlayer_make(&t, MOKA_TRAIN, 1701, threads,
-                         "name: 'data' type: 'ImageData' top: 'data' top: 'label' "
-                         "image_data_param { source: '%s' root_folder: '%s/' batch_size: 3 "
-                         "shuffle: true rand_skip: 5 new_height: 32 new_width: 32 } "
-                         "transform_param { mirror: true crop_size: 28 mean_value: 104 "
-                         "mean_value: 117 mean_value: 123 }",
-                         list, golden("golden/lmdb/images"));
+    int rc = rlayer_make(&t, MOKA_TRAIN, 1701, threads, CAFFE_IMAGEDATA_LAYER, list,
+                         golden("golden/lmdb/images"));
     if (rc == 0) rc = to_raw(&t, 3072);
     CHECK_MSG(rc == 0, "%s", moka_error());
     if (rc == 0)
       check_raw_against_caffe(threads ? "ImageData raw, 3 threads" : "ImageData raw, sync", &t,
                               CAFFE_IMAGEDATA_1701);
     tlayer_free(&t);
-    rc = tlayer_make(&t, MOKA_TRAIN, 1701, threads,
-                     "name: 'data' type: 'Data' top: 'data' top: 'label' "
-                     "data_param { source: '%s' batch_size: 3 backend: LMDB } "
-                     "transform_param { mirror: true crop_size: 20 mean_value: 104 }",
+    rc = rlayer_make(&t, MOKA_TRAIN, 1701, threads, CAFFE_DATA_LAYER,
                      golden("golden/lmdb/lmdb_raw32"));
     if (rc == 0) rc = to_raw(&t, 3072);
     CHECK_MSG(rc == 0, "%s", moka_error());
@@ -377,11 +284,7 @@ static void test_against_caffe(void) {
  * resized images: raw == float. */
 static void test_imagedata_matches_float(void) {
   char list[] = "/tmp/moka_test_raw_XXXXXX";
-  int fd = mkstemp(list);
-  REQUIRE(fd >= 0);
-  FILE *f = fdopen(fd, "w");
-  for (int i = 0; i < 8; i++) fprintf(f, "img%d.jpg %d\n", i, i);
-  fclose(f);
+  REQUIRE(write_image_list(list, 0) == 0);
   char extra[2][1300];
   snprintf(extra[0], sizeof extra[0],
            "} transform_param { mirror: true crop_size: 27 scale: 0.25 }");
@@ -395,9 +298,9 @@ static void test_imagedata_matches_float(void) {
         "name: 'data' type: 'ImageData' top: 'data' top: 'label' "
         "image_data_param { source: '%s' root_folder: '%s/' batch_size: 4 "
         "shuffle: true %s";
-    int rc = tlayer_make(&a, MOKA_TRAIN, 99, 2, fmt, list, golden("golden/lmdb/images"), extra[e]);
+    int rc = rlayer_make(&a, MOKA_TRAIN, 99, 2, fmt, list, golden("golden/lmdb/images"), extra[e]);
     if (rc == 0)
-      rc = tlayer_make(&b, MOKA_TRAIN, 99, 2, fmt, list, golden("golden/lmdb/images"), extra[e]);
+      rc = rlayer_make(&b, MOKA_TRAIN, 99, 2, fmt, list, golden("golden/lmdb/images"), extra[e]);
     if (rc == 0) rc = to_raw(&b, 0);
     CHECK_MSG(rc == 0, "ImageData case %d: %s", e, moka_error());
     if (rc == 0) {
@@ -430,8 +333,8 @@ static void test_switch_and_seek(void) {
   const char *src = golden("golden/lmdb/lmdb_jpg");
   for (int threads = 0; threads <= 2; threads += 2) {
     TLayer a, b;
-    REQUIRE(tlayer_make(&a, MOKA_TRAIN, 31337, threads, fmt, src) == 0);
-    REQUIRE(tlayer_make(&b, MOKA_TRAIN, 31337, threads, fmt, src) == 0);
+    REQUIRE(rlayer_make(&a, MOKA_TRAIN, 31337, threads, fmt, src) == 0);
+    REQUIRE(rlayer_make(&b, MOKA_TRAIN, 31337, threads, fmt, src) == 0);
     /* two float forwards on b, then raw: the raw batches continue the run */
     Blob *d = blob_new("d"), *l = blob_new("l");
     int same = 1;
@@ -483,7 +386,7 @@ static void test_switch_and_seek(void) {
 static void test_errors(void) {
   /* images of different sizes without crop_size: the float path's message */
   TLayer t;
-  REQUIRE(tlayer_make(&t, MOKA_TEST, 1, 2,
+  REQUIRE(rlayer_make(&t, MOKA_TEST, 1, 2,
                       "name: 'data' type: 'Data' top: 'data' top: 'label' "
                       "data_param { source: '%s' batch_size: 2 backend: LMDB }",
                       golden("golden/lmdb/lmdb_jpg")) == 0);
@@ -616,8 +519,8 @@ static void test_kernel_emulated(void) {
     const char *fmt = "name: 'data' type: 'Data' top: 'data' top: 'label' "
                       "data_param { source: '%s' batch_size: 3 backend: LMDB } "
                       "transform_param { %s }";
-    int rc = tlayer_make(&a, MOKA_TRAIN, 8, 2, fmt, golden(srcs[c]), tps[c]);
-    if (rc == 0) rc = tlayer_make(&b, MOKA_TRAIN, 8, 2, fmt, golden(srcs[c]), tps[c]);
+    int rc = rlayer_make(&a, MOKA_TRAIN, 8, 2, fmt, golden(srcs[c]), tps[c]);
+    if (rc == 0) rc = rlayer_make(&b, MOKA_TRAIN, 8, 2, fmt, golden(srcs[c]), tps[c]);
     if (rc == 0) rc = to_raw(&b, 0);
     CHECK_MSG(rc == 0, "%s", moka_error());
     Prefetcher *pf = rc == 0 ? data_layer_prefetcher(b.l) : NULL;

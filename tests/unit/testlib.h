@@ -132,4 +132,17 @@ static inline int compare_f32(const char *what, const float *a, const float *b, 
   return 1;
 }
 
+/* Normalised error max|a-b| / max|b| (max|a-b| when b is all zero; a NaN
+ * difference counts as infinite). */
+static inline double norm_err(const float *a, const float *b, size_t n) {
+  double maxb = 0, maxd = 0;
+  for (size_t i = 0; i < n; i++) {
+    maxb = fmax(maxb, fabs((double)b[i]));
+    double d = fabs((double)a[i] - (double)b[i]);
+    if (isnan(d)) d = INFINITY;
+    maxd = fmax(maxd, d);
+  }
+  return maxb > 0 ? maxd / maxb : maxd;
+}
+
 #endif
