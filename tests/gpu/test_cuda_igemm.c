@@ -60,6 +60,7 @@ int main(void) {
 
 #include "layer.h"
 #include "layers/fast.h"
+#include "gputest.h"
 #include "moka_cuda.h"
 #include "net_cuda.h"
 #include "prototxt.h"
@@ -679,24 +680,14 @@ static int bench(int batch, int iters) {
 }
 
 int main(int argc, char **argv) {
-  char err[512];
-  if (moka_cuda_init(0, err, sizeof err)) {
-    printf("SKIP: no CUDA device (%s)\n", err);
-    return test_summary();
-  }
-  ctx = moka_cuda_create(0);
-  if (!ctx) {
-    fprintf(stderr, "moka_cuda_create: %s\n", moka_error());
-    return 1;
-  }
+  const int g = gpu_test_open(&ctx);
+  if (g) return g > 0 ? test_summary() : 1;
   if (ctx->cc_major < 8) {
     printf("SKIP: the tensor-core convolution needs sm_80 or later; device 0 (%s) is sm_%d%d\n",
            ctx->device_name, ctx->cc_major, ctx->cc_minor);
     moka_cuda_destroy(ctx);
     return test_summary();
   }
-  fprintf(stderr, "device 0: %s (sm_%d%d)%s\n", ctx->device_name, ctx->cc_major, ctx->cc_minor,
-          moka_cuda_debug_sync() ? ", MOKA_CUDA_SYNC on" : "");
   if (argc > 1 && !strcmp(argv[1], "bench")) {
     const int batch = argc > 2 ? atoi(argv[2]) : 64, iters = argc > 3 ? atoi(argv[3]) : 5;
     const int rc = bench(batch > 0 ? batch : 64, iters > 0 ? iters : 5);

@@ -47,6 +47,7 @@ int main(void) {
 
 #include "layer.h"
 #include "manifest.h"
+#include "gputest.h"
 #include "moka_cuda.h"
 #include "net.h"
 #include "net_cuda.h"
@@ -800,18 +801,8 @@ static void test_mini_train_sgd(void) {
 }
 
 int main(void) {
-  char err[512];
-  if (moka_cuda_init(0, err, sizeof err)) {
-    printf("SKIP: no CUDA device (%s)\n", err);
-    return test_summary();
-  }
-  ctx = moka_cuda_create(0);
-  if (!ctx) {
-    fprintf(stderr, "moka_cuda_create: %s\n", moka_error());
-    return 1;
-  }
-  fprintf(stderr, "device 0: %s (sm_%d%d)%s\n", ctx->device_name, ctx->cc_major, ctx->cc_minor,
-          moka_cuda_debug_sync() ? ", MOKA_CUDA_SYNC on" : "");
+  const int g = gpu_test_open(&ctx);
+  if (g) return g > 0 ? test_summary() : 1;
   RUN(test_convolution);
   RUN(test_convolution_chunks);
   RUN(test_batchnorm);
