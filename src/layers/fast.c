@@ -267,3 +267,13 @@ int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
   }
   return rc ? -1 : 0;
 }
+
+bool fast_gemm_prepare_c(int M, int N, int K, float beta, float *C, int ldc) {
+  if (beta != 0.0f && beta != 1.0f)
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+  if (K > 0) return false;
+  if (beta == 0.0f)
+    for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+  return true;
+}

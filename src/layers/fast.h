@@ -95,6 +95,12 @@ float *fast_workspace(int slot, size_t count, const char *what);
 /* Free this thread's workspace (a later call allocates again). */
 void fast_workspace_release(void);
 
+/* The start of moka's own GEMMs (C (M,N), leading dimension ldc): beta other
+ * than 0 and 1 scales C first (the kernels then accumulate); with K <= 0
+ * there is nothing to multiply (C = beta * C). Returns true when the GEMM is
+ * then done. */
+bool fast_gemm_prepare_c(int M, int N, int K, float beta, float *C, int ldc);
+
 /* Chunks with a weight gradient, deterministically: runs fn(ctx, k, wacc) for
  * k = 0..n_chunks-1 on T threads, thread t taking chunks t, t+T, ... (a
  * fixed assignment). Thread 0 accumulates into wdiff, the others into their

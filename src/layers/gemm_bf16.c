@@ -293,15 +293,7 @@ int fast_gemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const flo
   if (!fast_bf16_supported())
     return moka_errorf("bf16 GEMM: this CPU has no AVX-512 BF16 instructions (vdpbf16ps)");
   if (M <= 0 || N <= 0) return 0;
-  /* beta other than 0 and 1: scale C first, then accumulate. */
-  if (beta != 0.0f && beta != 1.0f)
-    for (int i = 0; i < M; i++)
-      for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
-  if (K <= 0) {
-    if (beta == 0.0f)
-      for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
-    return 0;
-  }
+  if (fast_gemm_prepare_c(M, N, K, beta, C, ldc)) return 0;
   /* A packed whole (by the pool), B a block at a time by each thread. */
   int32_t *ap = (int32_t *)fast_workspace(FAST_WS_PACK_A, bf16_packed_a_size(M, K),
                                           "bf16 GEMM packing (A)");

@@ -168,14 +168,7 @@ int fast_gemm_f32(bool ta, bool tb, int M, int N, int K, float alpha, const floa
   if (!fast_avx512_supported())
     return moka_errorf("fp32 GEMM: this CPU has no AVX-512 (use OpenBLAS)");
   if (M <= 0 || N <= 0) return 0;
-  if (beta != 0.0f && beta != 1.0f)
-    for (int i = 0; i < M; i++)
-      for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
-  if (K <= 0) {
-    if (beta == 0.0f)
-      for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
-    return 0;
-  }
+  if (fast_gemm_prepare_c(M, N, K, beta, C, ldc)) return 0;
   const bool accumulate = beta != 0.0f;
   const int T = omp_in_parallel() ? 1 : fast_threads();
   /* Split the longer side: each block packs the whole of the other operand. */

@@ -60,30 +60,13 @@ int pool_backward_fast(Layer *l) {
   PoolPriv *p = l->priv;
   if (!l->propagate_down[0]) return 0;
   const int H = p->height, W = p->width, PH = p->out_h, PW = p->out_w;
-  const bool is_max = p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
   const int planes = p->num * p->channels;
   const size_t work = (size_t)planes * H * W;
 #pragma omp parallel for schedule(static) if (work >= FAST_GRAIN)
   for (int nc = 0; nc < planes; nc++) {
-    float *dx = l->bottom[0]->diff + (size_t)nc * H * W;      /* (H,W) */
-    const float *dy = l->top[0]->diff + (size_t)nc * PH * PW; /* (PH,PW) */
+    float *dx = l->bottom[0]->diff + (size_t)nc * H * W; /* (H,W) */
     memset(dx, 0, (size_t)H * W * sizeof(float));
-    if (is_max) {
-      const int *arg = p->argmax + (size_t)nc * PH * PW; /* (PH,PW) */
-      for (int o = 0; o < PH * PW; o++)
-        if (arg[o] >= 0) dx[arg[o]] += dy[o];
-      continue;
-    }
-    for (int ph = 0; ph < PH; ph++) {
-      int h0, h1, w0, w1;
-      int eh = pool_window(ph, p->stride_h, p->pad_h, p->kernel_h, H, &h0, &h1);
-      for (int pw = 0; pw < PW; pw++) {
-        int ew = pool_window(pw, p->stride_w, p->pad_w, p->kernel_w, W, &w0, &w1);
-        float g = dy[ph * PW + pw] / (float)(eh * ew);
-        for (int h = h0; h < h1; h++)
-          for (int w = w0; w < w1; w++) dx[h * W + w] += g;
-      }
-    }
+    pool_backward_plane(p, nc, l->top[0]->diff + (size_t)nc * PH * PW, dx); /* dy (PH,PW) */
   }
   return 0;
 }

@@ -8,6 +8,7 @@
 
 #include "cuda_layer.h"
 #include "layer.h"
+#include "pool_geom.h"
 
 typedef struct PoolPriv {
   int method; /* CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX or __AVE */
@@ -20,5 +21,29 @@ typedef struct PoolPriv {
   DevBuf dev_argmax; /* (N,C,PH,PW) the same, on the device */
 #endif
 } PoolPriv;
+
+/* Backward of plane nc (one image's channel): dx (H,W), zeroed by the
+ * caller, gets the gradient of dy (PH,PW) -- MAX through the argmax of the
+ * last forward, AVE spread evenly over each window (Caffe's rounding). The
+ * reference runs it plane after plane, the fast path in parallel. */
+static inline void pool_backward_plane(const PoolPriv *p, int nc, const float *dy, float *dx) {
+  const int H = p->height, W = p->width, PH = p->out_h, PW = p->out_w;
+  if (p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX) {
+    const int *arg = p->argmax + (size_t)nc * PH * PW; /* (PH,PW) */
+    for (int o = 0; o < PH * PW; o++)
+      if (arg[o] >= 0) dx[arg[o]] += dy[o];
+    return;
+  }
+  for (int ph = 0; ph < PH; ph++) {
+    int h0, h1, w0, w1;
+    int eh = pool_window(ph, p->stride_h, p->pad_h, p->kernel_h, H, &h0, &h1);
+    for (int pw = 0; pw < PW; pw++) {
+      int ew = pool_window(pw, p->stride_w, p->pad_w, p->kernel_w, W, &w0, &w1);
+      float g = dy[ph * PW + pw] / (float)(eh * ew);
+      for (int h = h0; h < h1; h++)
+        for (int w = w0; w < w1; w++) dx[h * W + w] += g;
+    }
+  }
+}
 
 #endif
