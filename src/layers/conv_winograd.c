@@ -515,6 +515,25 @@ static size_t scratch_floats(const Wino *z) {
   return in > out ? in : out;
 }
 
+/* V (a*a, cin, rows Pp apart): the input tiles of tile rows [r0, r1) of x
+ * (N,cin,H,W), channels in parallel when par. 0 / -1. */
+static int input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, size_t Pp,
+                       bool par) {
+  const size_t P = (size_t)(r1 - r0) * z->tw, scr = scratch_floats(z);
+  int rc = 0;
+#pragma omp parallel for schedule(static) \
+    reduction(|                           \
+              : rc) if (par && z->a * z->a * z->cin * P >= FAST_GRAIN)
+  for (int c = 0; c < z->cin; c++) {
+    float *s = fast_workspace(FAST_WS_AUX, scr, "Winograd transform scratch");
+    if (s)
+      input_rows(z, x, c, r0, r1, V, Pp, s);
+    else
+      rc |= 1;
+  }
+  return rc ? -1 : 0;
+}
+
 /* y (N,cout,OH,OW) for tile rows [r0, r1), from x (N,cin,H,W) and U. par:
  * split each step over the pool (false inside a parallel region). */
 static int run_chunk(const Wino *z, const float *U, const float *bias, const float *x, float *y,
@@ -525,19 +544,8 @@ static int run_chunk(const Wino *z, const float *U, const float *bias, const flo
   float *M = V ? fast_workspace(FAST_WS_OUT, aa * z->cout * Pp, "Winograd products") : NULL;
   if (!M) return -1;
   const size_t scr = scratch_floats(z);
+  if (input_tiles(z, x, r0, r1, V, Pp, par)) return -1;
   int rc = 0;
-#pragma omp parallel for schedule(static) \
-    reduction(|                           \
-              : rc) if (par && aa * z->cin * P >= FAST_GRAIN)
-  for (int c = 0; c < z->cin; c++) {
-    float *s = fast_workspace(FAST_WS_AUX, scr, "Winograd transform scratch");
-    if (!s) {
-      rc |= 1;
-      continue;
-    }
-    input_rows(z, x, c, r0, r1, V, Pp, s);
-  }
-  if (rc) return -1;
     /* M[xi] (cout, P) = U[xi]^T (cout, cin) x V[xi] (cin, P), rows Pp apart */
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc) if (par)
   for (int xi = 0; xi < aa; xi++)
@@ -700,17 +708,7 @@ static int wgrad_chunk(const Wino *z, const float *x, const float *dy, float *dU
   float *Y = V ? fast_workspace(FAST_WS_OUT, aa * z->cout * Pp, "Winograd gradient tiles") : NULL;
   if (!Y) return -1;
   const size_t scr = scratch_floats(z);
-  int rc = 0;
-#pragma omp parallel for schedule(static) \
-    reduction(|                           \
-              : rc) if (par && aa * z->cin * P >= FAST_GRAIN)
-  for (int c = 0; c < z->cin; c++) {
-    float *s = fast_workspace(FAST_WS_AUX, scr, "Winograd transform scratch");
-    if (s)
-      input_rows(z, x, c, r0, r1, V, Pp, s);
-    else
-      rc |= 1;
-  }
+  int rc = input_tiles(z, x, r0, r1, V, Pp, par) ? 1 : 0;
 #pragma omp parallel for schedule(static) \
     reduction(|                           \
               : rc) if (par && aa * z->cout * P >= FAST_GRAIN)
