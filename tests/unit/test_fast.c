@@ -423,7 +423,9 @@ static bool bf16_available(void) {
  * transpose, edges of every blocking level, leading dimensions, alpha/beta. */
 static void check_own_gemm(bool bf16) {
   static const int shapes[][3] = {{1, 1, 1},        {13, 37, 29}, {12, 32, 256},  {25, 70, 513},
-                                  {150, 1100, 300}, {5, 2000, 64}, {3000, 20, 40}, {7, 3, 2}};
+                                  {150, 1100, 300}, {5, 2000, 64}, {3000, 20, 40}, {7, 3, 2},
+                                  /* M = 64 (8-row micro-panels), short N */
+                                  {64, 49, 130},    {200, 196, 70}, {40, 9, 300}};
   for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++) {
