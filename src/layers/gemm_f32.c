@@ -29,6 +29,11 @@
 #include "util.h"
 
 enum { MR = 12, NR = 32, MC = 144, KC = 256, NC = 512 }; /* MR: the largest micro-panel height */
+/* Packing a transposed operand reads 16 rows far apart (a long K) a cache
+ * line at a time, too little of each for the hardware prefetchers: PF
+ * floats ahead are prefetched by hand (measured, ResNet-50 training at
+ * batch 8 with this GEMM: 5% faster; 32 and 64 alike, 16 less). */
+enum { PF = 64 };
 
 bool fast_avx512_supported(void) {
   __builtin_cpu_init();
@@ -56,6 +61,10 @@ static void pack_a(int mr, bool ta, const float *A, int lda, int i0, int mc, int
       for (int k = 0; k < kc; k += 16) {
         __m512i r[16];
         const __mmask16 kmask = mask16(kc - k);
+        /* PF floats ahead; past the end of these rows, the next panel's. */
+        const int kp = k + PF < kc ? k + PF : k + PF - kc, rp = k + PF < kc ? m0 : m0 + mr;
+        for (int j = 0; j < mr && rp + j < mc; j++)
+          _mm_prefetch((const char *)(A + (size_t)(i0 + rp + j) * lda + p0 + kp), _MM_HINT_T0);
         for (int j = 0; j < 16; j++)
           r[j] = j < mm ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
                               kmask, A + (size_t)(i0 + m0 + j) * lda + p0 + k))
@@ -91,6 +100,10 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
         for (int k = 0; k < kc; k += 16) {
           __m512i r[16];
           const __mmask16 kmask = mask16(kc - k);
+          const int kp = k + PF < kc ? k + PF : k + PF - kc, vp = k + PF < kc ? v : v + 16;
+          for (int j = 0; j < 16 && n0 + vp + j < nc; j++)
+            _mm_prefetch((const char *)(B + (size_t)(j0 + n0 + vp + j) * ldb + p0 + kp),
+                         _MM_HINT_T0);
           for (int j = 0; j < 16; j++)
             r[j] = v + j < nn ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
                                     kmask, B + (size_t)(j0 + n0 + v + j) * ldb + p0 + k))
