@@ -9,6 +9,7 @@
 #ifndef MOKA_RNG_H
 #define MOKA_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct Rng {
@@ -20,6 +21,8 @@ typedef struct Rng {
 
 void rng_seed(Rng *r, uint32_t seed);
 uint32_t rng_u32(Rng *r);
+/* n draws of rng_u32 into out, in order (the same values and final state). */
+void rng_fill_u32(Rng *r, uint32_t *out, size_t n);
 /* boost::uniform_real<float>(a, b): in [a, b). */
 float rng_uniform(Rng *r, float a, float b);
 /* N(mu, sigma). */

@@ -172,7 +172,7 @@ static int gaussian_fill_fast(DummyDataPriv *d, float *v, size_t n, float mu, fl
     d->draws_cap = 2 * pairs;
   }
   uint32_t *u = d->draws; /* (pairs, 2): u1, u2 of each pair, in stream order */
-  for (size_t i = 0; i < 2 * pairs; i++) u[i] = rng_u32(r);
+  rng_fill_u32(r, u, 2 * pairs);
   float *out = v + k; /* (pairs, 2): the cos value, then the sin value (the spare) */
 #pragma omp parallel for schedule(static) if (pairs >= FAST_GRAIN / 8)
   for (size_t i = 0; i < pairs; i++) {
