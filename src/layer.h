@@ -85,6 +85,10 @@ struct Layer {
   float *decay_mult; /* [n_params] from ParamSpec (default 1) */
 
   void *priv;        /* per-type parameter/state struct */
+  /* The weights will not change again (net_freeze_weights: inference
+   * tools): a layer may keep prepared copies of them (the fast convolution
+   * keeps its weights packed for the GEMM, Winograd its transformed ones). */
+  bool weights_frozen;
 
   /* CUDA backend: the device context (stream, cuBLAS/cuDNN handles, shared
    * workspace) the CUDA forward/backward run on; set by net_to_device (or a

@@ -639,6 +639,10 @@ int net_backward(Net *net) {
   return 0;
 }
 
+void net_freeze_weights(Net *net) {
+  for (int i = 0; i < net->n_layers; i++) net->layers[i]->weights_frozen = true;
+}
+
 void net_clear_param_diffs(Net *net) {
   if (net->param_count) memset(net->param_diff, 0, net->param_count * sizeof(float));
 #ifdef MOKA_WITH_CUDA

@@ -133,6 +133,10 @@ int net_forward_to(Net *net, int end, float *loss);
 /* Backward through every layer that needs it (param diffs accumulate). */
 int net_backward(Net *net);
 void net_clear_param_diffs(Net *net);
+/* A promise that the weights no longer change (classify, test, forward-only
+ * timing): layers may prepare copies of them once (layer.h). Training never
+ * freezes; a caller that writes weights after this must not. */
+void net_freeze_weights(Net *net);
 /* Reshape every layer (after an input blob changed shape). */
 int net_reshape(Net *net);
 

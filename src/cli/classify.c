@@ -280,6 +280,7 @@ int cmd_classify(int argc, char **argv) {
     paths_free(&P);
     return -1;
   }
+  net_freeze_weights(net); /* inference only: layers may prepare the weights once */
   Blob *in = cli_input_blob(net);
   if (!in || in->num_axes != 4) {
     net_free(net);

@@ -51,6 +51,7 @@ int cmd_forward(int argc, char **argv) {
     manifest_free(in, n_in);
     return -1;
   }
+  net_freeze_weights(net); /* one forward, no update: layers may prepare the weights once */
   rc = 0;
   for (int i = 0; i < n_in && !rc; i++) {
     Blob *b = net_blob(net, in[i].name);

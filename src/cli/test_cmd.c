@@ -78,6 +78,7 @@ int cmd_test(int argc, char **argv) {
     free(stage_list);
     return -1;
   }
+  net_freeze_weights(net); /* inference only: layers may prepare the weights once */
   LOG_INFO("Running for %d iterations.", iterations);
 
   /* outputs in name order */

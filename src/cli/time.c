@@ -140,6 +140,10 @@ int cmd_time(int argc, char **argv) {
   LOG_INFO("Use %s.", be == MOKA_BACKEND_CUDA ? "GPU" : "CPU");
   Net *net = cli_load_net(model, weights, ph, be, gpu);
   if (!net) return -1;
+  /* Timing inference: the weights never change, and layers may prepare
+   * them once, as for classify and test (the untimed first pass does). A
+   * training step's timing keeps the per-GEMM packing a real step pays. */
+  if (forward_only) net_freeze_weights(net);
   int nl = net->n_layers;
   double *fwd = moka_calloc((size_t)nl + 1, sizeof *fwd); /* (nl) summed ms per layer */
   double *bwd = moka_calloc((size_t)nl + 1, sizeof *bwd); /* (nl) summed ms per layer */

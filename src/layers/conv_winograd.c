@@ -535,10 +535,11 @@ static int input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, 
   return rc ? -1 : 0;
 }
 
-/* y (N,cout,OH,OW) for tile rows [r0, r1), from x (N,cin,H,W) and U. par:
- * split each step over the pool (false inside a parallel region). */
-static int run_chunk(const Wino *z, const float *U, const float *bias, const float *x, float *y,
-                     int r0, int r1, bool par) {
+/* y (N,cout,OH,OW) for tile rows [r0, r1), from x (N,cin,H,W) and U, or
+ * Upk: U[xi]^T packed by fast_gemm_f32_pack, xi after xi (frozen weights).
+ * par: split each step over the pool (false inside a parallel region). */
+static int run_chunk(const Wino *z, const float *U, const float *Upk, const float *bias,
+                     const float *x, float *y, int r0, int r1, bool par) {
   const int aa = z->a * z->a;
   const size_t P = (size_t)(r1 - r0) * z->tw, Pp = chunk_stride(P);
   float *V = fast_workspace(FAST_WS_COL, aa * z->cin * Pp, "Winograd input tiles");
@@ -548,11 +549,16 @@ static int run_chunk(const Wino *z, const float *U, const float *bias, const flo
   if (input_tiles(z, x, r0, r1, V, Pp, par)) return -1;
   int rc = 0;
     /* M[xi] (cout, P) = U[xi]^T (cout, cin) x V[xi] (cin, P), rows Pp apart */
+  const size_t pk = Upk ? fast_gemm_f32_packed_size(z->cout, z->cin) : 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc) if (par)
   for (int xi = 0; xi < aa; xi++)
-    rc |= fast_gemm(true, false, z->cout, (int)P, z->cin, 1.0f, U + (size_t)xi * z->cout * z->cin,
-                    z->cout, V + (size_t)xi * z->cin * Pp, (int)Pp, 0.0f,
-                    M + (size_t)xi * z->cout * Pp, (int)Pp);
+    rc |= Upk ? fast_gemm_f32_prepacked(z->cout, (int)P, z->cin, Upk + (size_t)xi * pk,
+                                        V + (size_t)xi * z->cin * Pp, (int)Pp,
+                                        M + (size_t)xi * z->cout * Pp, (int)Pp)
+              : fast_gemm(true, false, z->cout, (int)P, z->cin, 1.0f,
+                          U + (size_t)xi * z->cout * z->cin, z->cout,
+                          V + (size_t)xi * z->cin * Pp, (int)Pp, 0.0f,
+                          M + (size_t)xi * z->cout * Pp, (int)Pp);
   if (rc) return -1;
 #pragma omp parallel for schedule(static) \
     reduction(|                           \
@@ -601,20 +607,23 @@ static WinoPlan wino_plan(const Wino *z) {
   return pl;
 }
 
-/* The whole convolution of x (N,cin,H,W) into y (N,cout,OH,OW), U given. */
-static int wino_run(const Wino *z, const float *U, const float *bias, const float *x, float *y) {
+/* The whole convolution of x (N,cin,H,W) into y (N,cout,OH,OW), U (or Upk,
+ * see run_chunk) given. */
+static int wino_run(const Wino *z, const float *U, const float *Upk, const float *bias,
+                    const float *x, float *y) {
   const WinoPlan pl = wino_plan(z);
   int rc = 0;
   if (pl.by_chunk) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(pl.threads) reduction(| : rc)
     for (int k = 0; k < pl.n_chunks; k++) {
       const int r0 = k * pl.chunk, r1 = r0 + pl.chunk < pl.rows ? r0 + pl.chunk : pl.rows;
-      rc |= run_chunk(z, U, bias, x, y, r0, r1, false);
+      rc |= run_chunk(z, U, Upk, bias, x, y, r0, r1, false);
     }
     return rc ? -1 : 0;
   }
   for (int r0 = 0; r0 < pl.rows && !rc; r0 += pl.chunk)
-    rc = run_chunk(z, U, bias, x, y, r0, r0 + pl.chunk < pl.rows ? r0 + pl.chunk : pl.rows, true);
+    rc = run_chunk(z, U, Upk, bias, x, y, r0, r0 + pl.chunk < pl.rows ? r0 + pl.chunk : pl.rows,
+                   true);
   return rc ? -1 : 0;
 }
 
@@ -789,7 +798,7 @@ static float *make_weights(const Wino *z, const float *weight, bool backward) {
 /* ---- the layer ------------------------------------------------------------------------ */
 
 int conv_winograd_forward(Layer *l) {
-  const ConvPriv *p = l->priv;
+  ConvPriv *p = l->priv;
   const float *weight = l->params[0]->data;                     /* (OC, C, 3, 3) */
   const float *bias = p->bias_term ? l->params[1]->data : NULL; /* (OC) */
   const int m = conv_winograd_tile(p, false);
@@ -798,10 +807,28 @@ int conv_winograd_forward(Layer *l) {
                        l->name);
   Wino z;
   wino_init(&z, m, p->num, p->channels, p->num_output, p->height, p->width, p->pad_h, p->pad_w);
-  const float *U = make_weights(&z, weight, false);
-  if (!U) return moka_error_prefix("layer %s", l->name);
+  const float *Upk = NULL;
+  if (l->weights_frozen && fast_avx512_supported()) {
+    /* Frozen weights (inference): U transformed and packed for moka's GEMM
+     * once, on the first forward (or again if the tile changes). */
+    if (!p->wino_pack || p->wino_m != m) {
+      const float *U = make_weights(&z, weight, false);
+      if (!U) return moka_error_prefix("layer %s", l->name);
+      const size_t pk = fast_gemm_f32_packed_size(z.cout, z.cin), aa = (size_t)z.a * z.a;
+      free(p->wino_pack);
+      if (!(p->wino_pack = moka_malloc(aa * pk * sizeof(float))))
+        return moka_error_prefix("layer %s: packed Winograd weights", l->name);
+      for (size_t xi = 0; xi < aa; xi++)
+        fast_gemm_f32_pack(true, z.cout, z.cin, U + xi * z.cout * z.cin, z.cout,
+                           p->wino_pack + xi * pk);
+      p->wino_m = m;
+    }
+    Upk = p->wino_pack;
+  }
+  const float *U = Upk ? NULL : make_weights(&z, weight, false);
+  if (!Upk && !U) return moka_error_prefix("layer %s", l->name);
   for (int i = 0; i < l->n_bottom; i++)
-    if (wino_run(&z, U, bias, l->bottom[i]->data, l->top[i]->data))
+    if (wino_run(&z, U, Upk, bias, l->bottom[i]->data, l->top[i]->data))
       return moka_error_prefix("layer %s", l->name);
   return 0;
 }
@@ -815,7 +842,7 @@ int conv_winograd_backward_data(const ConvPriv *p, const float *weight, const fl
             2 - p->pad_w);
   const float *U = make_weights(&z, weight, true);
   if (!U) return -1;
-  return wino_run(&z, U, NULL, dy, dx);
+  return wino_run(&z, U, NULL, NULL, dy, dx);
 }
 
 int conv_winograd_backward_weights(const ConvPriv *p, const float *x, const float *dy,

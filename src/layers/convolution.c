@@ -280,6 +280,9 @@ static void conv_destroy(Layer *l) {
   ConvPriv *p = l->priv;
   free(p->col);
   p->col = NULL;
+  free(p->wpack);
+  free(p->wino_pack);
+  p->wpack = p->wino_pack = NULL;
 #ifdef MOKA_WITH_CUDA
   moka_cudnn_conv_free(p->cudnn_plan);
   p->cudnn_plan = NULL;

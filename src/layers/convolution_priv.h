@@ -19,6 +19,12 @@ typedef struct ConvPriv {
   bool is_1x1;   /* 1x1 kernel, stride 1, no pad: the column buffer is the input */
   float *col;    /* (IC*KH*KW, OH*OW) one image's column buffer (reference only) */
   size_t col_cap;
+  /* Fast backend, frozen weights (Layer.weights_frozen): the weights packed
+   * for moka's fp32 GEMM, and Winograd's transformed weights packed per
+   * position (m x m tile: wino_m), made by the first forward. */
+  float *wpack;
+  float *wino_pack;
+  int wino_m;
 #ifdef MOKA_WITH_CUDA
   MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
 #endif

@@ -125,6 +125,16 @@ int fast_gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
 bool fast_avx512_supported(void);
 
+/* op(A) (M, K) packed once for fast_gemm_f32_prepacked (weights that do not
+ * change between calls): fast_gemm_f32_packed_size floats at Ap. AVX-512
+ * only, as fast_gemm_f32. */
+size_t fast_gemm_f32_packed_size(int M, int K);
+void fast_gemm_f32_pack(bool trans_a, int M, int K, const float *A, int lda, float *Ap);
+/* C (M, N) = op(A) x B (K, N), op(A) packed by fast_gemm_f32_pack: the same
+ * values as fast_gemm_f32 with alpha 1, beta 0, B not transposed. */
+int fast_gemm_f32_prepacked(int M, int N, int K, const float *Ap, const float *B, int ldb,
+                            float *C, int ldc);
+
 /* The same with bf16-rounded inputs and fp32 accumulation (gemm_bf16.c):
  * AVX-512 BF16 only (-1 with a message on other CPUs). */
 int fast_gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha,

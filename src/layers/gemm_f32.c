@@ -176,13 +176,19 @@ static int pick_mr(int M) {
   return pad12 > 1.05 * pad8 ? 8 : 12;
 }
 
-/* One thread's GEMM (beta 0 or 1 here), packing into its own workspace. */
+/* One thread's GEMM (beta 0 or 1 here), packing into its own workspace.
+ * With Ap, op(A) comes packed already (fast_gemm_f32_pack's layout for
+ * Mfull rows; this call's rows start at row i0 of it, a multiple of its
+ * panel height) and only op(B) is packed here. */
 static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, int ldb, bool accumulate, float *C, int ldc) {
-  float *abuf = fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
+                      const float *B, int ldb, bool accumulate, float *C, int ldc,
+                      const float *Ap, int Mfull, int i0) {
+  float *abuf = Ap ? NULL
+                   : fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
   float *bbuf = fast_workspace(FAST_WS_PACK_B, (size_t)(NC + NR) * KC, "fp32 GEMM packing (B)");
-  if (!abuf || !bbuf) return -1;
-  const int mr = pick_mr(M);
+  if ((!Ap && !abuf) || !bbuf) return -1;
+  const int mr = pick_mr(Ap ? Mfull : M);
+  const size_t mpad = Ap ? (size_t)(Mfull + mr - 1) / mr * mr : 0;
   KernelFn *const kern = mr == 8 ? kernel8 : kernel12;
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = N - jc < NC ? N - jc : NC;
@@ -192,10 +198,16 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
       pack_b(tb, B, ldb, pc, kc, jc, nc, bbuf);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
-        pack_a(mr, ta, A, lda, ic, mc, pc, kc, abuf);
+        const float *ablk; /* the micro-panels of rows [ic, ic+mc), K range [pc, pc+kc) */
+        if (Ap) {
+          ablk = Ap + (size_t)pc * mpad + (size_t)(i0 + ic) * kc;
+        } else {
+          pack_a(mr, ta, A, lda, ic, mc, pc, kc, abuf);
+          ablk = abuf;
+        }
         for (int jr = 0; jr < nc; jr += NR)
           for (int ir = 0; ir < mc; ir += mr)
-            kern(kc, abuf + (size_t)(ir / mr) * kc * mr, bbuf + (size_t)(jr / NR) * kc * NR,
+            kern(kc, ablk + (size_t)(ir / mr) * kc * mr, bbuf + (size_t)(jr / NR) * kc * NR,
                  C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < mr ? mc - ir : mr,
                  nc - jr < NR ? nc - jr : NR, acc, alpha);
       }
@@ -204,10 +216,31 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
   return 0;
 }
 
+/* The packed layout of op(A) (M, K): for each K block pc of KC (the last
+ * shorter), the M rows padded to panels of mr, each panel [kc][mr]; block
+ * pc starts at pc * mpad. */
+size_t fast_gemm_f32_packed_size(int M, int K) {
+  const int mr = pick_mr(M);
+  return (size_t)(M + mr - 1) / mr * mr * (size_t)(K > 0 ? K : 1);
+}
+
+void fast_gemm_f32_pack(bool ta, int M, int K, const float *A, int lda, float *Ap) {
+  const int mr = pick_mr(M);
+  const size_t mpad = (size_t)(M + mr - 1) / mr * mr;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)M * K >= 1u << 16)
+  for (int pc = 0; pc < K; pc += KC) {
+    const int kc = K - pc < KC ? K - pc : KC;
+    /* pack_a zero-pads the last panel to mr rows: mpad x kc values */
+    pack_a(mr, ta, A, lda, 0, M, pc, kc, Ap + (size_t)pc * mpad);
+  }
+}
+
 #pragma GCC pop_options
 
-int fast_gemm_f32(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
-                  const float *B, int ldb, float beta, float *C, int ldc) {
+/* fast_gemm_f32 and fast_gemm_f32_prepacked: op(A) from A, or packed (Ap). */
+static int gemm_f32_run(bool ta, bool tb, int M, int N, int K, float alpha, const float *A,
+                        int lda, const float *Ap, const float *B, int ldb, float beta, float *C,
+                        int ldc) {
   if (!fast_avx512_supported())
     return moka_errorf("fp32 GEMM: this CPU has no AVX-512 (use OpenBLAS)");
   if (M <= 0 || N <= 0) return 0;
@@ -229,10 +262,20 @@ int fast_gemm_f32(bool ta, bool tb, int M, int N, int K, float alpha, const floa
     if (hi <= lo) continue;
     if (by_cols)
       rc |= gemm_f32_1(ta, tb, M, hi - lo, K, alpha, A, lda, tb ? B + (size_t)lo * ldb : B + lo,
-                       ldb, accumulate, C + lo, ldc);
+                       ldb, accumulate, C + lo, ldc, Ap, M, 0);
     else
-      rc |= gemm_f32_1(ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + (size_t)lo * lda, lda, B,
-                       ldb, accumulate, C + (size_t)lo * ldc, ldc);
+      rc |= gemm_f32_1(ta, tb, hi - lo, N, K, alpha, Ap ? NULL : ta ? A + lo : A + (size_t)lo * lda,
+                       lda, B, ldb, accumulate, C + (size_t)lo * ldc, ldc, Ap, M, lo);
   }
   return rc ? -1 : 0;
+}
+
+int fast_gemm_f32(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc) {
+  return gemm_f32_run(ta, tb, M, N, K, alpha, A, lda, NULL, B, ldb, beta, C, ldc);
+}
+
+int fast_gemm_f32_prepacked(int M, int N, int K, const float *Ap, const float *B, int ldb,
+                            float *C, int ldc) {
+  return gemm_f32_run(false, false, M, N, K, 1.0f, NULL, 0, Ap, B, ldb, 0.0f, C, ldc);
 }

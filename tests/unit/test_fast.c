@@ -477,6 +477,36 @@ static void test_gemm_f32(void) {
   check_own_gemm(false);
 }
 
+/* op(A) packed once (fast_gemm_f32_pack) then fast_gemm_f32_prepacked: the
+ * very values of fast_gemm_f32 (the same panels, kernel and order), for
+ * 8- and 12-row panels, several K blocks, row and column splits. */
+static void test_gemm_f32_prepacked(void) {
+  if (!fast_avx512_supported()) {
+    fprintf(stderr, "  SKIP %s: this CPU has no AVX-512\n", t_cur_name);
+    return;
+  }
+  static const int shapes[][3] = {{64, 49, 600},  {256, 196, 300}, {2048, 49, 70},
+                                  {13, 1000, 17}, {300, 40, 513},  {1, 1, 1}};
+  for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
+    for (int ta = 0; ta < 2; ta++) {
+      const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+      const int lda = (ta ? M : K) + 1, ldb = N + 2, ldc = N + 3;
+      const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)K * ldb, nc = (size_t)M * ldc;
+      float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
+      float *want = calloc(nc, sizeof(float)), *got = calloc(nc, sizeof(float));
+      float *Ap = malloc(fast_gemm_f32_packed_size(M, K) * sizeof(float));
+      REQUIRE(A && B && want && got && Ap);
+      fill_random(A, na, 1.0f);
+      fill_random(B, nb, 1.0f);
+      CHECK(fast_gemm_f32(ta, false, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, want, ldc) == 0);
+      fast_gemm_f32_pack(ta, M, K, A, lda, Ap);
+      CHECK(fast_gemm_f32_prepacked(M, N, K, Ap, B, ldb, got, ldc) == 0);
+      CHECK_MSG(memcmp(got, want, nc * sizeof(float)) == 0, "prepacked %dx%dx%d ta %d", M, N, K,
+                ta);
+      free(A), free(B), free(want), free(got), free(Ap);
+    }
+}
+
 /* Convolution and inner product with the bf16 GEMMs: within bf16 rounding of
  * the fp32 reference, and not equal to it (so bf16 really ran). */
 static void test_layers_bf16(void) {
@@ -537,6 +567,7 @@ int main(void) {
   RUN(test_softmax_concat_dropout);
   RUN(test_gemm_bf16);
   RUN(test_gemm_f32);
+  RUN(test_gemm_f32_prepacked);
   RUN(test_layers_bf16);
   RUN(test_mini_resnet_golden);
   RUN(test_mini_train_golden);

@@ -289,6 +289,40 @@ static void test_dispatch(void) {
   }
 }
 
+/* ---- frozen weights ------------------------------------------------------------------- */
+
+/* Layer.weights_frozen (inference tools): the fast convolution keeps its
+ * weights packed (GEMM path) or transformed and packed (Winograd) from the
+ * first forward on. The frozen forward must match the reference as the
+ * unfrozen one does, keep matching on a second forward (the kept copy), and
+ * really have made the copy (on CPUs with AVX-512, whose GEMM it feeds). */
+static void test_frozen_weights(void) {
+  static const char *const modes[] = {"0", "2", "4"};
+  static const double tol[] = {1e-6, TOL_F2, TOL_F4};
+  for (int k = 0; k < 3; k++) {
+    set_winograd(modes[k]);
+    Pair t;
+    if (pair_make(&t, 2, 24, 13, 14, 40, 1, true)) {
+      CHECK(0);
+      pair_free(&t);
+      continue;
+    }
+    t.fast->weights_frozen = true;
+    for (int pass = 0; pass < 2; pass++) {
+      CHECK(layer_forward(t.ref, MOKA_BACKEND_CPU) == 0);
+      CHECK(layer_forward(t.fast, MOKA_BACKEND_CPU_FAST) == 0);
+      const double e = norm_err(t.ft->data, t.rt->data, t.rt->count);
+      CHECK_MSG(e < tol[k], "MOKA_WINOGRAD=%s pass %d: error %.3g", modes[k], pass, e);
+    }
+    const ConvPriv *p = t.fast->priv;
+    if (fast_avx512_supported())
+      CHECK_MSG(k == 0 ? p->wpack != NULL : p->wino_pack != NULL, "MOKA_WINOGRAD=%s: no copy",
+                modes[k]);
+    pair_free(&t);
+  }
+  set_winograd(NULL);
+}
+
 /* ---- whole nets ----------------------------------------------------------------------- */
 
 static void test_mini_resnet_golden(void) {
@@ -332,6 +366,7 @@ int main(void) {
   RUN(test_one_thread);
   RUN(test_moved_tap);
   RUN(test_dispatch);
+  RUN(test_frozen_weights);
   RUN(test_mini_resnet_golden);
   RUN(test_mini_train_golden);
   return test_summary();
