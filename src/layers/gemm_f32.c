@@ -227,12 +227,16 @@ size_t fast_gemm_f32_packed_size(int M, int K) {
 void fast_gemm_f32_pack(bool ta, int M, int K, const float *A, int lda, float *Ap) {
   const int mr = pick_mr(M);
   const size_t mpad = (size_t)(M + mr - 1) / mr * mr;
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)M * K >= 1u << 16)
-  for (int pc = 0; pc < K; pc += KC) {
-    const int kc = K - pc < KC ? K - pc : KC;
-    /* pack_a zero-pads the last panel to mr rows: mpad x kc values */
-    pack_a(mr, ta, A, lda, 0, M, pc, kc, Ap + (size_t)pc * mpad);
-  }
+  const int kb = (K + KC - 1) / KC, mb = (M + MC - 1) / MC; /* K blocks x MC-row blocks */
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (!omp_in_parallel() && (size_t)M * K >= 1u << 16)
+  for (int b = 0; b < kb; b++)
+    for (int i = 0; i < mb; i++) {
+      const int pc = b * KC, kc = K - pc < KC ? K - pc : KC;
+      const int ic = i * MC, mc = M - ic < MC ? M - ic : MC;
+      /* rows [ic, ic+mc): panels from ic/mr on, the last one zero-padded */
+      pack_a(mr, ta, A, lda, ic, mc, pc, kc, Ap + (size_t)pc * mpad + (size_t)ic * kc);
+    }
 }
 
 #pragma GCC pop_options
