@@ -65,14 +65,16 @@ static void pack_a(int mr, bool ta, const float *A, int lda, int i0, int mc, int
         const int kp = k + PF < kc ? k + PF : k + PF - kc, rp = k + PF < kc ? m0 : m0 + mr;
         for (int j = 0; j < mr && rp + j < mc; j++)
           _mm_prefetch((const char *)(A + (size_t)(i0 + rp + j) * lda + p0 + kp), _MM_HINT_T0);
+#pragma GCC unroll 16
         for (int j = 0; j < 16; j++)
           r[j] = j < mm ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
                               kmask, A + (size_t)(i0 + m0 + j) * lda + p0 + k))
                         : _mm512_setzero_si512();
         transpose16(r); /* r[q] = column k+q of the rows */
         const int nk = kc - k < 16 ? kc - k : 16;
-        for (int q = 0; q < nk; q++)
-          _mm512_mask_storeu_epi32(dst + (size_t)(k + q) * mr, mr_mask, r[q]);
+#pragma GCC unroll 16
+        for (int q = 0; q < 16; q++)
+          if (q < nk) _mm512_mask_storeu_epi32(dst + (size_t)(k + q) * mr, mr_mask, r[q]);
       }
     } else { /* A(m,k) = A[k*lda + m]: storage row k, consecutive m */
       const __mmask16 mk = mask16(mm);
@@ -104,13 +106,16 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
           for (int j = 0; j < 16 && n0 + vp + j < nc; j++)
             _mm_prefetch((const char *)(B + (size_t)(j0 + n0 + vp + j) * ldb + p0 + kp),
                          _MM_HINT_T0);
+#pragma GCC unroll 16
           for (int j = 0; j < 16; j++)
             r[j] = v + j < nn ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
                                     kmask, B + (size_t)(j0 + n0 + v + j) * ldb + p0 + k))
                               : _mm512_setzero_si512();
           transpose16(r); /* r[q] = row k+q of op(B), 16 columns */
           const int nk = kc - k < 16 ? kc - k : 16;
-          for (int q = 0; q < nk; q++) _mm512_storeu_si512(dst + (size_t)(k + q) * NR + v, r[q]);
+#pragma GCC unroll 16
+          for (int q = 0; q < 16; q++)
+            if (q < nk) _mm512_storeu_si512(dst + (size_t)(k + q) * NR + v, r[q]);
         }
     }
   }
