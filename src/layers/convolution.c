@@ -282,7 +282,9 @@ static void conv_destroy(Layer *l) {
   p->col = NULL;
   free(p->wpack);
   free(p->wino_pack);
+  free(p->bf16_wpack);
   p->wpack = p->wino_pack = NULL;
+  p->bf16_wpack = NULL;
 #ifdef MOKA_WITH_CUDA
   moka_cudnn_conv_free(p->cudnn_plan);
   p->cudnn_plan = NULL;

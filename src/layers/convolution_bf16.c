@@ -320,10 +320,12 @@ static Plan plan(const ConvPriv *p) {
 
 /* Shapes, row tables, and the weights packed (transposed: W_g^T (kdim,
  * OC/G) for the data gradient, else W_g (OC/G, kdim)) into the calling
- * thread's FAST_WS_WPACK (pack false: not packed). 1: not taken (no AVX-512
+ * thread's FAST_WS_WPACK (pack false: not packed); with frozen weights
+ * (Layer.weights_frozen, inference) the forward's are packed once, on the
+ * first call, and kept in ConvPriv.bf16_wpack. 1: not taken (no AVX-512
  * BF16, 32-bit offsets too small, or the test hook). */
 static int layer_setup(Layer *l, const Plan *pl, bool transposed, bool pack, Bf16Conv *cv) {
-  const ConvPriv *p = l->priv;
+  ConvPriv *p = l->priv;
   memset(cv, 0, sizeof *cv);
   cv->p = p;
   cv->G = p->group, cv->OC = p->num_output, cv->OCg = cv->OC / cv->G, cv->C = p->channels;
@@ -345,14 +347,22 @@ static int layer_setup(Layer *l, const Plan *pl, bool transposed, bool pack, Bf1
   const int M = transposed ? cv->kdim : cv->OCg, K = transposed ? cv->OCg : cv->kdim;
   cv->wsize = bf16_packed_a_size(M, K);
   const size_t wtotal = cv->wsize * cv->G, tables = 3 * (size_t)cv->kdim_pad;
-  float *buf = fast_workspace(FAST_WS_WPACK, wtotal + tables, "bf16 convolution weights");
+  const bool keep = pack && !transposed && l->weights_frozen;
+  float *buf = fast_workspace(FAST_WS_WPACK, (keep ? 0 : wtotal) + tables,
+                              "bf16 convolution weights");
   if (!buf) return -1;
-  int32_t *w = (int32_t *)buf;
+  int32_t *w = keep ? p->bf16_wpack : (int32_t *)buf;
+  const bool pack_now = pack && !(keep && w);
+  if (keep && !w) {
+    if (!(w = p->bf16_wpack = moka_malloc(wtotal * sizeof(int32_t))))
+      return moka_error_prefix("layer %s: packed bf16 weights", l->name);
+  }
   cv->wpack = w;
-  cv->roff = w + wtotal, cv->rdh = cv->roff + cv->kdim_pad, cv->rdw = cv->rdh + cv->kdim_pad;
+  cv->roff = keep ? (int32_t *)buf : w + wtotal;
+  cv->rdh = cv->roff + cv->kdim_pad, cv->rdw = cv->rdh + cv->kdim_pad;
   fill_row_tables(cv);
   const float *weight = l->params[0]->data; /* (OC, IC/G, KH, KW) */
-  for (int g = 0; pack && g < cv->G; g++)
+  for (int g = 0; pack_now && g < cv->G; g++)
     bf16_pack_a(transposed, weight + (size_t)g * cv->OCg * cv->kdim, cv->kdim, M, K,
                 w + (size_t)g * cv->wsize, true);
   return 0;

@@ -5,6 +5,7 @@
 #define MOKA_LAYERS_CONVOLUTION_PRIV_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include "cuda_layer.h"
@@ -25,6 +26,7 @@ typedef struct ConvPriv {
   float *wpack;
   float *wino_pack;
   int wino_m;
+  int32_t *bf16_wpack; /* the same for the bf16 GEMMs (convolution_bf16.c) */
 #ifdef MOKA_WITH_CUDA
   MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
 #endif

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "layers/convolution_bf16.h"
+#include "layers/convolution_priv.h"
 #include "layers/fast.h"
 #include "prototxt.h"
 #include "proto_io.h"
@@ -229,9 +230,56 @@ static void test_bf16_conv(void) {
   omp_set_num_threads(saved);
 }
 
+/* Layer.weights_frozen (inference): the forward's packed bf16 weights are
+ * made on the first call and kept (ConvPriv.bf16_wpack). The frozen layer's
+ * top must equal the unfrozen one's bit for bit (the same packing), on the
+ * call that packs and on the next that reuses. */
+static void test_frozen_forward(void) {
+  if (!fast_bf16_supported()) {
+    fprintf(stderr, "  SKIP %s: this CPU has no AVX-512 BF16\n", t_cur_name);
+    return;
+  }
+  static const int picks[] = {0, 2, 10, 13}; /* 3x3, 1x1 gathered, group 2, batch 1 */
+  for (size_t i = 0; i < MOKA_ARRAY_LEN(picks); i++) {
+    const Case *c = &cases[picks[i]];
+    char text[640];
+    snprintf(text, sizeof text,
+             "name: 'conv' type: 'Convolution' convolution_param { %s "
+             "weight_filler { type: 'gaussian' std: 0.1 } }",
+             c->param);
+    ProtobufCMessage *m;
+    REQUIRE(prototxt_parse(&caffe__layer_parameter__descriptor, text, strlen(text), "test", &m) ==
+            0);
+    const int shape[4] = {c->n, c->c, c->h, c->w};
+    Built plain, frozen;
+    REQUIRE(build(&plain, (Caffe__LayerParameter *)m, shape) == 0);
+    REQUIRE(build(&frozen, (Caffe__LayerParameter *)m, shape) == 0);
+    fill_random(plain.bottom->data, plain.bottom->count, 1.0f);
+    memcpy(frozen.bottom->data, plain.bottom->data, plain.bottom->count * sizeof(float));
+    for (int p = 0; p < plain.l->n_params; p++)
+      memcpy(frozen.l->params[p]->data, plain.l->params[p]->data,
+             plain.l->params[p]->count * sizeof(float));
+    frozen.l->weights_frozen = true;
+    REQUIRE(fast_set_precision("bf16") == 0);
+    CHECK(layer_forward(plain.l, MOKA_BACKEND_CPU_FAST) == 0);
+    for (int pass = 0; pass < 2; pass++) {
+      CHECK(layer_forward(frozen.l, MOKA_BACKEND_CPU_FAST) == 0);
+      CHECK_MSG(memcmp(frozen.top->data, plain.top->data, plain.top->count * sizeof(float)) == 0,
+                "%s, pass %d", c->name, pass);
+    }
+    (void)fast_set_precision("fp32");
+    CHECK_MSG(((const ConvPriv *)frozen.l->priv)->bf16_wpack != NULL, "%s: no kept copy",
+              c->name);
+    built_free(&plain);
+    built_free(&frozen);
+    caffe__layer_parameter__free_unpacked((Caffe__LayerParameter *)m, NULL);
+  }
+}
+
 int main(void) {
   rng_seed(&g_rng, 1234);
   fast_init();
   RUN(test_bf16_conv);
+  RUN(test_frozen_forward);
   return test_summary();
 }
