@@ -365,28 +365,40 @@ static void fill_phases(const float *src, int w, int pad_w, int m, int L, int ld
 
 /* V (a*a, cin, P), columns [0, (r1-r0)*tw), channel c: the input tiles of
  * tile rows [r0, r1) of x (N,cin,H,W); P is the padded row stride
- * (chunk_stride). scratch: 2 x (a, m, ld). */
+ * (chunk_stride). Each input row a tile row needs is deinterleaved once per
+ * image (adjacent tile rows share a - m of their a rows). scratch:
+ * (a + 1 + H) x (m, ld): the vertical transform, a zero row, the plane's
+ * rows by phase. */
 static void input_rows(const Wino *z, const float *x, int c, int r0, int r1, float *V, size_t P,
                        float *scratch) {
   const int a = z->a, m = z->m, tw = z->tw, L = tw + 1;
   const int twp = tiles_padded(tw), ld = row_ld(tw), cols = m * ld;
-  float *strip = scratch;                 /* (a, m, ld): the tile row's input, zero-padded */
-  float *tv = scratch + (size_t)a * cols; /* (a, m, ld): B^T applied down the columns */
-  const size_t xs = (size_t)z->cin * P;   /* from V[xi][c] to V[xi+1][c] */
+  float *tv = scratch;                      /* (a, m, ld): B^T applied down the columns */
+  float *zero = tv + (size_t)a * cols;      /* (m, ld): a row outside the image */
+  float *rows = zero + cols;                /* (H, m, ld): input row ih at rows + ih*cols */
+  const size_t xs = (size_t)z->cin * P;     /* from V[xi][c] to V[xi+1][c] */
+  memset(zero, 0, (size_t)cols * sizeof(float));
+  int cur_n = -1;
   for (int r = r0; r < r1; r++) {
     const int n = r / z->th, t = r % z->th;
-    const float *plane = x + ((size_t)n * z->cin + c) * z->h * z->w; /* (H,W) */
+    if (n != cur_n) { /* this image's rows for its tile rows t .. t_end of the range */
+      const float *plane = x + ((size_t)n * z->cin + c) * z->h * z->w; /* (H,W) */
+      const int t_end = n == (r1 - 1) / z->th ? (r1 - 1) % z->th : z->th - 1;
+      int lo = t * m - z->pad_h, hi = t_end * m - z->pad_h + a;
+      if (lo < 0) lo = 0;
+      if (hi > z->h) hi = z->h;
+      for (int ih = lo; ih < hi; ih++)
+        fill_phases(plane + (size_t)ih * z->w, z->w, z->pad_w, m, L, ld, rows + (size_t)ih * cols);
+      cur_n = n;
+    }
+    const float *in[6]; /* the tile row's a input rows, (m, ld) each */
     for (int i = 0; i < a; i++) {
-      float *row = strip + (size_t)i * cols; /* (m, ld) */
       const int ih = t * m - z->pad_h + i;
-      if (ih < 0 || ih >= z->h)
-        memset(row, 0, (size_t)cols * sizeof(float));
-      else
-        fill_phases(plane + (size_t)ih * z->w, z->w, z->pad_w, m, L, ld, row);
+      in[i] = ih < 0 || ih >= z->h ? zero : rows + (size_t)ih * cols;
     }
     float *out = V + (size_t)c * P + (size_t)(r - r0) * tw; /* V[0][c][tiles of row r] */
     if (a == 4) {
-      const float *s0 = strip, *s1 = s0 + cols, *s2 = s1 + cols, *s3 = s2 + cols;
+      const float *s0 = in[0], *s1 = in[1], *s2 = in[2], *s3 = in[3];
       float *restrict t0 = tv, *restrict t1 = t0 + cols, *restrict t2 = t1 + cols,
                       *restrict t3 = t2 + cols;
 #pragma omp simd
@@ -401,8 +413,7 @@ static void input_rows(const Wino *z, const float *x, int c, int r0, int r1, flo
           BT2(p0[j], p1[j], p0[j + 1], p1[j + 1], o0[j], o1[j], o2[j], o3[j]);
       }
     } else {
-      const float *s0 = strip, *s1 = s0 + cols, *s2 = s1 + cols, *s3 = s2 + cols, *s4 = s3 + cols,
-                  *s5 = s4 + cols;
+      const float *s0 = in[0], *s1 = in[1], *s2 = in[2], *s3 = in[3], *s4 = in[4], *s5 = in[5];
       float *restrict t0 = tv, *restrict t1 = t0 + cols, *restrict t2 = t1 + cols,
                       *restrict t3 = t2 + cols, *restrict t4 = t3 + cols, *restrict t5 = t4 + cols;
 #pragma omp simd
@@ -507,11 +518,12 @@ static void output_rows(const Wino *z, const float *M, int oc, int r0, int r1, s
   }
 }
 
-/* The scratch of one thread's transforms: 2 x (a, m, ld) in, (m, a, ld) +
- * (m, m, ld) out (ld = row_ld(tw)). */
+/* The scratch of one thread's transforms: (a + 1 + H) x (m, ld) in, (m,
+ * a, ld) + (m, m, ld) out, (m + a) x (m, ld) for grad_rows (ld =
+ * row_ld(tw)). */
 static size_t scratch_floats(const Wino *z) {
   const size_t ld = (size_t)row_ld(z->tw);
-  const size_t in = 2 * (size_t)z->a * z->m * ld;
+  const size_t in = ((size_t)z->a + 1 + (size_t)z->h + z->m) * z->m * ld;
   const size_t out = (size_t)z->m * (z->a + z->m) * ld;
   return in > out ? in : out;
 }
