@@ -820,7 +820,7 @@ int conv_winograd_forward(Layer *l) {
   Wino z;
   wino_init(&z, m, p->num, p->channels, p->num_output, p->height, p->width, p->pad_h, p->pad_w);
   const float *Upk = NULL;
-  if (l->weights_frozen && fast_avx512_supported()) {
+  if (l->weights_frozen && fast_prepacked_allowed()) {
     /* Frozen weights (inference): U transformed and packed for moka's GEMM
      * once, on the first forward (or again if the tile changes). */
     if (!p->wino_pack || p->wino_m != m) {

@@ -290,7 +290,7 @@ int conv_forward_fast(Layer *l) {
    * of the time: every weight read and written once more per image). */
   const float *wpack = NULL;
   if (l->weights_frozen && p->group == 1 && fast_precision() == FAST_FP32 &&
-      fast_avx512_supported()) {
+      fast_prepacked_allowed()) {
     const int kdim = p->channels * p->kernel_h * p->kernel_w;
     if (!p->wpack) {
       if (!(p->wpack = moka_malloc(fast_gemm_f32_packed_size(p->num_output, kdim) * sizeof(float))))

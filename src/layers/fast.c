@@ -16,6 +16,7 @@ extern char *openblas_get_corename(void);
 
 static pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
 static bool g_own_sgemm; /* fp32 GEMMs on gemm_f32.c instead of OpenBLAS */
+static bool g_sgemm_forced_openblas; /* MOKA_SGEMM=openblas */
 
 /* OpenBLAS's kernel is chosen once, from the CPU or OPENBLAS_CORETYPE. When
  * it is not an AVX-512 one (an environment pinning Haswell, an OpenBLAS too
@@ -35,8 +36,13 @@ static void init_once(void) {
   openblas_set_num_threads(1);
   g_own_sgemm = fast_avx512_supported() && !openblas_has_avx512_kernel();
   const char *env = getenv("MOKA_SGEMM"); /* "openblas" or "moka": force one (benchmarks) */
-  if (env && !strcmp(env, "openblas")) g_own_sgemm = false;
+  if (env && !strcmp(env, "openblas")) g_own_sgemm = false, g_sgemm_forced_openblas = true;
   if (env && !strcmp(env, "moka") && fast_avx512_supported()) g_own_sgemm = true;
+}
+
+bool fast_prepacked_allowed(void) {
+  fast_init();
+  return fast_avx512_supported() && !g_sgemm_forced_openblas;
 }
 
 const char *fast_sgemm_name(void) {

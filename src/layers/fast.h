@@ -125,6 +125,10 @@ int fast_gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
 bool fast_avx512_supported(void);
 
+/* Whether layers may keep weights packed for fast_gemm_f32_prepacked
+ * (moka's kernel): AVX-512, and MOKA_SGEMM not forcing OpenBLAS. */
+bool fast_prepacked_allowed(void);
+
 /* op(A) (M, K) packed once for fast_gemm_f32_prepacked (weights that do not
  * change between calls): fast_gemm_f32_packed_size floats at Ap. AVX-512
  * only, as fast_gemm_f32. */
