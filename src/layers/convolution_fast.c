@@ -218,8 +218,9 @@ static ConvPlan conv_plan(const ConvPriv *p) {
    * each GEMM over the pool instead (measured: those layers 8-10% faster,
    * the whole batch-8 training step 2%). */
   const long S = (long)p->out_h * p->out_w;
-  const double weights = (double)p->num_output * p->channels / p->group * p->kernel_h * p->kernel_w;
-  const double acts = (double)N * S * (p->num_output + (double)p->channels * p->kernel_h * p->kernel_w);
+  const double kk = (double)p->kernel_h * p->kernel_w;
+  const double weights = (double)p->num_output * p->channels / p->group * kk;
+  const double acts = (double)N * S * (p->num_output + p->channels * kk);
   if (T > 1 && N >= T && 2.0 * weights < acts) {
     const int cols = FAST_CONV_COLS;
     long n_chunks = (N * S + cols - 1) / cols;   /* about `cols` columns each */

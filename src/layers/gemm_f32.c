@@ -188,8 +188,8 @@ static int pick_mr(int M) {
 static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, bool accumulate, float *C, int ldc,
                       const float *Ap, int Mfull, int i0) {
-  float *abuf = Ap ? NULL
-                   : fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
+  float *abuf =
+      Ap ? NULL : fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
   float *bbuf = fast_workspace(FAST_WS_PACK_B, (size_t)(NC + NR) * KC, "fp32 GEMM packing (B)");
   if ((!Ap && !abuf) || !bbuf) return -1;
   const int mr = pick_mr(Ap ? Mfull : M);
