@@ -13,14 +13,21 @@ void datum_pixels_free(DatumPixels *px) {
   memset(px, 0, sizeof *px);
 }
 
+/* A buffer of at least n elements of `size` bytes: data itself when its cap
+ * suffices, else data grown (cap updated); NULL with moka_error() when out
+ * of memory (data then still valid and owned by the caller). */
+static void *reserve(void *data, size_t *cap, size_t n, size_t size) {
+  if (data && n <= *cap) return data;
+  if (n == 0) n = 1; /* an empty plane still gets a buffer */
+  void *p = moka_realloc(data, n * size);
+  if (p) *cap = n;
+  return p;
+}
+
 static int pixels_reserve(DatumPixels *px, int c, int h, int w) {
-  size_t n = (size_t)c * (size_t)h * (size_t)w;
-  if (n > px->cap) {
-    float *p = moka_realloc(px->data, n * sizeof(float));
-    if (!p) return -1;
-    px->data = p;
-    px->cap = n;
-  }
+  float *p = reserve(px->data, &px->cap, (size_t)c * (size_t)h * (size_t)w, sizeof(float));
+  if (!p) return -1;
+  px->data = p;
   px->c = c;
   px->h = h;
   px->w = w;
@@ -48,13 +55,9 @@ void datum_bytes_free(DatumBytes *px) {
 }
 
 static int bytes_reserve(DatumBytes *px, int c, int h, int w) {
-  size_t n = (size_t)c * (size_t)h * (size_t)w;
-  if (n > px->cap) {
-    uint8_t *p = moka_realloc(px->data, n);
-    if (!p) return -1;
-    px->data = p;
-    px->cap = n;
-  }
+  uint8_t *p = reserve(px->data, &px->cap, (size_t)c * (size_t)h * (size_t)w, 1);
+  if (!p) return -1;
+  px->data = p;
   px->c = c;
   px->h = h;
   px->w = w;
