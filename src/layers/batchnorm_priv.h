@@ -30,29 +30,11 @@ typedef struct BatchNormPriv {
 /* The fast path's batch statistics of channel ch of x (N,C,S): mean, then
  * the mean squared deviation from it, both summed in double (the fast
  * BatchNorm and the fused chain of src/net_fuse.c share these sums, so they
- * give the same mean and variance). */
-static inline void bn_fast_channel_stats(const float *x, size_t N, size_t C, size_t S, size_t ch,
-                                         float eps, float *mean, float *var, float *sd) {
-  const size_t m = N * S;
-  double sum = 0;
-  for (size_t n = 0; n < N; n++) {
-    const float *xc = x + (n * C + ch) * S;
-#pragma omp simd reduction(+ : sum)
-    for (size_t s = 0; s < S; s++) sum += xc[s];
-  }
-  const float mu = (float)(sum / (double)m);
-  double sq = 0;
-  for (size_t n = 0; n < N; n++) {
-    const float *xc = x + (n * C + ch) * S;
-#pragma omp simd reduction(+ : sq)
-    for (size_t s = 0; s < S; s++) {
-      float d = xc[s] - mu;
-      sq += (double)d * (double)d;
-    }
-  }
-  *mean = mu;
-  *var = (float)(sq / (double)m);
-  *sd = sqrtf(*var + eps);
-}
+ * give the same mean and variance). batchnorm_fast.c. */
+void bn_fast_channel_stats(const float *x, size_t N, size_t C, size_t S, size_t ch, float eps,
+                           float *mean, float *var, float *sd);
+/* The same with the AVX-512 loops allowed or not (tests compare the two). */
+void bn_fast_channel_stats_with(bool avx512, const float *x, size_t N, size_t C, size_t S,
+                                size_t ch, float eps, float *mean, float *var, float *sd);
 
 #endif

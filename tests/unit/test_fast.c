@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "goldentest.h"
+#include "layers/batchnorm_priv.h"
 #include "layers/fast.h"
 #include "net.h"
 #include "prototxt.h"
@@ -284,6 +285,42 @@ static void test_batchnorm(void) {
   t.ref->params[2]->data[0] = t.fast->params[2]->data[0] = 0.73f;
   CHECK(twin_check(&t, "bn global stats", -1, -1, -1));
   twin_free(&t);
+}
+
+/* The statistics' two loops (AVX-512, plain) against sums in long double,
+ * on plane sizes around their vector steps (tails of 1-31 values). */
+static void test_batchnorm_stats(void) {
+  const size_t sizes[] = {1, 7, 8, 9, 16, 31, 33, 49, 196, 1027};
+  Rng r;
+  rng_seed(&r, 77);
+  for (size_t q = 0; q < sizeof sizes / sizeof sizes[0]; q++) {
+    const size_t N = 3, C = 2, S = sizes[q];
+    float *x = malloc(N * C * S * sizeof(float));
+    REQUIRE(x);
+    for (size_t i = 0; i < N * C * S; i++) x[i] = rng_gaussian(&r, 3.0f, 2.0f);
+    for (size_t ch = 0; ch < C; ch++) {
+      long double sum = 0, sq = 0;
+      for (size_t n = 0; n < N; n++)
+        for (size_t s = 0; s < S; s++) sum += x[(n * C + ch) * S + s];
+      const float mu_want = (float)(sum / (long double)(N * S));
+      for (size_t n = 0; n < N; n++)
+        for (size_t s = 0; s < S; s++) {
+          const float d = x[(n * C + ch) * S + s] - mu_want;
+          sq += (long double)d * d;
+        }
+      const double var_want = (double)(sq / (long double)(N * S));
+      for (int v = 0; v < 2; v++) {
+        float mu, var, sd;
+        bn_fast_channel_stats_with(v == 1, x, N, C, S, ch, 1e-5f, &mu, &var, &sd);
+        CHECK_MSG(fabsf(mu - mu_want) <= 1e-6f * fabsf(mu_want) &&
+                      fabs((double)var - var_want) <= 1e-6 * var_want &&
+                      sd == sqrtf(var + 1e-5f),
+                  "S %zu channel %zu %s: mean %.9g var %.9g, want %.9g %.9g", S, ch,
+                  v ? "avx512" : "plain", (double)mu, (double)var, (double)mu_want, var_want);
+      }
+    }
+    free(x);
+  }
 }
 
 static void test_scale(void) {
@@ -560,6 +597,7 @@ int main(void) {
   RUN(test_convolution);
   RUN(test_inner_product);
   RUN(test_batchnorm);
+  RUN(test_batchnorm_stats);
   RUN(test_scale);
   RUN(test_relu);
   RUN(test_pooling);
