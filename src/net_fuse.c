@@ -211,6 +211,7 @@ void net_fuse_free(Net *net) {
   free(p->chains);
   free(p->chain_of);
   free(p->split_share);
+  free(p->split_into);
   free(p);
   net->fuse = NULL;
 }
@@ -237,6 +238,24 @@ static bool split_may_share(const Net *net, const Layer *s) {
   return true;
 }
 
+/* The Split whose backward chain c can do: right after the chain's last
+ * layer (so no other layer's backward runs between the two), its only
+ * bottom y, two tops, a plain layer, backward wanted exactly when the
+ * chain's (the Split's sum is then the chain's dy, and y's diff, which the
+ * chain would read, has no other reader: nothing after the Split touches
+ * y). -1 when there is none. */
+static int split_after_chain(const Net *net, const FusedChain *c) {
+  const int s = c->bwd_at + 1;
+  if (!c->need_backward || s >= net->n_layers) return -1;
+  const Layer *l = net->layers[s];
+  if (!is_type(l, "Split") || l->n_bottom != 1 || l->bottom[0] != c->y || l->n_top != 2 ||
+      !plain_layer(l) || l->top[0] == c->y || l->top[1] == c->y)
+    return -1;
+  if (!net->layer_need_backward[s] || !l->propagate_down[0]) return -1;
+  if (next_ref(net, c->y, s + 1) >= 0) return -1;
+  return s;
+}
+
 int net_fuse_plan(Net *net, bool quiet) {
   net_fuse_free(net);
   bool fast = net->backend == MOKA_BACKEND_CPU_FAST;
@@ -249,15 +268,16 @@ int net_fuse_plan(Net *net, bool quiet) {
   p->backend = net->backend;
   p->chain_of = moka_calloc((size_t)net->n_layers, sizeof *p->chain_of);
   p->split_share = moka_calloc((size_t)net->n_layers, sizeof *p->split_share);
+  p->split_into = moka_calloc((size_t)net->n_layers, sizeof *p->split_into);
   bool *taken = moka_calloc((size_t)net->n_layers, sizeof *taken);
   p->chains = moka_calloc((size_t)net->n_layers, sizeof *p->chains);
-  if (!p->chain_of || !p->split_share || !taken || !p->chains) {
+  if (!p->chain_of || !p->split_share || !p->split_into || !taken || !p->chains) {
     free(taken);
     net->fuse = p;
     net_fuse_free(net);
     return -1;
   }
-  for (int i = 0; i < net->n_layers; i++) p->chain_of[i] = -1;
+  for (int i = 0; i < net->n_layers; i++) p->chain_of[i] = p->split_into[i] = -1;
   p->forward_end = net->n_layers - 1;
   int n_elt = 0, n_split = 0;
   for (int i = 0; i < net->n_layers; i++) {
@@ -274,13 +294,26 @@ int net_fuse_plan(Net *net, bool quiet) {
     n_elt += c.kind == FUSED_BN_SCALE_ELTWISE;
   }
   free(taken);
-  /* Split sharing is a CPU (host memory) matter. */
-  if (net->backend == MOKA_BACKEND_CPU_FAST)
+  /* Split sharing, and Splits summed by the chain before them, are CPU
+   * (host memory) matters. */
+  if (net->backend == MOKA_BACKEND_CPU_FAST) {
     for (int i = 0; i < net->n_layers; i++)
       if (is_type(net->layers[i], "Split") && split_may_share(net, net->layers[i])) {
         p->split_share[i] = true;
         n_split++;
       }
+    for (int k = 0; k < p->n_chains; k++) {
+      FusedChain *c = &p->chains[k];
+      c->split = -1;
+      const int s = split_after_chain(net, c);
+      if (s >= 0) {
+        c->split = s;
+        p->split_into[s] = k;
+      }
+    }
+  } else {
+    for (int k = 0; k < p->n_chains; k++) p->chains[k].split = -1;
+  }
   if (!quiet && (p->n_chains || n_split))
     LOG_INFO("%s: %d fused BatchNorm->Scale(->ReLU) chains (%d through Eltwise SUM), %d Splits "
              "sharing their input (MOKA_FUSE=0: off); `moka time` shows a chain's forward under "
@@ -306,7 +339,14 @@ FuseRole net_fuse_forward_role(Net *net, int i, FusedChain **chain) {
 
 FuseRole net_fuse_backward_role(Net *net, int i, FusedChain **chain) {
   NetFusePlan *p = net->fuse;
-  if (!p || p->backend != net->backend || p->chain_of[i] < 0) return FUSE_NONE;
+  if (!p || p->backend != net->backend) return FUSE_NONE;
+  if (p->split_into && p->split_into[i] >= 0) { /* a Split the chain before it sums */
+    FusedChain *c = &p->chains[p->split_into[i]];
+    if (!c->ran_fused) return FUSE_NONE;
+    *chain = c;
+    return FUSE_SKIP;
+  }
+  if (p->chain_of[i] < 0) return FUSE_NONE;
   FusedChain *c = &p->chains[p->chain_of[i]];
   if (!c->ran_fused) return FUSE_NONE;
   *chain = c;
@@ -468,14 +508,20 @@ FUSE_INLINE float relu_grad(float dy, float y, float f_pos, float f_neg, float f
   return dy * (y <= 0 ? f_neg : f);
 }
 
+/* The chain output's gradient at s: dy, or (TWO) the Split's sum of its
+ * two tops' diffs, dy + dy1 as split_fast.c adds them. */
+FUSE_INLINE float dy_at(const float *dy, const float *dy1, size_t s, const bool TWO) {
+  return TWO ? dy[s] + dy1[s] : dy[s];
+}
+
 /* Backward pass 1 over one plane: the channel's sums of dz and dz*x_norm. */
-FUSE_INLINE void bwd_sums(const float *dy, const float *y, const float *xn, size_t S,
-                          float f_pos, float f_neg, float f_nan, double *sdz_out,
-                          double *sdzx_out, const bool MASK) {
+FUSE_INLINE void bwd_sums(const float *dy, const float *dy1, const float *y, const float *xn,
+                          size_t S, float f_pos, float f_neg, float f_nan, double *sdz_out,
+                          double *sdzx_out, const bool MASK, const bool TWO) {
   double sdz = 0, sdzx = 0;
 #pragma omp simd reduction(+ : sdz, sdzx)
   for (size_t s = 0; s < S; s++) {
-    const float dz = relu_grad(dy[s], y[s], f_pos, f_neg, f_nan, MASK);
+    const float dz = relu_grad(dy_at(dy, dy1, s, TWO), y[s], f_pos, f_neg, f_nan, MASK);
     sdz += dz;
     sdzx += (double)dz * (double)xn[s];
   }
@@ -485,13 +531,13 @@ FUSE_INLINE void bwd_sums(const float *dy, const float *y, const float *xn, size
 
 /* Backward pass 2 over one plane: dr = dz (DR); dx by XMODE: 0 none, 1 dz
  * itself, 2 BatchNorm TRAIN, 3 BatchNorm global statistics. dx may be dy. */
-FUSE_INLINE void bwd_write(const float *dy, const float *y, const float *xn, float *dr, float *dx,
-                           size_t S, float f_pos, float f_neg, float f_nan, float gc, float sd,
-                           float mean_a, float mean_b, const bool MASK, const bool DR,
-                           const int XMODE) {
+FUSE_INLINE void bwd_write(const float *dy, const float *dy1, const float *y, const float *xn,
+                           float *dr, float *dx, size_t S, float f_pos, float f_neg, float f_nan,
+                           float gc, float sd, float mean_a, float mean_b, const bool MASK,
+                           const bool DR, const int XMODE, const bool TWO) {
 #pragma omp simd
   for (size_t s = 0; s < S; s++) {
-    const float dz = relu_grad(dy[s], y[s], f_pos, f_neg, f_nan, MASK);
+    const float dz = relu_grad(dy_at(dy, dy1, s, TWO), y[s], f_pos, f_neg, f_nan, MASK);
     if (DR) dr[s] = dz;
     if (XMODE == 1) dx[s] = dz;
     if (XMODE == 2) dx[s] = (dz * gc - mean_a - mean_b * xn[s]) / sd;
@@ -499,19 +545,24 @@ FUSE_INLINE void bwd_write(const float *dy, const float *y, const float *xn, flo
   }
 }
 
-static void backward_write(const float *dy, const float *y, const float *xn, float *dr,
-                           float *dx, size_t S, float f_pos, float f_neg, float f_nan, float gc,
-                           float sd, float mean_a, float mean_b, bool mask, int xmode) {
-#define BW(M, D, X) \
-  case (M << 3 | D << 2 | X): \
-    bwd_write(dy, y, xn, dr, dx, S, f_pos, f_neg, f_nan, gc, sd, mean_a, mean_b, M, D, X); \
+static void backward_write(const float *dy, const float *dy1, const float *y, const float *xn,
+                           float *dr, float *dx, size_t S, float f_pos, float f_neg, float f_nan,
+                           float gc, float sd, float mean_a, float mean_b, bool mask, int xmode) {
+#define BW(T, M, D, X) \
+  case (T << 4 | M << 3 | D << 2 | X): \
+    bwd_write(dy, dy1, y, xn, dr, dx, S, f_pos, f_neg, f_nan, gc, sd, mean_a, mean_b, M, D, X, \
+              T); \
     return;
-#define BW_MD(M, D) BW(M, D, 0) BW(M, D, 1) BW(M, D, 2) BW(M, D, 3)
-  switch (mask << 3 | (dr != NULL) << 2 | xmode) {
-    BW_MD(0, 0)
-    BW_MD(0, 1)
-    BW_MD(1, 0)
-    BW_MD(1, 1)
+#define BW_MD(T, M, D) BW(T, M, D, 0) BW(T, M, D, 1) BW(T, M, D, 2) BW(T, M, D, 3)
+  switch ((dy1 != NULL) << 4 | mask << 3 | (dr != NULL) << 2 | xmode) {
+    BW_MD(0, 0, 0)
+    BW_MD(0, 0, 1)
+    BW_MD(0, 1, 0)
+    BW_MD(0, 1, 1)
+    BW_MD(1, 0, 0)
+    BW_MD(1, 0, 1)
+    BW_MD(1, 1, 0)
+    BW_MD(1, 1, 1)
     default: return;
   }
 #undef BW_MD
@@ -523,7 +574,11 @@ int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
   Layer *bn = net->layers[c->bn];
   BatchNormPriv *p = bn->priv;
   const size_t N = c->num, C = c->channels, S = c->spatial;
-  const float *dy = c->y->diff;  /* (N,C,S) the chain output's gradient */
+  /* (N,C,S) the chain output's gradient: y's diff, or the sum of the diffs
+   * of the Split's two tops (dy + dy1) when the chain does its backward. */
+  const Layer *split = c->split >= 0 ? net->layers[c->split] : NULL;
+  const float *dy = split ? split->top[0]->diff : c->y->diff;
+  const float *dy1 = split ? split->top[1]->diff : NULL;
   const float *yv = c->y->data;  /* (N,C,S) the chain output (the ReLU mask) */
   const float *xn = p->x_norm;   /* (N,C,S) */
   /* x's diff: BN's dx (bn_bw), or dz itself (x_diff_dz), or nothing. */
@@ -556,10 +611,15 @@ int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
     if (sums) {
       for (size_t n = 0; n < N; n++) {
         const size_t o = (n * C + ch) * S;
-        if (masked)
-          bwd_sums(dy + o, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, true);
+        const float *d1 = dy1 ? dy1 + o : NULL;
+        if (dy1 && masked)
+          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, true, true);
+        else if (dy1)
+          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, false, true);
+        else if (masked)
+          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, true, false);
         else
-          bwd_sums(dy + o, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, false);
+          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, false, false);
       }
     }
     if (dg) dg[ch] += (float)sdzx;
@@ -577,8 +637,9 @@ int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
      * written. */
     for (size_t n = 0; n < N; n++) {
       const size_t o = (n * C + ch) * S;
-      backward_write(dy + o, yv + o, xn + o, dr ? dr + o : NULL, dx ? dx + o : NULL, S, f_pos,
-                     f_neg, f_nan, gc, sd, mean_a, mean_b, masked, xmode);
+      backward_write(dy + o, dy1 ? dy1 + o : NULL, yv + o, xn + o, dr ? dr + o : NULL,
+                     dx ? dx + o : NULL, S, f_pos, f_neg, f_nan, gc, sd, mean_a, mean_b, masked,
+                     xmode);
     }
   }
   if (terms) {
@@ -586,8 +647,9 @@ int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
     for (size_t n = 0; n < N; n++)
       for (size_t ch = 0; ch < C; ch++) {
         const size_t o = (n * C + ch) * S;
-        backward_write(dy + o, yv + o, xn + o, dr ? dr + o : NULL, dx ? dx + o : NULL, S, f_pos,
-                       f_neg, f_nan, g[ch], p->std[ch], terms[ch], terms[C + ch], masked, xmode);
+        backward_write(dy + o, dy1 ? dy1 + o : NULL, yv + o, xn + o, dr ? dr + o : NULL,
+                       dx ? dx + o : NULL, S, f_pos, f_neg, f_nan, g[ch], p->std[ch], terms[ch],
+                       terms[C + ch], masked, xmode);
       }
     free(terms);
   }

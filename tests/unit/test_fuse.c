@@ -354,6 +354,17 @@ static void test_plan_flags(void) {
   int bnc = net_layer_index(net, "bn_b2");
   const FusedChain *e2 = &p->chains[p->chain_of[bnc]];
   CHECK(e2->kind == FUSED_BN_SCALE_ELTWISE && e2->x_bottom == 0);
+  /* The Splits right after conv1's and res's chains are summed by those
+   * chains' backward; the other chains have none. */
+  const int s1 = c->bwd_at + 1, s2 = e->bwd_at + 1;
+  CHECK(!strcmp(net->layers[s1]->type->name, "Split") && c->split == s1 &&
+        p->split_into[s1] == p->chain_of[bn1]);
+  CHECK(!strcmp(net->layers[s2]->type->name, "Split") && e->split == s2 &&
+        p->split_into[s2] == p->chain_of[bn2]);
+  CHECK(b1->split == -1 && e2->split == -1);
+  int n_into = 0;
+  for (int i = 0; i < net->n_layers; i++) n_into += p->split_into[i] >= 0;
+  CHECK(n_into == 2);
   /* Split layers share their tops' data after a forward. */
   feed(&net, 1);
   float loss;
