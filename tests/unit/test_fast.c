@@ -245,6 +245,62 @@ static void test_convolution(void) {
                     MOKA_TRAIN, 2, shape2, NULL, 2, false, TOL_GEMM, TOL_GEMM, TOL_GEMM));
 }
 
+/* One large image goes through in blocks of output rows (convolution_fast.c,
+ * block_rows: its column matrix over 512 KiB), and stride-2 rows of im2col
+ * use the vector gather on AVX-512 CPUs: forward, both gradients, a
+ * parameter gradient with no data gradient (a net's first layer), groups,
+ * and frozen weights. */
+static void test_conv_row_blocks(void) {
+  static const ConvCase cases[] = {
+      /* 147 x (39 x 38) columns, 23 rows a block: 2 blocks */
+      {"7x7/2 stem, 77x75, in row blocks", 2, 3, 77, 75,
+       "num_output: 8 kernel_size: 7 stride: 2 pad: 3"},
+      /* 72 x (45 x 45) columns: blocks of 40 rows and 5 */
+      {"group 2, 3x3/2, 90x90, in row blocks", 1, 8, 90, 90,
+       "num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2"},
+      /* stride-2 rows of every length from 1 to 40 */
+      {"3x3/2 rows of 1..40", 1, 2, 3, 80, "num_output: 3 kernel_size: 3 stride: 2 pad: 1"},
+      {"1x1/2 short rows", 2, 5, 31, 3, "num_output: 4 kernel_size: 1 stride: 2"},
+  };
+  for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) {
+    const ConvCase *c = &cases[i];
+    char text[512];
+    snprintf(text, sizeof text,
+             "name: 'conv' type: 'Convolution' convolution_param { %s "
+             "weight_filler { type: 'gaussian' std: 0.1 } bias_filler { type: 'gaussian' std: 1 } }",
+             c->param);
+    const int shape[1][4] = {{c->n, c->c, c->h, c->w}};
+    CHECK_MSG(check_layer(c->name, text, MOKA_TRAIN, 1, shape, NULL, 1, false, TOL_GEMM,
+                          TOL_GEMM, TOL_GEMM),
+              "convolution: %s", c->name);
+    /* The weight gradient alone (propagate_down false), and the frozen
+     * forward (packed weights), twice. */
+    Twin t;
+    REQUIRE(twin_make(&t, text, MOKA_TRAIN, 1, shape, NULL, 1, false) == 0);
+    CHECK(layer_forward(t.ref, MOKA_BACKEND_CPU) == 0 &&
+          layer_forward(t.fast, MOKA_BACKEND_CPU_FAST) == 0);
+    fill_random(t.rt[0]->diff, t.rt[0]->count, 1.0f);
+    memcpy(t.ft[0]->diff, t.rt[0]->diff, t.rt[0]->count * sizeof(float));
+    for (int k = 0; k < t.ref->n_params; k++) {
+      memset(t.ref->params[k]->diff, 0, t.ref->params[k]->count * sizeof(float));
+      memset(t.fast->params[k]->diff, 0, t.ref->params[k]->count * sizeof(float));
+    }
+    t.ref->propagate_down[0] = t.fast->propagate_down[0] = false;
+    CHECK(layer_backward(t.ref, MOKA_BACKEND_CPU) == 0 &&
+          layer_backward(t.fast, MOKA_BACKEND_CPU_FAST) == 0);
+    for (int k = 0; k < t.ref->n_params; k++)
+      CHECK(same("parameter diff, no data gradient", c->name, t.fast->params[k]->diff,
+                 t.ref->params[k]->diff, t.ref->params[k]->count, TOL_REDUCE));
+    t.fast->weights_frozen = true;
+    for (int pass = 0; pass < 2; pass++) {
+      CHECK(layer_forward(t.fast, MOKA_BACKEND_CPU_FAST) == 0);
+      CHECK(same("frozen forward", c->name, t.ft[0]->data, t.rt[0]->data, t.rt[0]->count,
+                 TOL_GEMM));
+    }
+    twin_free(&t);
+  }
+}
+
 static void test_inner_product(void) {
   const int s4[1][4] = {{5, 3, 4, 3}};
   CHECK(check_layer("ip", "name: 'ip' type: 'InnerProduct' inner_product_param { "
@@ -595,6 +651,7 @@ static void test_mini_train_golden(void) {
 int main(void) {
   rng_seed(&g_rng, 20240611);
   RUN(test_convolution);
+  RUN(test_conv_row_blocks);
   RUN(test_inner_product);
   RUN(test_batchnorm);
   RUN(test_batchnorm_stats);
