@@ -448,6 +448,32 @@ static void test_pooling(void) {
   CHECK(check_layer("max 2/2 big", "name: 'p' type: 'Pooling' pooling_param { pool: MAX "
                     "kernel_size: 2 stride: 2 }", MOKA_TRAIN, 1, big, NULL, 1, false, -1, -1,
                     -1));
+  /* Wide rows: the outputs inside the image 16 at a time on AVX-512 CPUs
+   * (pooling_fast.c, max_row16), strides 1 and 2, pads 0-2, tails; with
+   * ties and NaNs, bit for bit (argmax and gradient included). */
+  static const char *const wide[] = {
+      "kernel_size: 3 stride: 2", "kernel_size: 3 stride: 2 pad: 1",
+      "kernel_size: 3 stride: 1 pad: 1", "kernel_size: 2 stride: 2",
+      "kernel_h: 2 kernel_w: 5 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 2",
+      "kernel_size: 4 stride: 3 pad: 1"};
+  const int ws[1][4] = {{2, 3, 7, 77}};
+  for (size_t i = 0; i < MOKA_ARRAY_LEN(wide); i++) {
+    char text[256], name[160];
+    snprintf(text, sizeof text, "name: 'p' type: 'Pooling' pooling_param { pool: MAX %s }",
+             wide[i]);
+    for (int v = 0; v < 2; v++) {
+      snprintf(name, sizeof name, "max %s, 77 wide%s", wide[i], v ? ", ties and NaN" : "");
+      Twin w;
+      REQUIRE(twin_make(&w, text, MOKA_TRAIN, 1, ws, NULL, 2, false) == 0);
+      if (v)
+        for (size_t k = 0; k < w.rb[0]->count; k++) {
+          const float q = k % 13 == 5 ? NAN : roundf(w.rb[0]->data[k]);
+          w.rb[0]->data[k] = w.fb[0]->data[k] = q;
+        }
+      CHECK_MSG(twin_check(&w, name, -1, -1, -1), "%s", name);
+      twin_free(&w);
+    }
+  }
 }
 
 static void test_eltwise_split(void) {
