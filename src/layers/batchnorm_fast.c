@@ -53,6 +53,11 @@ static void channel_stats_plain(const float *x, size_t N, size_t C, size_t S, si
   *sq_out = sq;
 }
 
+/* The first pass prefetches PFD floats ahead, across into the channel's
+ * next plane (measured, ResNet-50 training at batch 8: the fused chains'
+ * forward 32.4 -> 30.3 ms; 256 floats less, 2048-4096 alike). */
+enum { PFD = 1024 };
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl")
 #include <immintrin.h>
@@ -63,8 +68,14 @@ static void channel_stats_avx512(const float *x, size_t N, size_t C, size_t S, s
   __m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
   for (size_t n = 0; n < N; n++) {
     const float *xc = x + (n * C + ch) * S;
+    /* the next plane of the channel (or the next channel's first); a
+     * prefetch never faults, so one past the blob's end is harmless */
+    const float *xnext = n + 1 < N ? xc + C * S : x + ch * S + S;
     size_t s = 0;
     for (; s + 32 <= S; s += 32) {
+      const float *pf = s + PFD < S ? xc + s + PFD : xnext + (s + PFD - S);
+      _mm_prefetch((const char *)pf, _MM_HINT_T0);
+      _mm_prefetch((const char *)(pf + 16), _MM_HINT_T0);
       a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm256_loadu_ps(xc + s)));
       a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_loadu_ps(xc + s + 8)));
       a2 = _mm512_add_pd(a2, _mm512_cvtps_pd(_mm256_loadu_ps(xc + s + 16)));
