@@ -124,7 +124,8 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
 /* C tile (mr <= MRK rows, nr <= NR columns) (+)= alpha * Ap x Bp over kc,
  * for a micro-panel height MRK known at compile time (12 or 8, see
  * pick_mr). */
-static inline __attribute__((always_inline)) void kernel_mr(const int MRK, int kc, const float *Ap,
+static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const bool HALF,
+                                                            int kc, const float *Ap,
                                                             const float *Bp, float *C, int ldc,
                                                             int mr, int nr, bool accumulate,
                                                             float alpha) {
@@ -133,13 +134,13 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, int k
   for (int m = 0; m < MRK; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
   for (int k = 0; k < kc; k++) {
     const __m512 b0 = _mm512_loadu_ps(Bp + (size_t)k * NR);
-    const __m512 b1 = _mm512_loadu_ps(Bp + (size_t)k * NR + 16);
+    const __m512 b1 = HALF ? b0 : _mm512_loadu_ps(Bp + (size_t)k * NR + 16);
     const float *a = Ap + (size_t)k * MRK;
 #pragma GCC unroll 12
     for (int m = 0; m < MRK; m++) {
       const __m512 am = _mm512_set1_ps(a[m]);
       c[m][0] = _mm512_fmadd_ps(am, b0, c[m][0]);
-      c[m][1] = _mm512_fmadd_ps(am, b1, c[m][1]);
+      if (!HALF) c[m][1] = _mm512_fmadd_ps(am, b1, c[m][1]);
     }
   }
   const __m512 va = _mm512_set1_ps(alpha);
@@ -149,12 +150,11 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, int k
     if (m >= mr) break;
     float *row = C + (size_t)m * ldc;
     __m512 v0 = alpha == 1.0f ? c[m][0] : _mm512_mul_ps(c[m][0], va);
-    __m512 v1 = alpha == 1.0f ? c[m][1] : _mm512_mul_ps(c[m][1], va);
-    if (accumulate) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, row));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, row + 16));
-    }
+    if (accumulate) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, row));
     _mm512_mask_storeu_ps(row, k0, v0);
+    if (HALF) continue;
+    __m512 v1 = alpha == 1.0f ? c[m][1] : _mm512_mul_ps(c[m][1], va);
+    if (accumulate) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, row + 16));
     _mm512_mask_storeu_ps(row + 16, k1, v1);
   }
 }
@@ -162,14 +162,23 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, int k
 typedef void KernelFn(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
                       bool accumulate, float alpha);
 
+/* A panel of at most 16 columns (the last of N, e.g. 8 of N = 392) takes
+ * the half-width kernels: half the FMAs of the full ones, all of them
+ * useful. */
 static void kernel12(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
                      bool accumulate, float alpha) {
-  kernel_mr(12, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  if (nr <= 16)
+    kernel_mr(12, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  else
+    kernel_mr(12, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
 
 static void kernel8(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
                     bool accumulate, float alpha) {
-  kernel_mr(8, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  if (nr <= 16)
+    kernel_mr(8, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  else
+    kernel_mr(8, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
 
 /* The micro-panel height for M rows: 12 (24 accumulators, more FMAs per
