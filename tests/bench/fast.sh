@@ -3,7 +3,8 @@
 # and bf16, and against PyTorch fp32 and bf16 (autocast), all in one run on this machine:
 # ResNet-50 v1 at 224x224, training (forward + backward, TRAIN phase, batch statistics) and
 # inference (forward, TEST phase). A benchmark, not a test: it prints a table and never fails on
-# a slow figure. Caffe's figures come from tests/bench/train.sh and forward.sh.
+# a slow figure. Caffe's figures come from tests/bench/train.sh and forward.sh. Every engine's
+# figure is its best of RUNS runs (moka: separate processes; PyTorch: its script's own runs).
 #
 #   moka reference   MOKA_BACKEND=reference moka time ...      (plain loops + per-image GEMMs)
 #   moka fast fp32   moka time ...                             (the default backend)
@@ -16,7 +17,7 @@
 # Inference runs `moka time --forward_only` on the deploy net with `moka import --fill=msra`
 # weights, as forward.sh does. Each figure is the mean of ITER iterations after a warm-up.
 #
-# Environment: ITER (default 3), RUNS (PyTorch runs, best kept; default 2), TRAIN_BATCHES
+# Environment: ITER (default 3), RUNS (runs per engine, best kept; default 2), TRAIN_BATCHES
 # ("8 16"), FORWARD_BATCHES ("1 8"), MODES (default: as bench_modes in lib.sh: the
 # environment's OPENBLAS_CORETYPE, then unset), BENCH_DIR (default $BUILD/bench).
 # Needs python3-torch and GNU time (not root: Caffe is not run here).
@@ -50,11 +51,12 @@ first=$(echo $FORWARD_BATCHES | cut -d" " -f1)
   --out="$WORK/resnet50_msra.caffemodel" >"$WORK/import.log" 2>&1 ||
   die "moka import failed: $(tail -2 "$WORK/import.log")"
 
-# moka_run LOG BACKEND PRECISION ARGS...: one `moka time`, its ms per pass on stdout
+# moka_run LOG KEY BACKEND PRECISION ARGS...: `moka time`, the best of RUNS runs by KEY (as
+# PyTorch's script keeps its best of RUNS), into LOG and LOG.rss
 moka_run() {
-  log=$1 be=$2 pr=$3; shift 3
-  timed "$log.rss" $(envp "$mode") MOKA_BACKEND="$be" "$M" time --precision="$pr" "$@" \
-    --iterations="$ITER" >/dev/null 2>"$log" || die "moka time failed: $(tail -2 "$log")"
+  log=$1 key=$2 be=$3 pr=$4; shift 4
+  best_run "$RUNS" "$key" "$log" $(envp "$mode") MOKA_BACKEND="$be" "$M" time --precision="$pr" \
+    "$@" --iterations="$ITER" || die "moka time failed: $(tail -2 "$log")"
 }
 
 # torch_run LOG SCRIPT ARGS...
@@ -77,7 +79,8 @@ for mode in ${MODES:-$(bench_modes)}; do
     L=$WORK/$mode.train.b$b
     for cfg in "reference fp32" "fast fp32" "fast bf16"; do
       set -- $cfg
-      moka_run "$L.moka.$1.$2.log" "$1" "$2" --model="$WORK/train_b$b.prototxt"
+      moka_run "$L.moka.$1.$2.log" "Average Forward-Backward" "$1" "$2" \
+        --model="$WORK/train_b$b.prototxt"
       ms=$(avg_ms "$L.moka.$1.$2.log" "Average Forward-Backward")
       eval "t_$1_$2=\$ms"
       frow "moka $1 $2" "$b" "$(ms1 "$ms")" "$(img_s "$b" "$ms")" \
@@ -100,8 +103,8 @@ for mode in ${MODES:-$(bench_modes)}; do
     L=$WORK/$mode.forward.b$b
     for cfg in "reference fp32" "fast fp32" "fast bf16"; do
       set -- $cfg
-      moka_run "$L.moka.$1.$2.log" "$1" "$2" --model="$WORK/deploy_b$b.prototxt" \
-        --weights="$WORK/resnet50_msra.caffemodel" --forward_only
+      moka_run "$L.moka.$1.$2.log" "Average Forward pass" "$1" "$2" \
+        --model="$WORK/deploy_b$b.prototxt" --weights="$WORK/resnet50_msra.caffemodel" --forward_only
       ms=$(avg_ms "$L.moka.$1.$2.log" "Average Forward pass")
       eval "f_$1_$2=\$ms"
       frow "moka $1 $2" "$b" "$(ms1 "$ms")" "$(img_s "$b" "$ms")" \

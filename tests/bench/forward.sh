@@ -12,7 +12,8 @@
 #             phase: BatchNorm on batch statistics, the data layer's refill included)
 #   PyTorch   the same v1 graph built in torch (tests/bench/torch_resnet50.py), eval mode,
 #             torch.set_num_threads(2), NCHW and channels_last, best of RUNS runs
-# Each figure is the mean of ITER timed iterations after one warm-up pass; img/s = batch / mean.
+# Each figure is the mean of ITER timed iterations after one warm-up pass; img/s = batch / mean;
+# moka, `caffe time` and PyTorch: the best of RUNS runs (pycaffe: one run).
 # Everything runs twice: OPENBLAS_CORETYPE as set, then unset (see lib.sh).
 #
 # Environment: ITER (default 4), RUNS (3), BATCHES ("1 8"), BENCH_DIR (default $BUILD/bench).
@@ -48,11 +49,11 @@ for mode in $(bench_modes); do
   for b in $BATCHES; do
     L=$WORK/$mode.b$b
     # moka
-    timed "$L.moka.rss" $(envp "$mode") "$M" time --model="$WORK/deploy_b$b.prototxt" \
-      --weights="$WORK/resnet50_msra.caffemodel" --forward_only --iterations="$ITER" \
-      >/dev/null 2>"$L.moka.log" || die "moka time failed: $(tail -2 "$L.moka.log")"
+    best_run "$RUNS" "Average Forward pass" "$L.moka.log" $(envp "$mode") "$M" time \
+      --model="$WORK/deploy_b$b.prototxt" --weights="$WORK/resnet50_msra.caffemodel" \
+      --forward_only --iterations="$ITER" || die "moka time failed: $(tail -2 "$L.moka.log")"
     moka_ms=$(avg_ms "$L.moka.log" "Average Forward pass")
-    row "moka (time --forward_only, TEST)" "$b" "$(ms1 "$moka_ms")" "$(img_s "$b" "$moka_ms")" "$(rss_mib "$L.moka.rss") MiB" "$(other_load "$L.moka.rss")"
+    row "moka (time --forward_only, TEST)" "$b" "$(ms1 "$moka_ms")" "$(img_s "$b" "$moka_ms")" "$(rss_mib "$L.moka.log.rss") MiB" "$(other_load "$L.moka.log.rss")"
     # Caffe (a) pycaffe TEST, same files
     (cd "$WORK" && CAFFE_PEER_CORETYPE=$core timed "$L.pycaffe.rss" "$PEER" python3 pycaffe_forward.py \
        "deploy_b$b.prototxt" resnet50_msra.caffemodel "$ITER" >"$L.pycaffe.log" 2>&1) ||
@@ -60,11 +61,12 @@ for mode in $(bench_modes); do
     pyc_ms=$(result_val "$L.pycaffe.log" ms_per_batch)
     row "Caffe (pycaffe forward, TEST)" "$b" "$(ms1 "$pyc_ms")" "$(img_s "$b" "$pyc_ms")" "$(rss_mib "$L.pycaffe.rss") MiB" "$(other_load "$L.pycaffe.rss")"
     # Caffe (b) caffe time, TRAIN-phase forward
-    (cd "$WORK" && CAFFE_PEER_CORETYPE=$core timed "$L.caffe.rss" "$PEER" caffe time \
-       -model "train_b$b.prototxt" -iterations "$ITER" >/dev/null 2>"$L.caffe.log") ||
+    (cd "$WORK" && export CAFFE_PEER_CORETYPE="$core" &&
+       best_run "$RUNS" "Average Forward pass" "$L.caffe.log" "$PEER" caffe time \
+         -model "train_b$b.prototxt" -iterations "$ITER") ||
       die "caffe time failed: $(tail -2 "$L.caffe.log")"
     ct_ms=$(avg_ms "$L.caffe.log" "Average Forward pass")
-    row "Caffe (caffe time fwd, TRAIN)*" "$b" "$(ms1 "$ct_ms")" "$(img_s "$b" "$ct_ms")" "$(rss_mib "$L.caffe.rss") MiB" "$(other_load "$L.caffe.rss")"
+    row "Caffe (caffe time fwd, TRAIN)*" "$b" "$(ms1 "$ct_ms")" "$(img_s "$b" "$ct_ms")" "$(rss_mib "$L.caffe.log.rss") MiB" "$(other_load "$L.caffe.log.rss")"
     # PyTorch, both layouts
     best_t=""
     for lay in nchw channels_last; do

@@ -94,6 +94,29 @@ timed() {
   done
 }
 
+# best_run N KEY LOG CMD...: CMD (its stderr to LOG.rI, GNU time's figures to LOG.rI.rss, via
+# timed) N times; the run with the lowest KEY (an avg_ms line: "Average Forward-Backward", ...)
+# is kept as LOG and LOG.rss. moka and Caffe get the best of RUNS runs as PyTorch does (its
+# script keeps its best of RUNS itself), so no engine is favoured by the machine's noise.
+best_run() {
+  _br_n=$1 _br_key=$2 _br_log=$3
+  shift 3
+  _br_best="" _br_i=1
+  while [ "$_br_i" -le "$_br_n" ]; do
+    if ! timed "$_br_log.r$_br_i.rss" "$@" >/dev/null 2>"$_br_log.r$_br_i"; then
+      cp "$_br_log.r$_br_i" "$_br_log"
+      return 1
+    fi
+    _br_v=$(avg_ms "$_br_log.r$_br_i" "$_br_key")
+    if [ -z "$_br_best" ] || awk -v a="$_br_v" -v b="$_br_best" 'BEGIN { exit !(a + 0 < b + 0) }'; then
+      _br_best=$_br_v
+      cp "$_br_log.r$_br_i" "$_br_log"
+      cp "$_br_log.r$_br_i.rss" "$_br_log.rss"
+    fi
+    _br_i=$((_br_i + 1))
+  done
+}
+
 # peak RSS in MiB from a timed file
 rss_mib() { awk 'NR == 1 {printf "%.0f", $1 / 1024}' "$1"; }
 

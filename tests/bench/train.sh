@@ -12,7 +12,8 @@
 #             separately; torch.set_num_threads(2); NCHW and channels_last; best of RUNS runs
 # `caffe time` and `moka time` do no parameter update: img/s is forward + backward for all three
 # (PyTorch's step is shown beside it; the update is ~1% of an iteration here).
-# Each figure is the mean of ITER timed iterations after one warm-up pass.
+# Each figure is the mean of ITER timed iterations after one warm-up pass, the best (lowest) of
+# RUNS runs for every engine (moka and Caffe: separate processes, lib.sh's best_run).
 # Everything runs twice: OPENBLAS_CORETYPE as set, then unset (see lib.sh).
 #
 # Environment: ITER (default 3), RUNS (2), BATCHES ("8 16"), BENCH_DIR (default $BUILD/bench).
@@ -45,21 +46,23 @@ for mode in $(bench_modes); do
   trow "engine" "batch" "fwd ms" "bwd ms" "f+b ms" "img/s" "peak RSS" "others" ""
   for b in $BATCHES; do
     L=$WORK/$mode.b$b
-    timed "$L.moka.rss" $(envp "$mode") "$M" time --model="$WORK/train_b$b.prototxt" \
-      --iterations="$ITER" >/dev/null 2>"$L.moka.log" || die "moka time failed: $(tail -2 "$L.moka.log")"
+    best_run "$RUNS" "Average Forward-Backward" "$L.moka.log" $(envp "$mode") "$M" time \
+      --model="$WORK/train_b$b.prototxt" --iterations="$ITER" ||
+      die "moka time failed: $(tail -2 "$L.moka.log")"
     mf=$(avg_ms "$L.moka.log" "Average Forward pass")
     mb=$(avg_ms "$L.moka.log" "Average Backward pass")
     mfb=$(avg_ms "$L.moka.log" "Average Forward-Backward")
     trow "moka (time, TRAIN)" "$b" "$(ms1 "$mf")" "$(ms1 "$mb")" "$(ms1 "$mfb")" "$(img_s "$b" "$mfb")" \
-      "$(rss_mib "$L.moka.rss") MiB" "$(other_load "$L.moka.rss")" ""
-    (cd "$WORK" && CAFFE_PEER_CORETYPE=$core timed "$L.caffe.rss" "$PEER" caffe time \
-       -model "train_b$b.prototxt" -iterations "$ITER" >/dev/null 2>"$L.caffe.log") ||
+      "$(rss_mib "$L.moka.log.rss") MiB" "$(other_load "$L.moka.log.rss")" ""
+    (cd "$WORK" && export CAFFE_PEER_CORETYPE="$core" &&
+       best_run "$RUNS" "Average Forward-Backward" "$L.caffe.log" "$PEER" caffe time \
+         -model "train_b$b.prototxt" -iterations "$ITER") ||
       die "caffe time failed: $(tail -2 "$L.caffe.log")"
     cf=$(avg_ms "$L.caffe.log" "Average Forward pass")
     cb=$(avg_ms "$L.caffe.log" "Average Backward pass")
     cfb=$(avg_ms "$L.caffe.log" "Average Forward-Backward")
     trow "Caffe (caffe time, TRAIN)" "$b" "$(ms1 "$cf")" "$(ms1 "$cb")" "$(ms1 "$cfb")" "$(img_s "$b" "$cfb")" \
-      "$(rss_mib "$L.caffe.rss") MiB" "$(other_load "$L.caffe.rss")" ""
+      "$(rss_mib "$L.caffe.log.rss") MiB" "$(other_load "$L.caffe.log.rss")" ""
     best_t=""
     for lay in nchw channels_last; do
       timed "$L.torch_$lay.rss" $(envp "$mode") $PY "$HERE/torch_resnet50.py" train "$b" "$ITER" "$RUNS" "$lay" \
