@@ -544,7 +544,9 @@ static void check_own_gemm(bool bf16) {
   static const int shapes[][3] = {{1, 1, 1},        {13, 37, 29}, {12, 32, 256},  {25, 70, 513},
                                   {150, 1100, 300}, {5, 2000, 64}, {3000, 20, 40}, {7, 3, 2},
                                   /* M = 64 (8-row micro-panels), short N */
-                                  {64, 49, 130},    {200, 196, 70}, {40, 9, 300}};
+                                  {64, 49, 130},    {200, 196, 70}, {40, 9, 300},
+                                  /* K in three blocks */
+                                  {30, 45, 1100}};
   for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++) {
@@ -604,8 +606,9 @@ static void test_gemm_f32_prepacked(void) {
     fprintf(stderr, "  SKIP %s: this CPU has no AVX-512\n", t_cur_name);
     return;
   }
-  static const int shapes[][3] = {{64, 49, 600},  {256, 196, 300}, {2048, 49, 70},
-                                  {13, 1000, 17}, {300, 40, 513},  {1, 1, 1}};
+  static const int shapes[][3] = {{64, 49, 600},   {256, 196, 300}, {2048, 49, 70},
+                                  {13, 1000, 17},  {300, 40, 513},  {1, 1, 1},
+                                  {40, 70, 1300}}; /* K in several blocks */
   for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
     for (int ta = 0; ta < 2; ta++) {
       const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
