@@ -256,55 +256,37 @@ static void fill_block(const ConvPriv *p, const float *x, int n, int oh0, int oh
     im2col_channel(p, x + ((size_t)n * C + c) * plane, col + (size_t)c * KK * ld, ld, oh0, oh1);
 }
 
-/* forward_chunk for one image in blocks of output rows (see block_rows). */
-static int forward_blocks(const ConvPriv *p, const float *x, const float *weight,
-                          const float *wpack, float *top, int n, int rows, bool par) {
+/* One image in blocks of output rows (see block_rows), each block's im2col
+ * then its GEMMs: forward (top (N,OC,OH,OW) = W x col, or the frozen
+ * weights' packed copy wpack), or the weight gradient (wacc: dW_g +=
+ * dY_g[:, block] x col_g(block)^T, dy (N,OC,OH,OW)). */
+static int run_blocks(const ConvPriv *p, const float *x, const float *weight, const float *wpack,
+                      float *top, const float *dy, float *wacc, int n, int rows, bool par) {
   const int G = p->group, OC = p->num_output, OCg = OC / G, C = p->channels;
   const int KK = p->kernel_h * p->kernel_w, kdim = C / G * KK;
   const size_t S = (size_t)p->out_h * p->out_w;
   float *col = fast_workspace(FAST_WS_COL, (size_t)C * KK * rows * p->out_w,
                               "convolution column buffer");
   if (!col) return -1;
-  float *Y = top + (size_t)n * OC * S; /* (OC, S) */
+  const size_t img = (size_t)n * OC * S;
   for (int oh0 = 0; oh0 < p->out_h; oh0 += rows) {
     const int oh1 = oh0 + rows < p->out_h ? oh0 + rows : p->out_h;
     const int cols = (oh1 - oh0) * p->out_w;
     fill_block(p, x, n, oh0, oh1, col, par);
-    float *Yb = Y + (size_t)oh0 * p->out_w;
-    if (wpack) {
-      if (fast_gemm_f32_prepacked(OC, cols, kdim, wpack, col, cols, Yb, (int)S)) return -1;
-    } else {
-      for (int g = 0; g < G; g++)
-        if (fast_gemm(false, false, OCg, cols, kdim, 1.0f, weight + (size_t)g * OCg * kdim, kdim,
-                      col + (size_t)g * kdim * cols, cols, 0.0f, Yb + (size_t)g * OCg * S,
-                      (int)S))
-          return -1;
+    const size_t b0 = img + (size_t)oh0 * p->out_w; /* the block's columns, rows S apart */
+    if (!wacc && wpack) {
+      if (fast_gemm_f32_prepacked(OC, cols, kdim, wpack, col, cols, top + b0, (int)S)) return -1;
+      continue;
     }
-  }
-  return 0;
-}
-
-/* The weight gradient of one image in blocks of output rows:
- * dW_g += dY_g[:, block] x col_g(block)^T. */
-static int wgrad_blocks(const ConvPriv *p, const float *x, const float *dy, float *wacc, int n,
-                        int rows, bool par) {
-  const int G = p->group, OC = p->num_output, OCg = OC / G, C = p->channels;
-  const int KK = p->kernel_h * p->kernel_w, kdim = C / G * KK;
-  const size_t S = (size_t)p->out_h * p->out_w;
-  float *col = fast_workspace(FAST_WS_COL, (size_t)C * KK * rows * p->out_w,
-                              "convolution column buffer");
-  if (!col) return -1;
-  const float *dY = dy + (size_t)n * OC * S; /* (OC, S) */
-  for (int oh0 = 0; oh0 < p->out_h; oh0 += rows) {
-    const int oh1 = oh0 + rows < p->out_h ? oh0 + rows : p->out_h;
-    const int cols = (oh1 - oh0) * p->out_w;
-    fill_block(p, x, n, oh0, oh1, col, par);
-    for (int g = 0; g < G; g++)
-      if (fast_gemm(false, true, OCg, kdim, cols, 1.0f,
-                    dY + (size_t)g * OCg * S + (size_t)oh0 * p->out_w, (int)S,
-                    col + (size_t)g * kdim * cols, cols, 1.0f, wacc + (size_t)g * OCg * kdim,
-                    kdim))
+    for (int g = 0; g < G; g++) {
+      const float *colg = col + (size_t)g * kdim * cols;
+      const size_t bg = b0 + (size_t)g * OCg * S;
+      if (wacc ? fast_gemm(false, true, OCg, kdim, cols, 1.0f, dy + bg, (int)S, colg, cols, 1.0f,
+                           wacc + (size_t)g * OCg * kdim, kdim)
+               : fast_gemm(false, false, OCg, cols, kdim, 1.0f, weight + (size_t)g * OCg * kdim,
+                           kdim, colg, cols, 0.0f, top + bg, (int)S))
         return -1;
+    }
   }
   return 0;
 }
@@ -356,7 +338,7 @@ static int forward_chunk(const ConvPriv *p, const float *x, const float *weight,
   const float *B = x + (size_t)n0 * in_img; /* (IC*KH*KW, nc*S) */
   const int rows = nc == 1 ? block_rows(p) : p->out_h;
   if (rows < p->out_h) {
-    if (forward_blocks(p, x, weight, wpack, top, n0, rows, par)) return -1;
+    if (run_blocks(p, x, weight, wpack, top, NULL, NULL, n0, rows, par)) return -1;
     B = NULL;
   } else if (!(p->is_1x1 && nc == 1)) {
     float *col = fast_workspace(FAST_WS_COL, (size_t)C * KK * ld, "convolution column buffer");
@@ -465,7 +447,7 @@ static int backward_chunk(const ConvPriv *p, const float *x, const float *dy, fl
     dY = g;
   }
   if (wacc && rows < p->out_h) {
-    if (wgrad_blocks(p, x, dy, wacc, n0, rows, par)) return -1;
+    if (run_blocks(p, x, NULL, NULL, NULL, dy, wacc, n0, rows, par)) return -1;
   } else if (wacc) {
     /* dW_g (OC/G, kdim) += dY_g (OC/G, nc*S) x col_g^T */
     const float *B = x + (size_t)n0 * in_img;

@@ -199,6 +199,22 @@ typedef struct ConvCase {
   const char *param; /* convolution_param body */
 } ConvCase;
 
+/* A Convolution layer's text for case c into text (size n): gaussian
+ * weights, plus the given fillers. */
+static void conv_text(const ConvCase *c, const char *fillers, char *text, size_t n) {
+  snprintf(text, n,
+           "name: 'conv' type: 'Convolution' convolution_param { %s "
+           "weight_filler { type: 'gaussian' std: 0.1 } %s }",
+           c->param, fillers);
+}
+
+/* Case c, forward and every gradient, fast against the reference. */
+static int check_conv_case(const ConvCase *c, const char *text) {
+  const int shape[1][4] = {{c->n, c->c, c->h, c->w}};
+  return check_layer(c->name, text, MOKA_TRAIN, 1, shape, NULL, 1, false, TOL_GEMM, TOL_GEMM,
+                     TOL_GEMM);
+}
+
 static void test_convolution(void) {
   static const ConvCase cases[] = {
       {"3x3 pad 1, odd 11x9", 2, 3, 11, 9, "num_output: 5 kernel_size: 3 pad: 1 bias_term: false"},
@@ -222,16 +238,9 @@ static void test_convolution(void) {
        "num_output: 5 kernel_size: 5 stride: 3 pad: 2"},
   };
   for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) {
-    const ConvCase *c = &cases[i];
     char text[512];
-    snprintf(text, sizeof text,
-             "name: 'conv' type: 'Convolution' convolution_param { %s "
-             "weight_filler { type: 'gaussian' std: 0.1 } }",
-             c->param);
-    const int shape[1][4] = {{c->n, c->c, c->h, c->w}};
-    CHECK_MSG(check_layer(c->name, text, MOKA_TRAIN, 1, shape, NULL, 1, false, TOL_GEMM,
-                          TOL_GEMM, TOL_GEMM),
-              "convolution: %s", c->name);
+    conv_text(&cases[i], "", text, sizeof text);
+    CHECK_MSG(check_conv_case(&cases[i], text), "convolution: %s", cases[i].name);
   }
   const int sf[1][4] = {{3, 4, 9, 8}};
   CHECK(check_layer("frozen weights (lr_mult 0)", "name: 'conv' type: 'Convolution' param { "
@@ -265,14 +274,9 @@ static void test_conv_row_blocks(void) {
   for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) {
     const ConvCase *c = &cases[i];
     char text[512];
-    snprintf(text, sizeof text,
-             "name: 'conv' type: 'Convolution' convolution_param { %s "
-             "weight_filler { type: 'gaussian' std: 0.1 } bias_filler { type: 'gaussian' std: 1 } }",
-             c->param);
+    conv_text(c, "bias_filler { type: 'gaussian' std: 1 }", text, sizeof text);
+    CHECK_MSG(check_conv_case(c, text), "convolution: %s", c->name);
     const int shape[1][4] = {{c->n, c->c, c->h, c->w}};
-    CHECK_MSG(check_layer(c->name, text, MOKA_TRAIN, 1, shape, NULL, 1, false, TOL_GEMM,
-                          TOL_GEMM, TOL_GEMM),
-              "convolution: %s", c->name);
     /* The weight gradient alone (propagate_down false), and the frozen
      * forward (packed weights), twice. */
     Twin t;
