@@ -509,7 +509,7 @@ size_t wino_scratch_floats(const Wino *z) {
 
 /* V (a*a, cin, rows Pp apart): the input tiles of tile rows [r0, r1) of x
  * (N,cin,H,W), channels in parallel when par. 0 / -1. */
-int wino_input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, size_t Pp,
+static int input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, size_t Pp,
                        bool par) {
   const size_t P = (size_t)(r1 - r0) * z->tw, scr = wino_scratch_floats(z);
   int rc = 0;
@@ -526,6 +526,15 @@ int wino_input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, si
   return rc ? -1 : 0;
 }
 
+int wino_chunk_tiles(const Wino *z, const float *x, int r0, int r1, bool par, const char *what,
+                     float **V, float **M) {
+  const size_t aa = (size_t)z->a * z->a, Pp = chunk_stride((size_t)(r1 - r0) * z->tw);
+  *V = fast_workspace(FAST_WS_COL, aa * z->cin * Pp, "Winograd input tiles");
+  *M = *V ? fast_workspace(FAST_WS_OUT, aa * z->cout * Pp, what) : NULL;
+  if (!*M) return -1;
+  return input_tiles(z, x, r0, r1, *V, Pp, par);
+}
+
 /* y (N,cout,OH,OW) for tile rows [r0, r1), from x (N,cin,H,W) and U, or
  * Upk: U[xi]^T packed by fast_gemm_f32_pack, xi after xi (frozen weights).
  * par: split each step over the pool (false inside a parallel region). */
@@ -533,13 +542,11 @@ static int run_chunk(const Wino *z, const float *U, const float *Upk, const floa
                      const float *x, float *y, int r0, int r1, bool par) {
   const int aa = z->a * z->a;
   const size_t P = (size_t)(r1 - r0) * z->tw, Pp = chunk_stride(P);
-  float *V = fast_workspace(FAST_WS_COL, aa * z->cin * Pp, "Winograd input tiles");
-  float *M = V ? fast_workspace(FAST_WS_OUT, aa * z->cout * Pp, "Winograd products") : NULL;
-  if (!M) return -1;
+  float *V, *M;
+  if (wino_chunk_tiles(z, x, r0, r1, par, "Winograd products", &V, &M)) return -1;
   const size_t scr = wino_scratch_floats(z);
-  if (wino_input_tiles(z, x, r0, r1, V, Pp, par)) return -1;
   int rc = 0;
-    /* M[xi] (cout, P) = U[xi]^T (cout, cin) x V[xi] (cin, P), rows Pp apart */
+  /* M[xi] (cout, P) = U[xi]^T (cout, cin) x V[xi] (cin, P), rows Pp apart */
   const size_t pk = Upk ? fast_gemm_f32_packed_size(z->cout, z->cin) : 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc) if (par)
   for (int xi = 0; xi < aa; xi++)

@@ -52,8 +52,11 @@ static inline size_t chunk_stride(size_t P) { return (P + 8 + 15) & ~(size_t)15;
 void wino_fill_phases(const float *src, int w, int pad_w, int m, int L, int ld, float *row);
 /* The scratch floats of one thread's transforms (FAST_WS_AUX). */
 size_t wino_scratch_floats(const Wino *z);
-/* V (a*a, cin, rows Pp apart): the input tiles of tile rows [r0, r1) of x
- * (N,cin,H,W), channels in parallel when par. 0 / -1. */
-int wino_input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, size_t Pp, bool par);
+/* A chunk's buffers, from the calling thread's workspace, rows Pp =
+ * chunk_stride((r1-r0)*tw) apart: *V (a*a, cin) filled with the input tiles
+ * of tile rows [r0, r1) of x (N,cin,H,W) (channels in parallel when par),
+ * and *M (a*a, cout) for the caller (`what` names it in errors). 0 / -1. */
+int wino_chunk_tiles(const Wino *z, const float *x, int r0, int r1, bool par, const char *what,
+                     float **V, float **M);
 
 #endif

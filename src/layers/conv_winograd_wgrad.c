@@ -106,11 +106,10 @@ static int wgrad_chunk(const Wino *z, const float *x, const float *dy, float *dU
                        bool par) {
   const int aa = z->a * z->a;
   const size_t P = (size_t)(r1 - r0) * z->tw, Pp = chunk_stride(P);
-  float *V = fast_workspace(FAST_WS_COL, aa * z->cin * Pp, "Winograd input tiles");
-  float *Y = V ? fast_workspace(FAST_WS_OUT, aa * z->cout * Pp, "Winograd gradient tiles") : NULL;
-  if (!Y) return -1;
+  float *V, *Y;
+  if (wino_chunk_tiles(z, x, r0, r1, par, "Winograd gradient tiles", &V, &Y)) return -1;
   const size_t scr = wino_scratch_floats(z);
-  int rc = wino_input_tiles(z, x, r0, r1, V, Pp, par) ? 1 : 0;
+  int rc = 0;
 #pragma omp parallel for schedule(static) \
     reduction(|                           \
               : rc) if (par && aa * z->cout * P >= FAST_GRAIN)
@@ -122,7 +121,7 @@ static int wgrad_chunk(const Wino *z, const float *x, const float *dy, float *dU
       rc |= 1;
   }
   if (rc) return -1;
-    /* dU[xi] (cout, cin) += Y[xi] (cout, P) x V[xi]^T (P, cin) */
+  /* dU[xi] (cout, cin) += Y[xi] (cout, P) x V[xi]^T (P, cin) */
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc) if (par)
   for (int xi = 0; xi < aa; xi++)
     rc |= fast_gemm(false, true, z->cout, z->cin, (int)P, 1.0f, Y + (size_t)xi * z->cout * Pp,

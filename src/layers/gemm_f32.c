@@ -166,23 +166,23 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const
 typedef void KernelFn(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
                       bool accumulate, float alpha);
 
-/* A panel of at most 16 columns (the last of N, e.g. 8 of N = 392) takes
- * the half-width kernels: half the FMAs of the full ones, all of them
- * useful. */
+/* Full-width kernels, and half-width ones for a panel of at most 16 columns
+ * (the last of N, e.g. 8 of N = 392): half the FMAs, all of them useful. */
 static void kernel12(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
                      bool accumulate, float alpha) {
-  if (nr <= 16)
-    kernel_mr(12, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
-  else
-    kernel_mr(12, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  kernel_mr(12, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
-
+static void kernel12h(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+                      bool accumulate, float alpha) {
+  kernel_mr(12, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+}
 static void kernel8(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
                     bool accumulate, float alpha) {
-  if (nr <= 16)
-    kernel_mr(8, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
-  else
-    kernel_mr(8, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  kernel_mr(8, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+}
+static void kernel8h(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+                     bool accumulate, float alpha) {
+  kernel_mr(8, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
 
 /* The micro-panel height for M rows: 12 (24 accumulators, more FMAs per
@@ -208,6 +208,7 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
   const int mr = pick_mr(Ap ? Mfull : M);
   const size_t mpad = Ap ? (size_t)(Mfull + mr - 1) / mr * mr : 0;
   KernelFn *const kern = mr == 8 ? kernel8 : kernel12;
+  KernelFn *const kern_half = mr == 8 ? kernel8h : kernel12h; /* panels of <= 16 columns */
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = N - jc < NC ? N - jc : NC;
     for (int pc = 0; pc < K; pc += KC) {
@@ -223,11 +224,13 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
           pack_a(mr, ta, A, lda, ic, mc, pc, kc, abuf);
           ablk = abuf;
         }
-        for (int jr = 0; jr < nc; jr += NR)
+        for (int jr = 0; jr < nc; jr += NR) {
+          KernelFn *const k = nc - jr <= 16 ? kern_half : kern;
           for (int ir = 0; ir < mc; ir += mr)
-            kern(kc, ablk + (size_t)(ir / mr) * kc * mr, bbuf + (size_t)(jr / NR) * kc * NR,
-                 C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < mr ? mc - ir : mr,
-                 nc - jr < NR ? nc - jr : NR, acc, alpha);
+            k(kc, ablk + (size_t)(ir / mr) * kc * mr, bbuf + (size_t)(jr / NR) * kc * NR,
+              C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < mr ? mc - ir : mr,
+              nc - jr < NR ? nc - jr : NR, acc, alpha);
+        }
       }
     }
   }
