@@ -354,7 +354,7 @@ static void input_rows(const Wino *z, const float *x, int c, int r0, int r1, flo
   float *tv = scratch;                      /* (a, m, ld): B^T applied down the columns */
   float *zero = tv + (size_t)a * cols;      /* (m, ld): a row outside the image */
   float *rows = zero + cols;                /* (H, m, ld): input row ih at rows + ih*cols */
-  const size_t xs = (size_t)z->cin * P;     /* from V[xi][c] to V[xi+1][c] */
+  const size_t xs = plane_stride(z->cin, P); /* from V[xi][c] to V[xi+1][c] */
   memset(zero, 0, (size_t)cols * sizeof(float));
   int cur_n = -1;
   for (int r = r0; r < r1; r++) {
@@ -422,7 +422,7 @@ static void output_rows(const Wino *z, const float *M, int oc, int r0, int r1, s
   const int twp = tiles_padded(tw), ld = row_ld(tw);
   float *s = scratch;                         /* (m, a, ld): A^T applied down the columns */
   float *ybuf = scratch + (size_t)m * a * ld; /* (m, m, ld): row q, column phase q2, tile j */
-  const size_t xs = (size_t)z->cout * P;      /* from M[xi][oc] to M[xi+1][oc] */
+  const size_t xs = plane_stride(z->cout, P); /* from M[xi][oc] to M[xi+1][oc] */
   for (int r = r0; r < r1; r++) {
     const int n = r / z->th, t = r % z->th;
     const float *in = M + (size_t)oc * P + (size_t)(r - r0) * tw; /* M[0][oc][row r] */
@@ -529,8 +529,8 @@ static int input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, 
 int wino_chunk_tiles(const Wino *z, const float *x, int r0, int r1, bool par, const char *what,
                      float **V, float **M) {
   const size_t aa = (size_t)z->a * z->a, Pp = chunk_stride((size_t)(r1 - r0) * z->tw);
-  *V = fast_workspace(FAST_WS_COL, aa * z->cin * Pp, "Winograd input tiles");
-  *M = *V ? fast_workspace(FAST_WS_OUT, aa * z->cout * Pp, what) : NULL;
+  *V = fast_workspace(FAST_WS_COL, aa * plane_stride(z->cin, Pp), "Winograd input tiles");
+  *M = *V ? fast_workspace(FAST_WS_OUT, aa * plane_stride(z->cout, Pp), what) : NULL;
   if (!*M) return -1;
   return input_tiles(z, x, r0, r1, *V, Pp, par);
 }
@@ -551,12 +551,12 @@ static int run_chunk(const Wino *z, const float *U, const float *Upk, const floa
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc) if (par)
   for (int xi = 0; xi < aa; xi++)
     rc |= Upk ? fast_gemm_f32_prepacked(z->cout, (int)P, z->cin, Upk + (size_t)xi * pk,
-                                        V + (size_t)xi * z->cin * Pp, (int)Pp,
-                                        M + (size_t)xi * z->cout * Pp, (int)Pp)
+                                        V + xi * plane_stride(z->cin, Pp), (int)Pp,
+                                        M + xi * plane_stride(z->cout, Pp), (int)Pp)
               : fast_gemm(true, false, z->cout, (int)P, z->cin, 1.0f,
                           U + (size_t)xi * z->cout * z->cin, z->cout,
-                          V + (size_t)xi * z->cin * Pp, (int)Pp, 0.0f,
-                          M + (size_t)xi * z->cout * Pp, (int)Pp);
+                          V + xi * plane_stride(z->cin, Pp), (int)Pp, 0.0f,
+                          M + xi * plane_stride(z->cout, Pp), (int)Pp);
   if (rc) return -1;
 #pragma omp parallel for schedule(static) \
     reduction(|                           \

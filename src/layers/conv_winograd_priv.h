@@ -47,6 +47,13 @@ static inline int row_ld(int tw) { return (tiles_padded(tw) + 1 + 15) & ~15; }
 /* The stride of a chunk's rows of V, M and Y: P tiles, padded. */
 static inline size_t chunk_stride(size_t P) { return (P + 8 + 15) & ~(size_t)15; }
 
+/* The distance between the a*a planes of V, M or Y (rows channels of Pp
+ * floats each): one cache line more than rows * Pp. The transforms write
+ * (and read) a tile row's a*a values in a*a planes at once; at exactly
+ * rows * Pp apart, a multiple of 4 KiB for every channel count that is a
+ * multiple of 16, those a*a streams all fall in the same L1 cache set. */
+static inline size_t plane_stride(size_t rows, size_t Pp) { return rows * Pp + 16; }
+
 /* One input row (W) into the m phases of a strip row (m, ld): [ph][idx] =
  * src[idx*m + ph - pad_w], zero outside the row and for idx in [L, L+8). */
 void wino_fill_phases(const float *src, int w, int pad_w, int m, int L, int ld, float *row);

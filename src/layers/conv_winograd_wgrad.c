@@ -55,7 +55,7 @@ static void grad_rows(const Wino *z, const float *dy, int oc, int r0, int r1, fl
   const int twp = tiles_padded(tw), ld = row_ld(tw), cols = m * ld;
   float *strip = scratch;                 /* (m, m, ld): dy rows, by column phase */
   float *sv = scratch + (size_t)m * cols; /* (a, m, ld): A applied down the columns */
-  const size_t xs = (size_t)z->cout * P;
+  const size_t xs = plane_stride(z->cout, P);
   for (int r = r0; r < r1; r++) {
     const int n = r / z->th, t = r % z->th;
     const float *plane = dy + ((size_t)n * z->cout + oc) * z->oh * z->ow; /* (OH,OW) */
@@ -124,8 +124,8 @@ static int wgrad_chunk(const Wino *z, const float *x, const float *dy, float *dU
   /* dU[xi] (cout, cin) += Y[xi] (cout, P) x V[xi]^T (P, cin) */
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc) if (par)
   for (int xi = 0; xi < aa; xi++)
-    rc |= fast_gemm(false, true, z->cout, z->cin, (int)P, 1.0f, Y + (size_t)xi * z->cout * Pp,
-                    (int)Pp, V + (size_t)xi * z->cin * Pp, (int)Pp, 1.0f,
+    rc |= fast_gemm(false, true, z->cout, z->cin, (int)P, 1.0f, Y + xi * plane_stride(z->cout, Pp),
+                    (int)Pp, V + xi * plane_stride(z->cin, Pp), (int)Pp, 1.0f,
                     dU + (size_t)xi * z->cout * z->cin, z->cin);
   return rc ? -1 : 0;
 }
