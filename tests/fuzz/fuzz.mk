@@ -57,6 +57,7 @@ $(FUZZ_OBJDIR)/src/layers/convolution_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx
 $(FUZZ_OBJDIR)/src/layers/batchnorm_fast.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512vl -mavx512dq
 $(FUZZ_OBJDIR)/src/layers/convolution_fast.o: FUZZ_FILE_FLAGS := -mavx512f
 $(FUZZ_OBJDIR)/src/layers/pooling_fast.o: FUZZ_FILE_FLAGS := -mavx512f
+$(FUZZ_OBJDIR)/src/layers/conv_winograd.o: FUZZ_FILE_FLAGS := -mavx512f
 
 $(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H) | fuzz-check
 	@mkdir -p $(dir $@)

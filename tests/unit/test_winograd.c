@@ -35,6 +35,7 @@
 
 #include "goldentest.h"
 #include "layers/conv_winograd.h"
+#include "layers/conv_winograd_priv.h"
 #include "layers/convolution_priv.h"
 #include "layers/fast.h"
 #include "net.h"
@@ -169,6 +170,7 @@ static const Case g_cases[] = {
     {"ResNet 7x7", 3, 20, 7, 7, 24, 1, false},
     {"ResNet 14x14", 2, 16, 14, 14, 32, 1, true},
     {"several chunks (20x22, 48 -> 40 channels)", 2, 48, 20, 22, 40, 1, false},
+    {"wide rows (5x70: rows of 18-36 tiles)", 1, 3, 5, 70, 4, 1, true},
 };
 
 static int check_case(const Case *c, int m) {
@@ -241,6 +243,41 @@ static void test_moved_tap(void) {
     pair_free(&t);
   }
   set_winograd(NULL);
+}
+
+/* The strips' phase fill (wino_fill_phases: AVX-512 where the CPU has it)
+ * against its definition, [ph][idx] = src[idx*m + ph - pad] inside the row,
+ * 0 outside it and for idx in [L, L+8), on every row width 1..100, pad
+ * 0..2 and both tiles; the row sits between guard values that must not
+ * show up (columns from L+8 on are scratch: not checked). */
+static void test_fill_phases(void) {
+  enum { GUARD = 64 };
+  float buf[GUARD + 100 + GUARD], out[4 * 160];
+  for (int i = 0; i < (int)MOKA_ARRAY_LEN(buf); i++) buf[i] = i < GUARD || i >= GUARD + 100 ? 1e30f : (float)i;
+  const float *src = buf + GUARD;
+  int bad = 0;
+  for (int m = 2; m <= 4; m += 2)
+    for (int pad = 0; pad <= 2; pad++)
+      for (int w = 1; w <= 100; w++) {
+        const int ow = w + 2 * pad - 2;
+        if (ow < 1) continue;
+        const int tw = (ow + m - 1) / m, L = tw + 1;
+        const int twp = (tw + 7) & ~7, ld = (twp + 1 + 15) & ~15;
+        for (int i = 0; i < 4 * 160; i++) out[i] = -7.0f;
+        wino_fill_phases(src, w, pad, m, L, ld, out);
+        for (int ph = 0; ph < m; ph++)
+          for (int idx = 0; idx < ld; idx++) {
+            const int col = idx * m + ph - pad;
+            const float want = idx < L ? (col >= 0 && col < w ? src[col] : 0.0f)
+                                       : idx < L + 8 ? 0.0f : out[ph * ld + idx];
+            if (out[ph * ld + idx] != want || out[ph * ld + idx] == 1e30f) {
+              if (bad++ < 5)
+                fprintf(stderr, "    m %d pad %d w %d: [%d][%d] = %g, want %g\n", m, pad, w, ph,
+                        idx, out[ph * ld + idx], want);
+            }
+          }
+      }
+  CHECK_MSG(bad == 0, "%d wrong values", bad);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -365,6 +402,7 @@ int main(void) {
   RUN(test_shapes);
   RUN(test_one_thread);
   RUN(test_moved_tap);
+  RUN(test_fill_phases);
   RUN(test_dispatch);
   RUN(test_frozen_weights);
   RUN(test_mini_resnet_golden);
