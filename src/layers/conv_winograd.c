@@ -46,7 +46,12 @@
  * Layouts: U[xi] is stored transposed (Cin, Cout) so that the GEMM packs it
  * with plain copies; the input and output tile rows are held deinterleaved
  * by column phase (column j*m + ph at [ph][j]) so that the horizontal
- * transforms, like the vertical ones, run over contiguous vectors.
+ * transforms, like the vertical ones, run over contiguous vectors (the
+ * deinterleaving, wino_fill_phases, with AVX-512 permutes where the CPU has
+ * them). The a*a planes of V and M lie one cache line more than a multiple
+ * of 4 KiB apart (plane_stride): a tile row's transform touches all a*a of
+ * them at once, and at exact multiples they shared one L1 set (ResNet-50's
+ * 56x56 and 28x28 layers ran 27-31% slower).
  *
  * Which convolutions (conv_winograd_tile): MOKA_WINOGRAD=0 turns this file
  * off (the GEMM path runs everything: A/B and an escape hatch); 2 or 4
@@ -108,6 +113,10 @@ static int wino_env(void) {
  *   Kt a^2 P (cin + cout)   the input and output transforms, memory-bound
  *                           passes; Kt = 30 for F(2x2), 45 for F(4x4)
  *
+ * (Re-checked after the plane_stride change made the transforms cheaper:
+ * forcing F(2x2) or F(4x4) everywhere in ResNet-50 at batch 8 is still
+ * slower at every stage than these choices; the timings below are from
+ * before it.)
  * The constants come from one-thread timings (CPU time) of ResNet-50's 3x3
  * layers at batch 1, 8 and 16 on this machine (AMD Zen 5, 2 vCPUs, AVX-512,
  * moka's fp32 GEMM; a shared machine), and reproduce which of GEMM, F(2x2)
