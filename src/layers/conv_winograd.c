@@ -356,22 +356,24 @@ static void fill_phases_c(const float *src, int w, int pad_w, int m, int L, int 
 #pragma GCC target("avx512f")
 #include <immintrin.h>
 
+/* Input rows prefetched ahead of the one being filled (ResNet-50's 56x56
+ * layer: the fill 16% -> 10% of its time; 2, 4 and 8 rows alike). */
+enum { PF_ROWS = 4 };
+
 /* wino_fill_phases with AVX-512 (m = 2 or 4): 16 values of idx at a time
  * from m masked loads (zeros outside the row: no scalar edges, nothing read
  * outside it), deinterleaved by permutes; idx >= L set to zero. Writes
  * [ph][0, ceil(min(L+8, ld) / 16) * 16), within the row's ld (a multiple
  * of 16). The same values as fill_phases_c: copies only. */
-/* Rows ahead prefetched (ResNet-50's 56x56 layer: fill 16% -> 10% of its
- * time; 2, 4 and 8 alike). */
-enum { PF_ROWS = 4 };
 static void fill_phases_avx512(const float *src, int w, int pad_w, int m, int L, int ld,
                                float *row) {
   const int end = L + 8 < ld ? L + 8 : ld;
-  /* The caller's rows come in order: the row after next, into L1 (a hint:
-   * no fault, whatever the address). */
-  const uintptr_t ahead = (uintptr_t)src + (uintptr_t)PF_ROWS * w * sizeof(float);
+  /* The callers fill a plane's rows in order: row PF_ROWS on, into L1 (a
+   * hint: it never faults; addresses as integers, past the plane too). */
+  const uintptr_t base = (uintptr_t)src;
   for (int k = 0; k < w; k += 16)
-    _mm_prefetch((const char *)(ahead + (uintptr_t)k * sizeof(float)), _MM_HINT_T0);
+    _mm_prefetch((const char *)(base + ((uintptr_t)PF_ROWS * w + k) * sizeof(float)),
+                 _MM_HINT_T0);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int i0 = 0; i0 < end; i0 += 16) {
     /* idx lanes i0 + l < L keep their values */
@@ -384,13 +386,18 @@ static void fill_phases_avx512(const float *src, int w, int pad_w, int m, int L,
       const __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32(p0));
       const __mmask16 in = _mm512_cmpge_epi32_mask(col, _mm512_setzero_si512()) &
                            _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32(w));
-      /* the address of column p0 + l, formed only for lanes inside the row */
-      v[k] = in ? _mm512_maskz_loadu_ps(in, src + p0) : _mm512_setzero_ps();
+      /* lanes outside the row are masked off (not read); the address of
+       * column p0, which may lie before the row, formed as an integer */
+      const float *at =
+          (const float *)(base + (uintptr_t)((intptr_t)p0 * (intptr_t)sizeof(float)));
+      v[k] = in ? _mm512_maskz_loadu_ps(in, at) : _mm512_setzero_ps();
     }
     if (m == 2) {
-      const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const __m512i ev =
+          _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
       const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-      _mm512_storeu_ps(row + i0, _mm512_maskz_mov_ps(keep, _mm512_permutex2var_ps(v[0], ev, v[1])));
+      _mm512_storeu_ps(row + i0,
+                       _mm512_maskz_mov_ps(keep, _mm512_permutex2var_ps(v[0], ev, v[1])));
       _mm512_storeu_ps(row + ld + i0,
                        _mm512_maskz_mov_ps(keep, _mm512_permutex2var_ps(v[0], od, v[1])));
     } else {

@@ -253,7 +253,8 @@ static void test_moved_tap(void) {
 static void test_fill_phases(void) {
   enum { GUARD = 64 };
   float buf[GUARD + 100 + GUARD], out[4 * 160];
-  for (int i = 0; i < (int)MOKA_ARRAY_LEN(buf); i++) buf[i] = i < GUARD || i >= GUARD + 100 ? 1e30f : (float)i;
+  for (int i = 0; i < (int)MOKA_ARRAY_LEN(buf); i++)
+    buf[i] = i < GUARD || i >= GUARD + 100 ? 1e30f : (float)i;
   const float *src = buf + GUARD;
   int bad = 0;
   for (int m = 2; m <= 4; m += 2)
@@ -261,8 +262,7 @@ static void test_fill_phases(void) {
       for (int w = 1; w <= 100; w++) {
         const int ow = w + 2 * pad - 2;
         if (ow < 1) continue;
-        const int tw = (ow + m - 1) / m, L = tw + 1;
-        const int twp = (tw + 7) & ~7, ld = (twp + 1 + 15) & ~15;
+        const int tw = (ow + m - 1) / m, L = tw + 1, ld = row_ld(tw); /* as the transforms */
         for (int i = 0; i < 4 * 160; i++) out[i] = -7.0f;
         wino_fill_phases(src, w, pad, m, L, ld, out);
         for (int ph = 0; ph < m; ph++)
