@@ -60,11 +60,11 @@ Blob *blob_new(const char *name) {
    * a blob nobody shapes (an Input layer without a shape, ...) must still
    * be readable. */
   b->count = 1;
-  b->data = calloc(1, sizeof(float));
-  b->diff = calloc(1, sizeof(float));
+  b->data = moka_alloc_big(sizeof(float));
+  b->diff = moka_alloc_big(sizeof(float));
   if (!b->name || !b->data || !b->diff) {
-    free(b->data);
-    free(b->diff);
+    moka_free_big(b->data, sizeof(float));
+    moka_free_big(b->diff, sizeof(float));
     free(b->name);
     free(b);
     moka_errorf("out of memory creating blob '%s'", name ? name : "");
@@ -98,8 +98,8 @@ void blob_free(Blob *b) {
   if (!b) return;
   blob_unshare_data(b);
   if (b->owns) {
-    free(b->data);
-    free(b->diff);
+    moka_free_big(b->data, b->capacity * sizeof(float));
+    moka_free_big(b->diff, b->capacity * sizeof(float));
     uncharge(2 * b->capacity * sizeof(float));
   }
   free(b->name);
@@ -162,16 +162,16 @@ int blob_reshape(Blob *b, int num_axes, const int *shape) {
              shape_text(num_axes, shape, sb, sizeof sb), count);
     if (blob_memory_check(2 * count * sizeof(float), what)) return -1;
     const size_t alloc = count ? count : 1;
-    float *d = calloc(alloc, sizeof(float));
-    float *g = calloc(alloc, sizeof(float));
+    float *d = moka_alloc_big(alloc * sizeof(float)); /* huge pages from 2 MiB on */
+    float *g = moka_alloc_big(alloc * sizeof(float));
     if (!d || !g) {
-      free(d);
-      free(g);
+      moka_free_big(d, alloc * sizeof(float));
+      moka_free_big(g, alloc * sizeof(float));
       return moka_errorf("out of memory: blob '%s' needs 2 x %zu bytes", b->name,
                          count * sizeof(float));
     }
-    free(b->data);
-    free(b->diff);
+    moka_free_big(b->data, b->capacity * sizeof(float));
+    moka_free_big(b->diff, b->capacity * sizeof(float));
     uncharge(2 * b->capacity * sizeof(float));
     charge(2 * alloc * sizeof(float));
     b->data = d;
@@ -198,8 +198,8 @@ int blob_set_view(Blob *b, int num_axes, const int *shape, float *data, float *d
   if (shape_count(b->name, num_axes, shape, &count)) return -1;
   blob_unshare_data(b);
   if (b->owns) {
-    free(b->data);
-    free(b->diff);
+    moka_free_big(b->data, b->capacity * sizeof(float));
+    moka_free_big(b->diff, b->capacity * sizeof(float));
     uncharge(2 * b->capacity * sizeof(float));
   }
   b->owns = false;

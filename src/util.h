@@ -46,6 +46,12 @@ FILE *moka_set_log_stream(FILE *f);
  * return NULL after moka_errorf on failure. */
 void *moka_malloc(size_t n);
 void *moka_calloc(size_t count, size_t size);
+/* bytes for a large array (activations, workspaces), zeroed, 64-byte
+ * aligned; from 2 MiB on, a mapping of its own on huge pages (util.c).
+ * Released by moka_free_big with the same byte count (never by free()).
+ * NULL with a message (moka_errorf) on failure. */
+void *moka_alloc_big(size_t bytes);
+void moka_free_big(void *p, size_t bytes);
 void *moka_realloc(void *p, size_t n);
 char *moka_strdup(const char *s);
 /* n * m with overflow check: returns false on overflow. */

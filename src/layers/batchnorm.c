@@ -76,8 +76,10 @@ static int bn_reshape(Layer *l) {
   p->num = (size_t)x->shape[0];
   p->spatial = p->num && c ? x->count / (p->num * (size_t)c) : 0;
   if (x->count > p->x_norm_cap || !p->x_norm) {
-    float *n = moka_realloc(p->x_norm, x->count * sizeof(float));
+    /* Rewritten by every forward before it is read: nothing to keep. */
+    float *n = moka_alloc_big(x->count * sizeof(float)); /* huge pages from 2 MiB on */
     if (!n) return -1;
+    moka_free_big(p->x_norm, p->x_norm_cap * sizeof(float));
     p->x_norm = n;
     p->x_norm_cap = x->count;
   }
@@ -173,7 +175,7 @@ static int bn_backward(Layer *l) {
 
 static void bn_destroy(Layer *l) {
   BatchNormPriv *p = l->priv;
-  free(p->x_norm);
+  moka_free_big(p->x_norm, p->x_norm_cap * sizeof(float));
   free(p->mean);
   free(p->var);
   free(p->std);

@@ -132,7 +132,7 @@ static pthread_once_t g_ws_once = PTHREAD_ONCE_INIT;
 static void ws_free(void *p) {
   Workspace *w = p;
   if (!w) return;
-  for (int i = 0; i < FAST_WS_SLOTS; i++) free(w->buf[i]);
+  for (int i = 0; i < FAST_WS_SLOTS; i++) moka_free_big(w->buf[i], w->cap[i] * sizeof(float));
   free(w);
 }
 
@@ -156,11 +156,11 @@ float *fast_workspace(int slot, size_t count, const char *what) {
       moka_errorf("%s: workspace of %zu floats overflows", what, count);
       return NULL;
     }
-    free(t_ws->buf[slot]);
+    moka_free_big(t_ws->buf[slot], t_ws->cap[slot] * sizeof(float));
     t_ws->buf[slot] = NULL;
     t_ws->cap[slot] = 0;
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes) != 0) {
+    void *p = moka_alloc_big(bytes); /* huge pages from 2 MiB on */
+    if (!p) {
       moka_errorf("%s: cannot allocate a %.1f MiB workspace", what, bytes / 1048576.0);
       return NULL;
     }

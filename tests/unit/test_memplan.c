@@ -29,6 +29,7 @@
  * memory (calloc'd blobs stay unmapped), so ResNet-50 at batch 8 is cheap.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -709,6 +710,28 @@ static void test_run_planned_forward(void) {
 }
 
 /* memplan_place on its own: three buffers, two meeting. */
+/* moka_alloc_big (blobs, BatchNorm's x_norm, the fast backend's
+ * workspaces): zeroed, 64-byte aligned, 2 MiB aligned from 2 MiB on (its own
+ * mapping on huge pages), every byte writable, released by moka_free_big;
+ * sizes around the switch and odd ones. */
+static void test_alloc_big(void) {
+  const size_t huge = (size_t)2 << 20;
+  const size_t sizes[] = {0, 1, 4, 4095, huge - 1, huge, huge + 1, 3 * huge + 4100, 5 * huge};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    const size_t n = sizes[i];
+    unsigned char *p = moka_alloc_big(n);
+    REQUIRE(p != NULL);
+    CHECK_MSG((uintptr_t)p % 64 == 0, "%zu bytes: not 64-byte aligned", n);
+    if (n >= huge) CHECK_MSG((uintptr_t)p % huge == 0, "%zu bytes: not 2 MiB aligned", n);
+    size_t nonzero = 0;
+    for (size_t k = 0; k < n; k++) nonzero += p[k] != 0;
+    CHECK_MSG(nonzero == 0, "%zu bytes: %zu not zero", n, nonzero);
+    memset(p, 0xA5, n);
+    moka_free_big(p, n);
+  }
+  moka_free_big(NULL, huge); /* a no-op, as free(NULL) */
+}
+
 static void test_place(void) {
   MemPlanBuffer b[4] = {
       {.bytes = 1000, .used = true, .first = 0, .last = 1},
@@ -726,6 +749,7 @@ static void test_place(void) {
 
 int main(void) {
   RUN(test_place);
+  RUN(test_alloc_big);
   RUN(test_chain_forward);
   RUN(test_chain_train);
   RUN(test_zero_read_diff);
