@@ -98,12 +98,17 @@ void *moka_calloc(size_t count, size_t size) {
  * default, gives none otherwise). Its pages are zero and only those touched
  * are ever allocated, as with calloc. Measured (ResNet-50 training, batch 8,
  * A/B in the same minutes): see docs/performance.md. */
-enum { HUGE_PAGE = 2 << 20, SMALL_PAGE = 4096 };
+/* Below MAPPED_MIN, posix_memalign + memset (a few pages at most); from
+ * MAPPED_MIN on, a mapping of its own: zero pages that are only allocated
+ * when touched (an inference net never touches its diffs), as calloc's. */
+enum { HUGE_PAGE = 2 << 20, SMALL_PAGE = 4096, MAPPED_MIN = 64 << 10 };
 
-static size_t page_round(size_t bytes) { return (bytes + SMALL_PAGE - 1) / SMALL_PAGE * SMALL_PAGE; }
+static size_t page_round(size_t bytes) {
+  return (bytes + SMALL_PAGE - 1) / SMALL_PAGE * SMALL_PAGE;
+}
 
 void *moka_alloc_big(size_t bytes) {
-  if (bytes < HUGE_PAGE) {
+  if (bytes < MAPPED_MIN) {
     void *p = NULL;
     if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) p = NULL;
     if (p) memset(p, 0, bytes);
@@ -115,13 +120,15 @@ void *moka_alloc_big(size_t bytes) {
     moka_errorf("out of memory allocating %zu bytes", bytes);
     return NULL;
   }
-  /* One huge page more, then the unaligned head and the tail given back. */
-  char *base = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                    -1, 0);
+  /* From 2 MiB on, one huge page more, then the unaligned head and the tail
+   * given back. */
+  const size_t extra = bytes >= HUGE_PAGE ? HUGE_PAGE : 0;
+  char *base = mmap(NULL, len + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED) {
     moka_errorf("out of memory allocating %zu bytes", bytes);
     return NULL;
   }
+  if (!extra) return base;
   char *p = (char *)(((uintptr_t)base + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
   char *end = base + len + HUGE_PAGE;
   if (p > base) (void)munmap(base, (size_t)(p - base));
@@ -136,7 +143,7 @@ void *moka_alloc_big(size_t bytes) {
 
 void moka_free_big(void *p, size_t bytes) {
   if (!p) return;
-  if (bytes < HUGE_PAGE)
+  if (bytes < MAPPED_MIN)
     free(p);
   else
     (void)munmap(p, page_round(bytes));

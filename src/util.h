@@ -47,7 +47,8 @@ FILE *moka_set_log_stream(FILE *f);
 void *moka_malloc(size_t n);
 void *moka_calloc(size_t count, size_t size);
 /* bytes for a large array (activations, workspaces), zeroed, 64-byte
- * aligned; from 2 MiB on, a mapping of its own on huge pages (util.c).
+ * aligned; from 64 KiB on a mapping of its own (pages allocated when
+ * touched), from 2 MiB on with huge pages (util.c).
  * Released by moka_free_big with the same byte count (never by free()).
  * NULL with a message (moka_errorf) on failure. */
 void *moka_alloc_big(size_t bytes);

@@ -713,10 +713,11 @@ static void test_run_planned_forward(void) {
 /* moka_alloc_big (blobs, BatchNorm's x_norm, the fast backend's
  * workspaces): zeroed, 64-byte aligned, 2 MiB aligned from 2 MiB on (its own
  * mapping on huge pages), every byte writable, released by moka_free_big;
- * sizes around the switch and odd ones. */
+ * sizes around both switches (64 KiB, 2 MiB) and odd ones. */
 static void test_alloc_big(void) {
   const size_t huge = (size_t)2 << 20;
-  const size_t sizes[] = {0, 1, 4, 4095, huge - 1, huge, huge + 1, 3 * huge + 4100, 5 * huge};
+  const size_t sizes[] = {0,    1,        4,    4095,           65535,    65536,
+                          65537, huge - 1, huge, huge + 1, 3 * huge + 4100, 5 * huge};
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     const size_t n = sizes[i];
     unsigned char *p = moka_alloc_big(n);
