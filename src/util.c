@@ -92,23 +92,34 @@ void *moka_calloc(size_t count, size_t size) {
 /* Large arrays on huge pages. The fast backend reads activations along
  * strided paths (a GEMM panel takes 128 bytes from each of hundreds of rows
  * 12 KiB apart; a channel's planes lie an image apart), and with 4 KiB pages
- * those walks miss the TLB on almost every row. From 2 MiB on, an array is
- * its own mapping, 2 MiB-aligned, with transparent huge pages asked for on
- * its whole 2 MiB pages (madvise: the kernel's "madvise" THP mode, Debian's
- * default, gives none otherwise). Its pages are zero and only those touched
- * are ever allocated, as with calloc. Measured (ResNet-50 training, batch 8,
- * A/B in the same minutes): see docs/performance.md. */
-/* Below MAPPED_MIN, posix_memalign + memset (a few pages at most); from
- * MAPPED_MIN on, a mapping of its own: zero pages that are only allocated
- * when touched (an inference net never touches its diffs), as calloc's. */
+ * those walks miss the TLB on almost every row. From MAPPED_MIN on, an array
+ * is a mapping of its own: zero pages, allocated only when touched (an
+ * inference net never touches its diffs), as calloc's. From 2 MiB on it is
+ * 2 MiB-aligned, with transparent huge pages asked for on its whole 2 MiB
+ * pages (madvise: the kernel's "madvise" THP mode, Debian's default, gives
+ * none otherwise). Below MAPPED_MIN, posix_memalign + memset (a few pages at
+ * most). Measured (ResNet-50 training, A/B in the same minutes): see
+ * docs/performance.md. Under AddressSanitizer everything stays on the heap,
+ * so that its redzones still catch a layer writing past a blob. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MOKA_HEAP_ONLY 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOKA_HEAP_ONLY 1
+#endif
+#endif
+#ifdef MOKA_HEAP_ONLY
+enum { HUGE_PAGE = 2 << 20, SMALL_PAGE = 4096, MAPPED_MIN = 0x7fffffff };
+#else
 enum { HUGE_PAGE = 2 << 20, SMALL_PAGE = 4096, MAPPED_MIN = 64 << 10 };
+#endif
 
 static size_t page_round(size_t bytes) {
   return (bytes + SMALL_PAGE - 1) / SMALL_PAGE * SMALL_PAGE;
 }
 
 void *moka_alloc_big(size_t bytes) {
-  if (bytes < MAPPED_MIN) {
+  if (bytes < (size_t)MAPPED_MIN) {
     void *p = NULL;
     if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) p = NULL;
     if (p) memset(p, 0, bytes);
@@ -143,7 +154,7 @@ void *moka_alloc_big(size_t bytes) {
 
 void moka_free_big(void *p, size_t bytes) {
   if (!p) return;
-  if (bytes < MAPPED_MIN)
+  if (bytes < (size_t)MAPPED_MIN)
     free(p);
   else
     (void)munmap(p, page_round(bytes));
