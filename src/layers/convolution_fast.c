@@ -43,6 +43,8 @@
  * exact.
  */
 #include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "conv_winograd.h" /* Winograd hook: 3x3 stride-1 convolutions in fp32 */
@@ -94,10 +96,121 @@ static void gather_stride2(float *dst, const float *src, int n) {
   }
 }
 
+/* ---- stride 1, output rows as wide as the input's: im2col and col2im by shifts ----
+ *
+ * With stride 1 and OW == W ("same" padding across: ResNet's 3x3 pad 1
+ * layers, GoogLeNet's 3x3 and 5x5), output pixel s = oh*OW + ow and kernel
+ * tap kk = (kh, kw) read the input pixel s + d_kk of the flat plane,
+ * d_kk = (kh*DH - PH)*W + kw*DW - PW, whenever that pixel lies inside the
+ * image. So im2col's row kk is the plane shifted by d_kk with the pixels
+ * from outside zeroed (16 values per masked load and store), and col2im's
+ * plane is, value by value, the sum over the taps of the rows shifted back,
+ * added in registers in the reference's tap order and stored once: no
+ * memset, no read-modify-write per tap and no copy per output row (ResNet's
+ * 7x7 layers have rows of 7 values). Which lanes lie inside, per tap and 16
+ * values: ConvPriv.shift_masks, made once per geometry by shift_prepare.
+ * Masked-off lanes are neither read nor written (their addresses may lie
+ * outside the plane: integer arithmetic, as fill_phases_avx512). */
+
+static bool shift_eligible(const ConvPriv *p) {
+  return p->stride_h == 1 && p->stride_w == 1 && p->out_w == p->width && !p->is_1x1 &&
+         (size_t)p->height * p->width <= (1u << 28) && fast_avx512_supported();
+}
+
+static bool shift_ready(const ConvPriv *p) {
+  return p->shift_masks && p->shift_h == p->height && p->shift_w == p->width;
+}
+
+/* d_kk: the offset in the flat input plane of tap kk's pixel from the output pixel's. */
+static ptrdiff_t shift_tap(const ConvPriv *p, int kk) {
+  const ptrdiff_t kh = kk / p->kernel_w, kw = kk % p->kernel_w;
+  return (kh * p->dilation_h - p->pad_h) * (ptrdiff_t)p->width + kw * p->dilation_w - p->pad_w;
+}
+
+static inline const float *shifted(const float *base, ptrdiff_t off) {
+  return (const float *)((uintptr_t)base + (uintptr_t)(off * (ptrdiff_t)sizeof(float)));
+}
+
+/* The masks for the current geometry (no-op when made already or not
+ * eligible): (KK, PS) for im2col rows, then (KK, PT) for col2im planes. */
+static int shift_prepare(ConvPriv *p) {
+  if (!shift_eligible(p) || shift_ready(p)) return 0;
+  const int KK = p->kernel_h * p->kernel_w, OH = p->out_h, OW = p->out_w;
+  const int H = p->height, W = p->width;
+  const size_t S = (size_t)OH * OW, HW = (size_t)H * W, PS = (S + 15) / 16, PT = (HW + 15) / 16;
+  size_t n = 0;
+  if (!moka_mul_size((size_t)KK, PS + PT, &n))
+    return moka_errorf("convolution shift masks: size overflows");
+  uint16_t *m = moka_calloc(n ? n : 1, sizeof *m);
+  if (!m) return moka_error_prefix("convolution shift masks (%zu values)", n);
+  uint16_t *mt = m + (size_t)KK * PS;
+  for (int kk = 0; kk < KK; kk++) {
+    const long dh = (long)(kk / p->kernel_w) * p->dilation_h - p->pad_h;
+    const long dw = (long)(kk % p->kernel_w) * p->dilation_w - p->pad_w;
+    for (size_t s = 0; s < S; s++) { /* output pixel s reads (oh + dh, ow + dw) */
+      const long ih = (long)(s / OW) + dh, iw = (long)(s % OW) + dw;
+      if (ih >= 0 && ih < H && iw >= 0 && iw < W) m[kk * PS + s / 16] |= (uint16_t)(1u << (s % 16));
+    }
+    for (size_t t = 0; t < HW; t++) { /* input pixel t gets output pixel (ih - dh, iw - dw) */
+      const long oh = (long)(t / W) - dh, ow = (long)(t % W) - dw;
+      if (oh >= 0 && oh < OH && ow >= 0 && ow < OW) mt[kk * PT + t / 16] |= (uint16_t)(1u << (t % 16));
+    }
+  }
+  free(p->shift_masks);
+  p->shift_masks = m;
+  p->shift_h = H;
+  p->shift_w = W;
+  return 0;
+}
+
+/* im2col of one channel's whole plane by shifts: rows (KK, ld), columns [0, OH*OW). */
+static void im2col_shift(const ConvPriv *p, const float *plane, float *rows, size_t ld) {
+  const int KK = p->kernel_h * p->kernel_w;
+  const size_t S = (size_t)p->out_h * p->out_w, PS = (S + 15) / 16;
+  const __mmask16 tail = (__mmask16)(S % 16 ? (1u << (S % 16)) - 1 : 0xFFFF);
+  for (int kk = 0; kk < KK; kk++) {
+    const uint16_t *mk = p->shift_masks + (size_t)kk * PS;
+    const float *src = shifted(plane, shift_tap(p, kk)); /* src[s]: output pixel s's input */
+    float *row = rows + (size_t)kk * ld;
+    for (size_t q = 0; q + 1 < PS; q++)
+      _mm512_storeu_ps(row + 16 * q, _mm512_maskz_loadu_ps(mk[q], shifted(src, 16 * (ptrdiff_t)q)));
+    const size_t q = PS - 1;
+    _mm512_mask_storeu_ps(row + 16 * q, tail,
+                          _mm512_maskz_loadu_ps(mk[q], shifted(src, 16 * (ptrdiff_t)q)));
+  }
+}
+
+/* col2im of one channel by shifts: plane (H*W) = sum over the taps, in
+ * order, of rows (KK, ld) shifted back. Each value's sum starts from +0
+ * and adds the taps that reach it in the reference's order; a tap that
+ * does not reach it adds +0 here (the sum is never -0, so that changes
+ * nothing): the reference's values exactly. */
+static void col2im_shift(const ConvPriv *p, const float *rows, size_t ld, float *plane) {
+  const int KK = p->kernel_h * p->kernel_w;
+  const size_t S = (size_t)p->out_h * p->out_w, PS = (S + 15) / 16;
+  const size_t HW = (size_t)p->height * p->width, PT = (HW + 15) / 16;
+  const uint16_t *mt = p->shift_masks + (size_t)KK * PS;
+  const __mmask16 tail = (__mmask16)(HW % 16 ? (1u << (HW % 16)) - 1 : 0xFFFF);
+  for (size_t q = 0; q < PT; q++) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int kk = 0; kk < KK; kk++) {
+      const __mmask16 m = mt[(size_t)kk * PT + q];
+      if (!m) continue;
+      const float *src = shifted(rows + (size_t)kk * ld, 16 * (ptrdiff_t)q - shift_tap(p, kk));
+      acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, src));
+    }
+    _mm512_mask_storeu_ps(plane + 16 * q, q + 1 < PT ? (__mmask16)0xFFFF : tail, acc);
+  }
+}
+
 #pragma GCC pop_options
 
 static void im2col_channel(const ConvPriv *p, const float *plane, float *rows, size_t ld, int oh0,
                            int oh1) {
+  if (oh0 == 0 && oh1 == p->out_h && shift_ready(p)) {
+    im2col_shift(p, plane, rows, ld);
+    return;
+  }
   const bool avx512 = fast_avx512_supported();
   const int H = p->height, W = p->width, OW = p->out_w;
   const int SH = p->stride_h, SW = p->stride_w;
@@ -135,6 +248,10 @@ static void im2col_channel(const ConvPriv *p, const float *plane, float *rows, s
  * back, in the reference's order (kh, kw, oh, ow), so the sums are exact
  * copies of moka_col2im's. */
 static void col2im_channel(const ConvPriv *p, const float *rows, size_t ld, float *plane) {
+  if (shift_ready(p)) {
+    col2im_shift(p, rows, ld, plane);
+    return;
+  }
   const int H = p->height, W = p->width, OH = p->out_h, OW = p->out_w;
   const int SH = p->stride_h, SW = p->stride_w;
   memset(plane, 0, (size_t)H * W * sizeof(float));
@@ -381,6 +498,7 @@ int conv_forward_fast(Layer *l) {
   if (p->num == 0 || p->out_h * p->out_w == 0) return 0;
   /* Winograd hook (conv_winograd.c; MOKA_WINOGRAD=0 turns it off). */
   if (conv_winograd_applies(p, false)) return conv_winograd_forward(l);
+  if (shift_prepare(p)) return moka_error_prefix("layer %s", l->name);
   /* bf16 hook (convolution_bf16.c: no fp32 column buffer); 1: not taken. */
   if (fast_precision() == FAST_BF16) {
     const int rb = conv_forward_bf16(l);
@@ -497,6 +615,7 @@ int conv_backward_fast(Layer *l) {
   float *wdiff = layer_param_needs_grad(l, 0) ? l->params[0]->diff : NULL; /* accumulated */
   float *bdiff = p->bias_term && layer_param_needs_grad(l, 1) ? l->params[1]->diff : NULL;
   if (p->num == 0 || S == 0) return 0;
+  if (shift_prepare(p)) return moka_error_prefix("layer %s", l->name);
   const ConvPlan pl = conv_plan(p);
   const int n_chunks = (p->num + pl.chunk - 1) / pl.chunk;
   for (int i = 0; i < l->n_bottom; i++) {

@@ -27,6 +27,13 @@ typedef struct ConvPriv {
   float *wino_pack;
   int wino_m;
   int32_t *bf16_wpack; /* the same for the bf16 GEMMs (convolution_bf16.c) */
+  /* Fast backend, stride-1 layers whose output rows are as wide as the
+   * input's (convolution_fast.c, shift_prepare): per kernel tap, which of
+   * each 16 values of an im2col row (KK, ceil(OH*OW/16)) and of a col2im
+   * plane (KK, ceil(H*W/16)) come from inside the image; for the geometry
+   * shift_h x shift_w (0: none yet). */
+  uint16_t *shift_masks;
+  int shift_h, shift_w;
 #ifdef MOKA_WITH_CUDA
   MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
 #endif

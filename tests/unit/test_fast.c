@@ -236,6 +236,17 @@ static void test_convolution(void) {
       {"7x7 late layer, 1x1", 5, 16, 7, 7, "num_output: 24 kernel_size: 1"},
       {"kernel larger than stride, pad 2 stride 3", 2, 3, 10, 11,
        "num_output: 5 kernel_size: 5 stride: 3 pad: 2"},
+      /* Stride 1 with output rows as wide as the input's: im2col and col2im
+       * by shifted masked loads (convolution_fast.c, shift_prepare). */
+      {"shifts: 5x5 pad 2, 6x5", 3, 4, 6, 5, "num_output: 5 kernel_size: 5 pad: 2"},
+      {"shifts: 1x3 pad 0x1, 5x13", 2, 3, 5, 13,
+       "num_output: 4 kernel_h: 1 kernel_w: 3 pad_h: 0 pad_w: 1"},
+      {"shifts: 3x3 pad 0x1 (fewer output rows), 7x7", 2, 3, 7, 7,
+       "num_output: 4 kernel_size: 3 pad_h: 0 pad_w: 1"},
+      {"shifts: 4x4 planes (16 values), 3x7 kernel wider than the plane", 2, 3, 4, 4,
+       "num_output: 3 kernel_h: 3 kernel_w: 7 pad_h: 1 pad_w: 3"},
+      {"shifts: 8x8 planes, 3x3 pad 1, 12 in / 20 out", 3, 12, 8, 8,
+       "num_output: 20 kernel_size: 3 pad: 1"},
   };
   for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) {
     char text[512];
