@@ -203,6 +203,32 @@ static void col2im_shift(const ConvPriv *p, const float *rows, size_t ld, float 
   }
 }
 
+/* col2im of one channel of a 1x1 stride-2 layer without padding: the
+ * plane's even rows take their row's values at the even columns, with
+ * zeros between (8 values spread to 16 lanes by one permute), and every
+ * other value is 0. +0 is added to each value, as the reference's sum
+ * 0 + v does (-0 becomes +0). */
+static void col2im_1x1_stride2(const ConvPriv *p, const float *row, float *plane) {
+  const int H = p->height, W = p->width, OW = p->out_w;
+  const __m512i spread = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int ih = 0; ih < H; ih++) {
+    float *dst = plane + (size_t)ih * W;
+    if (ih % 2) {
+      memset(dst, 0, (size_t)W * sizeof(float));
+      continue;
+    }
+    const float *src = row + (size_t)(ih / 2) * OW; /* (OW): input columns 0, 2, 4, ... */
+    for (int iw = 0; iw < W; iw += 16) {
+      const int n = W - iw < 16 ? W - iw : 16; /* values of the plane's row */
+      const int k = (n + 1) / 2;               /* of the output row, from src[iw/2] */
+      const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << k) - 1), src + iw / 2);
+      const __m512 e = _mm512_maskz_permutexvar_ps((__mmask16)0x5555, spread, v);
+      _mm512_mask_storeu_ps(dst + iw, (__mmask16)((1u << n) - 1), _mm512_add_ps(e, zero));
+    }
+  }
+}
+
 #pragma GCC pop_options
 
 static void im2col_channel(const ConvPriv *p, const float *plane, float *rows, size_t ld, int oh0,
@@ -250,6 +276,11 @@ static void im2col_channel(const ConvPriv *p, const float *plane, float *rows, s
 static void col2im_channel(const ConvPriv *p, const float *rows, size_t ld, float *plane) {
   if (shift_ready(p)) {
     col2im_shift(p, rows, ld, plane);
+    return;
+  }
+  if (p->kernel_h == 1 && p->kernel_w == 1 && p->stride_h == 2 && p->stride_w == 2 &&
+      p->pad_h == 0 && p->pad_w == 0 && fast_avx512_supported()) {
+    col2im_1x1_stride2(p, rows, plane);
     return;
   }
   const int H = p->height, W = p->width, OH = p->out_h, OW = p->out_w;
