@@ -28,6 +28,7 @@
 #include "net_fuse.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +127,7 @@ static bool decide_chain_backward(const Net *net, FusedChain *c) {
   c->need_backward =
       c->want_dgamma || c->want_dbeta || c->bn_bw || c->shortcut_bw || c->x_diff_dz;
   c->keep_xhat = c->want_dgamma || (c->bn_bw && !c->use_global_stats);
+  c->stream_xn = c->keep_xhat && fast_avx512_supported();
   return true;
 }
 
@@ -404,10 +406,91 @@ FUSE_INLINE void fwd_plane(const float *x, float *xn, float *out, const float *r
   }
 }
 
+/* x_norm with non-temporal stores. x_norm is read again only in backward,
+ * long after the whole forward has gone through the caches: ordinary
+ * stores first read every line of it from memory (write-allocate), a third
+ * of the chain's traffic for nothing. Streaming stores write it straight
+ * out (ResNet-50 b8 forward, with no x_norm store at all: 175 -> 167 ms).
+ * The values are fwd_plane's, by the same float operations in the same
+ * order (-std=c11: no contraction): the 16-value body below mirrors the
+ * loop, and the unaligned head and the tail run the loop itself. */
+#define FUSE_NT_MIN 128 /* planes of fewer values: fwd_plane */
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#include <immintrin.h>
+
+/* relu_f on 16 lanes: (v < 0 ? 0 : v) + slope * (0 < v ? 0 : v). */
+FUSE_INLINE __m512 relu_v(__m512 v, __m512 slope) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 mx = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, zero);
+  const __m512 mn = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(zero, v, _CMP_LT_OQ), v, zero);
+  return _mm512_add_ps(mx, _mm512_mul_ps(slope, mn));
+}
+
+FUSE_INLINE void fwd_plane_nt(const float *x, float *xn, float *out, const float *r, float *y,
+                              size_t S, float mu, float sd, float g, float b, float slope,
+                              const bool BIAS, const bool RELU, const bool ELT,
+                              const bool XFIRST) {
+  size_t h = (size_t)((-(uintptr_t)xn) & 63) / sizeof(float); /* to xn's next 64-byte line */
+  if (h > S) h = S;
+  fwd_plane(x, xn, out, r, y, h, mu, sd, g, b, slope, true, BIAS, RELU, ELT, XFIRST);
+  const __m512 vmu = _mm512_set1_ps(mu), vsd = _mm512_set1_ps(sd), vg = _mm512_set1_ps(g);
+  const __m512 vb = _mm512_set1_ps(b), vsl = _mm512_set1_ps(slope), zero = _mm512_setzero_ps();
+  size_t s = h;
+  for (; s + 16 <= S; s += 16) {
+    const __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_loadu_ps(x + s), vmu), vsd);
+    _mm512_stream_ps(xn + s, v);
+    __m512 z = _mm512_mul_ps(v, vg);
+    if (BIAS) z = _mm512_add_ps(z, vb);
+    if (!ELT) {
+      _mm512_storeu_ps(out + s, RELU ? relu_v(z, vsl) : z);
+    } else {
+      _mm512_storeu_ps(out + s, z);
+      const __m512 rs = _mm512_loadu_ps(r + s);
+      const __m512 sum = XFIRST ? _mm512_add_ps(_mm512_add_ps(zero, z), rs)
+                                : _mm512_add_ps(_mm512_add_ps(zero, rs), z);
+      _mm512_storeu_ps(y + s, RELU ? relu_v(sum, vsl) : sum);
+    }
+  }
+  if (s < S)
+    fwd_plane(x + s, xn + s, out + s, ELT ? r + s : NULL, ELT ? y + s : NULL, S - s, mu, sd, g, b,
+              slope, true, BIAS, RELU, ELT, XFIRST);
+  _mm_sfence(); /* the streamed lines out before anything after this plane */
+}
+
+/* forward_plane's variants that keep x_norm (K = 1), streaming it. */
+static void forward_plane_nt(const FusedChain *c, const float *x, float *xn, float *out,
+                             const float *r, float *y, size_t S, float mu, float sd, float g,
+                             float b) {
+  const float sl = c->slope;
+  const int v = (c->beta != NULL) << 3 | c->has_relu << 2 |
+                (c->kind == FUSED_BN_SCALE_ELTWISE) << 1 | (c->x_bottom == 0);
+#define FWD(B, R, E, F) \
+  case (B << 3 | R << 2 | E << 1 | F): \
+    fwd_plane_nt(x, xn, out, r, y, S, mu, sd, g, b, sl, B, R, E, F); \
+    return;
+#define FWD_B(B) FWD(B, 0, 0, 0) FWD(B, 0, 0, 1) FWD(B, 1, 0, 0) FWD(B, 1, 0, 1) \
+  FWD(B, 0, 1, 0) FWD(B, 0, 1, 1) FWD(B, 1, 1, 0) FWD(B, 1, 1, 1)
+  switch (v) {
+    FWD_B(0)
+    FWD_B(1)
+    default: return;
+  }
+#undef FWD_B
+#undef FWD
+}
+
+#pragma GCC pop_options
+
 /* Dispatch to the variant for chain c. */
 static void forward_plane(const FusedChain *c, const float *x, float *xn, float *out,
                           const float *r, float *y, size_t S, float mu, float sd, float g,
                           float b) {
+  if (xn && S >= FUSE_NT_MIN && c->stream_xn) {
+    forward_plane_nt(c, x, xn, out, r, y, S, mu, sd, g, b);
+    return;
+  }
   const float sl = c->slope;
   const int v = (xn != NULL) << 4 | (c->beta != NULL) << 3 | c->has_relu << 2 |
                 (c->kind == FUSED_BN_SCALE_ELTWISE) << 1 | (c->x_bottom == 0);

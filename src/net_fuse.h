@@ -124,6 +124,7 @@ typedef struct FusedChain {
                           the Eltwise's copy (BN_SCALE_ELTWISE) */
   bool shortcut_bw;    /* BN_SCALE_ELTWISE: write dz into the shortcut's diff */
   bool keep_xhat;      /* forward writes BatchNorm's x_norm (backward needs it) */
+  bool stream_xn;      /* ... with non-temporal stores (AVX-512 CPUs) */
   int split;           /* fast CPU only: the two-top Split right after the chain that
                           reads y (-1: none); the chain's backward then takes dy as
                           that Split's sum of its tops' diffs, in its order, and the

@@ -48,7 +48,7 @@ $(FUZZ_OBJDIR)/proto/caffe.pb-c.o: $(PROTO_C) | fuzz-check
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 # clang ignores `#pragma GCC target`: the files with AVX-512 sections (the
-# GEMMs, the fast BatchNorm, convolution, pooling and Winograd) get the flags on the
+# GEMMs, the fast BatchNorm, convolution, pooling and Winograd, the fused chains) get the flags on the
 # command line (their AVX-512 code only runs after a runtime CPU check in gcc
 # builds; these fuzz builds run on the AVX-512 build machine).
 $(FUZZ_OBJDIR)/src/layers/gemm_f32.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq
@@ -58,6 +58,7 @@ $(FUZZ_OBJDIR)/src/layers/batchnorm_fast.o: FUZZ_FILE_FLAGS := -mavx512f -mavx51
 $(FUZZ_OBJDIR)/src/layers/convolution_fast.o: FUZZ_FILE_FLAGS := -mavx512f
 $(FUZZ_OBJDIR)/src/layers/pooling_fast.o: FUZZ_FILE_FLAGS := -mavx512f
 $(FUZZ_OBJDIR)/src/layers/conv_winograd.o: FUZZ_FILE_FLAGS := -mavx512f
+$(FUZZ_OBJDIR)/src/net_fuse.o: FUZZ_FILE_FLAGS := -mavx512f
 
 $(FUZZ_OBJDIR)/%.o: %.c $(PROTO_H) | fuzz-check
 	@mkdir -p $(dir $@)

@@ -299,6 +299,15 @@ static void test_train_large_planes(void) {
   Cfg f = {.what = "train 33x32 frozen", .phase = MOKA_TRAIN, .n = 1, .h = 32, .w = 33,
            .bias = true, .conv1_frozen = true, .iterations = 1};
   CHECK(run_cfg(&f, 4, 2));
+  /* Planes of 128..1023 values stream x_norm too (net_fuse.c, FUSE_NT_MIN),
+   * here from every offset within a cache line (195 values a plane): the
+   * unaligned head, the 16-value body and the tail. */
+  Cfg u = {.what = "train 15x13", .phase = MOKA_TRAIN, .n = 3, .h = 15, .w = 13, .slope = 0.05f,
+           .bias = true, .iterations = 2};
+  CHECK(run_cfg(&u, 4, 2));
+  Cfg v = {.what = "train 15x13 no bias", .phase = MOKA_TRAIN, .n = 2, .h = 13, .w = 15,
+           .bias = false, .iterations = 2};
+  CHECK(run_cfg(&v, 4, 2));
 }
 
 static void test_train_batch1_slope_nobias(void) {
