@@ -124,7 +124,8 @@ typedef struct FusedChain {
                           the Eltwise's copy (BN_SCALE_ELTWISE) */
   bool shortcut_bw;    /* BN_SCALE_ELTWISE: write dz into the shortcut's diff */
   bool keep_xhat;      /* forward writes BatchNorm's x_norm (backward needs it) */
-  bool stream_xn;      /* ... with non-temporal stores (AVX-512 CPUs) */
+  bool stream;         /* AVX-512 CPU: x_norm (forward) and the shortcut's gradient
+                          (backward) written with non-temporal stores */
   int split;           /* fast CPU only: the two-top Split right after the chain that
                           reads y (-1: none); the chain's backward then takes dy as
                           that Split's sum of its tops' diffs, in its order, and the
