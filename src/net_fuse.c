@@ -377,9 +377,29 @@ static inline float relu_f(float v, float slope) {
  * run at memory speed. */
 #define FUSE_INLINE static inline __attribute__((always_inline))
 
-/* Planes of at least this many values are finished channel by channel
- * while in cache; smaller ones in a second pass in memory order. */
-#define FUSE_PLANE_STREAM 1024
+/* Channels per task, forward and backward. A task makes its channels'
+ * statistics (forward: channel by channel; backward: the gradient's sums
+ * image by image, each channel's planes still added in image order), then
+ * writes their planes image by image; the block's planes of one image are
+ * one run in memory, so both passes stream. About FUSE_BLOCK_BYTES of each
+ * array per task (at batch 8: five channels of 56x56, twenty of 28x28),
+ * and at least four tasks per thread. Measured, ResNet-50 b8, the chains'
+ * forward + backward per step (the layers named in docs/performance.md):
+ * 81.9 ms before (one channel per task from 1024 values a plane, else a
+ * second pass over the whole blob in memory order, reading every array
+ * from memory twice), 64 KiB blocks 73.7, 128 KiB 71.7, 512 KiB 62-65,
+ * 1-2 MiB alike; with the backward sums image by image 55 (32 KiB: 82). */
+#define FUSE_BLOCK_BYTES (512 * 1024)
+#define FUSE_BLOCK_MAX 256 /* channels per task at most (planes of 64 values or fewer) */
+
+static size_t block_channels(size_t N, size_t C, size_t S) {
+  const size_t per = N * S * sizeof(float);
+  size_t cb = per >= FUSE_BLOCK_BYTES ? 1 : FUSE_BLOCK_BYTES / per;
+  const size_t most = C / (4 * (size_t)fast_threads()); /* tasks >= 4 per thread */
+  if (cb > most) cb = most;
+  if (cb > FUSE_BLOCK_MAX) cb = FUSE_BLOCK_MAX;
+  return cb < 1 ? 1 : cb;
+}
 
 /* One (n, c) plane of S values, forward. x (S) in, xn (S) x_norm out (KEEP),
  * out (S) the chain's in-place blob: z, or relu(z) for BN_SCALE (RELU).
@@ -547,27 +567,19 @@ int net_fuse_cpu_forward(Net *net, const FusedChain *c) {
   }
 
   /* Batch statistics: bn_fast_channel_stats, as batchnorm_fast.c (the same
-   * sums, so the same mean and variance), then the channel's planes while still in cache.
-   * Small planes (7x7, 14x14: a channel is N scattered pieces of a few
-   * cache lines) are written afterwards in memory order instead: read
-   * channel by channel, the shortcut and outputs would wait on memory for
-   * every piece, while a stream in order keeps the prefetchers busy. */
+   * sums, so the same mean and variance), channel by channel (its loads
+   * prefetch across a channel's planes; image by image over the block, the
+   * same sums, measured no faster), then the block's planes image by image
+   * while still in cache (block_channels). */
   const size_t m = N * S;
-  const bool in_cache = S >= FUSE_PLANE_STREAM;
+  const size_t cb = block_channels(N, C, S), n_blocks = (C + cb - 1) / cb;
 #pragma omp parallel for schedule(dynamic, 1) if (count >= FAST_GRAIN)
-  for (size_t ch = 0; ch < C; ch++) {
-    bn_fast_channel_stats(x, N, C, S, ch, p->eps, &p->mean[ch], &p->var[ch], &p->std[ch]);
-    if (!in_cache) continue;
-    for (size_t n = 0; n < N; n++) {
-      const size_t o = (n * C + ch) * S;
-      forward_plane(c, x + o, xn ? xn + o : NULL, xz + o, r ? r + o : NULL, y ? y + o : NULL, S,
-                    p->mean[ch], p->std[ch], g[ch], be ? be[ch] : 0.0f);
-    }
-  }
-  if (!in_cache) {
-#pragma omp parallel for collapse(2) schedule(static) if (count >= FAST_GRAIN)
+  for (size_t bk = 0; bk < n_blocks; bk++) {
+    const size_t c0 = bk * cb, c1 = c0 + cb < C ? c0 + cb : C;
+    for (size_t ch = c0; ch < c1; ch++)
+      bn_fast_channel_stats(x, N, C, S, ch, p->eps, &p->mean[ch], &p->var[ch], &p->std[ch]);
     for (size_t n = 0; n < N; n++)
-      for (size_t ch = 0; ch < C; ch++) {
+      for (size_t ch = c0; ch < c1; ch++) {
         const size_t o = (n * C + ch) * S;
         forward_plane(c, x + o, xn ? xn + o : NULL, xz + o, r ? r + o : NULL, y ? y + o : NULL,
                       S, p->mean[ch], p->std[ch], g[ch], be ? be[ch] : 0.0f);
@@ -753,61 +765,50 @@ int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
   const bool sums = dg || db || xmode == 2;
   const double inv_m = 1.0 / (double)(N * S);
   const size_t count = N * C * S;
-  /* Small planes: the writing pass runs afterwards in memory order (see
-   * the forward), from per-channel terms kept here. */
-  const bool in_cache = S >= FUSE_PLANE_STREAM;
-  float *terms = NULL; /* (2, C) mean_a | mean_b per channel */
-  if (!in_cache && (dx || dr)) {
-    terms = moka_malloc(2 * C * sizeof(float) + 1);
-    if (!terms) return moka_error_prefix("fused chain backward: %zu channel terms", C);
-  }
+  /* Per block of channels (block_channels): the sums channel by channel,
+   * then the planes image by image while still in cache. */
+  const size_t cb = block_channels(N, C, S), n_blocks = (C + cb - 1) / cb;
 #pragma omp parallel for schedule(dynamic, 1) if (count >= FAST_GRAIN)
-  for (size_t ch = 0; ch < C; ch++) {
-    double sdz = 0, sdzx = 0;
-    if (sums) {
-      for (size_t n = 0; n < N; n++) {
-        const size_t o = (n * C + ch) * S;
-        const float *d1 = dy1 ? dy1 + o : NULL;
-        if (dy1 && masked)
-          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, true, true);
-        else if (dy1)
-          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, false, true);
-        else if (masked)
-          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, true, false);
-        else
-          bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, &sdz, &sdzx, false, false);
-      }
+  for (size_t bk = 0; bk < n_blocks; bk++) {
+    const size_t c0 = bk * cb, c1 = c0 + cb < C ? c0 + cb : C;
+    const size_t nb = c1 - c0;
+    /* The sums in image order, the block's planes of an image one run; each
+     * channel's planes still add up in the order n = 0, 1, ... */
+    double sdz[FUSE_BLOCK_MAX] = {0}, sdzx[FUSE_BLOCK_MAX] = {0};
+    if (sums)
+      for (size_t n = 0; n < N; n++)
+        for (size_t k = 0; k < nb; k++) {
+          const size_t o = (n * C + c0 + k) * S;
+          const float *d1 = dy1 ? dy1 + o : NULL;
+          double *a = &sdz[k], *b = &sdzx[k];
+          if (dy1 && masked)
+            bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, a, b, true, true);
+          else if (dy1)
+            bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, a, b, false, true);
+          else if (masked)
+            bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, a, b, true, false);
+          else
+            bwd_sums(dy + o, d1, yv + o, xn + o, S, f_pos, f_neg, f_nan, a, b, false, false);
+        }
+    float terms[2 * FUSE_BLOCK_MAX]; /* mean_a | mean_b of the block's channels */
+    for (size_t k = 0; k < nb; k++) {
+      const size_t ch = c0 + k;
+      if (dg) dg[ch] += (float)sdzx[k];
+      if (db) db[ch] += (float)sdz[k];
+      const float gc = g[ch];
+      terms[k] = (float)((double)gc * sdz[k] * inv_m);
+      terms[FUSE_BLOCK_MAX + k] = (float)((double)gc * sdzx[k] * inv_m);
     }
-    if (dg) dg[ch] += (float)sdzx;
-    if (db) db[ch] += (float)sdz;
     if (!dx && !dr) continue;
-    const float gc = g[ch], sd = p->std[ch];
-    const float mean_a = (float)((double)gc * sdz * inv_m);
-    const float mean_b = (float)((double)gc * sdzx * inv_m);
-    if (terms) {
-      terms[ch] = mean_a;
-      terms[C + ch] = mean_b;
-      continue;
-    }
     /* Each element reads dy[i] before dx[i] (possibly the same memory) is
      * written. */
-    for (size_t n = 0; n < N; n++) {
-      const size_t o = (n * C + ch) * S;
-      backward_write(dy + o, dy1 ? dy1 + o : NULL, yv + o, xn + o, dr ? dr + o : NULL,
-                     dx ? dx + o : NULL, S, f_pos, f_neg, f_nan, gc, sd, mean_a, mean_b, masked,
-                     xmode, c->stream);
-    }
-  }
-  if (terms) {
-#pragma omp parallel for collapse(2) schedule(static) if (count >= FAST_GRAIN)
     for (size_t n = 0; n < N; n++)
-      for (size_t ch = 0; ch < C; ch++) {
+      for (size_t ch = c0; ch < c1; ch++) {
         const size_t o = (n * C + ch) * S;
         backward_write(dy + o, dy1 ? dy1 + o : NULL, yv + o, xn + o, dr ? dr + o : NULL,
-                       dx ? dx + o : NULL, S, f_pos, f_neg, f_nan, g[ch], p->std[ch], terms[ch],
-                       terms[C + ch], masked, xmode, c->stream);
+                       dx ? dx + o : NULL, S, f_pos, f_neg, f_nan, g[ch], p->std[ch],
+                       terms[ch - c0], terms[FUSE_BLOCK_MAX + ch - c0], masked, xmode, c->stream);
       }
-    free(terms);
   }
   return 0;
 }

@@ -42,6 +42,7 @@ typedef struct Cfg {
   bool global_stats;     /* use_global_stats: true on every BatchNorm */
   bool force_backward;
   int iterations;
+  int channels;          /* the branches' channels (conv1: one more); 0: 5 */
 } Cfg;
 
 /* A residual stem like Kaiming's res2a + res2b:
@@ -68,6 +69,7 @@ static char *make_proto(const Cfg *c) {
   snprintf(relu, sizeof relu, "relu_param { negative_slope: %g }", (double)c->slope);
   snprintf(conv1_lr, sizeof conv1_lr, "%s", c->conv1_frozen ? "param { lr_mult: 0 }" : "");
   const char *conv = "bias_term: false weight_filler { type: \"msra\" }";
+  const int ch = c->channels ? c->channels : 5;
   char *text = malloc(16384);
   snprintf(
       text, 16384,
@@ -75,22 +77,22 @@ static char *make_proto(const Cfg *c) {
       "layer { name: \"data\" type: \"Input\" top: \"data\" top: \"label\"\n"
       "  input_param { shape { dim: %d dim: 3 dim: %d dim: %d } shape { dim: %d } } }\n"
       "layer { name: \"conv1\" type: \"Convolution\" bottom: \"data\" top: \"conv1\" %s\n"
-      "  convolution_param { num_output: 6 kernel_size: 3 pad: 1 %s } }\n"
+      "  convolution_param { num_output: %d kernel_size: 3 pad: 1 %s } }\n"
       "layer { name: \"bn_conv1\" type: \"BatchNorm\" bottom: \"conv1\" top: \"conv1\" %s }\n"
       "layer { name: \"scale_conv1\" type: \"Scale\" bottom: \"conv1\" top: \"conv1\" %s }\n"
       "layer { name: \"conv1_relu\" type: \"ReLU\" bottom: \"conv1\" top: \"conv1\" %s }\n"
       "layer { name: \"branch1\" type: \"Convolution\" bottom: \"conv1\" top: \"branch1\"\n"
-      "  convolution_param { num_output: 5 kernel_size: 1 %s } }\n"
+      "  convolution_param { num_output: %d kernel_size: 1 %s } }\n"
       "layer { name: \"bn_branch1\" type: \"BatchNorm\" bottom: \"branch1\" top: \"branch1\" %s }\n"
       "layer { name: \"scale_branch1\" type: \"Scale\" bottom: \"branch1\" top: \"branch1\" %s }\n"
       "layer { name: \"branch2a\" type: \"Convolution\" bottom: \"conv1\" top: \"branch2a\"\n"
-      "  convolution_param { num_output: 5 kernel_size: 3 pad: 1 %s } }\n"
+      "  convolution_param { num_output: %d kernel_size: 3 pad: 1 %s } }\n"
       "layer { name: \"bn_branch2a\" type: \"BatchNorm\" bottom: \"branch2a\" top: \"branch2a\" %s }\n"
       "layer { name: \"scale_branch2a\" type: \"Scale\" bottom: \"branch2a\" top: \"branch2a\" %s }\n"
       "layer { name: \"res\" type: \"Eltwise\" bottom: \"branch1\" bottom: \"branch2a\" top: \"res\" }\n"
       "layer { name: \"res_relu\" type: \"ReLU\" bottom: \"res\" top: \"res\" %s }\n"
       "layer { name: \"b2\" type: \"Convolution\" bottom: \"res\" top: \"b2\"\n"
-      "  convolution_param { num_output: 5 kernel_size: 1 %s } }\n"
+      "  convolution_param { num_output: %d kernel_size: 1 %s } }\n"
       "layer { name: \"bn_b2\" type: \"BatchNorm\" bottom: \"b2\" top: \"b2\" %s }\n"
       "layer { name: \"scale_b2\" type: \"Scale\" bottom: \"b2\" top: \"b2\" %s }\n"
       "layer { name: \"res2\" type: \"Eltwise\" bottom: \"b2\" bottom: \"res\" top: \"res2\"\n"
@@ -99,8 +101,9 @@ static char *make_proto(const Cfg *c) {
       "layer { name: \"fc\" type: \"InnerProduct\" bottom: \"res2\" top: \"fc\"\n"
       "  inner_product_param { num_output: 4 weight_filler { type: \"msra\" } } }\n"
       "layer { name: \"loss\" type: \"SoftmaxWithLoss\" bottom: \"fc\" bottom: \"label\" top: \"loss\" }\n",
-      c->force_backward ? "force_backward: true" : "", c->n, c->h, c->w, c->n, conv1_lr, conv, bn,
-      scale1, relu, conv, bn, scale, conv, bn, scale, relu, conv, bn, scale, relu);
+      c->force_backward ? "force_backward: true" : "", c->n, c->h, c->w, c->n, conv1_lr, ch + 1,
+      conv, bn, scale1, relu, ch, conv, bn, scale, ch, conv, bn, scale, relu, ch, conv, bn, scale,
+      relu);
   return text;
 }
 
@@ -308,6 +311,21 @@ static void test_train_large_planes(void) {
   Cfg v = {.what = "train 15x13 no bias", .phase = MOKA_TRAIN, .n = 2, .h = 13, .w = 15,
            .bias = false, .iterations = 2};
   CHECK(run_cfg(&v, 4, 2));
+}
+
+/* Blocks of several channels per task (net_fuse.c, block_channels: at
+ * least four tasks per thread), the last block shorter: 37 and 38 channels,
+ * small and large planes. */
+static void test_train_channel_blocks(void) {
+  Cfg c = {.what = "train 37 channels 7x6", .phase = MOKA_TRAIN, .n = 3, .h = 7, .w = 6,
+           .slope = 0.1f, .bias = true, .iterations = 2, .channels = 37};
+  CHECK(run_cfg(&c, 4, 2));
+  Cfg l = {.what = "train 37 channels 33x32", .phase = MOKA_TRAIN, .n = 2, .h = 33, .w = 32,
+           .bias = false, .iterations = 1, .channels = 37};
+  CHECK(run_cfg(&l, 4, 2));
+  Cfg t = {.what = "test 37 channels 9x9", .phase = MOKA_TEST, .n = 2, .h = 9, .w = 9,
+           .bias = true, .iterations = 1, .channels = 37};
+  CHECK(run_cfg(&t, 4, 2));
 }
 
 static void test_train_batch1_slope_nobias(void) {
@@ -520,6 +538,7 @@ int main(void) {
   RUN(test_train_batch2);
   RUN(test_train_batch1_slope_nobias);
   RUN(test_train_large_planes);
+  RUN(test_train_channel_blocks);
   RUN(test_train_lr0_frozen);
   RUN(test_global_stats);
   RUN(test_reshape);
