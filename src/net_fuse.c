@@ -387,8 +387,8 @@ static inline float relu_f(float v, float slope) {
  * forward + backward per step (the layers named in docs/performance.md):
  * 81.9 ms before (one channel per task from 1024 values a plane, else a
  * second pass over the whole blob in memory order, reading every array
- * from memory twice), 64 KiB blocks 73.7, 128 KiB 71.7, 512 KiB 62-65,
- * 1-2 MiB alike; with the backward sums image by image 55 (32 KiB: 82). */
+ * from memory twice), 32 KiB blocks 82, 64 KiB 73.7, 128 KiB 71.7,
+ * 512 KiB 62-65, 1-2 MiB alike; then the backward sums image by image: 55. */
 #define FUSE_BLOCK_BYTES (512 * 1024)
 #define FUSE_BLOCK_MAX 256 /* channels per task at most (planes of 64 values or fewer) */
 
