@@ -646,7 +646,6 @@ int conv_backward_fast(Layer *l) {
   float *wdiff = layer_param_needs_grad(l, 0) ? l->params[0]->diff : NULL; /* accumulated */
   float *bdiff = p->bias_term && layer_param_needs_grad(l, 1) ? l->params[1]->diff : NULL;
   if (p->num == 0 || S == 0) return 0;
-  if (shift_prepare(p)) return moka_error_prefix("layer %s", l->name);
   const ConvPlan pl = conv_plan(p);
   const int n_chunks = (p->num + pl.chunk - 1) / pl.chunk;
   for (int i = 0; i < l->n_bottom; i++) {
@@ -679,6 +678,8 @@ int conv_backward_fast(Layer *l) {
         return moka_error_prefix("layer %s", l->name);
       continue;
     }
+    /* The im2col/col2im below (not Winograd's): shifts' masks, once per geometry. */
+    if (shift_prepare(p)) return moka_error_prefix("layer %s", l->name);
     if (fast_precision() == FAST_BF16) { /* bf16 hook (convolution_bf16.c); 1: not taken */
       const int rb = conv_backward_bf16(l, x, dy, dx, wdiff);
       if (rb < 0) return -1;
