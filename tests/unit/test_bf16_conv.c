@@ -213,6 +213,19 @@ static const Case cases[] = {
      false},
     {"no bottom diff (propagate_down false)", 3, 4, 9, 8, "num_output: 5 kernel_size: 3 pad: 1",
      false, true},
+    /* Stride 1 with pads other than (K-1)/2 (the input larger than the
+     * output, or smaller), rectangular kernels with dilation, ResNet's 56x56
+     * shape with chunks side by side, groups of 2 channels, frozen weights
+     * with a bottom diff. */
+    {"3x3 pad 0 (dx larger than dY)", 2, 5, 9, 10, "num_output: 6 kernel_size: 3"},
+    {"5x5 pad 1", 3, 4, 11, 9, "num_output: 7 kernel_size: 5 pad: 1"},
+    {"3x3 pad 3 (walk pad -1)", 2, 3, 6, 7, "num_output: 4 kernel_size: 3 pad: 3"},
+    {"3x2 kernel, pad 1x0, dilation 2x1", 2, 4, 10, 9,
+     "num_output: 5 kernel_h: 3 kernel_w: 2 pad_h: 1 pad_w: 0 dilation: 2 dilation: 1"},
+    {"56x56 chunks side by side, 64 -> 64", 3, 64, 56, 56, "num_output: 64 kernel_size: 3 pad: 1"},
+    {"group 4, 3x3 pad 1, 13x11", 3, 8, 13, 11, "num_output: 12 kernel_size: 3 pad: 1 group: 4"},
+    {"frozen weights, 3x3 pad 1, chunks side by side", 4, 6, 30, 30,
+     "num_output: 5 kernel_size: 3 pad: 1", true, false},
 };
 
 static void test_bf16_conv(void) {
