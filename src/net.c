@@ -590,7 +590,10 @@ int net_forward_layer(Net *net, int i) {
 #ifdef MOKA_WITH_CUDA
   if (net->backend == MOKA_BACKEND_CUDA) return net_cuda_forward_layer(net, i);
 #endif
-  return layer_forward(net->layers[i], net->backend);
+  if (net->fuse && net_fuse_sub_enter(net, i, true)) return -1;
+  const int rc = layer_forward(net->layers[i], net->backend);
+  if (net->fuse) net_fuse_sub_leave(net, i);
+  return rc;
 }
 
 int net_backward_layer(Net *net, int i) {
@@ -608,7 +611,10 @@ int net_backward_layer(Net *net, int i) {
   for (int t = 0; t < l->n_top; t++)
     if (l->loss_weight[t] != 0.0f)
       for (size_t k = 0; k < l->top[t]->count; k++) l->top[t]->diff[k] = l->loss_weight[t];
-  return layer_backward(l, net->backend);
+  if (net->fuse && net_fuse_sub_enter(net, i, false)) return -1;
+  const int rc = layer_backward(l, net->backend);
+  if (net->fuse) net_fuse_sub_leave(net, i);
+  return rc;
 }
 
 int net_forward_to(Net *net, int end, float *loss) {

@@ -135,9 +135,25 @@ typedef struct FusedChain {
   bool ran_fused;
 } FusedChain;
 
+/* 1x1 convolutions with a stride reading one blob (fast CPU; ResNet's
+ * downsampling pairs): the blob subsampled once per forward, read by their
+ * forwards and weight gradients (ConvPriv.sub_x) instead of each gathering
+ * it twice. */
+typedef struct SubShare {
+  int first;           /* the member that runs first: it makes the copy */
+  const Blob *src;     /* the blob the members read (a shared Split's bottom) */
+  int stride_h, stride_w;
+  float *buf;          /* (N, C, OH, OW) */
+  size_t cap;          /* floats at buf */
+  const float *from;   /* the data the copy was made from (NULL: none yet) */
+} SubShare;
+
 typedef struct NetFusePlan {
   int n_chains;
   FusedChain *chains;  /* [n_chains] */
+  int n_subs;
+  SubShare *subs;      /* [n_subs] */
+  int *sub_of;         /* [n_layers] the SubShare a layer reads, -1 none */
   int *chain_of;       /* [n_layers] index of the chain a layer belongs to, -1 none */
   bool *split_share;   /* [n_layers] Split layers whose tops share the bottom's data */
   int *split_into;     /* [n_layers] the chain whose backward does Split i's, -1 none */
@@ -168,6 +184,13 @@ FuseRole net_fuse_backward_role(Net *net, int i, FusedChain **chain);
  * its bottom's (blob_share_data) when the plan allows it, so that the Split
  * copies nothing (Caffe's ShareData); nothing for other layers. */
 void net_fuse_split_share(Net *net, int i);
+
+/* Around layer i's forward (forward true) or backward on the fast CPU
+ * backend: when i reads a SubShare, make the copy (the forward of its first
+ * member) and point the layer at it (ConvPriv.sub_x), then (leave) unset
+ * it. enter: 0, or -1 with moka_errorf (memory). */
+int net_fuse_sub_enter(Net *net, int i, bool forward);
+void net_fuse_sub_leave(Net *net, int i);
 
 /* The fast CPU backend's chain forward / backward (src/net_fuse.c). */
 int net_fuse_cpu_forward(Net *net, const FusedChain *c);

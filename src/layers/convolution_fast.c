@@ -522,8 +522,71 @@ static int forward_chunk(const ConvPriv *p, const float *x, const float *weight,
   return 0;
 }
 
+/* ---- an input subsampled by the net (ConvPriv.sub_x) ---------------------------------- */
+
+bool conv_fast_subsample_applies(const Layer *l) {
+  const ConvPriv *p = l->priv;
+  return l->n_bottom == 1 && p->kernel_h == 1 && p->kernel_w == 1 && p->pad_h == 0 &&
+         p->pad_w == 0 && (p->stride_h > 1 || p->stride_w > 1);
+}
+
+void conv_fast_subsample(const Layer *l, const float *x, float *out) {
+  const ConvPriv *p = l->priv;
+  const int H = p->height, W = p->width, OH = p->out_h, OW = p->out_w;
+  const int SH = p->stride_h, SW = p->stride_w;
+  const size_t planes = (size_t)p->num * p->channels, S = (size_t)OH * OW;
+  const bool avx512 = fast_avx512_supported();
+#pragma omp parallel for schedule(static) if (planes * S >= FAST_GRAIN)
+  for (size_t k = 0; k < planes; k++) {
+    const float *src = x + k * H * W;
+    float *dst = out + k * S;
+    for (int oh = 0; oh < OH; oh++) {
+      const float *row = src + (size_t)oh * SH * W;
+      float *d = dst + (size_t)oh * OW;
+      if (SW == 2 && avx512) {
+        gather_stride2(d, row, OW);
+      } else {
+        for (int ow = 0; ow < OW; ow++) d[ow] = row[(size_t)ow * SW];
+      }
+    }
+  }
+}
+
+/* The layer as a 1x1 stride-1 convolution of its subsampled input: the same
+ * GEMMs on the same values (the same columns, in the same order), without
+ * the gathers. s: a copy of p with that geometry (it shares p's packed
+ * weights; anything it packs goes back to p). */
+static void subsampled_priv(const ConvPriv *p, ConvPriv *s) {
+  *s = *p;
+  s->height = p->out_h, s->width = p->out_w;
+  s->stride_h = s->stride_w = 1;
+  s->is_1x1 = true;
+  s->sub_x = NULL;
+}
+
+static void subsampled_done(ConvPriv *p, const ConvPriv *s) {
+  if (!p->wpack) p->wpack = s->wpack;
+  if (!p->bf16_wpack) p->bf16_wpack = s->bf16_wpack;
+}
+
+/* fn(l) with l seen as its subsampled 1x1 stride-1 self: priv and the
+ * bottom's data swapped for the call. */
+static int run_subsampled(Layer *l, int (*fn)(Layer *)) {
+  ConvPriv *p = l->priv, s;
+  subsampled_priv(p, &s);
+  float *data = l->bottom[0]->data;
+  l->priv = &s;
+  l->bottom[0]->data = (float *)p->sub_x;
+  const int rc = fn(l);
+  l->bottom[0]->data = data;
+  l->priv = p;
+  subsampled_done(p, &s);
+  return rc;
+}
+
 int conv_forward_fast(Layer *l) {
   ConvPriv *p = l->priv;
+  if (p->sub_x) return run_subsampled(l, conv_forward_fast);
   const float *weight = l->params[0]->data;                     /* (OC, IC/G, KH, KW) */
   const float *bias = p->bias_term ? l->params[1]->data : NULL; /* (OC) */
   if (p->num == 0 || p->out_h * p->out_w == 0) return 0;
@@ -637,21 +700,24 @@ static int backward_chunk_k(void *ctx, int k, float *wacc) {
   return backward_chunk(b->p, b->x, b->dy, b->dx, b->weight, wacc, n0, nc, false);
 }
 
-int conv_backward_fast(Layer *l) {
+/* Backward of every bottom: the parameters' gradients (params) and the
+ * bottoms' (dx, where propagate_down), or only one kind. */
+static int backward_impl(Layer *l, bool params, bool dxs) {
   ConvPriv *p = l->priv;
   const int OC = p->num_output;
   const size_t S = (size_t)p->out_h * p->out_w, out_img = (size_t)OC * S;
   const size_t wcount = l->params[0]->count;
   const float *weight = l->params[0]->data; /* (OC, IC/G, KH, KW) */
-  float *wdiff = layer_param_needs_grad(l, 0) ? l->params[0]->diff : NULL; /* accumulated */
-  float *bdiff = p->bias_term && layer_param_needs_grad(l, 1) ? l->params[1]->diff : NULL;
+  float *wdiff = params && layer_param_needs_grad(l, 0) ? l->params[0]->diff : NULL; /* accumulated */
+  float *bdiff =
+      params && p->bias_term && layer_param_needs_grad(l, 1) ? l->params[1]->diff : NULL;
   if (p->num == 0 || S == 0) return 0;
   const ConvPlan pl = conv_plan(p);
   const int n_chunks = (p->num + pl.chunk - 1) / pl.chunk;
   for (int i = 0; i < l->n_bottom; i++) {
     const float *x = l->bottom[i]->data; /* (N,IC,H,W) */
     const float *dy = l->top[i]->diff;   /* (N,OC,OH,OW) */
-    float *dx = l->propagate_down[i] ? l->bottom[i]->diff : NULL; /* (N,IC,H,W) */
+    float *dx = dxs && l->propagate_down[i] ? l->bottom[i]->diff : NULL; /* (N,IC,H,W) */
     /* Winograd hook (conv_winograd.c): the data gradient. */
     if (dx && conv_winograd_applies(p, true)) {
       if (conv_winograd_backward_data(p, weight, dy, dx))
@@ -699,6 +765,17 @@ int conv_backward_fast(Layer *l) {
     if (rc) return -1;
   }
   return 0;
+}
+
+static int backward_params(Layer *l) { return backward_impl(l, true, false); }
+
+int conv_backward_fast(Layer *l) {
+  ConvPriv *p = l->priv;
+  if (!p->sub_x) return backward_impl(l, true, true);
+  /* The parameters' gradients from the subsampled input; the data gradient
+   * (which does not read x) as usual. */
+  if (run_subsampled(l, backward_params)) return -1;
+  return backward_impl(l, false, true);
 }
 
 /* For convolution_bf16.c (declared in convolution_bf16.h). */

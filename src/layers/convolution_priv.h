@@ -34,6 +34,13 @@ typedef struct ConvPriv {
    * shift_h x shift_w (0: none yet). */
   uint16_t *shift_masks;
   int shift_h, shift_w;
+  /* Fast backend, a 1x1 convolution with a stride and no pad (ResNet's
+   * downsampling 1x1s): its input already subsampled, (N, IC, OH, OW),
+   * when the net keeps one copy for every such layer reading the same blob
+   * (net_fuse.c: made once per forward, used by their forwards and weight
+   * gradients); set by the net around this layer's forward and backward
+   * only, NULL otherwise. Not owned. */
+  const float *sub_x;
 #ifdef MOKA_WITH_CUDA
   MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
 #endif

@@ -9,6 +9,12 @@
 
 int conv_forward_fast(Layer *l);
 int conv_backward_fast(Layer *l);
+/* The Convolution layers whose input the net may subsample once for several
+ * (ConvPriv.sub_x): 1x1, a stride, no pad, one bottom. */
+bool conv_fast_subsample_applies(const Layer *l);
+/* (N, IC, OH, OW) out = l's input x (N, IC, H, W) at stride: what the layer's
+ * GEMMs read (on the pool). */
+void conv_fast_subsample(const Layer *l, const float *x, float *out);
 int bn_forward_fast(Layer *l);
 int bn_backward_fast(Layer *l);
 int scale_forward_fast(Layer *l);

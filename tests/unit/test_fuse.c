@@ -25,6 +25,8 @@
 
 #include "blob.h"
 #include "layers/batchnorm_priv.h"
+#include "layers/convolution_priv.h"
+#include "layers/fast.h"
 #include "net.h"
 #include "net_fuse.h"
 #include "prototxt.h"
@@ -531,6 +533,99 @@ static void test_dummydata_fast(void) {
   net_free(fast);
 }
 
+/* Strided 1x1 convolutions reading one blob (ResNet's downsampling pair,
+ * here with a third at another stride and a bias, and the blob also feeding
+ * a 3x3): the net subsamples the input once (NetFusePlan.subs) and the
+ * layers' forwards and weight gradients read that copy. The same GEMMs on
+ * the same values as each gathering its own: every blob and gradient bit
+ * for bit equal to MOKA_FUSE_SUB=0's, in fp32 and bf16, and close to the
+ * reference backend's (fp32). Odd sizes (the last column of a stride-2 row
+ * is the row's last value), several images per GEMM chunk (7x6 outputs)
+ * and one per chunk (22x21), batch 1. */
+static char *sub_proto(int n, int h, int w) {
+  char *text = malloc(4096);
+  snprintf(text, 4096,
+           "name: \"sub\"\n"
+           "layer { name: \"data\" type: \"Input\" top: \"data\" top: \"label\"\n"
+           "  input_param { shape { dim: %d dim: 3 dim: %d dim: %d } shape { dim: %d } } }\n"
+           "layer { name: \"c0\" type: \"Convolution\" bottom: \"data\" top: \"c0\"\n"
+           "  convolution_param { num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"a\" type: \"Convolution\" bottom: \"c0\" top: \"a\"\n"
+           "  convolution_param { num_output: 7 kernel_size: 1 stride: 2 bias_term: false\n"
+           "    weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"b\" type: \"Convolution\" bottom: \"c0\" top: \"b\"\n"
+           "  convolution_param { num_output: 7 kernel_size: 1 stride: 2\n"
+           "    weight_filler { type: \"msra\" } bias_filler { type: \"uniform\" } } }\n"
+           "layer { name: \"c\" type: \"Convolution\" bottom: \"c0\" top: \"c\"\n"
+           "  convolution_param { num_output: 3 kernel_size: 1 stride_h: 2 stride_w: 3\n"
+           "    weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"d\" type: \"Convolution\" bottom: \"c0\" top: \"d\"\n"
+           "  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"ab\" type: \"Eltwise\" bottom: \"a\" bottom: \"b\" top: \"ab\" }\n"
+           "layer { name: \"fc1\" type: \"InnerProduct\" bottom: \"ab\" top: \"fc1\"\n"
+           "  inner_product_param { num_output: 4 weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"fc2\" type: \"InnerProduct\" bottom: \"c\" top: \"fc2\"\n"
+           "  inner_product_param { num_output: 4 weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"fc3\" type: \"InnerProduct\" bottom: \"d\" top: \"fc3\"\n"
+           "  inner_product_param { num_output: 4 weight_filler { type: \"msra\" } } }\n"
+           "layer { name: \"s12\" type: \"Eltwise\" bottom: \"fc1\" bottom: \"fc2\" top: \"s12\" }\n"
+           "layer { name: \"s\" type: \"Eltwise\" bottom: \"s12\" bottom: \"fc3\" top: \"s\" }\n"
+           "layer { name: \"loss\" type: \"SoftmaxWithLoss\" bottom: \"s\" bottom: \"label\" top: \"loss\" }\n",
+           n, h, w, n);
+  return text;
+}
+
+static void test_subsampled_inputs(void) {
+  static const int shapes[][3] = {{3, 13, 11}, {2, 43, 41}, {1, 9, 12}};
+  for (int prec = 0; prec < 2; prec++) {
+    if (prec == 1 && !fast_bf16_supported()) {
+      fprintf(stderr, "  SKIP bf16 part: this CPU has no AVX-512 BF16\n");
+      break;
+    }
+    for (size_t k = 0; k < MOKA_ARRAY_LEN(shapes); k++) {
+      char *text = sub_proto(shapes[k][0], shapes[k][1], shapes[k][2]);
+      Net *ref = build(text, MOKA_TRAIN, MOKA_BACKEND_CPU, true);
+      setenv("MOKA_FUSE_SUB", "0", 1);
+      Net *own = build(text, MOKA_TRAIN, MOKA_BACKEND_CPU_FAST, true);
+      unsetenv("MOKA_FUSE_SUB");
+      Net *sub = build(text, MOKA_TRAIN, MOKA_BACKEND_CPU_FAST, true);
+      free(text);
+      REQUIRE(ref && own && sub);
+      /* a, b (stride 2) share one copy, c (stride 2x3) has its own. */
+      REQUIRE(sub->fuse && own->fuse);
+      CHECK_MSG(sub->fuse->n_subs == 2 && own->fuse->n_subs == 0, "%d / %d copies",
+                sub->fuse->n_subs, own->fuse->n_subs);
+      memcpy(own->param_data, ref->param_data, ref->param_count * sizeof(float));
+      memcpy(sub->param_data, ref->param_data, ref->param_count * sizeof(float));
+      Net *nets[3] = {ref, own, sub};
+      REQUIRE(fast_set_precision(prec ? "bf16" : "fp32") == 0);
+      for (int it = 0; it < 2; it++) {
+        feed(nets, 3);
+        float loss[3];
+        for (int q = 0; q < 3; q++) {
+          net_clear_param_diffs(nets[q]);
+          CHECK(net_forward(nets[q], &loss[q]) == 0 && net_backward(nets[q]) == 0);
+        }
+        char tag[96];
+        snprintf(tag, sizeof tag, "%s %dx%dx%d it %d", prec ? "bf16" : "fp32", shapes[k][0],
+                 shapes[k][1], shapes[k][2], it);
+        CHECK_MSG(memcmp(&loss[1], &loss[2], sizeof(float)) == 0, "%s loss", tag);
+        /* Bit for bit: data (exact), then diffs (rtol 0). */
+        CHECK_MSG(compare_nets(tag, sub, own, true, 0, 0, true), "%s shared/own", tag);
+        if (!prec) CHECK_MSG(compare_nets(tag, sub, ref, false, 1e-4, 1e-3, true), "%s ref", tag);
+        /* The copy is not kept pointed at once the net is done with a layer. */
+        for (int i = 0; i < sub->n_layers; i++)
+          if (!strcmp(sub->layers[i]->type->name, "Convolution"))
+            CHECK(((const ConvPriv *)sub->layers[i]->priv)->sub_x == NULL);
+      }
+      (void)fast_set_precision("fp32");
+      net_free(ref);
+      net_free(own);
+      net_free(sub);
+    }
+  }
+}
+
 int main(void) {
   moka_set_log_level(1);
   rng_seed(&g_rng, 4242);
@@ -544,5 +639,6 @@ int main(void) {
   RUN(test_reshape);
   RUN(test_mini_resnet);
   RUN(test_dummydata_fast);
+  RUN(test_subsampled_inputs);
   return test_summary();
 }
