@@ -24,6 +24,17 @@
  * points the tops' data at the bottom's before the Split's forward, which
  * then copies nothing (split_fast.c). A top is shared unless some layer
  * computes in place on it (it would overwrite its siblings' values).
+ *
+ * Subsampled inputs. 1x1 convolutions with a stride and no pad read only
+ * every stride-th pixel of their input, and each gathered those pixels
+ * twice a step (forward, weight gradient); ResNet's downsampling blocks have
+ * two of them on one blob. The plan groups such layers by the blob their
+ * data is (a shared Split's bottom) and stride; net_fuse_sub_enter makes
+ * the group's subsampled copy before the first member's forward and points
+ * each member at it (ConvPriv.sub_x) around its forward and backward, where
+ * the layer runs as a 1x1 stride-1 convolution of the copy: the same values
+ * into the same GEMMs, so the same results bit for bit. Not for a blob that
+ * a later layer writes (Caffe's weight gradient would read the new values).
  */
 #include "net_fuse.h"
 
