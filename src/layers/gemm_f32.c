@@ -23,6 +23,7 @@
  * the CPU has AVX-512F.
  */
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fast.h"
@@ -130,15 +131,15 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
  * pick_mr). */
 static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const bool HALF,
                                                             int kc, const float *Ap,
-                                                            const float *Bp, float *C, int ldc,
-                                                            int mr, int nr, bool accumulate,
-                                                            float alpha) {
+                                                            const float *Bp, size_t bs, float *C,
+                                                            int ldc, int mr, int nr,
+                                                            bool accumulate, float alpha) {
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MRK; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
   for (int k = 0; k < kc; k++) {
-    const __m512 b0 = _mm512_loadu_ps(Bp + (size_t)k * NR);
-    const __m512 b1 = HALF ? b0 : _mm512_loadu_ps(Bp + (size_t)k * NR + 16);
+    const __m512 b0 = _mm512_loadu_ps(Bp + (size_t)k * bs);
+    const __m512 b1 = HALF ? b0 : _mm512_loadu_ps(Bp + (size_t)k * bs + 16);
     const float *a = Ap + (size_t)k * MRK;
 #pragma GCC unroll 12
     for (int m = 0; m < MRK; m++) {
@@ -163,26 +164,30 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const
   }
 }
 
-typedef void KernelFn(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
-                      bool accumulate, float alpha);
+typedef void KernelFn(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
+                      int mr, int nr, bool accumulate, float alpha);
 
 /* Full-width kernels, and half-width ones for a panel of at most 16 columns
  * (the last of N, e.g. 8 of N = 392): half the FMAs, all of them useful. */
-static void kernel12(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+static void kernel12(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
+                     int mr, int nr,
                      bool accumulate, float alpha) {
-  kernel_mr(12, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  kernel_mr(12, false, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
 }
-static void kernel12h(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+static void kernel12h(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
+                     int mr, int nr,
                       bool accumulate, float alpha) {
-  kernel_mr(12, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  kernel_mr(12, true, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
 }
-static void kernel8(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+static void kernel8(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
+                     int mr, int nr,
                     bool accumulate, float alpha) {
-  kernel_mr(8, false, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  kernel_mr(8, false, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
 }
-static void kernel8h(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+static void kernel8h(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
+                     int mr, int nr,
                      bool accumulate, float alpha) {
-  kernel_mr(8, true, kc, Ap, Bp, C, ldc, mr, nr, accumulate, alpha);
+  kernel_mr(8, true, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
 }
 
 /* The micro-panel height for M rows: 12 (24 accumulators, more FMAs per
@@ -193,6 +198,25 @@ static int pick_mr(int M) {
   const int pad12 = (M + 11) / 12 * 12, pad8 = (M + 7) / 8 * 8;
   return pad12 > 1.05 * pad8 ? 8 : 12;
 }
+
+/* op(B) not transposed: its rows are the micro-kernel's B vectors already
+ * (32 consecutive values of row k), so whole panels are read where they lie,
+ * ldb apart, instead of being copied into the packed block first (the same
+ * values into the same FMAs: the same results). Only a last panel of fewer
+ * than NR columns is packed (zero-padded). Measured, ResNet-50 (interleaved
+ * pairs, same binary with and without MOKA_GEMM_PACK_B=1): training at
+ * batch 8 16.71 -> 16.90 img/s (four pairs; another six, binary against
+ * binary, +0.4%), inference at batch 8 57.01 -> 57.84 (four pairs), batch 1
+ * unchanged. MOKA_GEMM_PACK_B=1 packs every panel, as before (A/B). */
+static int g_b_in_place = -1; /* -1: not read yet */
+static bool b_in_place(void) {
+  if (g_b_in_place < 0) {
+    const char *e = getenv("MOKA_GEMM_PACK_B");
+    g_b_in_place = !(e && strcmp(e, "1") == 0);
+  }
+  return g_b_in_place;
+}
+void fast_gemm_f32_set_b_in_place(bool on) { g_b_in_place = on; }
 
 /* One thread's GEMM (beta 0 or 1 here), packing into its own workspace.
  * With Ap, op(A) comes packed already (fast_gemm_f32_pack's layout for
@@ -205,6 +229,7 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
       Ap ? NULL : fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
   float *bbuf = fast_workspace(FAST_WS_PACK_B, (size_t)(NC + NR) * KC, "fp32 GEMM packing (B)");
   if ((!Ap && !abuf) || !bbuf) return -1;
+  const bool in_place = !tb && b_in_place();
   const int mr = pick_mr(Ap ? Mfull : M);
   const size_t mpad = Ap ? (size_t)(Mfull + mr - 1) / mr * mr : 0;
   KernelFn *const kern = mr == 8 ? kernel8 : kernel12;
@@ -214,7 +239,10 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = K - pc < KC ? K - pc : KC;
       const bool acc = accumulate || pc > 0;
-      pack_b(tb, B, ldb, pc, kc, jc, nc, bbuf);
+      /* Panels [0, full) read in place (b_in_place), the rest packed. */
+      const int full = in_place ? nc / NR * NR : 0;
+      if (full < nc)
+        pack_b(tb, B, ldb, pc, kc, jc + full, nc - full, bbuf + (size_t)(full / NR) * kc * NR);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
         const float *ablk; /* the micro-panels of rows [ic, ic+mc), K range [pc, pc+kc) */
@@ -226,8 +254,11 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
         }
         for (int jr = 0; jr < nc; jr += NR) {
           KernelFn *const k = nc - jr <= 16 ? kern_half : kern;
+          const bool here = jr < full;
+          const float *bp = here ? B + (size_t)pc * ldb + jc + jr : bbuf + (size_t)(jr / NR) * kc * NR;
+          const size_t bs = here ? (size_t)ldb : NR;
           for (int ir = 0; ir < mc; ir += mr)
-            k(kc, ablk + (size_t)(ir / mr) * kc * mr, bbuf + (size_t)(jr / NR) * kc * NR,
+            k(kc, ablk + (size_t)(ir / mr) * kc * mr, bp, bs,
               C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < mr ? mc - ir : mr,
               nc - jr < NR ? nc - jr : NR, acc, alpha);
         }
