@@ -125,10 +125,10 @@ int fast_gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
 bool fast_avx512_supported(void);
 
-/* For tests: false makes fast_gemm_f32 pack every panel of a B that is not
- * transposed (MOKA_GEMM_PACK_B=1), true (the default) reads its full panels
- * in place; the results are the same bit for bit. */
-void fast_gemm_f32_set_b_in_place(bool on);
+/* For tests: false makes fast_gemm_f32 pack every panel of op(A)
+ * (MOKA_GEMM_PACK=1), true (the default) reads the full panels of a
+ * transposed A in place; the results are the same bit for bit. */
+void fast_gemm_f32_set_in_place(bool on);
 /* Whether layers may keep weights packed for fast_gemm_f32_prepacked
  * (moka's kernel): AVX-512, and MOKA_SGEMM not forcing OpenBLAS. */
 bool fast_prepacked_allowed(void);

@@ -130,17 +130,17 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
  * for a micro-panel height MRK known at compile time (12 or 8, see
  * pick_mr). */
 static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const bool HALF,
-                                                            int kc, const float *Ap,
-                                                            const float *Bp, size_t bs, float *C,
-                                                            int ldc, int mr, int nr,
-                                                            bool accumulate, float alpha) {
+                                                            int kc, const float *Ap, size_t as,
+                                                            const float *Bp, float *C, int ldc,
+                                                            int mr, int nr, bool accumulate,
+                                                            float alpha) {
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MRK; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
   for (int k = 0; k < kc; k++) {
-    const __m512 b0 = _mm512_loadu_ps(Bp + (size_t)k * bs);
-    const __m512 b1 = HALF ? b0 : _mm512_loadu_ps(Bp + (size_t)k * bs + 16);
-    const float *a = Ap + (size_t)k * MRK;
+    const __m512 b0 = _mm512_loadu_ps(Bp + (size_t)k * NR);
+    const __m512 b1 = HALF ? b0 : _mm512_loadu_ps(Bp + (size_t)k * NR + 16);
+    const float *a = Ap + (size_t)k * as;
 #pragma GCC unroll 12
     for (int m = 0; m < MRK; m++) {
       const __m512 am = _mm512_set1_ps(a[m]);
@@ -164,30 +164,26 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const
   }
 }
 
-typedef void KernelFn(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
+typedef void KernelFn(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
                       int mr, int nr, bool accumulate, float alpha);
 
 /* Full-width kernels, and half-width ones for a panel of at most 16 columns
  * (the last of N, e.g. 8 of N = 392): half the FMAs, all of them useful. */
-static void kernel12(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
-                     int mr, int nr,
-                     bool accumulate, float alpha) {
-  kernel_mr(12, false, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
+static void kernel12(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
+                     int mr, int nr, bool accumulate, float alpha) {
+  kernel_mr(12, false, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
-static void kernel12h(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
-                     int mr, int nr,
-                      bool accumulate, float alpha) {
-  kernel_mr(12, true, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
+static void kernel12h(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
+                      int mr, int nr, bool accumulate, float alpha) {
+  kernel_mr(12, true, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
-static void kernel8(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
-                     int mr, int nr,
-                    bool accumulate, float alpha) {
-  kernel_mr(8, false, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
+static void kernel8(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
+                    int mr, int nr, bool accumulate, float alpha) {
+  kernel_mr(8, false, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
-static void kernel8h(int kc, const float *Ap, const float *Bp, size_t bs, float *C, int ldc,
-                     int mr, int nr,
-                     bool accumulate, float alpha) {
-  kernel_mr(8, true, kc, Ap, Bp, bs, C, ldc, mr, nr, accumulate, alpha);
+static void kernel8h(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
+                     int mr, int nr, bool accumulate, float alpha) {
+  kernel_mr(8, true, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
 }
 
 /* The micro-panel height for M rows: 12 (24 accumulators, more FMAs per
@@ -199,24 +195,28 @@ static int pick_mr(int M) {
   return pad12 > 1.05 * pad8 ? 8 : 12;
 }
 
-/* op(B) not transposed: its rows are the micro-kernel's B vectors already
- * (32 consecutive values of row k), so whole panels are read where they lie,
- * ldb apart, instead of being copied into the packed block first (the same
- * values into the same FMAs: the same results). Only a last panel of fewer
- * than NR columns is packed (zero-padded). Measured, ResNet-50 (interleaved
- * pairs, same binary with and without MOKA_GEMM_PACK_B=1): training at
- * batch 8 16.71 -> 16.90 img/s (four pairs; another six, binary against
- * binary, +0.4%), inference at batch 8 57.01 -> 57.84 (four pairs), batch 1
- * unchanged. MOKA_GEMM_PACK_B=1 packs every panel, as before (A/B). */
-static int g_b_in_place = -1; /* -1: not read yet */
-static bool b_in_place(void) {
-  if (g_b_in_place < 0) {
-    const char *e = getenv("MOKA_GEMM_PACK_B");
-    g_b_in_place = !(e && strcmp(e, "1") == 0);
+/* op(A) transposed (A stored (K, M): the data gradients' W^T, Winograd's
+ * U^T) read in place: storage row k holds the MR broadcasts of a micro-
+ * panel's step k side by side, so whole panels are read where they lie, lda
+ * apart, instead of being copied into the packed block first (the same
+ * values into the same FMAs: the same results bit for bit). A last panel of
+ * fewer than MR rows is still packed (zero-padded). Measured, ResNet-50
+ * training at batch 8, interleaved pairs: 16.70 -> 17.10 img/s (the same
+ * binary with and without the switch, four pairs), 16.90 -> 17.34 (binary
+ * against binary, five pairs); inference is unchanged (its weights are
+ * packed once). The same for op(B) not transposed (its rows are the B
+ * vectors already) measured no faster in training and 1.4% slower in
+ * inference at batch 1 (short rows of 7x7 and 14x14 planes): B is packed.
+ * MOKA_GEMM_PACK=1 packs A too, as before (A/B). */
+static int g_in_place = -1; /* -1: not read yet */
+static bool in_place_on(void) {
+  if (g_in_place < 0) {
+    const char *e = getenv("MOKA_GEMM_PACK");
+    g_in_place = !(e && strcmp(e, "1") == 0);
   }
-  return g_b_in_place;
+  return g_in_place;
 }
-void fast_gemm_f32_set_b_in_place(bool on) { g_b_in_place = on; }
+void fast_gemm_f32_set_in_place(bool on) { g_in_place = on; }
 
 /* One thread's GEMM (beta 0 or 1 here), packing into its own workspace.
  * With Ap, op(A) comes packed already (fast_gemm_f32_pack's layout for
@@ -229,7 +229,7 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
       Ap ? NULL : fast_workspace(FAST_WS_PACK_A, (size_t)(MC + MR) * KC, "fp32 GEMM packing (A)");
   float *bbuf = fast_workspace(FAST_WS_PACK_B, (size_t)(NC + NR) * KC, "fp32 GEMM packing (B)");
   if ((!Ap && !abuf) || !bbuf) return -1;
-  const bool in_place = !tb && b_in_place();
+  const bool in_place = in_place_on();
   const int mr = pick_mr(Ap ? Mfull : M);
   const size_t mpad = Ap ? (size_t)(Mfull + mr - 1) / mr * mr : 0;
   KernelFn *const kern = mr == 8 ? kernel8 : kernel12;
@@ -239,26 +239,27 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = K - pc < KC ? K - pc : KC;
       const bool acc = accumulate || pc > 0;
-      /* Panels [0, full) read in place (b_in_place), the rest packed. */
-      const int full = in_place ? nc / NR * NR : 0;
-      if (full < nc)
-        pack_b(tb, B, ldb, pc, kc, jc + full, nc - full, bbuf + (size_t)(full / NR) * kc * NR);
+      pack_b(tb, B, ldb, pc, kc, jc, nc, bbuf);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
         const float *ablk; /* the micro-panels of rows [ic, ic+mc), K range [pc, pc+kc) */
+        /* op(A) transposed: its full panels read in place (in_place_on), a
+         * partial last one packed. */
+        const int full_m = !Ap && ta && in_place ? mc / mr * mr : 0;
         if (Ap) {
           ablk = Ap + (size_t)pc * mpad + (size_t)(i0 + ic) * kc;
         } else {
-          pack_a(mr, ta, A, lda, ic, mc, pc, kc, abuf);
+          /* panels from full_m/mr on, packed */
+          if (full_m < mc) pack_a(mr, ta, A, lda, ic + full_m, mc - full_m, pc, kc, abuf);
           ablk = abuf;
         }
         for (int jr = 0; jr < nc; jr += NR) {
           KernelFn *const k = nc - jr <= 16 ? kern_half : kern;
-          const bool here = jr < full;
-          const float *bp = here ? B + (size_t)pc * ldb + jc + jr : bbuf + (size_t)(jr / NR) * kc * NR;
-          const size_t bs = here ? (size_t)ldb : NR;
           for (int ir = 0; ir < mc; ir += mr)
-            k(kc, ablk + (size_t)(ir / mr) * kc * mr, bp, bs,
+            k(kc,
+              ir < full_m ? A + (size_t)pc * lda + ic + ir
+                          : ablk + (size_t)((ir - full_m) / mr) * kc * mr,
+              ir < full_m ? (size_t)lda : (size_t)mr, bbuf + (size_t)(jr / NR) * kc * NR,
               C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < mr ? mc - ir : mr,
               nc - jr < NR ? nc - jr : NR, acc, alpha);
         }

@@ -616,37 +616,42 @@ static void test_gemm_f32(void) {
   check_own_gemm(false);
 }
 
-/* B not transposed, its full panels read in place (the default) or every
- * panel packed first: the same values bit for bit (the same FMAs), for
- * column counts with and without a partial last panel, ldb > N, K in
- * several blocks, row and column splits over the pool. */
-static void test_gemm_f32_b_in_place(void) {
+/* op(A) transposed read in place (the default) or every panel packed
+ * first: the same values bit for bit (the
+ * same FMAs), for all four transposes, row and column counts with and
+ * without a partial last panel (8- and 12-row panels), leading dimensions
+ * larger than the rows, K in several blocks, row and column splits over the
+ * pool. */
+static void test_gemm_f32_in_place(void) {
   if (!fast_avx512_supported()) {
     fprintf(stderr, "  SKIP %s: this CPU has no AVX-512\n", t_cur_name);
     return;
   }
   static const int shapes[][3] = {{64, 3136, 256}, {256, 784, 64}, {13, 70, 1100},
-                                  {200, 96, 30},   {7, 33, 5},     {512, 49, 600}};
+                                  {200, 96, 30},   {7, 33, 5},     {512, 49, 600},
+                                  {4608, 49, 512}, {150, 40, 70}};
   for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
-    for (int ta = 0; ta < 2; ta++) {
-      const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-      const int lda = (ta ? M : K) + 1, ldb = N + 5, ldc = N + 3;
-      const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)K * ldb, nc = (size_t)M * ldc;
-      float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
-      float *packed = calloc(nc, sizeof(float)), *here = calloc(nc, sizeof(float));
-      REQUIRE(A && B && packed && here);
-      fill_random(A, na, 1.0f);
-      fill_random(B, nb, 1.0f);
-      fill_random(packed, nc, 1.0f);
-      memcpy(here, packed, nc * sizeof(float));
-      fast_gemm_f32_set_b_in_place(false);
-      CHECK(fast_gemm_f32(ta, false, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, packed, ldc) == 0);
-      fast_gemm_f32_set_b_in_place(true);
-      CHECK(fast_gemm_f32(ta, false, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, here, ldc) == 0);
-      CHECK_MSG(memcmp(here, packed, nc * sizeof(float)) == 0, "B in place %dx%dx%d ta %d", M, N,
-                K, ta);
-      free(A), free(B), free(packed), free(here);
-    }
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        const int lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 5, ldc = N + 3;
+        const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
+        const size_t nc = (size_t)M * ldc;
+        float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
+        float *packed = calloc(nc, sizeof(float)), *here = calloc(nc, sizeof(float));
+        REQUIRE(A && B && packed && here);
+        fill_random(A, na, 1.0f);
+        fill_random(B, nb, 1.0f);
+        fill_random(packed, nc, 1.0f);
+        memcpy(here, packed, nc * sizeof(float));
+        fast_gemm_f32_set_in_place(false);
+        CHECK(fast_gemm_f32(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, packed, ldc) == 0);
+        fast_gemm_f32_set_in_place(true);
+        CHECK(fast_gemm_f32(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, here, ldc) == 0);
+        CHECK_MSG(memcmp(here, packed, nc * sizeof(float)) == 0, "in place %dx%dx%d ta %d tb %d",
+                  M, N, K, ta, tb);
+        free(A), free(B), free(packed), free(here);
+      }
 }
 
 /* op(A) packed once (fast_gemm_f32_pack) then fast_gemm_f32_prepacked: the
@@ -743,7 +748,7 @@ int main(void) {
   RUN(test_gemm_bf16);
   RUN(test_gemm_f32);
   RUN(test_gemm_f32_prepacked);
-  RUN(test_gemm_f32_b_in_place);
+  RUN(test_gemm_f32_in_place);
   RUN(test_layers_bf16);
   RUN(test_mini_resnet_golden);
   RUN(test_mini_train_golden);
