@@ -62,9 +62,8 @@ enum {
 typedef enum FastPrecision { FAST_FP32 = 0, FAST_BF16 = 1, FAST_TF32 = 2 } FastPrecision;
 
 /* Once per process: OpenBLAS to one thread (see above), and the choice of
- * the fp32 GEMM: OpenBLAS when it runs an AVX-512 kernel (or the CPU has no
- * AVX-512), moka's own AVX-512 kernel (gemm_f32.c) otherwise, e.g. when the
- * environment pins OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU.
+ * the fp32 GEMM: moka's own AVX-512 kernel (gemm_f32.c) on a CPU with
+ * AVX-512, whatever kernel OpenBLAS runs; OpenBLAS on other CPUs.
  * MOKA_SGEMM=openblas|moka forces one (for benchmarks). Cheap to call again. */
 void fast_init(void);
 /* Which fp32 GEMM the fast backend uses (for logs). */

@@ -1,6 +1,5 @@
 /* gemm_f32.c — moka's own fp32 GEMM for CPUs with AVX-512 (the fast CPU
- * backend's fp32 GEMM when OpenBLAS itself runs an older kernel; see
- * fast_gemm in fast.c).
+ * backend's fp32 GEMM on such CPUs; see fast_gemm and init_once in fast.c).
  *
  *   C (M,N) = alpha * op(A) (M,K) * op(B) (K,N) + beta * C     (row-major)
  *
