@@ -185,6 +185,10 @@ FuseRole net_fuse_backward_role(Net *net, int i, FusedChain **chain);
  * copies nothing (Caffe's ShareData); nothing for other layers. */
 void net_fuse_split_share(Net *net, int i);
 
+/* The plan's SubShare groups (src/net_fuse_sub.c; fast CPU, after the
+ * Split sharing is planned): 0, or -1 with moka_errorf (memory). */
+int net_fuse_plan_subs(Net *net, NetFusePlan *p);
+
 /* Around layer i's forward (forward true) or backward on the fast CPU
  * backend: when i reads a SubShare, make the copy (the forward of its first
  * member) and point the layer at it (ConvPriv.sub_x), then (leave) unset
