@@ -98,6 +98,13 @@ typedef struct Net {
   const char *const *memplan_keep; /* [n_memplan_keep] blob names (not owned; read
                                       when the plan is made: net_to_device, reshapes) */
   int n_memplan_keep;
+  /* CUDA: the tops of Input layers are on the device already and the host
+   * copies are not sent again each forward (false: every forward sends them,
+   * as the caller may have written new values). `moka time` sets it after its
+   * one fill, as Caffe's Input blobs stay on the GPU until the host writes
+   * them; whoever sets it and then writes the host values calls
+   * net_inputs_to_device. Data layers send their tops every forward anyway. */
+  bool inputs_resident;
 
   /* Fused BatchNorm -> Scale (-> Eltwise) (-> ReLU) chains (src/net_fuse.h);
    * NULL when fusion does not apply (reference backend, MOKA_FUSE=0). */

@@ -360,8 +360,13 @@ int net_cuda_forward_layer(Net *net, int i) {
   Layer *l = net->layers[i];
   if (is_source(l)) {
     /* Source layers read files or the caller's input on the host; their
-     * tops go up right after (the net's one host->device copy per pass). */
-    if (layer_forward(l, MOKA_BACKEND_CPU) || source_tops_to_device(net, l)) return -1;
+     * tops go up right after (the net's one host->device copy per pass),
+     * unless an Input layer's tops are resident (net->inputs_resident). */
+    if (net->inputs_resident && strcmp(l->type->name, "Input") == 0) {
+      /* Input's forward computes nothing; its tops are on the device. */
+    } else if (layer_forward(l, MOKA_BACKEND_CPU) || source_tops_to_device(net, l)) {
+      return -1;
+    }
   } else if (layer_forward(l, MOKA_BACKEND_CUDA)) {
     return -1;
   }
