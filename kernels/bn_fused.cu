@@ -18,7 +18,17 @@
  * pass writing dx and dr. The sums are split over `chunks` blocks per channel so that a
  * layer with few channels and large planes (ResNet's 64-channel 112x112 stem) still fills
  * the GPU; the chunk count depends only on the shape, so results are deterministic.
+ *
+ * Vector path (the default where S % 4 == 0 and every buffer is 16-byte aligned: all of
+ * ResNet-50's chains but the 7x7 ones; MOKA_BNF_VEC=0 turns it off): the same passes and
+ * the same per-element float operations, with float4 loads and stores, the channel found
+ * once per four values, and the partial sums over whole planes (block (c, j): planes
+ * j*pp .. of channel c), so that a block reads long contiguous runs. Only the grouping of
+ * the double partial sums differs from the scalar path.
  */
+#include <stdint.h>
+#include <stdlib.h>
+
 #include "cuda_internal.h"
 
 /* Elements per block of the partial sums (a multiple of MOKA_REDUCE_THREADS). */
@@ -206,10 +216,192 @@ __global__ void bnf_grad_apply_kernel(const float *dy, const float *y, const flo
   }
 }
 
+/* ---- the vector path (S % 4 == 0, 16-byte aligned buffers) --------------------------------- */
+
+/* Planes per block of the vector path's partial sums, and the blocks per channel. */
+#define BNF_VEC_ELEMS 8192
+static void bnf_vec_chunks(size_t N, size_t S, size_t *pp, size_t *chunks) {
+  size_t p = S >= BNF_VEC_ELEMS ? 1 : BNF_VEC_ELEMS / S;
+  size_t k = (N + p - 1) / p;
+  if (k > BNF_MAX_CHUNKS) k = BNF_MAX_CHUNKS;
+  if (k < 1) k = 1;
+  *pp = (N + k - 1) / k;
+  *chunks = (N + *pp - 1) / *pp;
+}
+
+static bool bnf_vec_on(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MOKA_BNF_VEC");
+    on = !(e && e[0] == '0');
+  }
+  return on != 0;
+}
+
+static bool bnf_aligned(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* Block (c, j): planes [j*pp, min(N, (j+1)*pp)) of channel c; (S4 = S/4 float4 per plane). */
+__global__ void bnf_stat_partial_vec_kernel(const float4 *x, const float *stats, double *part,
+                                            unsigned C, unsigned N, unsigned S4, unsigned pp,
+                                            unsigned chunks, bool sq) {
+  __shared__ double sh[MOKA_REDUCE_THREADS];
+  const unsigned c = blockIdx.x / chunks, j = blockIdx.x % chunks;
+  const unsigned n0 = j * pp, n1 = n0 + pp < N ? n0 + pp : N;
+  const size_t total = (size_t)(n1 - n0) * S4;
+  const float mean = sq ? stats[c] : 0.0f;
+  double acc = 0;
+  for (size_t q = threadIdx.x; q < total; q += blockDim.x) {
+    const size_t n = n0 + q / S4, s4 = q % S4;
+    const float4 v = x[(n * C + c) * S4 + s4];
+    if (sq) {
+      const float d0 = __fsub_rn(v.x, mean), d1 = __fsub_rn(v.y, mean);
+      const float d2 = __fsub_rn(v.z, mean), d3 = __fsub_rn(v.w, mean);
+      acc += (double)d0 * (double)d0 + (double)d1 * (double)d1 + (double)d2 * (double)d2 +
+             (double)d3 * (double)d3;
+    } else {
+      acc += (double)v.x + (double)v.y + (double)v.z + (double)v.w;
+    }
+  }
+  acc = moka_block_sum(acc, sh);
+  if (threadIdx.x == 0) part[(size_t)c * chunks + j] = acc;
+}
+
+/* One thread per four values (one channel: S % 4 == 0); bnf_apply_kernel's operations. */
+__global__ void bnf_apply_vec_kernel(const float4 *x, float4 *xz, float4 *y, const float4 *r,
+                                     float4 *x_norm, const float *stats, const float *gamma,
+                                     const float *beta, size_t n4, size_t C, size_t S, bool relu,
+                                     float slope, int residual, bool small) {
+  MOKA_GRID_LOOP(i, n4) {
+    const size_t c = bnf_channel(i * 4, S, C, small);
+    const float mean = stats[c], sd = stats[2 * C + c], g = gamma[c];
+    const float b = beta ? beta[c] : 0.0f;
+    const float4 xv = x[i];
+    float4 v, z;
+    v.x = __fdiv_rn(__fsub_rn(xv.x, mean), sd);
+    v.y = __fdiv_rn(__fsub_rn(xv.y, mean), sd);
+    v.z = __fdiv_rn(__fsub_rn(xv.z, mean), sd);
+    v.w = __fdiv_rn(__fsub_rn(xv.w, mean), sd);
+    if (x_norm) x_norm[i] = v;
+    z.x = __fmul_rn(v.x, g);
+    z.y = __fmul_rn(v.y, g);
+    z.z = __fmul_rn(v.z, g);
+    z.w = __fmul_rn(v.w, g);
+    if (beta) {
+      z.x = __fadd_rn(z.x, b);
+      z.y = __fadd_rn(z.y, b);
+      z.z = __fadd_rn(z.z, b);
+      z.w = __fadd_rn(z.w, b);
+    }
+    if (residual < 0) {
+      if (relu) {
+        z.x = bnf_relu(z.x, slope);
+        z.y = bnf_relu(z.y, slope);
+        z.z = bnf_relu(z.z, slope);
+        z.w = bnf_relu(z.w, slope);
+      }
+      xz[i] = z;
+    } else {
+      const float4 rv = r[i];
+      xz[i] = z;
+      float4 o;
+      /* The Eltwise's (0 + 1*b0) + 1*b1 in its bottoms' order. */
+      if (residual == 0) {
+        o.x = __fadd_rn(__fadd_rn(0.0f, z.x), rv.x);
+        o.y = __fadd_rn(__fadd_rn(0.0f, z.y), rv.y);
+        o.z = __fadd_rn(__fadd_rn(0.0f, z.z), rv.z);
+        o.w = __fadd_rn(__fadd_rn(0.0f, z.w), rv.w);
+      } else {
+        o.x = __fadd_rn(__fadd_rn(0.0f, rv.x), z.x);
+        o.y = __fadd_rn(__fadd_rn(0.0f, rv.y), z.y);
+        o.z = __fadd_rn(__fadd_rn(0.0f, rv.z), z.z);
+        o.w = __fadd_rn(__fadd_rn(0.0f, rv.w), z.w);
+      }
+      if (relu) {
+        o.x = bnf_relu(o.x, slope);
+        o.y = bnf_relu(o.y, slope);
+        o.z = bnf_relu(o.z, slope);
+        o.w = bnf_relu(o.w, slope);
+      }
+      y[i] = o;
+    }
+  }
+}
+
+/* Block (c, j) over whole planes, as bnf_stat_partial_vec_kernel: partial sdz and sdzx. */
+__global__ void bnf_grad_partial_vec_kernel(const float4 *dy, const float4 *y,
+                                            const float4 *x_norm, double *part, unsigned C,
+                                            unsigned N, unsigned S4, unsigned pp,
+                                            unsigned chunks, bool masked, float slope) {
+  __shared__ double sh[MOKA_REDUCE_THREADS];
+  const unsigned c = blockIdx.x / chunks, j = blockIdx.x % chunks;
+  const unsigned n0 = j * pp, n1 = n0 + pp < N ? n0 + pp : N;
+  const size_t total = (size_t)(n1 - n0) * S4;
+  double sdz = 0, sdzx = 0;
+  for (size_t q = threadIdx.x; q < total; q += blockDim.x) {
+    const size_t n = n0 + q / S4, s4 = q % S4, i = (n * C + c) * S4 + s4;
+    const float4 d = dy[i], xn = x_norm[i];
+    float4 yv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (masked) yv = y[i];
+    const float z0 = bnf_dz(d.x, yv.x, masked, slope), z1 = bnf_dz(d.y, yv.y, masked, slope);
+    const float z2 = bnf_dz(d.z, yv.z, masked, slope), z3 = bnf_dz(d.w, yv.w, masked, slope);
+    sdz += (double)z0 + (double)z1 + (double)z2 + (double)z3;
+    sdzx += (double)z0 * (double)xn.x + (double)z1 * (double)xn.y + (double)z2 * (double)xn.z +
+            (double)z3 * (double)xn.w;
+  }
+  sdz = moka_block_sum(sdz, sh);
+  sdzx = moka_block_sum(sdzx, sh);
+  if (threadIdx.x == 0) {
+    part[((size_t)c * chunks + j) * 2] = sdz;
+    part[((size_t)c * chunks + j) * 2 + 1] = sdzx;
+  }
+}
+
+__device__ static inline float bnf_dx_one(float dz, float g, float sd, float wa, float wb,
+                                          float xn, bool global) {
+  const float dbn = __fmul_rn(dz, g); /* the Scale's dx */
+  return global ? __fdiv_rn(dbn, sd) : __fdiv_rn(__fsub_rn(__fsub_rn(dbn, wa), __fmul_rn(wb, xn)), sd);
+}
+
+/* One thread per four values: bnf_grad_apply_kernel's operations. */
+__global__ void bnf_grad_apply_vec_kernel(const float4 *dy, const float4 *y, const float4 *x_norm,
+                                          const float *stats, const float *gamma,
+                                          const float *work, float4 *dx, float4 *dr, size_t n4,
+                                          size_t C, size_t S, bool masked, float slope,
+                                          bool global, bool small) {
+  MOKA_GRID_LOOP(i, n4) {
+    const size_t c = bnf_channel(i * 4, S, C, small);
+    const float4 d = dy[i];
+    float4 yv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (masked) yv = y[i];
+    float4 z;
+    z.x = bnf_dz(d.x, yv.x, masked, slope);
+    z.y = bnf_dz(d.y, yv.y, masked, slope);
+    z.z = bnf_dz(d.z, yv.z, masked, slope);
+    z.w = bnf_dz(d.w, yv.w, masked, slope);
+    if (dx) {
+      const float g = gamma[c], sd = stats[2 * C + c];
+      const float wa = global ? 0.0f : work[c], wb = global ? 0.0f : work[C + c];
+      float4 xn = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (!global) xn = x_norm[i];
+      float4 o;
+      o.x = bnf_dx_one(z.x, g, sd, wa, wb, xn.x, global);
+      o.y = bnf_dx_one(z.y, g, sd, wa, wb, xn.y, global);
+      o.z = bnf_dx_one(z.z, g, sd, wa, wb, xn.z, global);
+      o.w = bnf_dx_one(z.w, g, sd, wa, wb, xn.w, global);
+      if (dr) dr[i] = z; /* dy (possibly dx's memory) was read above */
+      dx[i] = o;
+    } else if (dr) {
+      dr[i] = z;
+    }
+  }
+}
+
 /* ---- launchers ----------------------------------------------------------------------------- */
 
 size_t moka_cuda_bn_fused_scratch_bytes(const MokaBnFusedGeom *g) {
-  const size_t chunks = bnf_chunks(g->N * g->S);
+  size_t chunks = bnf_chunks(g->N * g->S), pp, vchunks = 0;
+  if (g->S % 4 == 0 && g->N) bnf_vec_chunks(g->N, g->S, &pp, &vchunks);
+  if (vchunks > chunks) chunks = vchunks;
   return 2 * g->C * chunks * sizeof(double) + 2 * g->C * sizeof(float);
 }
 
@@ -226,7 +418,30 @@ int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const f
     bnf_global_stats_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(b0, b1, b2, stats, C,
                                                                     g->eps);
     MOKA_CUDA_LAUNCHED(s, "bnf_global_stats_kernel");
-  } else {
+  }
+  /* The vector path: planes of whole float4s, every buffer 16-byte aligned, 32-bit grid
+   * arithmetic (N*C*S/4 float4s and C*chunks blocks fit easily in it then). */
+  const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && bnf_aligned(x) &&
+                   bnf_aligned(xz) && bnf_aligned(y) && bnf_aligned(r) && bnf_aligned(x_norm);
+  if (!g->use_global && vec && m) {
+    size_t pp, chunks;
+    bnf_vec_chunks(N, S, &pp, &chunks);
+    double *part = (double *)partials;
+    const unsigned blocks = (unsigned)(C * chunks);
+    bnf_stat_partial_vec_kernel<<<blocks, MOKA_REDUCE_THREADS, 0, s>>>(
+        (const float4 *)x, stats, part, (unsigned)C, (unsigned)N, (unsigned)(S / 4),
+        (unsigned)pp, (unsigned)chunks, false);
+    MOKA_CUDA_LAUNCHED(s, "bnf_stat_partial_vec_kernel (sum)");
+    bnf_mean_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(part, stats, C, m, chunks);
+    MOKA_CUDA_LAUNCHED(s, "bnf_mean_kernel");
+    bnf_stat_partial_vec_kernel<<<blocks, MOKA_REDUCE_THREADS, 0, s>>>(
+        (const float4 *)x, stats, part, (unsigned)C, (unsigned)N, (unsigned)(S / 4),
+        (unsigned)pp, (unsigned)chunks, true);
+    MOKA_CUDA_LAUNCHED(s, "bnf_stat_partial_vec_kernel (squares)");
+    bnf_var_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(part, stats, b0, b1, b2, C, m, chunks,
+                                                           g->eps, g->maf, g->bias_correction);
+    MOKA_CUDA_LAUNCHED(s, "bnf_var_kernel");
+  } else if (!g->use_global) {
     if (m == 0) return 0;
     const size_t chunks = bnf_chunks(m), len = (m + chunks - 1) / chunks;
     if (C * chunks > 0x7fffffffu)
@@ -247,6 +462,13 @@ int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const f
     MOKA_CUDA_LAUNCHED(s, "bnf_var_kernel");
   }
   if (!n) return 0;
+  if (vec) {
+    bnf_apply_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
+        (const float4 *)x, (float4 *)xz, (float4 *)y, (const float4 *)r, (float4 *)x_norm, stats,
+        gamma, beta, n / 4, C, S, g->has_relu, g->slope, g->residual, small);
+    MOKA_CUDA_LAUNCHED(s, "bnf_apply_vec_kernel");
+    return 0;
+  }
   bnf_apply_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(x, xz, y, r, x_norm, stats, gamma,
                                                            beta, n, C, S, g->has_relu, g->slope,
                                                            g->residual, small);
@@ -262,10 +484,21 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
   const bool small = n <= 0xffffffffu;
   if (!n) return 0;
   const bool sums = dgamma || dbeta || (dx && !g->use_global);
-  const size_t chunks = bnf_chunks(m), len = (m + chunks - 1) / chunks;
+  const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && bnf_aligned(dy) &&
+                   bnf_aligned(y) && bnf_aligned(x_norm) && bnf_aligned(dx) && bnf_aligned(dr);
+  size_t chunks = bnf_chunks(m), len = (m + chunks - 1) / chunks, pp = 0;
+  if (vec) bnf_vec_chunks(N, S, &pp, &chunks);
   double *part = (double *)partials;
   float *work = (float *)(part + 2 * C * chunks); /* (2C) mean_a | mean_b */
-  if (sums) {
+  if (sums && vec) {
+    bnf_grad_partial_vec_kernel<<<(unsigned)(C * chunks), MOKA_REDUCE_THREADS, 0, s>>>(
+        (const float4 *)dy, (const float4 *)y, (const float4 *)x_norm, part, (unsigned)C,
+        (unsigned)N, (unsigned)(S / 4), (unsigned)pp, (unsigned)chunks, g->relu_bw, g->slope);
+    MOKA_CUDA_LAUNCHED(s, "bnf_grad_partial_vec_kernel");
+    bnf_grad_finish_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(part, gamma, dgamma, dbeta,
+                                                                   work, C, m, chunks);
+    MOKA_CUDA_LAUNCHED(s, "bnf_grad_finish_kernel");
+  } else if (sums) {
     if (C * chunks > 0x7fffffffu)
       return moka_errorf("fused BatchNorm: %zu channels x %zu chunks is too many blocks", C,
                          chunks);
@@ -277,6 +510,13 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
     MOKA_CUDA_LAUNCHED(s, "bnf_grad_finish_kernel");
   }
   if (!dx && !dr) return 0;
+  if (vec) {
+    bnf_grad_apply_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
+        (const float4 *)dy, (const float4 *)y, (const float4 *)x_norm, stats, gamma, work,
+        (float4 *)dx, (float4 *)dr, n / 4, C, S, g->relu_bw, g->slope, g->use_global, small);
+    MOKA_CUDA_LAUNCHED(s, "bnf_grad_apply_vec_kernel");
+    return 0;
+  }
   bnf_grad_apply_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(
       dy, y, x_norm, stats, gamma, work, dx, dr, n, C, S, g->relu_bw, g->slope, g->use_global,
       small);

@@ -178,6 +178,9 @@ if [ $BUILD_OK = 1 ]; then
   # fused BatchNorm->Scale(->Eltwise)(->ReLU) op vs the reference layers; the memory plan
   t6=0
   step "test_cuda_fused" 90 "$W/test.log" "$BUILD/tests/test_cuda_fused" && t6=1
+  # the same with the chains' scalar kernels (the vector path off)
+  step "test_cuda_fused MOKA_BNF_VEC=0" 90 "$W/test.log" env MOKA_BNF_VEC=0 \
+    "$BUILD/tests/test_cuda_fused" || t6=0
   # numerical faults on the device: NaN/inf stops naming the layer, debug_info lines
   t7=0
   step "test_cuda_faults" 60 "$W/test.log" "$BUILD/tests/test_cuda_faults" && t7=1

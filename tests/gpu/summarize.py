@@ -80,7 +80,15 @@ def main():
     for sec in sections:
         cmd = sec.split("\n", 1)[0]
         words = cmd.rsplit(": ", 1)[-1].split()
-        name = os.path.basename(words[0]) if words else "?"
+        # "env A=1 prog args": the program, then the environment it ran with
+        k = 1 if words[:1] == ["env"] else 0
+        envs = []
+        while k < len(words) and "=" in words[k]:
+            envs.append(words[k])
+            k += 1
+        name = os.path.basename(words[k]) if k < len(words) else "?"
+        if envs:
+            name += " (" + " ".join(envs) + ")"
         if "train_cli.sh" in cmd:
             ok = re.search(r"^ok moka train on the GPU", sec, re.M)
             print("moka train on the GPU (tests/gpu/train_cli.sh): %s" %

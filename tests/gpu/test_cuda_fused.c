@@ -10,7 +10,9 @@
  *    statistics), with and without ReLU (slope 0 and 0.1), with and without
  *    the residual (in both bottom orders), on awkward shapes: batch 1, odd
  *    H/W, C not a multiple of 32, 1x1, 7x7, 56x56 and 112x112 planes (the
- *    last ones split each channel's sums over several blocks). Compared:
+ *    last ones split each channel's sums over several blocks), planes of whole
+ *    float4s (the vector path, on by default; run.sh runs this test again
+ *    with MOKA_BNF_VEC=0 for the scalar one) including 257 images. Compared:
  *    the in-place blob (z or relu(z)), the Eltwise/ReLU output, x_norm, the
  *    running statistics, dx (aliasing dy when in place), the shortcut's
  *    gradient, dgamma and dbeta (accumulated onto random initial values).
@@ -300,6 +302,10 @@ static void test_op_shapes(void) {
   static const int shapes[][4] = {
       {1, 3, 7, 7},   {2, 37, 5, 3},   {3, 33, 13, 11}, {8, 67, 7, 7}, {1, 5, 1, 1},
       {2, 16, 1, 1},  {4, 64, 56, 56}, {2, 32, 112, 112},
+      /* planes of whole float4s (kernels/bn_fused.cu's vector path): small planes, several
+       * planes per block, and more images than blocks per channel (257 > 256: two planes
+       * per block, the last block one) */
+      {3, 6, 4, 6},   {5, 7, 2, 2},    {257, 2, 64, 128},
   };
   /* relu, slope, residual */
   static const struct { bool relu; float slope; int residual; } variants[] = {
