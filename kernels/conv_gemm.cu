@@ -13,6 +13,13 @@
  * bias on the way out). The chunk is as many images as fit in the workspace
  * budget: 512 MiB, or the environment's MOKA_CONV_WS_BYTES (tests set it
  * small to exercise several chunks).
+ * The weight gradient's GEMM is short and wide the wrong way for a GPU: (OCg, kdim) is
+ * a few tiles (64 x 576 for ResNet's 56x56 3x3 layers) and K = nb*OH*OW is long. So it is
+ * split along K by images (MOKA_CONV_WGRAD_SPLIT=0: one GEMM): P partial products of
+ * nb/P images each, one strided-batched GEMM into P partial (OCg, kdim) buffers after the
+ * columns, then a kernel adding them to dW in p order (deterministic; the split depends
+ * only on the shape). P is chosen for about two waves of 128x128 tiles on the GPU, at
+ * least 2048 columns per part, at most 32 parts, and a divisor of nb.
  * 1x1 convolutions with stride 1 and no padding skip im2col for forward and
  * data gradient: a strided-batched GEMM straight on the NCHW blob,
  *   y_n (OC, HW) = W (OC, C) x x_n (C, HW)   (per group).
@@ -109,6 +116,39 @@ __global__ void cnhw_to_nchw_kernel(const float *src, float *dst, const float *b
   }
 }
 
+/* dw[i] += part[0][i] + part[1][i] + ... (P parts of len values, in order). */
+__global__ void wgrad_reduce_kernel(const float *part, float *dw, size_t len, int P) {
+  MOKA_GRID_LOOP(i, len) {
+    float acc = part[i];
+    for (int p = 1; p < P; p++) acc = __fadd_rn(acc, part[(size_t)p * len + i]);
+    dw[i] = __fadd_rn(dw[i], acc);
+  }
+}
+
+static bool wgrad_split_on(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MOKA_CONV_WGRAD_SPLIT");
+    on = !(e && e[0] == '0');
+  }
+  return on != 0;
+}
+
+/* Parts of the weight gradient's K for a chunk of nb images (see the header); 1: none. */
+static int wgrad_parts(const MokaConvGeom *g, int nb) {
+  if (!wgrad_split_on()) return 1;
+  const size_t OCg = (size_t)(g->num_output / g->group);
+  const size_t kdim = (size_t)(g->channels / g->group) * g->kernel_h * g->kernel_w;
+  const size_t ncols = (size_t)nb * g->out_h * g->out_w;
+  const size_t tiles = ((OCg + 127) / 128) * ((kdim + 127) / 128);
+  size_t p = (264 + tiles - 1) / tiles;
+  if (p > ncols / 2048) p = ncols / 2048;
+  if (p > 32) p = 32;
+  if (p > (size_t)nb) p = (size_t)nb;
+  while (p > 1 && nb % (int)p) p--;
+  return p < 2 ? 1 : (int)p;
+}
+
 static bool is_plain_1x1(const MokaConvGeom *g) {
   return g->kernel_h == 1 && g->kernel_w == 1 && g->stride_h == 1 && g->stride_w == 1 &&
          g->pad_h == 0 && g->pad_w == 0;
@@ -123,8 +163,10 @@ static int check_geom(const MokaConvGeom *g) {
   return 0;
 }
 
-/* Images per chunk and the workspace: col then t. */
-static int chunk_plan(MokaCuda *c, const MokaConvGeom *g, int *chunk, float **col, float **t) {
+/* Images per chunk and the workspace: col, then t, then (backward, parts > 1) the weight
+ * gradient's partial products. */
+static int chunk_plan(MokaCuda *c, const MokaConvGeom *g, bool backward, int *chunk, float **col,
+                      float **t, float **part) {
   const size_t OHW = (size_t)g->out_h * g->out_w;
   const size_t col_img = (size_t)g->channels * g->kernel_h * g->kernel_w * OHW;
   const size_t t_img = (size_t)g->num_output * OHW;
@@ -135,11 +177,19 @@ static int chunk_plan(MokaCuda *c, const MokaConvGeom *g, int *chunk, float **co
   /* cuBLAS dimensions are ints */
   while (nb > 1 && nb * OHW * ((size_t)g->channels * g->kernel_h * g->kernel_w) > 2147483647u)
     nb /= 2;
+  const int parts = backward ? wgrad_parts(g, (int)nb) : 1;
+  const size_t part_floats = parts > 1 ? (size_t)parts * g->num_output *
+                                             ((size_t)g->channels / g->group) * g->kernel_h *
+                                             g->kernel_w
+                                       : 0;
   void *ws;
-  if (moka_cuda_workspace(c, nb * per_img, "convolution column buffer", &ws)) return -1;
+  if (moka_cuda_workspace(c, nb * per_img + part_floats * sizeof(float),
+                          "convolution column buffer", &ws))
+    return -1;
   *chunk = (int)nb;
   *col = (float *)ws;
   *t = *col + nb * col_img;
+  if (part) *part = part_floats ? *t + nb * t_img : NULL;
   return 0;
 }
 
@@ -162,7 +212,7 @@ int moka_cuda_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float *x, c
   }
   int chunk;
   float *col, *t;
-  if (chunk_plan(c, g, &chunk, &col, &t)) return -1;
+  if (chunk_plan(c, g, false, &chunk, &col, &t, NULL)) return -1;
   for (int n0 = 0; n0 < g->num; n0 += chunk) {
     const int nb = g->num - n0 < chunk ? g->num - n0 : chunk;
     const size_t ncols = (size_t)nb * OHW;
@@ -193,8 +243,8 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
       moka_cuda_channel_sum(s, dy, NULL, db, (size_t)g->num, (size_t)g->num_output, OHW, true))
     return -1;
   int chunk;
-  float *col, *t;
-  if (chunk_plan(c, g, &chunk, &col, &t)) return -1;
+  float *col, *t, *part;
+  if (chunk_plan(c, g, true, &chunk, &col, &t, &part)) return -1;
   for (int n0 = 0; n0 < g->num; n0 += chunk) {
     const int nb = g->num - n0 < chunk ? g->num - n0 : chunk;
     const size_t ncols = (size_t)nb * OHW;
@@ -204,10 +254,22 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
     im2col_batched_kernel<<<moka_blocks((size_t)g->channels * ncols), MOKA_THREADS, 0, s>>>(
         *g, nb, x + (size_t)n0 * g->channels * HW, col);
     if (moka_cuda_launched(s, "im2col_batched_kernel", __FILE__, __LINE__)) return -1;
-    for (int gi = 0; gi < G; gi++)
-      if (moka_cuda_gemm(c, false, true, OCg, kdim, (int)ncols, 1.0f, t + (size_t)gi * OCg * ncols,
-                         col + (size_t)gi * kdim * ncols, 1.0f, dw + (size_t)gi * OCg * kdim))
+    const int P = part ? wgrad_parts(g, nb) : 1;
+    for (int gi = 0; gi < G; gi++) {
+      const float *tg = t + (size_t)gi * OCg * ncols, *cg = col + (size_t)gi * kdim * ncols;
+      float *dwg = dw + (size_t)gi * OCg * kdim;
+      if (P > 1) { /* P parts of L columns: part_p (OCg, kdim) = t_g[:, p] x col_g[:, p]^T */
+        const long long L = (long long)(ncols / (size_t)P);
+        const size_t len = (size_t)OCg * kdim;
+        if (moka_cuda_gemm_strided_ld(c, false, true, OCg, kdim, (int)L, 1.0f, tg, (int)ncols, L,
+                                      cg, (int)ncols, L, 0.0f, part, kdim, (long long)len, P))
+          return -1;
+        wgrad_reduce_kernel<<<moka_blocks(len), MOKA_THREADS, 0, s>>>(part, dwg, len, P);
+        if (moka_cuda_launched(s, "wgrad_reduce_kernel", __FILE__, __LINE__)) return -1;
+      } else if (moka_cuda_gemm(c, false, true, OCg, kdim, (int)ncols, 1.0f, tg, cg, 1.0f, dwg)) {
         return -1;
+      }
+    }
     if (!dx || plain) continue;
     for (int gi = 0; gi < G; gi++) /* dcol overwrites col (done with it) */
       if (moka_cuda_gemm(c, true, false, kdim, (int)ncols, OCg, 1.0f, w + (size_t)gi * OCg * kdim,

@@ -42,3 +42,16 @@ int moka_cuda_gemm_strided(MokaCuda *c, bool trans_a, bool trans_b, int M, int N
       stride_c, batch));
   return moka_cuda_launched(c->stream, "cublasSgemmStridedBatched", __FILE__, __LINE__);
 }
+
+int moka_cuda_gemm_strided_ld(MokaCuda *c, bool trans_a, bool trans_b, int M, int N, int K,
+                              float alpha, const float *A, int lda, long long stride_a,
+                              const float *B, int ldb, long long stride_b, float beta, float *C,
+                              int ldc, long long stride_c, int batch) {
+  if (check_dims(M, N, K)) return -1;
+  if (M == 0 || N == 0 || batch <= 0) return 0;
+  MOKA_CUBLAS_CHECK(cublasSgemmStridedBatched(
+      c->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+      K, &alpha, B, ldb > 0 ? ldb : 1, stride_b, A, lda > 0 ? lda : 1, stride_a, &beta, C,
+      ldc > 0 ? ldc : 1, stride_c, batch));
+  return moka_cuda_launched(c->stream, "cublasSgemmStridedBatched", __FILE__, __LINE__);
+}

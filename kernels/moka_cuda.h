@@ -144,6 +144,12 @@ int moka_cuda_gemm_strided(MokaCuda *c, bool trans_a, bool trans_b, int M, int N
                            float alpha, const float *A, long long stride_a, const float *B,
                            long long stride_b, float beta, float *C, long long stride_c,
                            int batch);
+/* The same with explicit row-major leading dimensions (A (M,K) or (K,M) rows lda apart,
+ * B likewise ldb, C (M,N) rows ldc apart): GEMMs on column slices of wider matrices. */
+int moka_cuda_gemm_strided_ld(MokaCuda *c, bool trans_a, bool trans_b, int M, int N, int K,
+                              float alpha, const float *A, int lda, long long stride_a,
+                              const float *B, int ldb, long long stride_b, float beta, float *C,
+                              int ldc, long long stride_c, int batch);
 
 /* ---- per-channel reduction (shared by BatchNorm, Scale, conv/fc bias) ---------------------- */
 

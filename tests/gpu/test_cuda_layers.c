@@ -327,6 +327,10 @@ static const char *conv_params[][2] = {
     {"num_output: 3 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 stride_h: 2 stride_w: 1" GW,
      "2,5,8,6"},
     {"num_output: 64 kernel_size: 3 pad: 1 bias_term: false" GW, "2,64,14,14"}, /* K = 576 */
+    /* >= 4096 columns: the weight gradient split in parts (conv_gemm.cu), 2 parts; 4 parts
+     * per group */
+    {"num_output: 16 kernel_size: 3 pad: 1" GW, "6,8,33,31"},
+    {"num_output: 12 kernel_size: 1 bias_term: false group: 2" GW, "8,8,32,32"},
 };
 
 static void test_convolution(void) {
@@ -359,6 +363,12 @@ static void test_convolution_chunks(void) {
             "type: 'Convolution' convolution_param { num_output: 4 kernel_size: 3 pad: 1" GW "}",
             MOKA_TRAIN, {"3,3,9,7"}, 1, false, -1, 0, B_GEMM, true};
   run_spec(&s);
+  /* batch 7 in chunks of 4 and 3: the weight gradient in 2 parts, then in one */
+  setenv("MOKA_CONV_WS_BYTES", "1126400", 1);
+  Spec s2 = {"conv 3x3 batch 7, chunks of 4 and 3, split weight gradient",
+             "type: 'Convolution' convolution_param { num_output: 8 kernel_size: 3 pad: 1" GW "}",
+             MOKA_TRAIN, {"7,4,40,40"}, 1, false, -1, 0, B_GEMM, true};
+  run_spec(&s2);
   unsetenv("MOKA_CONV_WS_BYTES");
 }
 
