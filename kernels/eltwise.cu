@@ -44,6 +44,57 @@ __global__ void maxbwd_kernel(const float *dy, const int *arg, int k, float *dx,
   MOKA_GRID_LOOP(i, n) dx[i] = arg[i] == k ? dy[i] : 0.0f;
 }
 
+/* Split (moka_cuda.h): one read of x for both copies; one pass for the gradient sum
+ * (0 + dy0 is dy0 exactly, and 1 * dy1 is dy1: the reference's copy-then-sum). */
+__global__ void split_copy2_kernel(const float *x, float *y0, float *y1, size_t n) {
+  MOKA_GRID_LOOP(i, n) {
+    const float v = x[i];
+    if (y0) y0[i] = v;
+    if (y1) y1[i] = v;
+  }
+}
+__global__ void split_copy2_vec_kernel(const float4 *x, float4 *y0, float4 *y1, size_t n4) {
+  MOKA_GRID_LOOP(i, n4) {
+    const float4 v = x[i];
+    if (y0) y0[i] = v;
+    if (y1) y1[i] = v;
+  }
+}
+__global__ void split_sum2_kernel(const float *a, const float *b, float *y, size_t n) {
+  MOKA_GRID_LOOP(i, n) y[i] = __fadd_rn(a[i], b[i]);
+}
+__global__ void split_sum2_vec_kernel(const float4 *a, const float4 *b, float4 *y, size_t n4) {
+  MOKA_GRID_LOOP(i, n4) {
+    const float4 u = a[i], v = b[i];
+    y[i] = make_float4(__fadd_rn(u.x, v.x), __fadd_rn(u.y, v.y), __fadd_rn(u.z, v.z),
+                       __fadd_rn(u.w, v.w));
+  }
+}
+
+static bool aligned16(const void *p) { return ((size_t)p & 15u) == 0; }
+
+int moka_cuda_split_copy2(cudaStream_t s, const float *x, float *y0, float *y1, size_t n) {
+  if (!n || (!y0 && !y1)) return 0;
+  if (n % 4 == 0 && aligned16(x) && aligned16(y0) && aligned16(y1)) {
+    split_copy2_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
+        (const float4 *)x, (float4 *)y0, (float4 *)y1, n / 4);
+    return moka_cuda_launched(s, "split_copy2_vec_kernel", __FILE__, __LINE__);
+  }
+  split_copy2_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(x, y0, y1, n);
+  return moka_cuda_launched(s, "split_copy2_kernel", __FILE__, __LINE__);
+}
+
+int moka_cuda_split_sum2(cudaStream_t s, const float *dy0, const float *dy1, float *dx, size_t n) {
+  if (!n) return 0;
+  if (n % 4 == 0 && aligned16(dy0) && aligned16(dy1) && aligned16(dx)) {
+    split_sum2_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
+        (const float4 *)dy0, (const float4 *)dy1, (float4 *)dx, n / 4);
+    return moka_cuda_launched(s, "split_sum2_vec_kernel", __FILE__, __LINE__);
+  }
+  split_sum2_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(dy0, dy1, dx, n);
+  return moka_cuda_launched(s, "split_sum2_kernel", __FILE__, __LINE__);
+}
+
 #define LAUNCH(kernel, n, ...)                                               \
   do {                                                                       \
     if (!(n)) return 0;                                                      \

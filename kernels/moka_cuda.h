@@ -187,6 +187,11 @@ int moka_cuda_eltwise_sum(cudaStream_t s, float *y, const float *x, float coeff,
 int moka_cuda_mul(cudaStream_t s, const float *a, const float *b, float *y, size_t n);
 int moka_cuda_div(cudaStream_t s, const float *a, const float *b, float *y, size_t n);
 int moka_cuda_scal(cudaStream_t s, const float *x, float coeff, float *y, size_t n);
+/* Split, in one pass each: forward y0 = y1 = x (any of y0, y1 may be NULL: skipped);
+ * backward dx = dy0 + dy1 (the reference's copy then sum, bit for bit). Float4 accesses
+ * where every pointer is 16-byte aligned. */
+int moka_cuda_split_copy2(cudaStream_t s, const float *x, float *y0, float *y1, size_t n);
+int moka_cuda_split_sum2(cudaStream_t s, const float *dy0, const float *dy1, float *dx, size_t n);
 int moka_cuda_eltwise_max2(cudaStream_t s, const float *a, const float *b, float *y, int *arg,
                            size_t n);
 int moka_cuda_eltwise_maxacc(cudaStream_t s, const float *x, float *y, int *arg, int k, size_t n);

@@ -37,10 +37,15 @@ static int split_backward(Layer *l) {
 }
 
 #ifdef MOKA_WITH_CUDA
-/* CUDA: device copies; backward sums in the reference's order (bit-identical). */
+/* CUDA: device copies; backward sums in the reference's order (bit-identical). Two tops
+ * (the net's own Splits): one pass each way (moka_cuda_split_copy2 / _sum2). */
 static int split_forward_cuda(Layer *l) {
   if (layer_cuda_ready(l, false)) return -1;
   const Blob *x = l->bottom[0];
+  if (l->n_top == 2)
+    return moka_cuda_split_copy2(l->cuda->stream, x->dev_data,
+                                 l->top[0] != x ? l->top[0]->dev_data : NULL,
+                                 l->top[1] != x ? l->top[1]->dev_data : NULL, x->count);
   for (int t = 0; t < l->n_top; t++)
     if (l->top[t] != x &&
         moka_d2d(l->cuda->stream, l->top[t]->dev_data, x->dev_data, x->count * sizeof(float)))
@@ -54,6 +59,8 @@ static int split_backward_cuda(Layer *l) {
   cudaStream_t st = l->cuda->stream;
   Blob *x = l->bottom[0];
   const size_t n = x->count;
+  if (l->n_top == 2 && l->top[0] != x && l->top[1] != x)
+    return moka_cuda_split_sum2(st, l->top[0]->dev_diff, l->top[1]->dev_diff, x->dev_diff, n);
   if (l->top[0] != x && moka_d2d(st, x->dev_diff, l->top[0]->dev_diff, n * sizeof(float)))
     return -1;
   for (int t = 1; t < l->n_top; t++)

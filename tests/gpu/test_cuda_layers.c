@@ -493,6 +493,9 @@ static void test_losses(void) {
 static void test_plumbing(void) {
   const Spec v[] = {
       {"Split x3", "type: 'Split'", MOKA_TRAIN, {"2,3,4,5"}, 3, false, -1, 0, B_EXACT, true},
+      /* two tops: one pass each way, float4 (120 values) and scalar (45) */
+      {"Split x2", "type: 'Split'", MOKA_TRAIN, {"2,3,4,5"}, 2, false, -1, 0, B_EXACT, true},
+      {"Split x2 odd", "type: 'Split'", MOKA_TRAIN, {"1,3,5,3"}, 2, false, -1, 0, B_EXACT, true},
       {"Concat axis 1", "type: 'Concat'", MOKA_TRAIN, {"2,3,4,5", "2,2,4,5", "2,1,4,5"}, 1, false,
        -1, 0, B_EXACT, true},
       {"Concat axis 0", "type: 'Concat' concat_param { axis: 0 }", MOKA_TRAIN,
