@@ -243,6 +243,18 @@ if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
     --iterations="$ITERS"
 fi
 
+# ---- 5c. A/B of this round's changes, one switch off at a time, the first batch: the chains'
+# vector kernels, the split weight-gradient GEMM, cuDNN's timed algorithm choice ---------------
+if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
+  for ab in "novec MOKA_BNF_VEC=0 moka" "nosplit MOKA_CONV_WGRAD_SPLIT=0 moka" \
+            "cudnnnofind MOKA_CUDNN_FIND=0 cudnn"; do
+    set -- $ab
+    step "moka time b$b0 $2 (engine $3)" 60 "$W/moka_$1_b$b0.log" \
+      env "$2" MOKA_CONV_ENGINE="$3" "$M" time --model="$W/r50_train_b$b0.prototxt" --gpu=0 \
+      --iterations="$ITERS"
+  done
+fi
+
 # ---- 6. summary ---------------------------------------------------------------------------------
 say "total $(($(date +%s) - T_START))s"
 python3 tests/gpu/summarize.py "$W" >"$OUT/summary.txt" 2>&1 || echo "summarize.py failed" >>"$OUT/summary.txt"

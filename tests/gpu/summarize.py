@@ -22,6 +22,15 @@ MEM = re.compile(r"GPU memory of net .*: ([0-9.]+) MiB now, ([0-9.]+) MiB peak")
 CONV = re.compile(r"^(conv1|res\d+[a-z]_branch(1|2[abc]))$")
 
 
+# The A/B runs of run.sh (one switch off each, the first batch): log name -> row label.
+AB_RUNS = {
+    "unfused": "moka fp32, no BN fusion, no memory plan",
+    "novec": "moka fp32, MOKA_BNF_VEC=0 (scalar chains)",
+    "nosplit": "moka fp32, MOKA_CONV_WGRAD_SPLIT=0",
+    "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
+}
+
+
 def read(path):
     try:
         with open(path, errors="replace") as f:
@@ -117,11 +126,11 @@ def main():
     print("ResNet-50 v1 training (forward+backward, 224x224), img/s:")
     print("  %-44s %8s %10s %10s" % ("", "batch", "img/s", "peak MiB"))
     for b in batches:
-        for eng in ("moka", "cudnn", "mokabf16", "cudnnbf16", "unfused"):
+        for eng in ("moka", "cudnn", "mokabf16", "cudnnbf16") + tuple(AB_RUNS):
             r = runs.get((eng, b))
             if r:
                 print("  %-44s %8d %10s %10s%s" % (
-                    "moka fp32, no BN fusion, no memory plan" if eng == "unfused" else
+                    AB_RUNS[eng] if eng in AB_RUNS else
                     "moka %s, %s convolutions" % ("bf16" if eng.endswith("bf16") else "fp32",
                                                   "moka's own" if eng.startswith("moka")
                                                   else "cuDNN"),
