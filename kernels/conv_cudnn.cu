@@ -5,11 +5,17 @@
  * fp32 tensors and compute, NCHW. Math type CUDNN_FMA_MATH: cuDNN's
  * CUDNN_DEFAULT_MATH *permits* TF32 tensor cores on Ampere and later, which
  * would break the comparison with Caffe; FMA_MATH restricts cuDNN to kernels
- * that use FMA instructions only. The algorithms are the first ones of the
- * cudnnGet*_v7 heuristics that succeed in FMA math within a 1 GiB workspace
- * (no timing search: fast set-up, reproducible choice). The plan
- * (descriptors + algorithms) is made for one geometry and remade when the
- * input shape changes. Bias add and bias gradient use moka's own kernels.
+ * that use FMA instructions only. The algorithms are chosen by timing, as
+ * with PyTorch's cudnn.benchmark: cudnnFind*Algorithm runs every candidate
+ * once per layer shape (when the plan is made) and the fastest that succeeds
+ * in FMA math within a 1 GiB workspace is kept; where a search fails or finds
+ * nothing acceptable, that direction takes the first acceptable of the
+ * cudnnGet*_v7 heuristics. Timings vary, so the choice - and with it the last
+ * bits of the cuDNN engine's results - can differ from run to run.
+ * MOKA_CUDNN_FIND=0 uses the heuristics only: no search at set-up and the
+ * same choice on every run. The plan (descriptors + algorithms) is made for
+ * one geometry and remade when the input shape or precision changes. Bias add
+ * and bias gradient use moka's own kernels.
  *
  * Precision (moka_cudnn_conv_*_prec, --precision on CUDA): BF16 converts x,
  * w and dy to bf16 in the shared workspace (after cuDNN's own workspace),
@@ -18,11 +24,13 @@
  * legacy API gives y, dx and dW in the tensors' type: the weight gradient
  * comes in bf16 and is added to the fp32 dw, as with PyTorch's AMP). TF32
  * keeps fp32 tensors and runs CUDNN_DEFAULT_MATH, which permits TF32. The
- * algorithms for BF16/TF32 are the heuristics' first that succeed in any
- * math type. The conversions are part of what the bf16 engine costs here.
+ * algorithms for BF16/TF32 are the fastest (or, with MOKA_CUDNN_FIND=0, the
+ * heuristics' first) that succeed in any math type. The conversions are part
+ * of what the bf16 engine costs here.
  */
 #include <cuda_bf16.h>
 #include <cudnn.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
@@ -50,8 +58,8 @@ void moka_cudnn_conv_free(MokaCudnnConv *p) {
   free(p);
 }
 
-/* Accept an algorithm the heuristics rate as working: in FMA math for fp32, in any math for
- * bf16 / tf32. */
+/* Accept an algorithm the heuristics (or the search) rate as working: in FMA math for fp32, in
+ * any math for bf16 / tf32. */
 static bool acceptable(cudnnStatus_t st, cudnnMathType_t m, size_t mem, MokaConvPrec prec) {
   return st == CUDNN_STATUS_SUCCESS &&
          (prec != MOKA_CONV_FP32 || m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH) &&
@@ -63,6 +71,24 @@ static cudnnMathType_t prec_math(MokaConvPrec prec) {
          : prec == MOKA_CONV_TF32 ? CUDNN_DEFAULT_MATH
                                   : CUDNN_FMA_MATH;
 }
+
+/* MOKA_CUDNN_FIND=0: pick algorithms by the heuristics only (reproducible, no search); anything
+ * else, or unset, times them. A process-wide knob, read once. */
+static bool use_find(void) {
+  static int cached = -1;
+  if (cached < 0) {
+    const char *e = getenv("MOKA_CUDNN_FIND");
+    cached = !(e && strcmp(e, "0") == 0);
+  }
+  return cached == 1;
+}
+
+/* After a search: the non-Ex Find calls cudaMalloc their own buffers, and an allocation that
+ * fails inside them (reported in the results, or as the call's status) can stay the thread's
+ * last CUDA error, which the next moka_cuda_launched would blame on an unrelated kernel. The
+ * stream was synchronised and checked before the search, so no error of ours is lost here; a
+ * sticky (context) error is not cleared by this and still shows on the next call. */
+static void clear_search_error(void) { (void)cudaGetLastError(); }
 
 static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec, MokaCudnnConv *p) {
   cudnnHandle_t h = c->cudnn;
@@ -91,11 +117,29 @@ static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec, Moka
   MOKA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, dt, n, oc,
                                               oh, ow));
 
+  /* The search times kernels on the handle's stream (c->stream): wait for the work already
+   * queued there, so that it is neither timed with the candidates nor racing them. */
+  const bool find = use_find();
+  if (find && moka_cuda_sync(c)) return -1;
+
+  /* Each direction: the fastest acceptable of the search (sorted by time, failures last), else
+   * the first acceptable of the heuristics (`got` = 0 when the search failed). */
   cudnnConvolutionFwdAlgoPerf_t fp[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-  int got = 0, k;
-  MOKA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
-      h, p->x, p->w, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fp));
-  for (k = 0; k < got && !acceptable(fp[k].status, fp[k].mathType, fp[k].memory, prec); k++) {
+  int got = 0, k = 0;
+  if (find) {
+    if (cudnnFindConvolutionForwardAlgorithm(h, p->x, p->w, p->conv, p->y,
+                                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
+                                             fp) != CUDNN_STATUS_SUCCESS)
+      got = 0;
+    clear_search_error();
+    for (k = 0; k < got && !acceptable(fp[k].status, fp[k].mathType, fp[k].memory, prec); k++) {
+    }
+  }
+  if (k == got) {
+    MOKA_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
+        h, p->x, p->w, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fp));
+    for (k = 0; k < got && !acceptable(fp[k].status, fp[k].mathType, fp[k].memory, prec); k++) {
+    }
   }
   if (k == got)
     return moka_errorf("cuDNN offers no %s forward algorithm for this shape",
@@ -105,9 +149,21 @@ static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec, Moka
                                                            &p->ws_fwd));
 
   cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-  MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-      h, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dp));
-  for (k = 0; k < got && !acceptable(dp[k].status, dp[k].mathType, dp[k].memory, prec); k++) {
+  got = k = 0;
+  if (find) {
+    if (cudnnFindConvolutionBackwardDataAlgorithm(h, p->w, p->y, p->conv, p->x,
+                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got,
+                                                  dp) != CUDNN_STATUS_SUCCESS)
+      got = 0;
+    clear_search_error();
+    for (k = 0; k < got && !acceptable(dp[k].status, dp[k].mathType, dp[k].memory, prec); k++) {
+    }
+  }
+  if (k == got) {
+    MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+        h, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dp));
+    for (k = 0; k < got && !acceptable(dp[k].status, dp[k].mathType, dp[k].memory, prec); k++) {
+    }
   }
   if (k == got)
     return moka_errorf("cuDNN offers no %s backward-data algorithm for this shape",
@@ -117,9 +173,21 @@ static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec, Moka
                                                                 p->bwd_data, &p->ws_bwd_data));
 
   cudnnConvolutionBwdFilterAlgoPerf_t wp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-  MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-      h, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wp));
-  for (k = 0; k < got && !acceptable(wp[k].status, wp[k].mathType, wp[k].memory, prec); k++) {
+  got = k = 0;
+  if (find) {
+    if (cudnnFindConvolutionBackwardFilterAlgorithm(h, p->x, p->y, p->conv, p->w,
+                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                    &got, wp) != CUDNN_STATUS_SUCCESS)
+      got = 0;
+    clear_search_error();
+    for (k = 0; k < got && !acceptable(wp[k].status, wp[k].mathType, wp[k].memory, prec); k++) {
+    }
+  }
+  if (k == got) {
+    MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+        h, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wp));
+    for (k = 0; k < got && !acceptable(wp[k].status, wp[k].mathType, wp[k].memory, prec); k++) {
+    }
   }
   if (k == got)
     return moka_errorf("cuDNN offers no %s backward-filter algorithm for this shape",
@@ -127,7 +195,7 @@ static int make_plan(MokaCuda *c, const MokaConvGeom *g, MokaConvPrec prec, Moka
   p->bwd_filter = wp[k].algo;
   MOKA_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
       h, p->x, p->y, p->conv, p->w, p->bwd_filter, &p->ws_bwd_filter));
-  /* The heuristics may report DEFAULT math; fp32 execution stays in FMA math. */
+  /* The heuristics and the search may report DEFAULT math; fp32 execution stays in FMA math. */
   MOKA_CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, prec_math(prec)));
   return 0;
 }
