@@ -182,9 +182,10 @@ MokaCuda *moka_cuda_create(int device) {
              tf);
   const char *eng = getenv("MOKA_CONV_ENGINE");
   c->conv_engine_cudnn = eng && (strcmp(eng, "cudnn") == 0 || strcmp(eng, "CUDNN") == 0);
-  if (eng && *eng && !c->conv_engine_cudnn && strcmp(eng, "moka") != 0 &&
+  c->conv_engine_auto = eng && (strcmp(eng, "auto") == 0 || strcmp(eng, "AUTO") == 0);
+  if (eng && *eng && !c->conv_engine_cudnn && !c->conv_engine_auto && strcmp(eng, "moka") != 0 &&
       strcmp(eng, "MOKA") != 0) {
-    moka_errorf("MOKA_CONV_ENGINE='%s': use 'moka' (the default) or 'cudnn'", eng);
+    moka_errorf("MOKA_CONV_ENGINE='%s': use 'moka' (the default), 'cudnn' or 'auto'", eng);
     moka_cuda_destroy(c);
     return NULL;
   }

@@ -60,10 +60,12 @@ typedef struct MokaCuda {
   void *work;                     /* (work_bytes) shared scratch */
   size_t work_bytes;
   bool conv_engine_cudnn;         /* MOKA_CONV_ENGINE=cudnn: every Convolution via cuDNN */
+  bool conv_engine_auto;          /* MOKA_CONV_ENGINE=auto: each Convolution's forward and
+                                     backward via the faster engine, timed once per shape */
 } MokaCuda;
 
 /* moka_cuda_init(device) + stream + cuBLAS handle (fp32, TF32 off). Reads
- * MOKA_CONV_ENGINE (moka | cudnn; default moka). NULL + moka_errorf(). */
+ * MOKA_CONV_ENGINE (moka | cudnn | auto; default moka). NULL + moka_errorf(). */
 MokaCuda *moka_cuda_create(int device);
 void moka_cuda_destroy(MokaCuda *c);
 /* The cuDNN handle, made on the first call. 0 / -1. */

@@ -320,21 +320,127 @@ static MokaConvGeom conv_cuda_geom(const ConvPriv *p) {
   return g;
 }
 
-static bool conv_uses_cudnn(const Layer *l) {
+/* The engine a layer's direction runs: engine CUDNN / CAFFE as written; else cuDNN for
+ * MOKA_CONV_ENGINE=cudnn; else, for MOKA_CONV_ENGINE=auto, -1: decided by timing
+ * (conv_auto_choose); else moka's. */
+static int conv_engine_fixed(const Layer *l) {
   const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
-  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CUDNN) return true;
-  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CAFFE) return false;
-  return l->cuda->conv_engine_cudnn;
+  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CUDNN) return 1;
+  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CAFFE) return 0;
+  if (l->cuda->conv_engine_cudnn) return 1;
+  return l->cuda->conv_engine_auto ? -1 : 0;
+}
+
+static int conv_forward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec);
+static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec);
+
+/* One run of a direction with an engine, timed on the host around two stream
+ * synchronisations (the launches' cost counts too: it is part of what a pass pays). */
+static int conv_auto_time(Layer *l, int dir, bool cudnn, const MokaConvGeom *g,
+                          MokaConvPrec prec, double *ms) {
+  if (moka_cuda_sync(l->cuda)) return -1;
+  const double t0 = moka_now();
+  const int rc = dir == 0 ? conv_forward_run(l, cudnn, g, prec) : conv_backward_run(l, cudnn, g, prec);
+  if (rc || moka_cuda_sync(l->cuda)) return -1;
+  *ms = (moka_now() - t0) * 1e3;
+  return 0;
+}
+
+/* MOKA_CONV_ENGINE=auto: the engine for direction dir (0 forward, 1 backward) of this
+ * geometry and precision, timed the first time: each engine runs once to warm up (cuDNN's
+ * plan and algorithm search, cuBLAS's heuristics, the workspace's growth), then once timed;
+ * the faster is kept for every later pass. The runs compute the layer's real outputs; in
+ * backward the accumulated parameter gradients are saved first and restored before each
+ * run, so they are added to exactly once (by the caller's run that follows). If cuDNN
+ * cannot run the shape, moka's engine is chosen and the reason logged. One log line per
+ * decision. */
+static int conv_auto_choose(Layer *l, int dir, const MokaConvGeom *g, MokaConvPrec prec,
+                            bool *cudnn) {
+  ConvPriv *p = l->priv;
+  if (p->auto_engine[dir] >= 0 && p->auto_prec[dir] == (int)prec &&
+      memcmp(&p->auto_geom[dir], g, sizeof *g) == 0) {
+    *cudnn = p->auto_engine[dir] == 1;
+    return 0;
+  }
+  /* backward: save the accumulated gradients (weights, then bias) */
+  float *grads[2] = {l->params[0]->dev_diff, p->bias_term ? l->params[1]->dev_diff : NULL};
+  const size_t counts[2] = {l->params[0]->count, p->bias_term ? l->params[1]->count : 0};
+  void *saved = NULL;
+  const size_t save_bytes = (counts[0] + counts[1]) * sizeof(float);
+  if (dir == 1 && moka_dev_alloc(&saved, save_bytes, "convolution engine choice (gradients)"))
+    return -1;
+  cudaStream_t st = l->cuda->stream;
+#define RESTORE_GRADS()                                                                     \
+  (dir == 1 &&                                                                              \
+   (moka_d2d(st, grads[0], saved, counts[0] * sizeof(float)) ||                             \
+    (grads[1] && moka_d2d(st, grads[1], (float *)saved + counts[0], counts[1] * sizeof(float)))))
+  int rc = 0;
+  if (dir == 1 && (moka_d2d(st, saved, grads[0], counts[0] * sizeof(float)) ||
+                   (grads[1] && moka_d2d(st, (float *)saved + counts[0], grads[1],
+                                         counts[1] * sizeof(float)))))
+    rc = -1;
+  double t_moka = -1, t_cudnn = -1, warm;
+  bool cudnn_ok = true;
+  if (!rc && (conv_auto_time(l, dir, false, g, prec, &warm) || RESTORE_GRADS() ||
+              conv_auto_time(l, dir, false, g, prec, &t_moka) || RESTORE_GRADS()))
+    rc = -1;
+  char why[256] = "";
+  if (!rc) {
+    if (conv_auto_time(l, dir, true, g, prec, &warm) || RESTORE_GRADS() ||
+        conv_auto_time(l, dir, true, g, prec, &t_cudnn) || RESTORE_GRADS()) {
+      /* cuDNN could not run it (no algorithm for the shape, ...): moka's engine */
+      snprintf(why, sizeof why, " (cuDNN: %s)", moka_error());
+      cudnn_ok = false;
+      if (moka_cuda_sync(l->cuda) || RESTORE_GRADS()) rc = -1;
+    }
+  }
+#undef RESTORE_GRADS
+  if (saved) {
+    if (moka_cuda_sync(l->cuda)) rc = -1;
+    moka_dev_free(saved);
+  }
+  if (rc) return moka_error_prefix("layer '%s': choosing the convolution engine", l->name);
+  *cudnn = cudnn_ok && t_cudnn < t_moka;
+  p->auto_engine[dir] = *cudnn ? 1 : 0;
+  p->auto_geom[dir] = *g;
+  p->auto_prec[dir] = (int)prec;
+  if (cudnn_ok)
+    LOG_INFO("Convolution '%s' %s (%dx%dx%dx%d -> %d, %dx%d/%d, %s): moka %.3f ms, cuDNN %.3f "
+             "ms: %s",
+             l->name, dir == 0 ? "forward" : "backward", g->num, g->channels, g->height,
+             g->width, g->num_output, g->kernel_h, g->kernel_w, g->stride_h,
+             moka_conv_prec_name(prec), t_moka, t_cudnn, *cudnn ? "cuDNN" : "moka");
+  else
+    LOG_INFO("Convolution '%s' %s: moka's engine%s", l->name, dir == 0 ? "forward" : "backward",
+             why);
+  return 0;
+}
+
+static int conv_engine_for(Layer *l, int dir, const MokaConvGeom *g, MokaConvPrec prec,
+                           bool *cudnn) {
+  const int e = conv_engine_fixed(l);
+  if (e >= 0) {
+    *cudnn = e == 1;
+    return 0;
+  }
+  return conv_auto_choose(l, dir, g, prec, cudnn);
 }
 
 static int conv_forward_cuda(Layer *l) {
   ConvPriv *p = l->priv;
   if (layer_cuda_ready(l, false)) return -1;
   const MokaConvGeom g = conv_cuda_geom(p);
+  const MokaConvPrec prec = conv_cuda_prec();
+  bool cudnn;
+  if (conv_engine_for(l, 0, &g, prec, &cudnn)) return -1;
+  return conv_forward_run(l, cudnn, &g, prec);
+}
+
+static int conv_forward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec) {
+  ConvPriv *p = l->priv;
+  const MokaConvGeom g = *gp;
   const float *w = l->params[0]->dev_data;                          /* (OC, IC/G, KH, KW) */
   const float *bias = p->bias_term ? l->params[1]->dev_data : NULL; /* (OC) */
-  const bool cudnn = conv_uses_cudnn(l);
-  const MokaConvPrec prec = conv_cuda_prec();
   for (int i = 0; i < l->n_bottom; i++) {
     const float *x = l->bottom[i]->dev_data; /* (N,IC,H,W) */
     float *y = l->top[i]->dev_data;          /* (N,OC,OH,OW) */
@@ -351,11 +457,18 @@ static int conv_backward_cuda(Layer *l) {
   ConvPriv *p = l->priv;
   if (layer_cuda_ready(l, true)) return -1;
   const MokaConvGeom g = conv_cuda_geom(p);
+  const MokaConvPrec prec = conv_cuda_prec();
+  bool cudnn;
+  if (conv_engine_for(l, 1, &g, prec, &cudnn)) return -1;
+  return conv_backward_run(l, cudnn, &g, prec);
+}
+
+static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec) {
+  ConvPriv *p = l->priv;
+  const MokaConvGeom g = *gp;
   const float *w = l->params[0]->dev_data;                     /* (OC, IC/G, KH, KW) */
   float *dw = l->params[0]->dev_diff;                          /* accumulated */
   float *db = p->bias_term ? l->params[1]->dev_diff : NULL;    /* (OC), accumulated */
-  const bool cudnn = conv_uses_cudnn(l);
-  const MokaConvPrec prec = conv_cuda_prec();
   for (int i = 0; i < l->n_bottom; i++) {
     const float *x = l->bottom[i]->dev_data;
     const float *dy = l->top[i]->dev_diff;

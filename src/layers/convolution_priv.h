@@ -43,6 +43,13 @@ typedef struct ConvPriv {
   const float *sub_x;
 #ifdef MOKA_WITH_CUDA
   MokaCudnnConv *cudnn_plan; /* engine CUDNN: descriptors and algorithms */
+  /* MOKA_CONV_ENGINE=auto (layers at engine DEFAULT): the engine each direction runs
+   * (0 moka's, 1 cuDNN), timed at its first run for auto_geom and auto_prec and kept
+   * while they stay the same (the zeroed priv's geometry matches none: not yet timed;
+   * convolution.c, conv_auto_choose). */
+  signed char auto_engine[2];           /* [0] forward, [1] backward */
+  MokaConvGeom auto_geom[2];            /* the geometry each choice was made for */
+  int auto_prec[2];                     /* and the precision */
 #endif
 } ConvPriv;
 

@@ -217,14 +217,14 @@ for b in $BATCHES; do
   python3 tests/gpu/gen_train_input.py data/ResNet-50-deploy.prototxt "$b" "$W/r50_train_b$b.prototxt" ||
     say "gen_train_input.py failed for batch $b"
   [ $BUILD_OK = 1 ] || continue
-  for eng in moka cudnn; do
+  for eng in moka cudnn auto; do
     step "moka time b$b engine=$eng" 180 "$W/moka_${eng}_b$b.log" \
       env MOKA_CONV_ENGINE=$eng "$M" time --model="$W/r50_train_b$b.prototxt" --gpu=0 \
       --iterations="$ITERS"
   done
   # --precision=bf16 (moka's implicit-GEMM kernels, then cuDNN bf16), the largest batch only
   if [ "$b" = "${BF16_BATCH:-64}" ]; then
-    for eng in moka cudnn; do
+    for eng in moka cudnn auto; do
       step "moka time b$b engine=$eng bf16" 180 "$W/moka_${eng}bf16_b$b.log" \
         env MOKA_CONV_ENGINE=$eng "$M" time --model="$W/r50_train_b$b.prototxt" --gpu=0 \
         --iterations="$ITERS" --precision=bf16

@@ -126,13 +126,14 @@ def main():
     print("ResNet-50 v1 training (forward+backward, 224x224), img/s:")
     print("  %-44s %8s %10s %10s" % ("", "batch", "img/s", "peak MiB"))
     for b in batches:
-        for eng in ("moka", "cudnn", "mokabf16", "cudnnbf16") + tuple(AB_RUNS):
+        for eng in ("moka", "cudnn", "auto", "mokabf16", "cudnnbf16", "autobf16") + tuple(AB_RUNS):
             r = runs.get((eng, b))
             if r:
                 print("  %-44s %8d %10s %10s%s" % (
                     AB_RUNS[eng] if eng in AB_RUNS else
                     "moka %s, %s convolutions" % ("bf16" if eng.endswith("bf16") else "fp32",
                                                   "moka's own" if eng.startswith("moka")
+                                                  else "faster-per-layer" if eng.startswith("auto")
                                                   else "cuDNN"),
                     b, fmt(r["img_s"]), fmt(r["peak_mib"], "%.0f"),
                     "  (per-layer synced: %s img/s)" % fmt(r["img_s_synced"])
@@ -166,6 +167,12 @@ def main():
               "moka bf16/cuDNN engine bf16 = %s"
               % (b, ratio(mi, ti), ratio(ci, ti), ratio(mi, ci), ratio(mi, bi), ratio(mbi, bi),
                  ratio(mbi, cbi)))
+        au, aub = runs.get(("auto", b)), runs.get(("autobf16", b))
+        if au or aub:
+            print("  batch %d: faster-per-layer engine (MOKA_CONV_ENGINE=auto)/PyTorch fp32 = %s; "
+                  "auto bf16/PyTorch bf16 AMP channels_last = %s"
+                  % (b, ratio(au["img_s"] if au else None, ti),
+                     ratio(aub["img_s"] if aub else None, bi)))
     print()
     for b, (em, ec, prec) in [(b, p) for b in batches for p in (("moka", "cudnn", "fp32"),
                                                                ("mokabf16", "cudnnbf16", "bf16"))]:

@@ -334,15 +334,20 @@ static const char *conv_params[][2] = {
 };
 
 static void test_convolution(void) {
-  for (int engine = 0; engine < 2; engine++)
+  /* engine 0: CAFFE (moka's), 1: CUDNN, 2: DEFAULT with MOKA_CONV_ENGINE=auto (each direction
+   * timed on both engines first; the parameter gradients must still be added once) */
+  for (int engine = 0; engine < 3; engine++)
     for (size_t i = 0; i < MOKA_ARRAY_LEN(conv_params); i++) {
       char proto[1024], name[128];
-      snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s engine: %s }",
-               conv_params[i][0], engine ? "CUDNN" : "CAFFE");
+      snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s%s%s }",
+               conv_params[i][0], engine < 2 ? " engine: " : "",
+               engine == 0 ? "CAFFE" : engine == 1 ? "CUDNN" : "");
       snprintf(name, sizeof name, "conv[%zu] %s %s", i, conv_params[i][1],
-               engine ? "cudnn" : "moka");
+               engine == 0 ? "moka" : engine == 1 ? "cudnn" : "auto");
+      ctx->conv_engine_auto = engine == 2;
       Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
       run_spec(&s);
+      ctx->conv_engine_auto = false;
     }
 }
 
