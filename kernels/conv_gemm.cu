@@ -19,7 +19,8 @@
  * nb/P images each, one strided-batched GEMM into P partial (OCg, kdim) buffers after the
  * columns, then a kernel adding them to dW in p order (deterministic; the split depends
  * only on the shape). P is chosen for about two waves of 128x128 tiles on the GPU, at
- * least 2048 columns per part, at most 32 parts, and a divisor of nb.
+ * least 2048 columns per part, at most 64 parts, and a divisor of nb (the stem's weight
+ * gradient, (64, 147) with K = 802,816 at batch 64, takes 64 parts of one image each).
  * 1x1 convolutions with stride 1 and no padding skip im2col for forward and
  * data gradient: a strided-batched GEMM straight on the NCHW blob,
  *   y_n (OC, HW) = W (OC, C) x x_n (C, HW)   (per group).
@@ -143,7 +144,7 @@ static int wgrad_parts(const MokaConvGeom *g, int nb) {
   const size_t tiles = ((OCg + 127) / 128) * ((kdim + 127) / 128);
   size_t p = (264 + tiles - 1) / tiles;
   if (p > ncols / 2048) p = ncols / 2048;
-  if (p > 32) p = 32;
+  if (p > 64) p = 64;
   if (p > (size_t)nb) p = (size_t)nb;
   while (p > 1 && nb % (int)p) p--;
   return p < 2 ? 1 : (int)p;
