@@ -14,13 +14,16 @@
  * budget: 512 MiB, or the environment's MOKA_CONV_WS_BYTES (tests set it
  * small to exercise several chunks).
  * The weight gradient's GEMM is short and wide the wrong way for a GPU: (OCg, kdim) is
- * a few tiles (64 x 576 for ResNet's 56x56 3x3 layers) and K = nb*OH*OW is long. So it is
- * split along K by images (MOKA_CONV_WGRAD_SPLIT=0: one GEMM): P partial products of
- * nb/P images each, one strided-batched GEMM into P partial (OCg, kdim) buffers after the
+ * a few tiles (64 x 576 for ResNet's 56x56 3x3 layers) and K = nb*OH*OW is long.
+ * MOKA_CONV_WGRAD_SPLIT=1 splits it along K by images: P partial products of nb/P
+ * images each, one strided-batched GEMM into P partial (OCg, kdim) buffers after the
  * columns, then a kernel adding them to dW in p order (deterministic; the split depends
- * only on the shape). P is chosen for about two waves of 128x128 tiles on the GPU, at
- * least 2048 columns per part, at most 64 parts, and a divisor of nb (the stem's weight
- * gradient, (64, 147) with K = 802,816 at batch 64, takes 64 parts of one image each).
+ * only on the shape). Off by default: on the H200 (2026-11-28, ResNet-50 batch 64) it
+ * made the convolutions' backward 40.2 -> 42.5 ms (cuBLAS already splits such products
+ * well; only the 56x56 1x1 layers gained, 0.77 -> 0.71 ms, the stem and the 3x3 layers
+ * lost, 2.72 -> 3.16 and 1.60 -> 1.70 ms). P is chosen for about two waves of 128x128
+ * tiles on the GPU, at least 2048 columns per part, at most 64 parts, and a divisor of nb
+ * (the stem's weight gradient, (64, 147) with K = 802,816 at batch 64: 64 parts).
  * 1x1 convolutions with stride 1 and no padding skip im2col for forward and
  * data gradient: a strided-batched GEMM straight on the NCHW blob,
  *   y_n (OC, HW) = W (OC, C) x x_n (C, HW)   (per group).
@@ -126,13 +129,10 @@ __global__ void wgrad_reduce_kernel(const float *part, float *dw, size_t len, in
   }
 }
 
+/* Read at each backward (tests switch it within a process). */
 static bool wgrad_split_on(void) {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("MOKA_CONV_WGRAD_SPLIT");
-    on = !(e && e[0] == '0');
-  }
-  return on != 0;
+  const char *e = getenv("MOKA_CONV_WGRAD_SPLIT");
+  return e && e[0] == '1';
 }
 
 /* Parts of the weight gradient's K for a chunk of nb images (see the header); 1: none. */

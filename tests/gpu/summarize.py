@@ -27,6 +27,7 @@ AB_RUNS = {
     "unfused": "moka fp32, no BN fusion, no memory plan",
     "novec": "moka fp32, MOKA_BNF_VEC=0 (scalar chains)",
     "nosplit": "moka fp32, MOKA_CONV_WGRAD_SPLIT=0",
+    "split": "moka fp32, MOKA_CONV_WGRAD_SPLIT=1",
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
 }
 

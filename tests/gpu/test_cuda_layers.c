@@ -327,8 +327,8 @@ static const char *conv_params[][2] = {
     {"num_output: 3 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 stride_h: 2 stride_w: 1" GW,
      "2,5,8,6"},
     {"num_output: 64 kernel_size: 3 pad: 1 bias_term: false" GW, "2,64,14,14"}, /* K = 576 */
-    /* >= 4096 columns: the weight gradient split in parts (conv_gemm.cu), 2 parts; 4 parts
-     * per group */
+    /* >= 4096 columns: with MOKA_CONV_WGRAD_SPLIT=1 the weight gradient split in parts
+     * (conv_gemm.cu; test_convolution_split), 2 parts; 4 parts per group */
     {"num_output: 16 kernel_size: 3 pad: 1" GW, "6,8,33,31"},
     {"num_output: 12 kernel_size: 1 bias_term: false group: 2" GW, "8,8,32,32"},
 };
@@ -351,6 +351,21 @@ static void test_convolution(void) {
     }
 }
 
+/* MOKA_CONV_WGRAD_SPLIT=1 (off by default): moka's engine on the cases with >= 4096
+ * columns, the weight gradient in parts. */
+static void test_convolution_split(void) {
+  setenv("MOKA_CONV_WGRAD_SPLIT", "1", 1);
+  for (size_t i = MOKA_ARRAY_LEN(conv_params) - 2; i < MOKA_ARRAY_LEN(conv_params); i++) {
+    char proto[1024], name[128];
+    snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s engine: CAFFE }",
+             conv_params[i][0]);
+    snprintf(name, sizeof name, "conv[%zu] %s moka, split weight gradient", i, conv_params[i][1]);
+    Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
+    run_spec(&s);
+  }
+  unsetenv("MOKA_CONV_WGRAD_SPLIT");
+}
+
 static void test_convolution_chunks(void) {
   /* A tiny workspace budget: one image per GEMM chunk. */
   setenv("MOKA_CONV_WS_BYTES", "1", 1);
@@ -368,12 +383,14 @@ static void test_convolution_chunks(void) {
             "type: 'Convolution' convolution_param { num_output: 4 kernel_size: 3 pad: 1" GW "}",
             MOKA_TRAIN, {"3,3,9,7"}, 1, false, -1, 0, B_GEMM, true};
   run_spec(&s);
-  /* batch 7 in chunks of 4 and 3: the weight gradient in 2 parts, then in one */
+  /* batch 7 in chunks of 4 and 3: the weight gradient in 2 parts, then in one (split on) */
   setenv("MOKA_CONV_WS_BYTES", "1126400", 1);
+  setenv("MOKA_CONV_WGRAD_SPLIT", "1", 1);
   Spec s2 = {"conv 3x3 batch 7, chunks of 4 and 3, split weight gradient",
              "type: 'Convolution' convolution_param { num_output: 8 kernel_size: 3 pad: 1" GW "}",
              MOKA_TRAIN, {"7,4,40,40"}, 1, false, -1, 0, B_GEMM, true};
   run_spec(&s2);
+  unsetenv("MOKA_CONV_WGRAD_SPLIT");
   unsetenv("MOKA_CONV_WS_BYTES");
 }
 
@@ -822,6 +839,7 @@ int main(void) {
   const int g = gpu_test_open(&ctx);
   if (g) return g > 0 ? test_summary() : 1;
   RUN(test_convolution);
+  RUN(test_convolution_split);
   RUN(test_convolution_chunks);
   RUN(test_batchnorm);
   RUN(test_scale_relu);
