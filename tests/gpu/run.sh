@@ -70,7 +70,9 @@ step() {
 
 # ---- 0. the machine ---------------------------------------------------------------------------
 {
-  echo "GPU check of $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(hostname), $(date -u +%Y-%m-%dT%H:%MZ)"
+  # MOKA_COMMIT: the commit as the caller names it (the device's copy of the tree may carry
+  # an older .git than the files it runs)
+  echo "GPU check of ${MOKA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')} on $(hostname), $(date -u +%Y-%m-%dT%H:%MZ)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 |
     sed 's/^/GPU: /'
   echo "nvcc: $(nvcc --version 2>/dev/null | tail -1)"
