@@ -31,8 +31,10 @@
  * The kernels are plain (one thread per value, Caffe's im2col/col2im
  * indexing); col2im gathers the (kh, kw) contributions of a pixel in the
  * reference's order, so its sums round the same way.
- * TODO(speed): an implicit-GEMM kernel (no column buffer), tensor cores for
- * bf16, and fusing the transposes into the GEMM epilogue.
+ * 3x3 stride-1 convolutions take Winograd F(2x2,3x3) for forward and data gradient
+ * (kernels/conv_winograd.cu, MOKA_CONV_WINOGRAD=0: this file's path for them too).
+ * TODO(speed): an implicit-GEMM kernel (no column buffer), and fusing the transposes into
+ * the GEMM epilogue.
  */
 #include <stdlib.h>
 
@@ -198,6 +200,7 @@ int moka_cuda_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float *x, c
                            const float *bias, float *y) {
   if (check_geom(g)) return -1;
   if (g->num == 0) return 0;
+  if (moka_cuda_winograd_applies(g)) return moka_cuda_winograd_forward(c, g, x, w, bias, y);
   cudaStream_t s = c->stream;
   const int G = g->group, OCg = g->num_output / G, Cg = g->channels / G;
   const size_t OHW = (size_t)g->out_h * g->out_w, HW = (size_t)g->height * g->width;
@@ -240,6 +243,7 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
   const size_t OHW = (size_t)g->out_h * g->out_w, HW = (size_t)g->height * g->width;
   const int kdim = Cg * g->kernel_h * g->kernel_w;
   const bool plain = is_plain_1x1(g);
+  const bool wino_dx = dx && moka_cuda_winograd_applies(g); /* dx after the weight gradient */
   if (db &&
       moka_cuda_channel_sum(s, dy, NULL, db, (size_t)g->num, (size_t)g->num_output, OHW, true))
     return -1;
@@ -271,7 +275,7 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
         return -1;
       }
     }
-    if (!dx || plain) continue;
+    if (!dx || plain || wino_dx) continue;
     for (int gi = 0; gi < G; gi++) /* dcol overwrites col (done with it) */
       if (moka_cuda_gemm(c, true, false, kdim, (int)ncols, OCg, 1.0f, w + (size_t)gi * OCg * kdim,
                          t + (size_t)gi * OCg * ncols, 0.0f, col + (size_t)gi * kdim * ncols))
@@ -280,6 +284,7 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
         *g, nb, col, dx + (size_t)n0 * g->channels * HW);
     if (moka_cuda_launched(s, "col2im_batched_kernel", __FILE__, __LINE__)) return -1;
   }
+  if (wino_dx) return moka_cuda_winograd_backward_data(c, g, w, dy, dx);
   if (dx && plain)
     for (int gi = 0; gi < G; gi++) /* dx_n (Cg, HW) = W_g^T (Cg, OCg) x dy_n (OCg, HW) */
       if (moka_cuda_gemm_strided(c, true, false, Cg, (int)OHW, OCg, 1.0f,

@@ -335,13 +335,23 @@ typedef struct MokaConvGeom {
 } MokaConvGeom;
 
 /* moka's engine: im2col + cuBLAS SGEMM (1x1/stride 1/no pad: the GEMM
- * straight on the NCHW blob). w (OC, C/G, KH, KW), bias (OC) or NULL. */
+ * straight on the NCHW blob; 3x3/stride 1: Winograd F(2x2,3x3) for forward and
+ * data gradient, kernels/conv_winograd.cu). w (OC, C/G, KH, KW), bias (OC) or NULL. */
 int moka_cuda_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float *x, const float *w,
                            const float *bias, float *y);
 /* dw (+)= and db (+)= (accumulated, db may be NULL); dx (overwritten) when
  * not NULL. */
 int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, const float *w,
                             const float *dy, float *dx, float *dw, float *db);
+
+/* Winograd F(2x2,3x3) (kernels/conv_winograd.cu): whether it takes this geometry (group 1,
+ * 3x3, stride 1, dilation 1, equal pads 0..2; not with MOKA_CONV_WINOGRAD=0); the forward
+ * (y overwritten, + bias when not NULL) and the data gradient (dx overwritten). */
+bool moka_cuda_winograd_applies(const MokaConvGeom *g);
+int moka_cuda_winograd_forward(MokaCuda *c, const MokaConvGeom *g, const float *x,
+                               const float *w, const float *bias, float *y);
+int moka_cuda_winograd_backward_data(MokaCuda *c, const MokaConvGeom *g, const float *w,
+                                     const float *dy, float *dx);
 
 /* cuDNN engine: descriptors and algorithms, made for one geometry (remade
  * when it changes). */

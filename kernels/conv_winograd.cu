@@ -1,0 +1,115 @@
+/* conv_winograd.cu — moka's fp32 engine for 3x3 stride-1 convolutions: Winograd F(2x2, 3x3)
+ * for the forward pass and the data gradient (the arithmetic, layouts and the data
+ * gradient as a convolution are in conv_winograd_tile.h). The weight gradient stays
+ * im2col + GEMM (conv_gemm.cu).
+ *
+ * One pass per chunk of images: the filter transform U (16, K, C) once, then per chunk the
+ * input transform V (16, C, T), 16 GEMMs in one strided-batched cuBLAS call (fp32, TF32
+ * off) M (16, K, T) = U x V, and the output transform into the NCHW blob (bias added on
+ * the way). Against im2col + GEMM: 2.25x fewer multiply-adds, and V and M are 4x the input
+ * and output instead of the 9x column buffer, with no transposes of the output.
+ *
+ * Used for group 1, 3x3 kernels, stride 1, dilation 1, pad 0..2 (moka_cuda_winograd_applies);
+ * MOKA_CONV_WINOGRAD=0 turns it off (im2col + GEMM for everything, as before it). Chunks:
+ * as many images as fit in the convolution workspace budget (MOKA_CONV_WS_BYTES, 512 MiB).
+ */
+#include <stdlib.h>
+
+#include "conv_winograd_tile.h"
+#include "cuda_internal.h"
+
+__global__ void wg_filter_kernel(const float *w, float *U, int A, int B, int flip) {
+  MOKA_GRID_LOOP(i, (size_t)A * B) {
+    const int a = (int)(i / (size_t)B), b = (int)(i - (size_t)a * B);
+    wg_filter_tile(w, a, b, A, B, flip, U);
+  }
+}
+
+/* one thread per (c, t), t fastest: V's rows are written in runs */
+__global__ void wg_input_kernel(WgGeom g, const float *x, float *V, size_t T) {
+  MOKA_GRID_LOOP(i, (size_t)g.C * T) {
+    const int c = (int)(i / T);
+    wg_input_tile(&g, x, c, i - (size_t)c * T, T, V);
+  }
+}
+
+__global__ void wg_output_kernel(WgGeom g, const float *M, size_t T, const float *bias,
+                                 float *y) {
+  MOKA_GRID_LOOP(i, (size_t)g.K * T) {
+    const int k = (int)(i / T);
+    wg_output_tile(&g, M, k, i - (size_t)k * T, T, bias, y);
+  }
+}
+
+bool moka_cuda_winograd_applies(const MokaConvGeom *g) {
+  const char *e = getenv("MOKA_CONV_WINOGRAD");
+  if (e && e[0] == '0') return false;
+  return g->group == 1 && g->kernel_h == 3 && g->kernel_w == 3 && g->stride_h == 1 &&
+         g->stride_w == 1 && g->dilation_h == 1 && g->dilation_w == 1 && g->pad_h == g->pad_w &&
+         g->pad_h >= 0 && g->pad_h <= 2 && g->out_h >= 1 && g->out_w >= 1;
+}
+
+static size_t wg_budget(void) {
+  const char *e = getenv("MOKA_CONV_WS_BYTES");
+  if (e && *e) return (size_t)strtoull(e, NULL, 10);
+  return (size_t)512 << 20;
+}
+
+/* One convolution of num images: pg the pass geometry (per image), w the layer's weights
+ * (flip: the data gradient's), src (num, C, H, W) -> dst (num, K, OH, OW). */
+static int wg_run(MokaCuda *c, const WgGeom *pg, int num, const float *w, int flip,
+                  const float *bias, const float *src, float *dst, const char *what) {
+  cudaStream_t s = c->stream;
+  const size_t Ti = (size_t)pg->th * pg->tw;
+  const size_t u_floats = (size_t)16 * pg->K * pg->C;
+  const size_t per_img = (size_t)16 * Ti * ((size_t)pg->C + pg->K);
+  size_t budget = wg_budget() / sizeof(float);
+  size_t nb = budget > u_floats ? (budget - u_floats) / per_img : 0;
+  if (nb < 1) nb = 1;
+  if (nb > (size_t)num) nb = (size_t)num;
+  while (nb > 1 && nb * Ti > 0x7fffffffu) nb /= 2; /* cuBLAS dimensions are ints */
+  void *ws;
+  if (moka_cuda_workspace(c, (u_floats + nb * per_img) * sizeof(float), what, &ws)) return -1;
+  float *U = (float *)ws, *V = U + u_floats, *M = V + (size_t)16 * pg->C * nb * Ti;
+  wg_filter_kernel<<<moka_blocks((size_t)pg->K * pg->C), MOKA_THREADS, 0, s>>>(w, U, pg->K,
+                                                                               pg->C, flip);
+  if (moka_cuda_launched(s, "wg_filter_kernel", __FILE__, __LINE__)) return -1;
+  const size_t in_img = (size_t)pg->C * pg->H * pg->W, out_img = (size_t)pg->K * pg->OH * pg->OW;
+  for (int n0 = 0; n0 < num; n0 += (int)nb) {
+    const size_t nc = (size_t)num - n0 < nb ? (size_t)num - n0 : nb;
+    const size_t T = nc * Ti;
+    wg_input_kernel<<<moka_blocks((size_t)pg->C * T), MOKA_THREADS, 0, s>>>(
+        *pg, src + (size_t)n0 * in_img, V, T);
+    if (moka_cuda_launched(s, "wg_input_kernel", __FILE__, __LINE__)) return -1;
+    /* M_xi (K, T) = U_xi (K, C) x V_xi (C, T), xi = 0..15 */
+    if (moka_cuda_gemm_strided(c, false, false, pg->K, (int)T, pg->C, 1.0f, U,
+                               (long long)pg->K * pg->C, V, (long long)pg->C * T, 0.0f, M,
+                               (long long)pg->K * T, 16))
+      return -1;
+    wg_output_kernel<<<moka_blocks((size_t)pg->K * T), MOKA_THREADS, 0, s>>>(
+        *pg, M, T, bias, dst + (size_t)n0 * out_img);
+    if (moka_cuda_launched(s, "wg_output_kernel", __FILE__, __LINE__)) return -1;
+  }
+  return 0;
+}
+
+int moka_cuda_winograd_forward(MokaCuda *c, const MokaConvGeom *g, const float *x,
+                               const float *w, const float *bias, float *y) {
+  if (g->num == 0) return 0;
+  const WgGeom pg = wg_geom(g->channels, g->num_output, g->height, g->width, g->pad_h);
+  if (pg.OH != g->out_h || pg.OW != g->out_w)
+    return moka_errorf("internal error: Winograd output %dx%d, the layer's %dx%d", pg.OH, pg.OW,
+                       g->out_h, g->out_w);
+  return wg_run(c, &pg, g->num, w, 0, bias, x, y, "Winograd convolution buffers");
+}
+
+int moka_cuda_winograd_backward_data(MokaCuda *c, const MokaConvGeom *g, const float *w,
+                                     const float *dy, float *dx) {
+  if (g->num == 0) return 0;
+  /* dx = dy (num, OC, OH, OW) convolved with the turned, transposed weights, pad 2 - pad */
+  const WgGeom pg = wg_geom(g->num_output, g->channels, g->out_h, g->out_w, 2 - g->pad_h);
+  if (pg.OH != g->height || pg.OW != g->width)
+    return moka_errorf("internal error: Winograd data gradient %dx%d, the layer's input %dx%d",
+                       pg.OH, pg.OW, g->height, g->width);
+  return wg_run(c, &pg, g->num, w, 1, NULL, dy, dx, "Winograd data-gradient buffers");
+}

@@ -1,0 +1,151 @@
+/* conv_winograd_tile.h — the per-thread arithmetic of the CUDA Winograd convolution
+ * (kernels/conv_winograd.cu), F(2x2, 3x3), as plain functions that compile for the device
+ * (nvcc) and for the host (a C compiler), so that tests/unit/test_cuda_winograd_tile.c runs
+ * the whole algorithm on the CPU, with these very functions, against a direct convolution.
+ *
+ * A 3x3, stride-1 convolution of x (nb, C, H, W), zero-padded by `pad`, into (nb, K, OH, OW)
+ * with OH = H + 2 pad - 2 is cut into 2x2 output tiles, th = ceil(OH/2) by tw = ceil(OW/2) per
+ * image, T = nb*th*tw in all, tile t = (n*th + ty)*tw + tx. Per tile, with the 4x4 input patch
+ * d at rows 2ty - pad .. +3, columns 2tx - pad .. +3 (zeros outside the image):
+ *
+ *   V = B^T d B,  U = G g G^T,  M = sum over c of U (.) V  (16 GEMMs, one per position xi),
+ *   y (2x2) = A^T M A,
+ *
+ *   B^T = | 1  0 -1  0 |   G = | 1    0    0   |   A^T = | 1  1  1  0 |
+ *         | 0  1  1  0 |       | 1/2  1/2  1/2 |         | 0  1 -1 -1 |
+ *         | 0 -1  1  0 |       | 1/2 -1/2  1/2 |
+ *         | 0  1  0 -1 |       | 0    0    1   |
+ *
+ * Layouts: U (16, K, C), V (16, C, T), M (16, K, T), each position xi = 4i + j a row-major
+ * matrix, so that M_xi (K, T) = U_xi (K, C) x V_xi (C, T) is one strided-batched GEMM.
+ *
+ * The data gradient of such a convolution is one too: dx = dy convolved with the weights
+ * turned by 180 degrees and their two channel axes swapped, zero-padded by 2 - pad
+ * (wg_filter_tile's `flip`).
+ *
+ * Float operations: only additions, subtractions and halvings (exact scalings), no FMA
+ * contraction needed for accuracy; F(2x2)'s error is of the order of a direct sum's.
+ */
+#ifndef MOKA_CONV_WINOGRAD_TILE_H
+#define MOKA_CONV_WINOGRAD_TILE_H
+
+#include <stddef.h>
+
+#ifdef __CUDACC__
+#define WG_FN __host__ __device__ static inline
+#else
+#define WG_FN static inline
+#endif
+
+/* One pass: input (nb, C, H, W) padded by pad, output (nb, K, OH, OW), th x tw tiles. */
+typedef struct WgGeom {
+  int C, K, H, W, OH, OW, pad, th, tw;
+} WgGeom;
+
+WG_FN WgGeom wg_geom(int C, int K, int H, int W, int pad) {
+  WgGeom g;
+  g.C = C;
+  g.K = K;
+  g.H = H;
+  g.W = W;
+  g.pad = pad;
+  g.OH = H + 2 * pad - 2;
+  g.OW = W + 2 * pad - 2;
+  g.th = (g.OH + 1) / 2;
+  g.tw = (g.OW + 1) / 2;
+  return g;
+}
+
+/* Tile t -> image n (within the pass), tile row ty, tile column tx. */
+WG_FN void wg_tile_pos(const WgGeom *g, size_t t, size_t *n, int *ty, int *tx) {
+  const size_t per = (size_t)g->th * g->tw;
+  *n = t / per;
+  const int r = (int)(t - *n * per);
+  *ty = r / g->tw;
+  *tx = r - *ty * g->tw;
+}
+
+/* V[xi][c][t] for input channel c and tile t of x (the pass's nb images). */
+WG_FN void wg_input_tile(const WgGeom *g, const float *x, int c, size_t t, size_t T, float *V) {
+  size_t n;
+  int ty, tx;
+  wg_tile_pos(g, t, &n, &ty, &tx);
+  const float *xc = x + (n * (size_t)g->C + (size_t)c) * (size_t)g->H * (size_t)g->W;
+  const int h0 = 2 * ty - g->pad, w0 = 2 * tx - g->pad;
+  float d[4][4], b[4][4];
+  for (int i = 0; i < 4; i++) {
+    const int h = h0 + i;
+    for (int j = 0; j < 4; j++) {
+      const int w = w0 + j;
+      d[i][j] = h >= 0 && h < g->H && w >= 0 && w < g->W ? xc[(size_t)h * g->W + w] : 0.0f;
+    }
+  }
+  for (int j = 0; j < 4; j++) { /* B^T d */
+    b[0][j] = d[0][j] - d[2][j];
+    b[1][j] = d[1][j] + d[2][j];
+    b[2][j] = d[2][j] - d[1][j];
+    b[3][j] = d[1][j] - d[3][j];
+  }
+  const size_t CT = (size_t)g->C * T;
+  float *v = V + (size_t)c * T + t;
+  for (int i = 0; i < 4; i++) { /* (B^T d) B */
+    v[(size_t)(4 * i + 0) * CT] = b[i][0] - b[i][2];
+    v[(size_t)(4 * i + 1) * CT] = b[i][1] + b[i][2];
+    v[(size_t)(4 * i + 2) * CT] = b[i][2] - b[i][1];
+    v[(size_t)(4 * i + 3) * CT] = b[i][1] - b[i][3];
+  }
+}
+
+/* U[xi][a][b] (16, A, B) for output channel a and input channel b of the pass. w is the
+ * layer's (OC, IC, 3, 3). flip = 0 (forward): A = OC, B = IC, g = w[a][b]. flip = 1 (data
+ * gradient): A = IC, B = OC, g = w[b][a] turned by 180 degrees. */
+WG_FN void wg_filter_tile(const float *w, int a, int b, int A, int B, int flip, float *U) {
+  float g[3][3], q[4][3];
+  const float *src = flip ? w + ((size_t)b * A + a) * 9 : w + ((size_t)a * B + b) * 9;
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 3; j++) g[i][j] = flip ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
+  for (int j = 0; j < 3; j++) { /* G g */
+    q[0][j] = g[0][j];
+    q[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+    q[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+    q[3][j] = g[2][j];
+  }
+  const size_t AB = (size_t)A * B;
+  float *u = U + (size_t)a * B + b;
+  for (int i = 0; i < 4; i++) { /* (G g) G^T */
+    u[(size_t)(4 * i + 0) * AB] = q[i][0];
+    u[(size_t)(4 * i + 1) * AB] = 0.5f * (q[i][0] + q[i][1] + q[i][2]);
+    u[(size_t)(4 * i + 2) * AB] = 0.5f * (q[i][0] - q[i][1] + q[i][2]);
+    u[(size_t)(4 * i + 3) * AB] = q[i][2];
+  }
+}
+
+/* The 2x2 outputs of output channel k and tile t from M[xi][k][t]: y (the pass's nb images,
+ * (nb, K, OH, OW)) overwritten, plus bias[k] when bias is not NULL. */
+WG_FN void wg_output_tile(const WgGeom *g, const float *M, int k, size_t t, size_t T,
+                          const float *bias, float *y) {
+  size_t n;
+  int ty, tx;
+  wg_tile_pos(g, t, &n, &ty, &tx);
+  const size_t KT = (size_t)g->K * T;
+  const float *m = M + (size_t)k * T + t;
+  float p[4][4], a[2][4];
+  for (int xi = 0; xi < 16; xi++) p[xi / 4][xi % 4] = m[(size_t)xi * KT];
+  for (int j = 0; j < 4; j++) { /* A^T M */
+    a[0][j] = p[0][j] + p[1][j] + p[2][j];
+    a[1][j] = p[1][j] - p[2][j] - p[3][j];
+  }
+  const float bk = bias ? bias[k] : 0.0f;
+  float *yk = y + (n * (size_t)g->K + (size_t)k) * (size_t)g->OH * (size_t)g->OW;
+  for (int i = 0; i < 2; i++) { /* (A^T M) A */
+    const int oh = 2 * ty + i;
+    if (oh >= g->OH) continue;
+    const float o[2] = {a[i][0] + a[i][1] + a[i][2], a[i][1] - a[i][2] - a[i][3]};
+    for (int j = 0; j < 2; j++) {
+      const int ow = 2 * tx + j;
+      if (ow < g->OW) yk[(size_t)oh * g->OW + ow] = bias ? o[j] + bk : o[j];
+    }
+  }
+}
+
+#endif

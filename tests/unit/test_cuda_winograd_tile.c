@@ -1,0 +1,148 @@
+/* test_cuda_winograd_tile.c — the CUDA Winograd convolution's arithmetic
+ * (kernels/conv_winograd_tile.h: the same functions the kernels of
+ * kernels/conv_winograd.cu call, one per thread) run on the CPU: filter, input and output
+ * transforms with a host GEMM between them, forward and data gradient, against a direct
+ * convolution in double. No GPU needed; the device run of test_cuda_layers checks the
+ * kernels, the chunking and cuBLAS on top of this.
+ *
+ * Shapes: odd and even H/W, planes smaller than a tile (1x1, 2x9, 4x3), pad 0, 1 and 2,
+ * batch 1-3, channels 1-16, with and without bias. Bound: max |got - ref| / max |ref|
+ * below 5e-6 (F(2x2,3x3) in fp32 measures 2e-8 to 2.7e-7 here; a transform or index
+ * error gives 1e-2 or more, as the moved-tap case checks).
+ */
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/conv_winograd_tile.h"
+#include "rng.h"
+#include "testlib.h"
+
+#define TOL 5e-6
+
+static Rng g_rng;
+
+static float *randn(size_t n) {
+  float *p = malloc(n * sizeof *p);
+  if (!p) {
+    fprintf(stderr, "out of memory\n");
+    exit(1);
+  }
+  for (size_t i = 0; i < n; i++) p[i] = rng_gaussian(&g_rng, 0.0f, 1.0f);
+  return p;
+}
+
+/* Host Winograd pass: src (nb, g->C, H, W) -> dst (nb, g->K, OH, OW); w (OC, IC, 3, 3) of
+ * the layer (A = g->K, B = g->C as wg_filter_tile takes them). */
+static void wg_host(const WgGeom *g, int nb, const float *w, int flip, const float *bias,
+                    const float *src, float *dst) {
+  const size_t T = (size_t)nb * g->th * g->tw;
+  float *U = malloc(16 * (size_t)g->K * g->C * sizeof *U);
+  float *V = malloc(16 * (size_t)g->C * T * sizeof *V);
+  float *M = malloc(16 * (size_t)g->K * T * sizeof *M);
+  REQUIRE(U && V && M);
+  for (int a = 0; a < g->K; a++)
+    for (int b = 0; b < g->C; b++) wg_filter_tile(w, a, b, g->K, g->C, flip, U);
+  for (int c = 0; c < g->C; c++)
+    for (size_t t = 0; t < T; t++) wg_input_tile(g, src, c, t, T, V);
+  for (int xi = 0; xi < 16; xi++) /* M_xi = U_xi x V_xi, float sums as a GEMM would */
+    for (int k = 0; k < g->K; k++)
+      for (size_t t = 0; t < T; t++) {
+        float acc = 0.0f;
+        for (int c = 0; c < g->C; c++)
+          acc += U[((size_t)xi * g->K + k) * g->C + c] * V[((size_t)xi * g->C + c) * T + t];
+        M[((size_t)xi * g->K + k) * T + t] = acc;
+      }
+  for (int k = 0; k < g->K; k++)
+    for (size_t t = 0; t < T; t++) wg_output_tile(g, M, k, t, T, bias, dst);
+  free(U);
+  free(V);
+  free(M);
+}
+
+static double rel_err(const float *got, const double *ref, size_t n) {
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = fabs((double)got[i] - ref[i]);
+    if (d > worst || isnan(d)) worst = isnan(d) ? INFINITY : d;
+    if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+  }
+  return scale > 0 ? worst / scale : worst;
+}
+
+typedef struct Shape {
+  int nb, C, K, H, W, pad;
+  bool bias;
+} Shape;
+
+static void check_shape(const Shape *s, bool moved_tap) {
+  const int OH = s->H + 2 * s->pad - 2, OW = s->W + 2 * s->pad - 2;
+  const size_t nx = (size_t)s->nb * s->C * s->H * s->W, ny = (size_t)s->nb * s->K * OH * OW;
+  float *x = randn(nx), *w = randn((size_t)s->K * s->C * 9), *b = randn((size_t)s->K);
+  float *dy = randn(ny);
+  float *y = malloc(ny * sizeof *y), *dx = malloc(nx * sizeof *dx);
+  double *ry = calloc(ny, sizeof *ry), *rdx = calloc(nx, sizeof *rdx);
+  REQUIRE(y && dx && ry && rdx);
+  /* direct convolution and its data gradient, in double */
+  for (int n = 0; n < s->nb; n++)
+    for (int k = 0; k < s->K; k++)
+      for (int oh = 0; oh < OH; oh++)
+        for (int ow = 0; ow < OW; ow++) {
+          const size_t yi = (((size_t)n * s->K + k) * OH + oh) * OW + ow;
+          double acc = s->bias ? b[k] : 0.0;
+          for (int c = 0; c < s->C; c++)
+            for (int i = 0; i < 3; i++)
+              for (int j = 0; j < 3; j++) {
+                const int h = oh + i - s->pad, ww = ow + j - s->pad;
+                if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
+                const size_t xi = (((size_t)n * s->C + c) * s->H + h) * s->W + ww;
+                const double wv = w[((size_t)k * s->C + c) * 9 + i * 3 + j];
+                acc += (double)x[xi] * wv;
+                rdx[xi] += (double)dy[yi] * wv;
+              }
+          ry[yi] = acc;
+        }
+  if (moved_tap) { /* the reference with one tap of one filter moved: must fail the bound */
+    float t = w[4];
+    w[4] = w[5];
+    w[5] = t;
+  }
+  const WgGeom fg = wg_geom(s->C, s->K, s->H, s->W, s->pad);
+  const WgGeom bg = wg_geom(s->K, s->C, OH, OW, 2 - s->pad);
+  CHECK(fg.OH == OH && fg.OW == OW && bg.OH == s->H && bg.OW == s->W);
+  wg_host(&fg, s->nb, w, 0, s->bias ? b : NULL, x, y);
+  wg_host(&bg, s->nb, w, 1, NULL, dy, dx);
+  const double ef = rel_err(y, ry, ny), eb = rel_err(dx, rdx, nx);
+  if (moved_tap) {
+    CHECK_MSG(ef > 100 * TOL && eb > 100 * TOL, "moved tap not caught: %.3g %.3g", ef, eb);
+  } else {
+    CHECK_MSG(ef < TOL, "(%d,%d,%d,%d,%d) pad %d forward: error %.3g", s->nb, s->C, s->K, s->H,
+              s->W, s->pad, ef);
+    CHECK_MSG(eb < TOL, "(%d,%d,%d,%d,%d) pad %d data gradient: error %.3g", s->nb, s->C, s->K,
+              s->H, s->W, s->pad, eb);
+  }
+  free(x), free(w), free(b), free(dy), free(y), free(dx), free(ry), free(rdx);
+}
+
+static void test_shapes(void) {
+  static const Shape shapes[] = {
+      {2, 3, 5, 13, 11, 1, true}, {1, 4, 2, 7, 7, 0, false}, {2, 2, 3, 5, 6, 2, true},
+      {3, 1, 1, 1, 1, 1, true},   {1, 8, 8, 2, 9, 1, false}, {2, 16, 4, 14, 14, 1, true},
+      {1, 3, 3, 4, 3, 0, false},  {1, 5, 7, 1, 4, 2, true},
+  };
+  for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) check_shape(&shapes[i], false);
+}
+
+static void test_moved_tap(void) {
+  const Shape s = {2, 3, 5, 13, 11, 1, true};
+  check_shape(&s, true);
+}
+
+int main(void) {
+  rng_seed(&g_rng, 77);
+  RUN(test_shapes);
+  RUN(test_moved_tap);
+  return test_summary();
+}
