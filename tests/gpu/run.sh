@@ -248,9 +248,10 @@ if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
 fi
 
 # ---- 5c. A/B of the switches, one at a time, the first batch: the chains' vector kernels off,
-# the split weight-gradient GEMM on, cuDNN's timed algorithm choice off ---------------
+# the split weight-gradient GEMM on, Winograd off, cuDNN's timed algorithm choice off ---------------
 if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
   for ab in "novec MOKA_BNF_VEC=0 moka" "split MOKA_CONV_WGRAD_SPLIT=1 moka" \
+            "nowino MOKA_CONV_WINOGRAD=0 moka" \
             "cudnnnofind MOKA_CUDNN_FIND=0 cudnn"; do
     set -- $ab
     step "moka time b$b0 $2 (engine $3)" 60 "$W/moka_$1_b$b0.log" \

@@ -28,6 +28,7 @@ AB_RUNS = {
     "novec": "moka fp32, MOKA_BNF_VEC=0 (scalar chains)",
     "nosplit": "moka fp32, MOKA_CONV_WGRAD_SPLIT=0",
     "split": "moka fp32, MOKA_CONV_WGRAD_SPLIT=1",
+    "nowino": "moka fp32, MOKA_CONV_WINOGRAD=0",
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
 }
 

@@ -10,7 +10,9 @@
  *    the gradients accumulate): CPU reference forward+backward, then the same
  *    state on the device, CUDA forward+backward, and every output compared
  *    (tops, updated statistics, bottom gradients, parameter gradients). Both
- *    convolution engines (moka's and cuDNN).
+ *    convolution engines (moka's and cuDNN) and MOKA_CONV_ENGINE=auto; moka's
+ *    3x3 stride-1 cases through Winograd (the default) and without it, and the
+ *    split weight gradient (MOKA_CONV_WGRAD_SPLIT=1).
  *    Bound: normalised mean squared error (ggml's NMSE, sum (a-b)^2 /
  *    sum b^2) per array:
  *      1e-10 for elementwise ops, pooling, BatchNorm, Scale, softmax and the
@@ -327,6 +329,9 @@ static const char *conv_params[][2] = {
     {"num_output: 3 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 stride_h: 2 stride_w: 1" GW,
      "2,5,8,6"},
     {"num_output: 64 kernel_size: 3 pad: 1 bias_term: false" GW, "2,64,14,14"}, /* K = 576 */
+    /* 3x3 stride 1 with pad 0 and 2 (Winograd takes pads 0..2) */
+    {"num_output: 6 kernel_size: 3 pad: 0" GW, "2,5,9,8"},
+    {"num_output: 3 kernel_size: 3 pad: 2" GW, "1,7,6,5"},
     /* >= 4096 columns: with MOKA_CONV_WGRAD_SPLIT=1 the weight gradient split in parts
      * (conv_gemm.cu; test_convolution_split), 2 parts; 4 parts per group */
     {"num_output: 16 kernel_size: 3 pad: 1" GW, "6,8,33,31"},
@@ -349,6 +354,21 @@ static void test_convolution(void) {
       run_spec(&s);
       ctx->conv_engine_auto = false;
     }
+}
+
+/* MOKA_CONV_WINOGRAD=0: moka's engine with im2col + GEMM for the 3x3 stride-1 cases too
+ * (by default they take Winograd F(2x2,3x3), kernels/conv_winograd.cu). */
+static void test_convolution_no_winograd(void) {
+  setenv("MOKA_CONV_WINOGRAD", "0", 1);
+  for (size_t i = 0; i < MOKA_ARRAY_LEN(conv_params); i++) {
+    char proto[1024], name[128];
+    snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s engine: CAFFE }",
+             conv_params[i][0]);
+    snprintf(name, sizeof name, "conv[%zu] %s moka, no Winograd", i, conv_params[i][1]);
+    Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
+    run_spec(&s);
+  }
+  unsetenv("MOKA_CONV_WINOGRAD");
 }
 
 /* MOKA_CONV_WGRAD_SPLIT=1 (off by default): moka's engine on the cases with >= 4096
@@ -839,6 +859,7 @@ int main(void) {
   const int g = gpu_test_open(&ctx);
   if (g) return g > 0 ? test_summary() : 1;
   RUN(test_convolution);
+  RUN(test_convolution_no_winograd);
   RUN(test_convolution_split);
   RUN(test_convolution_chunks);
   RUN(test_batchnorm);
