@@ -28,6 +28,7 @@ void net_cuda_plan_memory_by_default(bool on) { plan_by_default = on; }
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_fuse.h"
 #include "net_memplan.h"
 #include "util.h"
 
@@ -42,6 +43,7 @@ typedef struct NetCudaState {
   MemPlan plan;           /* the current plan (its sizes: the blobs' at planning) */
   void *arena;            /* (arena_bytes) every activation buffer */
   size_t arena_bytes;
+  bool split_share_logged; /* share_splits said what it did */
 } NetCudaState;
 
 static cudaStream_t stream_of(const Net *net) { return net->cuda->stream; }
@@ -150,6 +152,30 @@ static bool wants_plan(const Net *net) {
   return net->plan_device_memory || plan_by_default;
 }
 
+/* Split sharing on the device (MOKA_CUDA_SPLIT_SHARE=0: off): in a training plan every
+ * blob's data lives the whole pass (net_memplan.h), so the tops of a Split that no layer
+ * writes in place (net_fuse_split_may_share) can point at their bottom's data instead of
+ * holding a copy; the Split's forward then copies nothing (split.c skips a top whose
+ * device data is its bottom's). The tops keep their own diffs; their planned data space
+ * stays unused. Forward-only plans end the bottom's interval at the Split, so they copy. */
+static void share_splits(Net *net) {
+  NetCudaState *st = net->cuda_state;
+  const char *e = getenv("MOKA_CUDA_SPLIT_SHARE");
+  if (!st->with_diff || (e && e[0] == '0')) return;
+  int n = 0;
+  for (int i = 0; i < net->n_layers; i++) {
+    Layer *l = net->layers[i];
+    if (!net_fuse_split_may_share(net, i)) continue;
+    for (int t = 0; t < l->n_top; t++) l->top[t]->dev_data = l->bottom[0]->dev_data;
+    n++;
+  }
+  if (n && !st->split_share_logged) {
+    LOG_INFO("Net '%s': %d Splits share their bottom's device data (MOKA_CUDA_SPLIT_SHARE=0: "
+             "off)", net->name, n);
+    st->split_share_logged = true;
+  }
+}
+
 /* The memory plan: (re)plan when a blob's size changed since the last plan,
  * grow the arena when needed, zero it (a diff that no layer writes must read
  * as zeros, as in fresh host memory), and point every blob into it. */
@@ -207,6 +233,7 @@ static int plan_blobs(Net *net) {
   }
   memplan_free(&st->plan);
   st->plan = plan;
+  share_splits(net);
   return 0;
 }
 

@@ -245,6 +245,11 @@ static bool split_may_share(const Net *net, const Layer *s) {
   return true;
 }
 
+bool net_fuse_split_may_share(const Net *net, int i) {
+  const Layer *s = net->layers[i];
+  return is_type(s, "Split") && s->n_bottom == 1 && split_may_share(net, s);
+}
+
 /* The Split whose backward chain c can do: right after the chain's last
  * layer (so no other layer's backward runs between the two), its only
  * bottom y, two tops, a plain layer, backward wanted exactly when the

@@ -185,6 +185,11 @@ FuseRole net_fuse_backward_role(Net *net, int i, FusedChain **chain);
  * copies nothing (Caffe's ShareData); nothing for other layers. */
 void net_fuse_split_share(Net *net, int i);
 
+/* May Split layer i's tops share its bottom's data: no layer writes a top in place (it
+ * would change its siblings' values too). Also used by the CUDA memory plan
+ * (src/net_cuda.c), where training nets' Splits share device data. */
+bool net_fuse_split_may_share(const Net *net, int i);
+
 /* The plan's SubShare groups (src/net_fuse_sub.c; fast CPU, after the
  * Split sharing is planned): 0, or -1 with moka_errorf (memory). */
 int net_fuse_plan_subs(Net *net, NetFusePlan *p);

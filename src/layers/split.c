@@ -42,12 +42,15 @@ static int split_backward(Layer *l) {
 static int split_forward_cuda(Layer *l) {
   if (layer_cuda_ready(l, false)) return -1;
   const Blob *x = l->bottom[0];
-  if (l->n_top == 2)
-    return moka_cuda_split_copy2(l->cuda->stream, x->dev_data,
-                                 l->top[0] != x ? l->top[0]->dev_data : NULL,
-                                 l->top[1] != x ? l->top[1]->dev_data : NULL, x->count);
+  /* A top whose device data is the bottom's (an in-place top, or the memory plan's
+   * Split sharing, src/net_cuda.c) needs no copy. */
+  if (l->n_top == 2) {
+    float *y0 = l->top[0]->dev_data, *y1 = l->top[1]->dev_data;
+    return moka_cuda_split_copy2(l->cuda->stream, x->dev_data, y0 != x->dev_data ? y0 : NULL,
+                                 y1 != x->dev_data ? y1 : NULL, x->count);
+  }
   for (int t = 0; t < l->n_top; t++)
-    if (l->top[t] != x &&
+    if (l->top[t]->dev_data != x->dev_data &&
         moka_d2d(l->cuda->stream, l->top[t]->dev_data, x->dev_data, x->count * sizeof(float)))
       return -1;
   return 0;

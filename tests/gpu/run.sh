@@ -247,12 +247,14 @@ if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
     --iterations="$ITERS"
 fi
 
-# ---- 5c. A/B of the switches, one at a time, the first batch: the chains' vector kernels off,
-# the split weight-gradient GEMM on, Winograd off, cuDNN's timed algorithm choice off ---------------
+# ---- 5c. A/B of the switches, one at a time, the first batch: Winograd off, the Splits' shared
+# device data off, the split weight-gradient GEMM on (and with AB_MORE: the chains' vector
+# kernels off, cuDNN's timed algorithm choice off) ---------------
 if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
-  for ab in "novec MOKA_BNF_VEC=0 moka" "split MOKA_CONV_WGRAD_SPLIT=1 moka" \
-            "nowino MOKA_CONV_WINOGRAD=0 moka" \
-            "cudnnnofind MOKA_CUDNN_FIND=0 cudnn"; do
+  # (MOKA_BNF_VEC=0 and MOKA_CUDNN_FIND=0 were measured on 2026-11-28: AB_MORE=1 adds them)
+  for ab in "nowino MOKA_CONV_WINOGRAD=0 moka" "noshare MOKA_CUDA_SPLIT_SHARE=0 moka" \
+            "split MOKA_CONV_WGRAD_SPLIT=1 moka" \
+            ${AB_MORE:+"novec MOKA_BNF_VEC=0 moka" "cudnnnofind MOKA_CUDNN_FIND=0 cudnn"}; do
     set -- $ab
     step "moka time b$b0 $2 (engine $3)" 60 "$W/moka_$1_b$b0.log" \
       env "$2" MOKA_CONV_ENGINE="$3" "$M" time --model="$W/r50_train_b$b0.prototxt" --gpu=0 \
