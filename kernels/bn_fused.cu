@@ -6,7 +6,8 @@
  * dz*xhat once per channel (Scale's and BatchNorm's sums together), which rounds
  * differently from the unfused layers by fp32 reduction order only.
  *
- * Buffers: x, xz, y, r, x_norm, dy, dx, dr (N,C,S); stats (3C) = mean | var | std;
+ * Buffers: x, xz, y, r, x_norm, dy, dx, dr (N,C,S), and dy1 (N,C,S) when the chain sums the
+ * Split after it (the chain's dy is then dy + dy1); stats (3C) = mean | var | std;
  * b0, b1 (C), b2 (1) BatchNorm's statistics blobs; gamma, beta, dgamma, dbeta (C).
  * Scratch (`partials`): (2 * C * chunks) doubles, the per-block partial sums, then (2C)
  * floats, backward's mean_a | mean_b.
@@ -64,6 +65,19 @@ __device__ static inline float bnf_relu(float v, float slope) {
 __device__ static inline float bnf_dz(float dy, float y, bool masked, float slope) {
   if (!masked) return dy;
   return __fmul_rn(dy, __fadd_rn((float)(y > 0.0f), __fmul_rn(slope, (float)(y <= 0.0f))));
+}
+
+/* The chain output's gradient: dy, or dy + dy1 when the chain sums the Split after it (the
+ * Split's copy-then-sum, moka_cuda_split_sum2: one rounding). */
+__device__ static inline float bnf_dy(const float *dy, const float *dy1, size_t i) {
+  return dy1 ? __fadd_rn(dy[i], dy1[i]) : dy[i];
+}
+__device__ static inline float4 bnf_dy4(const float4 *dy, const float4 *dy1, size_t i) {
+  const float4 a = dy[i];
+  if (!dy1) return a;
+  const float4 b = dy1[i];
+  return make_float4(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y), __fadd_rn(a.z, b.z),
+                     __fadd_rn(a.w, b.w));
 }
 
 /* ---- forward ------------------------------------------------------------------------------- */
@@ -157,16 +171,17 @@ __global__ void bnf_apply_kernel(const float *x, float *xz, float *y, const floa
 /* ---- backward ------------------------------------------------------------------------------ */
 
 /* Block (c, j): partial sdz and sdzx; part[(c*chunks + j)*2 + {0,1}]. */
-__global__ void bnf_grad_partial_kernel(const float *dy, const float *y, const float *x_norm,
-                                        double *part, size_t C, size_t S, size_t m, size_t len,
-                                        size_t chunks, bool masked, float slope, bool small) {
+__global__ void bnf_grad_partial_kernel(const float *dy, const float *dy1, const float *y,
+                                        const float *x_norm, double *part, size_t C, size_t S,
+                                        size_t m, size_t len, size_t chunks, bool masked,
+                                        float slope, bool small) {
   __shared__ double sh[MOKA_REDUCE_THREADS];
   const size_t c = blockIdx.x / chunks, j = blockIdx.x % chunks;
   const size_t e0 = j * len, e1 = e0 + len < m ? e0 + len : m;
   double sdz = 0, sdzx = 0;
   for (size_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
     const size_t n = bnf_plane(e, S, small), s = e - n * S, i = (n * C + c) * S + s;
-    const float dz = bnf_dz(dy[i], masked ? y[i] : 0.0f, masked, slope);
+    const float dz = bnf_dz(bnf_dy(dy, dy1, i), masked ? y[i] : 0.0f, masked, slope);
     sdz += dz;
     sdzx += (double)dz * (double)x_norm[i];
   }
@@ -197,14 +212,15 @@ __global__ void bnf_grad_finish_kernel(const double *part, const float *gamma, f
 }
 
 /* One thread per element: dr = dz; dx from dz (batch: with the channel constants). */
-__global__ void bnf_grad_apply_kernel(const float *dy, const float *y, const float *x_norm,
-                                      const float *stats, const float *gamma, const float *work,
-                                      float *dx, float *dr, size_t n, size_t C, size_t S,
-                                      bool masked, float slope, bool global, bool small) {
+__global__ void bnf_grad_apply_kernel(const float *dy, const float *dy1, const float *y,
+                                      const float *x_norm, const float *stats,
+                                      const float *gamma, const float *work, float *dx, float *dr,
+                                      size_t n, size_t C, size_t S, bool masked, float slope,
+                                      bool global, bool small) {
   MOKA_GRID_LOOP(i, n) {
     const size_t c = bnf_channel(i, S, C, small);
     /* dy[i] and y[i] are read before dx[i] (possibly the same memory) is written. */
-    const float dz = bnf_dz(dy[i], masked ? y[i] : 0.0f, masked, slope);
+    const float dz = bnf_dz(bnf_dy(dy, dy1, i), masked ? y[i] : 0.0f, masked, slope);
     if (dr) dr[i] = dz;
     if (dx) {
       const float dbn = __fmul_rn(dz, gamma[c]); /* the Scale's dx */
@@ -328,9 +344,9 @@ __global__ void bnf_apply_vec_kernel(const float4 *x, float4 *xz, float4 *y, con
 }
 
 /* Block (c, j) over whole planes, as bnf_stat_partial_vec_kernel: partial sdz and sdzx. */
-__global__ void bnf_grad_partial_vec_kernel(const float4 *dy, const float4 *y,
-                                            const float4 *x_norm, double *part, unsigned C,
-                                            unsigned N, unsigned S4, unsigned pp,
+__global__ void bnf_grad_partial_vec_kernel(const float4 *dy, const float4 *dy1,
+                                            const float4 *y, const float4 *x_norm, double *part,
+                                            unsigned C, unsigned N, unsigned S4, unsigned pp,
                                             unsigned chunks, bool masked, float slope) {
   __shared__ double sh[MOKA_REDUCE_THREADS];
   const unsigned c = blockIdx.x / chunks, j = blockIdx.x % chunks;
@@ -339,7 +355,7 @@ __global__ void bnf_grad_partial_vec_kernel(const float4 *dy, const float4 *y,
   double sdz = 0, sdzx = 0;
   for (size_t q = threadIdx.x; q < total; q += blockDim.x) {
     const size_t n = n0 + q / S4, s4 = q % S4, i = (n * C + c) * S4 + s4;
-    const float4 d = dy[i], xn = x_norm[i];
+    const float4 d = bnf_dy4(dy, dy1, i), xn = x_norm[i];
     float4 yv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (masked) yv = y[i];
     const float z0 = bnf_dz(d.x, yv.x, masked, slope), z1 = bnf_dz(d.y, yv.y, masked, slope);
@@ -363,14 +379,14 @@ __device__ static inline float bnf_dx_one(float dz, float g, float sd, float wa,
 }
 
 /* One thread per four values: bnf_grad_apply_kernel's operations. */
-__global__ void bnf_grad_apply_vec_kernel(const float4 *dy, const float4 *y, const float4 *x_norm,
-                                          const float *stats, const float *gamma,
-                                          const float *work, float4 *dx, float4 *dr, size_t n4,
-                                          size_t C, size_t S, bool masked, float slope,
-                                          bool global, bool small) {
+__global__ void bnf_grad_apply_vec_kernel(const float4 *dy, const float4 *dy1, const float4 *y,
+                                          const float4 *x_norm, const float *stats,
+                                          const float *gamma, const float *work, float4 *dx,
+                                          float4 *dr, size_t n4, size_t C, size_t S, bool masked,
+                                          float slope, bool global, bool small) {
   MOKA_GRID_LOOP(i, n4) {
     const size_t c = bnf_channel(i * 4, S, C, small);
-    const float4 d = dy[i];
+    const float4 d = bnf_dy4(dy, dy1, i);
     float4 yv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (masked) yv = y[i];
     float4 z;
@@ -477,23 +493,25 @@ int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const f
 }
 
 int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const float *dy,
-                                const float *y, const float *x_norm, const float *stats,
-                                const float *gamma, float *dx, float *dr, float *dgamma,
-                                float *dbeta, void *partials) {
+                                const float *dy1, const float *y, const float *x_norm,
+                                const float *stats, const float *gamma, float *dx, float *dr,
+                                float *dgamma, float *dbeta, void *partials) {
   const size_t N = g->N, C = g->C, S = g->S, m = N * S, n = N * C * S;
   const bool small = n <= 0xffffffffu;
   if (!n) return 0;
   const bool sums = dgamma || dbeta || (dx && !g->use_global);
   const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && bnf_aligned(dy) &&
-                   bnf_aligned(y) && bnf_aligned(x_norm) && bnf_aligned(dx) && bnf_aligned(dr);
+                   bnf_aligned(dy1) && bnf_aligned(y) && bnf_aligned(x_norm) && bnf_aligned(dx) &&
+                   bnf_aligned(dr);
   size_t chunks = bnf_chunks(m), len = (m + chunks - 1) / chunks, pp = 0;
   if (vec) bnf_vec_chunks(N, S, &pp, &chunks);
   double *part = (double *)partials;
   float *work = (float *)(part + 2 * C * chunks); /* (2C) mean_a | mean_b */
   if (sums && vec) {
     bnf_grad_partial_vec_kernel<<<(unsigned)(C * chunks), MOKA_REDUCE_THREADS, 0, s>>>(
-        (const float4 *)dy, (const float4 *)y, (const float4 *)x_norm, part, (unsigned)C,
-        (unsigned)N, (unsigned)(S / 4), (unsigned)pp, (unsigned)chunks, g->relu_bw, g->slope);
+        (const float4 *)dy, (const float4 *)dy1, (const float4 *)y, (const float4 *)x_norm, part,
+        (unsigned)C, (unsigned)N, (unsigned)(S / 4), (unsigned)pp, (unsigned)chunks, g->relu_bw,
+        g->slope);
     MOKA_CUDA_LAUNCHED(s, "bnf_grad_partial_vec_kernel");
     bnf_grad_finish_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(part, gamma, dgamma, dbeta,
                                                                    work, C, m, chunks);
@@ -503,7 +521,7 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
       return moka_errorf("fused BatchNorm: %zu channels x %zu chunks is too many blocks", C,
                          chunks);
     bnf_grad_partial_kernel<<<(unsigned)(C * chunks), MOKA_REDUCE_THREADS, 0, s>>>(
-        dy, y, x_norm, part, C, S, m, len, chunks, g->relu_bw, g->slope, small);
+        dy, dy1, y, x_norm, part, C, S, m, len, chunks, g->relu_bw, g->slope, small);
     MOKA_CUDA_LAUNCHED(s, "bnf_grad_partial_kernel");
     bnf_grad_finish_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(part, gamma, dgamma, dbeta,
                                                                    work, C, m, chunks);
@@ -512,14 +530,15 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
   if (!dx && !dr) return 0;
   if (vec) {
     bnf_grad_apply_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
-        (const float4 *)dy, (const float4 *)y, (const float4 *)x_norm, stats, gamma, work,
-        (float4 *)dx, (float4 *)dr, n / 4, C, S, g->relu_bw, g->slope, g->use_global, small);
+        (const float4 *)dy, (const float4 *)dy1, (const float4 *)y, (const float4 *)x_norm, stats,
+        gamma, work, (float4 *)dx, (float4 *)dr, n / 4, C, S, g->relu_bw, g->slope, g->use_global,
+        small);
     MOKA_CUDA_LAUNCHED(s, "bnf_grad_apply_vec_kernel");
     return 0;
   }
   bnf_grad_apply_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(
-      dy, y, x_norm, stats, gamma, work, dx, dr, n, C, S, g->relu_bw, g->slope, g->use_global,
-      small);
+      dy, dy1, y, x_norm, stats, gamma, work, dx, dr, n, C, S, g->relu_bw, g->slope,
+      g->use_global, small);
   MOKA_CUDA_LAUNCHED(s, "bnf_grad_apply_kernel");
   return 0;
 }

@@ -257,13 +257,14 @@ int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const f
                                float *xz, float *y, const float *r, float *x_norm, float *stats,
                                float *b0, float *b1, float *b2, const float *gamma,
                                const float *beta, void *partials);
-/* dy, y (N,C,S) the chain output's diff and data; x_norm (N,C,S) and stats
- * (3C) from the forward; gamma (C). Outputs, each NULL when not wanted: dx
- * (N,C,S, may be dy), dr (N,C,S, residual), dgamma, dbeta (C, accumulated). */
+/* dy, y (N,C,S) the chain output's diff and data (dy1: NULL, or a second diff the chain's
+ * gradient is the sum with, dy + dy1: the two tops of the Split after the chain); x_norm
+ * (N,C,S) and stats (3C) from the forward; gamma (C). Outputs, each NULL when not wanted:
+ * dx (N,C,S, may be dy), dr (N,C,S, residual), dgamma, dbeta (C, accumulated). */
 int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const float *dy,
-                                const float *y, const float *x_norm, const float *stats,
-                                const float *gamma, float *dx, float *dr, float *dgamma,
-                                float *dbeta, void *partials);
+                                const float *dy1, const float *y, const float *x_norm,
+                                const float *stats, const float *gamma, float *dx, float *dr,
+                                float *dgamma, float *dbeta, void *partials);
 
 /* ---- Pooling (Caffe's rounding; src/pool_geom.h) ------------------------------------------ */
 

@@ -329,16 +329,33 @@ int net_fuse_plan(Net *net, bool quiet) {
       return -1;
     }
   } else {
-    for (int k = 0; k < p->n_chains; k++) p->chains[k].split = -1;
+    /* CUDA: the Split after a chain summed by the chain's backward too (the device
+     * memory plan reads the Split's top diffs at the chain's step, net_memplan.c);
+     * MOKA_FUSE_SPLIT=0 leaves those Splits their own backward. */
+    const char *e = getenv("MOKA_FUSE_SPLIT");
+    const bool on = net->backend == MOKA_BACKEND_CUDA && !(e && e[0] == '0');
+    for (int k = 0; k < p->n_chains; k++) {
+      FusedChain *c = &p->chains[k];
+      c->split = -1;
+      const int s = on ? split_after_chain(net, c) : -1;
+      if (s >= 0) {
+        c->split = s;
+        p->split_into[s] = k;
+      }
+    }
   }
+  int n_split_bw = 0;
+  for (int k = 0; k < p->n_chains; k++) n_split_bw += p->chains[k].split >= 0;
   int n_sub = 0;
   for (int i = 0; p->sub_of && i < net->n_layers; i++) n_sub += p->sub_of[i] >= 0;
   if (!quiet && (p->n_chains || n_split || n_sub))
-    LOG_INFO("%s: %d fused BatchNorm->Scale(->ReLU) chains (%d through Eltwise SUM), %d Splits "
-             "sharing their input, %d strided 1x1 convolutions reading %d inputs subsampled once "
-             "(MOKA_FUSE=0: off); `moka time` shows a chain's forward under its BatchNorm (or its "
-             "Eltwise), its backward under its last layer",
-             backend_name(net->backend), p->n_chains, n_elt, n_split, n_sub, p->n_subs);
+    LOG_INFO("%s: %d fused BatchNorm->Scale(->ReLU) chains (%d through Eltwise SUM, %d summing "
+             "the Split after them in backward), %d Splits sharing their input, %d strided 1x1 "
+             "convolutions reading %d inputs subsampled once (MOKA_FUSE=0: off); `moka time` "
+             "shows a chain's forward under its BatchNorm (or its Eltwise), its backward under "
+             "its last layer",
+             backend_name(net->backend), p->n_chains, n_elt, n_split_bw, n_split, n_sub,
+             p->n_subs);
   net->fuse = p;
   return 0;
 }

@@ -126,8 +126,8 @@ typedef struct FusedChain {
   bool keep_xhat;      /* forward writes BatchNorm's x_norm (backward needs it) */
   bool stream;         /* AVX-512 CPU: x_norm (forward) and the shortcut's gradient
                           (backward) written with non-temporal stores */
-  int split;           /* fast CPU only: the two-top Split right after the chain that
-                          reads y (-1: none); the chain's backward then takes dy as
+  int split;           /* fast CPU and CUDA: the two-top Split right after the chain
+                          that reads y (-1: none); the chain's backward then takes dy as
                           that Split's sum of its tops' diffs, in its order, and the
                           Split's backward does nothing (see net_fuse_plan) */
   /* (x_diff_dz and bn_bw are never both set.) */

@@ -95,8 +95,16 @@ int net_fuse_cuda_backward(Net *net, const FusedChain *c) {
   if (moka_cuda_workspace(net->cuda, moka_cuda_bn_fused_scratch_bytes(&g),
                           "fused BatchNorm partial sums", &ws))
     return -1;
+  /* dy: y's diff, or the sum of the diffs of the Split's two tops when the chain does the
+   * Split's backward (c->split) */
+  const Layer *split = c->split >= 0 ? net->layers[c->split] : NULL;
+  const float *dy = split ? split->top[0]->dev_diff : c->y->dev_diff; /* (N,C,S) */
+  const float *dy1 = split ? split->top[1]->dev_diff : NULL;
+  if (split && (!dy || !dy1))
+    return moka_errorf("the Split after the chain at layer '%s' has no device diffs",
+                       net->layers[c->bn]->name);
   return moka_cuda_bn_fused_backward(
-      net->cuda->stream, &g, c->y->dev_diff /* (N,C,S) dy */, c->y->dev_data /* the mask */,
+      net->cuda->stream, &g, dy, dy1, c->y->dev_data /* the mask */,
       c->keep_xhat ? p->dev_x_norm.ptr : NULL, p->dev_stats.ptr, c->gamma->dev_data,
       c->bn_bw ? c->x->dev_diff : NULL, c->shortcut_bw ? c->shortcut->dev_diff : NULL,
       c->want_dgamma ? c->gamma->dev_diff : NULL, c->want_dbeta ? c->beta->dev_diff : NULL, ws);

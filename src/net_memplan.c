@@ -181,6 +181,13 @@ static void chain_access(const Net *net, const FusedChain *c, bool with_diff, Ac
   if (!with_diff || !net->layer_need_backward[c->bwd_at] || !c->need_backward) return;
   const int bs = 2 * L - 1 - c->bwd_at;
   ev_read(&acc[y].diff, 3 * bs + SUB_READ);
+  /* A Split the chain sums (c->split): its tops' diffs are read here, not (only) at the
+   * Split's own step; the Split's layer accesses stay planned too (conservative). */
+  if (c->split >= 0)
+    for (int t = 0; t < net->layers[c->split]->n_top; t++) {
+      const int b = blob_index(net, net->layers[c->split]->top[t]);
+      if (b >= 0) ev_read(&acc[b].diff, 3 * bs + SUB_READ);
+    }
   /* x_diff_dz: the CPU chain leaves dz in x's diff as the unfused layers do
    * (the CUDA chain skips that write: nobody reads it); planned either way. */
   if (c->bn_bw || c->x_diff_dz) ev_write(&acc[x].diff, 3 * bs + SUB_LAYER_WRITE);

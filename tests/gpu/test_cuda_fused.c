@@ -136,14 +136,16 @@ typedef struct Case {
   bool relu;
   float slope;
   int residual;   /* -1 none; 0: the branch is the Eltwise's bottom 0; 1: bottom 1 */
+  bool split2;    /* the chain sums the Split after it: dy = dy0 + dy1 (two device diffs) */
 } Case;
 
 static void run_case(const Case *k) {
   char name[160];
-  snprintf(name, sizeof name, "(%d,%d,%d,%d) %s%s%s%s", k->N, k->C, k->H, k->W,
+  snprintf(name, sizeof name, "(%d,%d,%d,%d) %s%s%s%s%s", k->N, k->C, k->H, k->W,
            k->train ? "TRAIN" : "TEST", k->relu ? " relu" : "",
            k->relu && k->slope != 0 ? "(0.1)" : "",
-           k->residual < 0 ? "" : k->residual == 0 ? " +res(0)" : " +res(1)");
+           k->residual < 0 ? "" : k->residual == 0 ? " +res(0)" : " +res(1)",
+           k->split2 ? " dy0+dy1" : "");
   const Phase ph = k->train ? MOKA_TRAIN : MOKA_TEST;
   Rng drng, lrng;
   rng_seed(&drng, 4321u + (unsigned)(k->N * 131 + k->C * 17 + k->H * 3 + k->W));
@@ -200,9 +202,14 @@ static void run_case(const Case *k) {
   float *ref_xn = dup_f(((BatchNormPriv *)bn->priv)->x_norm, n);
   float *ref_b0 = dup_f(bn->params[0]->data, C), *ref_b1 = dup_f(bn->params[1]->data, C);
   const float ref_b2 = bn->params[2]->data[0];
-  float *dy = malloc(n * sizeof(float));
+  float *dy = malloc(n * sizeof(float)), *dy1 = k->split2 ? malloc(n * sizeof(float)) : NULL;
+  REQUIRE(dy && (!k->split2 || dy1));
   fill(&drng, dy, n, -1.0f, 1.0f);
   memcpy(yb->diff, dy, n * sizeof(float));
+  if (dy1) { /* the reference takes the Split's sum as its dy */
+    fill(&drng, dy1, n, -1.0f, 1.0f);
+    for (size_t i = 0; i < n; i++) yb->diff[i] = dy[i] + dy1[i];
+  }
   if (re) REQUIRE(layer_backward(re, MOKA_BACKEND_CPU) == 0);
   if (el) REQUIRE(layer_backward(el, MOKA_BACKEND_CPU) == 0);
   REQUIRE(layer_backward(sc, MOKA_BACKEND_CPU) == 0 && layer_backward(bn, MOKA_BACKEND_CPU) == 0);
@@ -223,6 +230,7 @@ static void run_case(const Case *k) {
   float *d_g = dev_from(g0, C), *d_be = dev_from(be0, C);
   float *d_dg = dev_from(dg0, C), *d_db = dev_from(db0, C);
   float *d_dy = dev_from(dy, n), *d_dr = dev_from(NULL, n);
+  float *d_dy1 = dy1 ? dev_from(dy1, n) : NULL;
   float *d_dx = res ? dev_from(NULL, n) : d_dy; /* in place: dx overwrites dy */
   void *scratch = NULL;
   REQUIRE(moka_dev_calloc(&scratch, moka_cuda_bn_fused_scratch_bytes(&g), "scratch") == 0);
@@ -256,8 +264,8 @@ static void run_case(const Case *k) {
     CHECK_MSG(ok && b2 == ref_b2, "%s: scale factor %g, want %g", name, (double)b2, (double)ref_b2);
   }
   if (ok)
-    ok = moka_cuda_bn_fused_backward(ctx->stream, &g, d_dy, res ? d_y : d_x, d_xn, d_st, d_g,
-                                     d_dx, res ? d_dr : NULL, d_dg, d_db, scratch) == 0;
+    ok = moka_cuda_bn_fused_backward(ctx->stream, &g, d_dy, d_dy1, res ? d_y : d_x, d_xn, d_st,
+                                     d_g, d_dx, res ? d_dr : NULL, d_dg, d_db, scratch) == 0;
   CHECK_MSG(ok, "%s: backward: %s", name, moka_error());
   if (ok) {
     snprintf(what, sizeof what, "%s: dx", name);
@@ -279,6 +287,8 @@ static void run_case(const Case *k) {
   float *devs[] = {d_x, d_r, d_y, d_xn, d_st, d_b0, d_b1, d_b2, d_g, d_be, d_dg, d_db, d_dy, d_dr};
   for (size_t i = 0; i < sizeof devs / sizeof *devs; i++) moka_dev_free(devs[i]);
   if (res) moka_dev_free(d_dx);
+  moka_dev_free(d_dy1);
+  free(dy1);
   moka_dev_free(scratch);
   free(got);
   free(got_c);
@@ -317,9 +327,18 @@ static void test_op_shapes(void) {
         const bool big = shapes[s][2] >= 56;
         if (big && v != 1 && v != 3) continue; /* the large planes: the two ResNet patterns */
         Case k = {shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], train != 0,
-                  variants[v].relu, variants[v].slope, variants[v].residual};
+                  variants[v].relu, variants[v].slope, variants[v].residual, false};
         run_case(&k);
       }
+  /* The chain summing the Split after it (dy = dy0 + dy1): scalar and vector paths, with
+   * and without the residual, in place (no residual: dx over dy0). */
+  static const int split_shapes[][4] = {{3, 33, 13, 11}, {3, 6, 4, 6}, {4, 64, 56, 56}};
+  for (size_t s = 0; s < sizeof split_shapes / sizeof *split_shapes; s++)
+    for (int v = 0; v < 2; v++) {
+      Case k = {split_shapes[s][0], split_shapes[s][1], split_shapes[s][2], split_shapes[s][3],
+                true, true, 0.0f, v == 0 ? -1 : 0, true};
+      run_case(&k);
+    }
 }
 
 /* ---- 2. whole nets: fused CUDA vs the CPU reference --------------------------------------- */
