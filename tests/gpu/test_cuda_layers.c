@@ -356,47 +356,39 @@ static void test_convolution(void) {
     }
 }
 
+/* conv_params[first..last) on moka's engine (engine: CAFFE), `what` added to their names. */
+static void run_conv_cases(size_t first, size_t last, const char *what) {
+  for (size_t i = first; i < last; i++) {
+    char proto[1024], name[128];
+    snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s engine: CAFFE }",
+             conv_params[i][0]);
+    snprintf(name, sizeof name, "conv[%zu] %s moka, %s", i, conv_params[i][1], what);
+    Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
+    run_spec(&s);
+  }
+}
+
 /* MOKA_CONV_WINOGRAD=0: moka's engine with im2col + GEMM for the 3x3 stride-1 cases too
  * (by default they take Winograd F(2x2,3x3), kernels/conv_winograd.cu). */
 static void test_convolution_no_winograd(void) {
   setenv("MOKA_CONV_WINOGRAD", "0", 1);
-  for (size_t i = 0; i < MOKA_ARRAY_LEN(conv_params); i++) {
-    char proto[1024], name[128];
-    snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s engine: CAFFE }",
-             conv_params[i][0]);
-    snprintf(name, sizeof name, "conv[%zu] %s moka, no Winograd", i, conv_params[i][1]);
-    Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
-    run_spec(&s);
-  }
+  run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), "no Winograd");
   unsetenv("MOKA_CONV_WINOGRAD");
 }
 
 /* MOKA_CONV_WGRAD_SPLIT=1 (off by default): moka's engine on the cases with >= 4096
- * columns, the weight gradient in parts. */
+ * columns (the last two), the weight gradient in parts. */
 static void test_convolution_split(void) {
   setenv("MOKA_CONV_WGRAD_SPLIT", "1", 1);
-  for (size_t i = MOKA_ARRAY_LEN(conv_params) - 2; i < MOKA_ARRAY_LEN(conv_params); i++) {
-    char proto[1024], name[128];
-    snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s engine: CAFFE }",
-             conv_params[i][0]);
-    snprintf(name, sizeof name, "conv[%zu] %s moka, split weight gradient", i, conv_params[i][1]);
-    Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
-    run_spec(&s);
-  }
+  run_conv_cases(MOKA_ARRAY_LEN(conv_params) - 2, MOKA_ARRAY_LEN(conv_params),
+                 "split weight gradient");
   unsetenv("MOKA_CONV_WGRAD_SPLIT");
 }
 
 static void test_convolution_chunks(void) {
   /* A tiny workspace budget: one image per GEMM chunk. */
   setenv("MOKA_CONV_WS_BYTES", "1", 1);
-  for (size_t i = 0; i < 3; i++) {
-    char proto[1024], name[128];
-    snprintf(proto, sizeof proto, "type: 'Convolution' convolution_param { %s }",
-             conv_params[i][0]);
-    snprintf(name, sizeof name, "conv[%zu] %s 1-image chunks", i, conv_params[i][1]);
-    Spec s = {name, proto, MOKA_TRAIN, {conv_params[i][1]}, 1, false, -1, 0, B_GEMM, true};
-    run_spec(&s);
-  }
+  run_conv_cases(0, 3, "1-image chunks");
   /* batch 3 with 2 chunks of 2 and 1 */
   setenv("MOKA_CONV_WS_BYTES", "40000", 1);
   Spec s = {"conv 3x3 batch 3, uneven chunks",
