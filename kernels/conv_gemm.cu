@@ -244,13 +244,15 @@ int moka_cuda_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x, 
   const int kdim = Cg * g->kernel_h * g->kernel_w;
   const bool plain = is_plain_1x1(g);
   const bool wino_dx = dx && moka_cuda_winograd_applies(g); /* dx after the weight gradient */
+  const bool wino_dw = moka_cuda_winograd_wgrad_applies(g);  /* then no column buffer at all */
   if (db &&
       moka_cuda_channel_sum(s, dy, NULL, db, (size_t)g->num, (size_t)g->num_output, OHW, true))
     return -1;
-  int chunk;
-  float *col, *t, *part;
-  if (chunk_plan(c, g, true, &chunk, &col, &t, &part)) return -1;
-  for (int n0 = 0; n0 < g->num; n0 += chunk) {
+  if (wino_dw && moka_cuda_winograd_backward_weights(c, g, x, dy, dw)) return -1;
+  int chunk = g->num;
+  float *col = NULL, *t = NULL, *part = NULL;
+  if (!wino_dw && chunk_plan(c, g, true, &chunk, &col, &t, &part)) return -1;
+  for (int n0 = 0; n0 < g->num && !wino_dw; n0 += chunk) {
     const int nb = g->num - n0 < chunk ? g->num - n0 : chunk;
     const size_t ncols = (size_t)nb * OHW;
     nchw_to_cnhw_kernel<<<moka_blocks((size_t)g->num_output * ncols), MOKA_THREADS, 0, s>>>(

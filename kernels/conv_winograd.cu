@@ -12,6 +12,12 @@
  * Used for group 1, 3x3 kernels, stride 1, dilation 1, pad 0..2 (moka_cuda_winograd_applies);
  * MOKA_CONV_WINOGRAD=0 turns it off (im2col + GEMM for everything, as before it). Chunks:
  * as many images as fit in the convolution workspace budget (MOKA_CONV_WS_BYTES, 512 MiB).
+ *
+ * The weight gradient by Winograd too, F(3x3, 2x2) (conv_winograd_tile.h), with
+ * MOKA_CONV_WINOGRAD_WGRAD=1: input and output-gradient transforms per chunk, 16 GEMMs
+ * S (K, C) += Z (K, T) x V (C, T)^T accumulated over the chunks, then dw += G^T S G. Off by
+ * default: written after the last GPU run of 2026-11-28 and not yet run on a GPU (the
+ * per-thread arithmetic is tested on the CPU); make gpu-check times it in an A/B row.
  */
 #include <stdlib.h>
 
@@ -39,6 +45,26 @@ __global__ void wg_output_kernel(WgGeom g, const float *M, size_t T, const float
     const int k = (int)(i / T);
     wg_output_tile(&g, M, k, i - (size_t)k * T, T, bias, y);
   }
+}
+
+/* weight gradient: one thread per (k, t) for Z, one per (k, c) for dw */
+__global__ void wg_dy_kernel(WgGeom g, const float *dy, float *Z, size_t T) {
+  MOKA_GRID_LOOP(i, (size_t)g.K * T) {
+    const int k = (int)(i / T);
+    wg_dy_tile(&g, dy, k, i - (size_t)k * T, T, Z);
+  }
+}
+
+__global__ void wg_wgrad_kernel(const float *S, int K, int C, float *dw) {
+  MOKA_GRID_LOOP(i, (size_t)K * C) {
+    const int k = (int)(i / (size_t)C), c = (int)(i - (size_t)k * C);
+    wg_wgrad_tile(S, k, c, K, C, dw);
+  }
+}
+
+bool moka_cuda_winograd_wgrad_applies(const MokaConvGeom *g) {
+  const char *e = getenv("MOKA_CONV_WINOGRAD_WGRAD");
+  return e && e[0] == '1' && moka_cuda_winograd_applies(g);
 }
 
 bool moka_cuda_winograd_applies(const MokaConvGeom *g) {
@@ -112,4 +138,45 @@ int moka_cuda_winograd_backward_data(MokaCuda *c, const MokaConvGeom *g, const f
     return moka_errorf("internal error: Winograd data gradient %dx%d, the layer's input %dx%d",
                        pg.OH, pg.OW, g->height, g->width);
   return wg_run(c, &pg, g->num, w, 1, NULL, dy, dx, "Winograd data-gradient buffers");
+}
+
+int moka_cuda_winograd_backward_weights(MokaCuda *c, const MokaConvGeom *g, const float *x,
+                                        const float *dy, float *dw) {
+  if (g->num == 0) return 0;
+  cudaStream_t s = c->stream;
+  const WgGeom pg = wg_geom(g->channels, g->num_output, g->height, g->width, g->pad_h);
+  if (pg.OH != g->out_h || pg.OW != g->out_w)
+    return moka_errorf("internal error: Winograd output %dx%d, the layer's %dx%d", pg.OH, pg.OW,
+                       g->out_h, g->out_w);
+  const size_t Ti = (size_t)pg.th * pg.tw;
+  const size_t s_floats = (size_t)16 * pg.K * pg.C;
+  const size_t per_img = (size_t)16 * Ti * ((size_t)pg.C + pg.K);
+  const size_t budget = wg_budget() / sizeof(float);
+  size_t nb = budget > s_floats ? (budget - s_floats) / per_img : 0;
+  if (nb < 1) nb = 1;
+  if (nb > (size_t)g->num) nb = (size_t)g->num;
+  while (nb > 1 && nb * Ti > 0x7fffffffu) nb /= 2;
+  void *ws;
+  if (moka_cuda_workspace(c, (s_floats + nb * per_img) * sizeof(float),
+                          "Winograd weight-gradient buffers", &ws))
+    return -1;
+  float *S = (float *)ws, *V = S + s_floats, *Z = V + (size_t)16 * pg.C * nb * Ti;
+  const size_t in_img = (size_t)pg.C * pg.H * pg.W, out_img = (size_t)pg.K * pg.OH * pg.OW;
+  for (int n0 = 0; n0 < g->num; n0 += (int)nb) {
+    const size_t nc = (size_t)g->num - n0 < nb ? (size_t)g->num - n0 : nb;
+    const size_t T = nc * Ti;
+    wg_input_kernel<<<moka_blocks((size_t)pg.C * T), MOKA_THREADS, 0, s>>>(
+        pg, x + (size_t)n0 * in_img, V, T);
+    if (moka_cuda_launched(s, "wg_input_kernel", __FILE__, __LINE__)) return -1;
+    wg_dy_kernel<<<moka_blocks((size_t)pg.K * T), MOKA_THREADS, 0, s>>>(
+        pg, dy + (size_t)n0 * out_img, Z, T);
+    if (moka_cuda_launched(s, "wg_dy_kernel", __FILE__, __LINE__)) return -1;
+    /* S_xi (K, C) (+)= Z_xi (K, T) x V_xi (C, T)^T, xi = 0..15 */
+    if (moka_cuda_gemm_strided(c, false, true, pg.K, pg.C, (int)T, 1.0f, Z,
+                               (long long)pg.K * T, V, (long long)pg.C * T, n0 ? 1.0f : 0.0f, S,
+                               (long long)pg.K * pg.C, 16))
+      return -1;
+  }
+  wg_wgrad_kernel<<<moka_blocks((size_t)pg.K * pg.C), MOKA_THREADS, 0, s>>>(S, pg.K, pg.C, dw);
+  return moka_cuda_launched(s, "wg_wgrad_kernel", __FILE__, __LINE__);
 }

@@ -148,4 +148,55 @@ WG_FN void wg_output_tile(const WgGeom *g, const float *M, int k, size_t t, size
   }
 }
 
+/* The weight gradient, F(3x3, 2x2) (optional, conv_winograd.cu): with the forward written as
+ * y = A^T ((G g G^T) (.) V) A per tile, dL/dg = G^T [sum over tiles of (A dY A^T) (.) V] G, dY
+ * the tile's 2x2 output gradient (zeros past OH, OW). Z[xi][k][t] = (A dY A^T) for output
+ * channel k and tile t of dy (the pass's nb images, (nb, K, OH, OW)); S[xi][k][c] = sum over
+ * t of Z[xi][k][t] V[xi][c][t] (16 GEMMs, S_xi = Z_xi V_xi^T); dw[k][c] += G^T S[k][c] G. */
+WG_FN void wg_dy_tile(const WgGeom *g, const float *dy, int k, size_t t, size_t T, float *Z) {
+  size_t n;
+  int ty, tx;
+  wg_tile_pos(g, t, &n, &ty, &tx);
+  const float *dk = dy + (n * (size_t)g->K + (size_t)k) * (size_t)g->OH * (size_t)g->OW;
+  float d[2][2], e[4][2];
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 2; j++) {
+      const int oh = 2 * ty + i, ow = 2 * tx + j;
+      d[i][j] = oh < g->OH && ow < g->OW ? dk[(size_t)oh * g->OW + ow] : 0.0f;
+    }
+  for (int j = 0; j < 2; j++) { /* A dY, A = (A^T)^T (4x2) */
+    e[0][j] = d[0][j];
+    e[1][j] = d[0][j] + d[1][j];
+    e[2][j] = d[0][j] - d[1][j];
+    e[3][j] = -d[1][j];
+  }
+  const size_t KT = (size_t)g->K * T;
+  float *z = Z + (size_t)k * T + t;
+  for (int i = 0; i < 4; i++) { /* (A dY) A^T */
+    z[(size_t)(4 * i + 0) * KT] = e[i][0];
+    z[(size_t)(4 * i + 1) * KT] = e[i][0] + e[i][1];
+    z[(size_t)(4 * i + 2) * KT] = e[i][0] - e[i][1];
+    z[(size_t)(4 * i + 3) * KT] = -e[i][1];
+  }
+}
+
+/* dw[k][c] (3x3, of the layer's (K, C, 3, 3)) += G^T S[k][c] G. */
+WG_FN void wg_wgrad_tile(const float *S, int k, int c, int K, int C, float *dw) {
+  const size_t KC = (size_t)K * C;
+  const float *sp = S + (size_t)k * C + c;
+  float s[4][4], q[3][4];
+  for (int xi = 0; xi < 16; xi++) s[xi / 4][xi % 4] = sp[(size_t)xi * KC];
+  for (int j = 0; j < 4; j++) { /* G^T S */
+    q[0][j] = s[0][j] + 0.5f * (s[1][j] + s[2][j]);
+    q[1][j] = 0.5f * (s[1][j] - s[2][j]);
+    q[2][j] = 0.5f * (s[1][j] + s[2][j]) + s[3][j];
+  }
+  float *w = dw + ((size_t)k * C + c) * 9;
+  for (int i = 0; i < 3; i++) { /* (G^T S) G */
+    w[i * 3 + 0] += q[i][0] + 0.5f * (q[i][1] + q[i][2]);
+    w[i * 3 + 1] += 0.5f * (q[i][1] - q[i][2]);
+    w[i * 3 + 2] += 0.5f * (q[i][1] + q[i][2]) + q[i][3];
+  }
+}
+
 #endif

@@ -353,6 +353,11 @@ int moka_cuda_winograd_forward(MokaCuda *c, const MokaConvGeom *g, const float *
                                const float *w, const float *bias, float *y);
 int moka_cuda_winograd_backward_data(MokaCuda *c, const MokaConvGeom *g, const float *w,
                                      const float *dy, float *dx);
+/* The weight gradient by Winograd F(3x3,2x2), dw += (MOKA_CONV_WINOGRAD_WGRAD=1, off by
+ * default; _applies: the switch and moka_cuda_winograd_applies). */
+bool moka_cuda_winograd_wgrad_applies(const MokaConvGeom *g);
+int moka_cuda_winograd_backward_weights(MokaCuda *c, const MokaConvGeom *g, const float *x,
+                                        const float *dy, float *dw);
 
 /* cuDNN engine: descriptors and algorithms, made for one geometry (remade
  * when it changes). */

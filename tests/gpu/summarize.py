@@ -31,6 +31,7 @@ AB_RUNS = {
     "nowino": "moka fp32, MOKA_CONV_WINOGRAD=0",
     "noshare": "moka fp32, MOKA_CUDA_SPLIT_SHARE=0",
     "nosplitbw": "moka fp32, MOKA_FUSE_SPLIT=0",
+    "winowgrad": "moka fp32, MOKA_CONV_WINOGRAD_WGRAD=1",
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
 }
 

@@ -11,8 +11,9 @@
  *    state on the device, CUDA forward+backward, and every output compared
  *    (tops, updated statistics, bottom gradients, parameter gradients). Both
  *    convolution engines (moka's and cuDNN) and MOKA_CONV_ENGINE=auto; moka's
- *    3x3 stride-1 cases through Winograd (the default) and without it, and the
- *    split weight gradient (MOKA_CONV_WGRAD_SPLIT=1).
+ *    3x3 stride-1 cases through Winograd (the default) and without it, with the
+ *    Winograd weight gradient (MOKA_CONV_WINOGRAD_WGRAD=1), and the split weight
+ *    gradient (MOKA_CONV_WGRAD_SPLIT=1).
  *    Bound: normalised mean squared error (ggml's NMSE, sum (a-b)^2 /
  *    sum b^2) per array:
  *      1e-10 for elementwise ops, pooling, BatchNorm, Scale, softmax and the
@@ -374,6 +375,17 @@ static void test_convolution_no_winograd(void) {
   setenv("MOKA_CONV_WINOGRAD", "0", 1);
   run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), "no Winograd");
   unsetenv("MOKA_CONV_WINOGRAD");
+}
+
+/* MOKA_CONV_WINOGRAD_WGRAD=1 (off by default): the 3x3 stride-1 cases' weight gradient by
+ * Winograd F(3x3,2x2) too; again with 1-image chunks (the sums carried across chunks). */
+static void test_convolution_winograd_wgrad(void) {
+  setenv("MOKA_CONV_WINOGRAD_WGRAD", "1", 1);
+  run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), "Winograd weight gradient");
+  setenv("MOKA_CONV_WS_BYTES", "1", 1);
+  run_conv_cases(0, 1, "Winograd weight gradient, 1-image chunks");
+  unsetenv("MOKA_CONV_WS_BYTES");
+  unsetenv("MOKA_CONV_WINOGRAD_WGRAD");
 }
 
 /* MOKA_CONV_WGRAD_SPLIT=1 (off by default): moka's engine on the cases with >= 4096
@@ -852,6 +864,7 @@ int main(void) {
   if (g) return g > 0 ? test_summary() : 1;
   RUN(test_convolution);
   RUN(test_convolution_no_winograd);
+  RUN(test_convolution_winograd_wgrad);
   RUN(test_convolution_split);
   RUN(test_convolution_chunks);
   RUN(test_batchnorm);

@@ -1,13 +1,14 @@
 /* test_cuda_winograd_tile.c — the CUDA Winograd convolution's arithmetic
  * (kernels/conv_winograd_tile.h: the same functions the kernels of
  * kernels/conv_winograd.cu call, one per thread) run on the CPU: filter, input and output
- * transforms with a host GEMM between them, forward and data gradient, against a direct
+ * transforms with a host GEMM between them, forward, data gradient and weight gradient
+ * (F(3x3,2x2), added onto random starting values), against a direct
  * convolution in double. No GPU needed; the device run of test_cuda_layers checks the
  * kernels, the chunking and cuBLAS on top of this.
  *
  * Shapes: odd and even H/W, planes smaller than a tile (1x1, 2x9, 4x3), pad 0, 1 and 2,
  * batch 1-3, channels 1-16, with and without bias. Bound: max |got - ref| / max |ref|
- * below 5e-6 (F(2x2,3x3) in fp32 measures 2e-8 to 2.7e-7 here; a transform or index
+ * below 5e-6 (Winograd in fp32 measures 2e-8 to 4.6e-7 here; a transform or index
  * error gives 1e-2 or more, as the moved-tap case checks).
  */
 #include <math.h>
@@ -62,6 +63,33 @@ static void wg_host(const WgGeom *g, int nb, const float *w, int flip, const flo
   free(M);
 }
 
+/* Host Winograd weight gradient: dw (K, C, 3, 3) += from x (nb, C, H, W) and dy (nb, K, OH,
+ * OW) of the forward pass g. */
+static void wg_host_wgrad(const WgGeom *g, int nb, const float *x, const float *dy, float *dw) {
+  const size_t T = (size_t)nb * g->th * g->tw;
+  float *V = malloc(16 * (size_t)g->C * T * sizeof *V);
+  float *Z = malloc(16 * (size_t)g->K * T * sizeof *Z);
+  float *S = malloc(16 * (size_t)g->K * g->C * sizeof *S);
+  REQUIRE(V && Z && S);
+  for (int c = 0; c < g->C; c++)
+    for (size_t t = 0; t < T; t++) wg_input_tile(g, x, c, t, T, V);
+  for (int k = 0; k < g->K; k++)
+    for (size_t t = 0; t < T; t++) wg_dy_tile(g, dy, k, t, T, Z);
+  for (int xi = 0; xi < 16; xi++) /* S_xi = Z_xi x V_xi^T */
+    for (int k = 0; k < g->K; k++)
+      for (int c = 0; c < g->C; c++) {
+        float acc = 0.0f;
+        for (size_t t = 0; t < T; t++)
+          acc += Z[((size_t)xi * g->K + k) * T + t] * V[((size_t)xi * g->C + c) * T + t];
+        S[((size_t)xi * g->K + k) * g->C + c] = acc;
+      }
+  for (int k = 0; k < g->K; k++)
+    for (int c = 0; c < g->C; c++) wg_wgrad_tile(S, k, c, g->K, g->C, dw);
+  free(V);
+  free(Z);
+  free(S);
+}
+
 static double rel_err(const float *got, const double *ref, size_t n) {
   double worst = 0, scale = 0;
   for (size_t i = 0; i < n; i++) {
@@ -82,9 +110,14 @@ static void check_shape(const Shape *s, bool moved_tap) {
   const size_t nx = (size_t)s->nb * s->C * s->H * s->W, ny = (size_t)s->nb * s->K * OH * OW;
   float *x = randn(nx), *w = randn((size_t)s->K * s->C * 9), *b = randn((size_t)s->K);
   float *dy = randn(ny);
+  const size_t nw = (size_t)s->K * s->C * 9;
   float *y = malloc(ny * sizeof *y), *dx = malloc(nx * sizeof *dx);
+  float *dw = randn(nw), *dw0 = malloc(nw * sizeof *dw0); /* accumulated onto random values */
   double *ry = calloc(ny, sizeof *ry), *rdx = calloc(nx, sizeof *rdx);
-  REQUIRE(y && dx && ry && rdx);
+  double *rdw = calloc(nw, sizeof *rdw);
+  REQUIRE(y && dx && dw0 && ry && rdx && rdw);
+  memcpy(dw0, dw, nw * sizeof *dw0);
+  for (size_t i = 0; i < nw; i++) rdw[i] = dw0[i];
   /* direct convolution and its data gradient, in double */
   for (int n = 0; n < s->nb; n++)
     for (int k = 0; k < s->K; k++)
@@ -101,6 +134,7 @@ static void check_shape(const Shape *s, bool moved_tap) {
                 const double wv = w[((size_t)k * s->C + c) * 9 + i * 3 + j];
                 acc += (double)x[xi] * wv;
                 rdx[xi] += (double)dy[yi] * wv;
+                rdw[((size_t)k * s->C + c) * 9 + i * 3 + j] += (double)dy[yi] * x[xi];
               }
           ry[yi] = acc;
         }
@@ -114,16 +148,34 @@ static void check_shape(const Shape *s, bool moved_tap) {
   CHECK(fg.OH == OH && fg.OW == OW && bg.OH == s->H && bg.OW == s->W);
   wg_host(&fg, s->nb, w, 0, s->bias ? b : NULL, x, y);
   wg_host(&bg, s->nb, w, 1, NULL, dy, dx);
+  if (moved_tap) { /* ... and the weight gradient with one input value moved */
+    float t = x[3];
+    x[3] = x[4];
+    x[4] = t;
+  }
+  wg_host_wgrad(&fg, s->nb, x, dy, dw);
   const double ef = rel_err(y, ry, ny), eb = rel_err(dx, rdx, nx);
+  /* the weight gradient's error against its own magnitude (the random start excluded) */
+  double ew = 0, sw = 0;
+  for (size_t i = 0; i < nw; i++) {
+    const double d = fabs(((double)dw[i] - dw0[i]) - (rdw[i] - dw0[i]));
+    if (d > ew || isnan(d)) ew = isnan(d) ? INFINITY : d;
+    if (fabs(rdw[i] - dw0[i]) > sw) sw = fabs(rdw[i] - dw0[i]);
+  }
+  ew = sw > 0 ? ew / sw : ew;
   if (moved_tap) {
-    CHECK_MSG(ef > 100 * TOL && eb > 100 * TOL, "moved tap not caught: %.3g %.3g", ef, eb);
+    CHECK_MSG(ef > 100 * TOL && eb > 100 * TOL && ew > 100 * TOL,
+              "moved tap not caught: %.3g %.3g %.3g", ef, eb, ew);
   } else {
+    CHECK_MSG(ew < TOL, "(%d,%d,%d,%d,%d) pad %d weight gradient: error %.3g", s->nb, s->C, s->K,
+              s->H, s->W, s->pad, ew);
     CHECK_MSG(ef < TOL, "(%d,%d,%d,%d,%d) pad %d forward: error %.3g", s->nb, s->C, s->K, s->H,
               s->W, s->pad, ef);
     CHECK_MSG(eb < TOL, "(%d,%d,%d,%d,%d) pad %d data gradient: error %.3g", s->nb, s->C, s->K,
               s->H, s->W, s->pad, eb);
   }
   free(x), free(w), free(b), free(dy), free(y), free(dx), free(ry), free(rdx);
+  free(dw), free(dw0), free(rdw);
 }
 
 static void test_shapes(void) {
