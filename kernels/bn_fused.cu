@@ -375,7 +375,8 @@ __global__ void bnf_grad_partial_vec_kernel(const float4 *dy, const float4 *dy1,
 __device__ static inline float bnf_dx_one(float dz, float g, float sd, float wa, float wb,
                                           float xn, bool global) {
   const float dbn = __fmul_rn(dz, g); /* the Scale's dx */
-  return global ? __fdiv_rn(dbn, sd) : __fdiv_rn(__fsub_rn(__fsub_rn(dbn, wa), __fmul_rn(wb, xn)), sd);
+  if (global) return __fdiv_rn(dbn, sd);
+  return __fdiv_rn(__fsub_rn(__fsub_rn(dbn, wa), __fmul_rn(wb, xn)), sd);
 }
 
 /* One thread per four values: bnf_grad_apply_kernel's operations. */

@@ -340,7 +340,8 @@ static int conv_auto_time(Layer *l, int dir, bool cudnn, const MokaConvGeom *g,
                           MokaConvPrec prec, double *ms) {
   if (moka_cuda_sync(l->cuda)) return -1;
   const double t0 = moka_now();
-  const int rc = dir == 0 ? conv_forward_run(l, cudnn, g, prec) : conv_backward_run(l, cudnn, g, prec);
+  const int rc =
+      dir == 0 ? conv_forward_run(l, cudnn, g, prec) : conv_backward_run(l, cudnn, g, prec);
   if (rc || moka_cuda_sync(l->cuda)) return -1;
   *ms = (moka_now() - t0) * 1e3;
   return 0;
