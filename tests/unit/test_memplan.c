@@ -178,8 +178,9 @@ static const FusedChain *chain_of_layer(const Net *net, int i) {
 
 /* fused: run the net's fused chains as one op each (src/net_fuse.h: forward
  * at fwd_at reads x and the shortcut, writes x and y; backward at bwd_at
- * reads y's diff, writes x's diff (bn_bw) and the shortcut's (shortcut_bw)),
- * instead of their layers. */
+ * reads y's diff, or the diffs of the Split after it when it sums that Split
+ * (c->split, whose own backward then does nothing), writes x's diff (bn_bw)
+ * and the shortcut's (shortcut_bw)), instead of their layers. */
 static void needs_of(const Net *net, bool train, bool fused, Need *need, bool *kept,
                      bool *kept_diff) {
   const int L = net->n_layers, B = net->n_blobs, end = train ? 2 * L - 1 : L - 1;
@@ -218,11 +219,23 @@ static void needs_of(const Net *net, bool train, bool fused, Need *need, bool *k
       if (!net->layer_need_backward[i]) continue;
       const int s = 2 * L - 1 - i;
       const FusedChain *c = fused ? chain_of_layer(net, i) : NULL;
+      /* A Split whose gradients the chain before it sums (c->split): its backward does
+       * nothing; the chain reads its tops' diffs instead of y's. */
+      if (fused && net->fuse->split_into && net->fuse->split_into[i] >= 0) continue;
       if (c) {
         if (i != c->bwd_at || !c->need_backward) continue;
         const int y = index_of(net, c->y), x = index_of(net, c->x);
-        if (!written[y]) zero_read[y] = true;
-        need_add(&need[B + y], s);
+        if (c->split >= 0) {
+          const Layer *sp = net->layers[c->split];
+          for (int t = 0; t < sp->n_top; t++) {
+            const int b = index_of(net, sp->top[t]);
+            if (!written[b]) zero_read[b] = true;
+            need_add(&need[B + b], s);
+          }
+        } else {
+          if (!written[y]) zero_read[y] = true;
+          need_add(&need[B + y], s);
+        }
         if (c->bn_bw) {
           written[x] = true;
           need_add(&need[B + x], s);
