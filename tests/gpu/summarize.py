@@ -209,7 +209,30 @@ def main():
             print("  %d of %d convolution layers at >= 0.8x cuDNN (forward+backward)" % (met, n))
         print()
 
+    auto_choices(work)
     igemm_bench(work)
+
+
+AUTO = re.compile(r"Convolution '(\S+)' (forward|backward) \(.*\): moka ([\d.]+) ms, "
+                  r"cuDNN ([\d.]+) ms: (moka|cuDNN)")
+
+
+def auto_choices(work):
+    """What MOKA_CONV_ENGINE=auto chose per layer and direction (its log lines)."""
+    for path in sorted(glob.glob(os.path.join(work, "moka_auto*_b*.log"))):
+        found = AUTO.findall(read(path))
+        if not found:
+            continue
+        name = os.path.basename(path)[len("moka_"):-len(".log")]
+        print("MOKA_CONV_ENGINE=auto choices (%s), from the first pass's timings:" % name)
+        for d in ("forward", "backward"):
+            rows = [f for f in found if f[1] == d]
+            cu = [f for f in rows if f[4] == "cuDNN"]
+            print("  %s: moka %d, cuDNN %d%s" % (
+                d, len(rows) - len(cu), len(cu),
+                (" (cuDNN: " + ", ".join("%s %.2f" % (f[0], float(f[2]) / float(f[3]))
+                                         for f in cu) + ", as t_moka/t_cuDNN)") if cu else ""))
+        print()
 
 
 def igemm_bench(work):
