@@ -27,7 +27,6 @@
  * j*pp .. of channel c), so that a block reads long contiguous runs. Only the grouping of
  * the double partial sums differs from the scalar path.
  */
-#include <stdint.h>
 #include <stdlib.h>
 
 #include "cuda_internal.h"
@@ -254,8 +253,6 @@ static bool bnf_vec_on(void) {
   return on != 0;
 }
 
-static bool bnf_aligned(const void *p) { return ((uintptr_t)p & 15u) == 0; }
-
 /* Block (c, j): planes [j*pp, min(N, (j+1)*pp)) of channel c; (S4 = S/4 float4 per plane). */
 __global__ void bnf_stat_partial_vec_kernel(const float4 *x, const float *stats, double *part,
                                             unsigned C, unsigned N, unsigned S4, unsigned pp,
@@ -438,8 +435,9 @@ int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const f
   }
   /* The vector path: planes of whole float4s, every buffer 16-byte aligned, 32-bit grid
    * arithmetic (N*C*S/4 float4s and C*chunks blocks fit easily in it then). */
-  const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && bnf_aligned(x) &&
-                   bnf_aligned(xz) && bnf_aligned(y) && bnf_aligned(r) && bnf_aligned(x_norm);
+  const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && moka_aligned16(x) &&
+                   moka_aligned16(xz) && moka_aligned16(y) && moka_aligned16(r) &&
+                   moka_aligned16(x_norm);
   if (!g->use_global && vec && m) {
     size_t pp, chunks;
     bnf_vec_chunks(N, S, &pp, &chunks);
@@ -501,9 +499,9 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
   const bool small = n <= 0xffffffffu;
   if (!n) return 0;
   const bool sums = dgamma || dbeta || (dx && !g->use_global);
-  const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && bnf_aligned(dy) &&
-                   bnf_aligned(dy1) && bnf_aligned(y) && bnf_aligned(x_norm) && bnf_aligned(dx) &&
-                   bnf_aligned(dr);
+  const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && moka_aligned16(dy) &&
+                   moka_aligned16(dy1) && moka_aligned16(y) && moka_aligned16(x_norm) &&
+                   moka_aligned16(dx) && moka_aligned16(dr);
   size_t chunks = bnf_chunks(m), len = (m + chunks - 1) / chunks, pp = 0;
   if (vec) bnf_vec_chunks(N, S, &pp, &chunks);
   double *part = (double *)partials;

@@ -40,8 +40,9 @@
 
 #include "cuda_internal.h"
 
-/* Workspace budget for the column buffer and the transposed output. */
-static size_t ws_budget(void) {
+/* The workspace budget (cuda_internal.h): the column buffer and the transposed output here,
+ * Winograd's buffers in conv_winograd.cu. */
+size_t moka_cuda_conv_ws_budget(void) {
   const char *e = getenv("MOKA_CONV_WS_BYTES");
   if (e && *e) return (size_t)strtoull(e, NULL, 10);
   return (size_t)512 << 20;
@@ -174,7 +175,7 @@ static int chunk_plan(MokaCuda *c, const MokaConvGeom *g, bool backward, int *ch
   const size_t col_img = (size_t)g->channels * g->kernel_h * g->kernel_w * OHW;
   const size_t t_img = (size_t)g->num_output * OHW;
   const size_t per_img = (col_img + t_img) * sizeof(float);
-  size_t nb = ws_budget() / per_img;
+  size_t nb = moka_cuda_conv_ws_budget() / per_img;
   if (nb < 1) nb = 1;
   if (nb > (size_t)g->num) nb = (size_t)g->num;
   /* cuBLAS dimensions are ints */

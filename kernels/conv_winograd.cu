@@ -75,10 +75,20 @@ bool moka_cuda_winograd_applies(const MokaConvGeom *g) {
          g->pad_h >= 0 && g->pad_h <= 2 && g->out_h >= 1 && g->out_w >= 1;
 }
 
-static size_t wg_budget(void) {
-  const char *e = getenv("MOKA_CONV_WS_BYTES");
-  if (e && *e) return (size_t)strtoull(e, NULL, 10);
-  return (size_t)512 << 20;
+/* Images per chunk of a pass and its workspace: `fixed` floats (U or S) and, per image, the
+ * 16 transformed input and output planes (V and M, or V and Z). Reserved in the shared
+ * workspace; *ws its start. */
+static int wg_chunk(MokaCuda *c, const WgGeom *pg, int num, size_t fixed, const char *what,
+                    size_t *nb_out, void **ws) {
+  const size_t Ti = (size_t)pg->th * pg->tw;
+  const size_t per_img = (size_t)16 * Ti * ((size_t)pg->C + pg->K);
+  const size_t budget = moka_cuda_conv_ws_budget() / sizeof(float);
+  size_t nb = budget > fixed ? (budget - fixed) / per_img : 0;
+  if (nb < 1) nb = 1;
+  if (nb > (size_t)num) nb = (size_t)num;
+  while (nb > 1 && nb * Ti > 0x7fffffffu) nb /= 2; /* cuBLAS dimensions are ints */
+  *nb_out = nb;
+  return moka_cuda_workspace(c, (fixed + nb * per_img) * sizeof(float), what, ws);
 }
 
 /* One convolution of num images: pg the pass geometry (per image), w the layer's weights
@@ -88,14 +98,9 @@ static int wg_run(MokaCuda *c, const WgGeom *pg, int num, const float *w, int fl
   cudaStream_t s = c->stream;
   const size_t Ti = (size_t)pg->th * pg->tw;
   const size_t u_floats = (size_t)16 * pg->K * pg->C;
-  const size_t per_img = (size_t)16 * Ti * ((size_t)pg->C + pg->K);
-  size_t budget = wg_budget() / sizeof(float);
-  size_t nb = budget > u_floats ? (budget - u_floats) / per_img : 0;
-  if (nb < 1) nb = 1;
-  if (nb > (size_t)num) nb = (size_t)num;
-  while (nb > 1 && nb * Ti > 0x7fffffffu) nb /= 2; /* cuBLAS dimensions are ints */
+  size_t nb;
   void *ws;
-  if (moka_cuda_workspace(c, (u_floats + nb * per_img) * sizeof(float), what, &ws)) return -1;
+  if (wg_chunk(c, pg, num, u_floats, what, &nb, &ws)) return -1;
   float *U = (float *)ws, *V = U + u_floats, *M = V + (size_t)16 * pg->C * nb * Ti;
   wg_filter_kernel<<<moka_blocks((size_t)pg->K * pg->C), MOKA_THREADS, 0, s>>>(w, U, pg->K,
                                                                                pg->C, flip);
@@ -150,15 +155,9 @@ int moka_cuda_winograd_backward_weights(MokaCuda *c, const MokaConvGeom *g, cons
                        g->out_h, g->out_w);
   const size_t Ti = (size_t)pg.th * pg.tw;
   const size_t s_floats = (size_t)16 * pg.K * pg.C;
-  const size_t per_img = (size_t)16 * Ti * ((size_t)pg.C + pg.K);
-  const size_t budget = wg_budget() / sizeof(float);
-  size_t nb = budget > s_floats ? (budget - s_floats) / per_img : 0;
-  if (nb < 1) nb = 1;
-  if (nb > (size_t)g->num) nb = (size_t)g->num;
-  while (nb > 1 && nb * Ti > 0x7fffffffu) nb /= 2;
+  size_t nb;
   void *ws;
-  if (moka_cuda_workspace(c, (s_floats + nb * per_img) * sizeof(float),
-                          "Winograd weight-gradient buffers", &ws))
+  if (wg_chunk(c, &pg, g->num, s_floats, "Winograd weight-gradient buffers", &nb, &ws))
     return -1;
   float *S = (float *)ws, *V = S + s_floats, *Z = V + (size_t)16 * pg.C * nb * Ti;
   const size_t in_img = (size_t)pg.C * pg.H * pg.W, out_img = (size_t)pg.K * pg.OH * pg.OW;

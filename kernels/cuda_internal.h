@@ -28,6 +28,13 @@ static inline unsigned moka_blocks(size_t n) {
   return (unsigned)b;
 }
 
+/* Float4 accesses need 16-byte aligned pointers (NULL counts as aligned: unused). */
+static inline bool moka_aligned16(const void *p) { return ((size_t)p & 15u) == 0; }
+
+/* The convolution engines' workspace budget for column / Winograd buffers (conv_gemm.cu,
+ * conv_winograd.cu): 512 MiB, or MOKA_CONV_WS_BYTES (tests set it small for several chunks). */
+size_t moka_cuda_conv_ws_budget(void);
+
 #define MOKA_GRID_LOOP(i, n)                                                        \
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);   \
        i += (size_t)blockDim.x * gridDim.x)

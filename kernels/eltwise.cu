@@ -71,11 +71,9 @@ __global__ void split_sum2_vec_kernel(const float4 *a, const float4 *b, float4 *
   }
 }
 
-static bool aligned16(const void *p) { return ((size_t)p & 15u) == 0; }
-
 int moka_cuda_split_copy2(cudaStream_t s, const float *x, float *y0, float *y1, size_t n) {
   if (!n || (!y0 && !y1)) return 0;
-  if (n % 4 == 0 && aligned16(x) && aligned16(y0) && aligned16(y1)) {
+  if (n % 4 == 0 && moka_aligned16(x) && moka_aligned16(y0) && moka_aligned16(y1)) {
     split_copy2_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
         (const float4 *)x, (float4 *)y0, (float4 *)y1, n / 4);
     return moka_cuda_launched(s, "split_copy2_vec_kernel", __FILE__, __LINE__);
@@ -86,7 +84,7 @@ int moka_cuda_split_copy2(cudaStream_t s, const float *x, float *y0, float *y1, 
 
 int moka_cuda_split_sum2(cudaStream_t s, const float *dy0, const float *dy1, float *dx, size_t n) {
   if (!n) return 0;
-  if (n % 4 == 0 && aligned16(dy0) && aligned16(dy1) && aligned16(dx)) {
+  if (n % 4 == 0 && moka_aligned16(dy0) && moka_aligned16(dy1) && moka_aligned16(dx)) {
     split_sum2_vec_kernel<<<moka_blocks(n / 4), MOKA_THREADS, 0, s>>>(
         (const float4 *)dy0, (const float4 *)dy1, (float4 *)dx, n / 4);
     return moka_cuda_launched(s, "split_sum2_vec_kernel", __FILE__, __LINE__);
