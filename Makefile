@@ -147,7 +147,7 @@ $(BUILD)/tests/%: tests/gpu/%.c tests/unit/testlib.h $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 
-$(BUILD)/tests/igemm_emulate: tests/gpu/igemm_emulate.cpp kernels/conv_igemm.cu kernels/conv_igemm_index.h
+$(BUILD)/tests/igemm_emulate: tests/gpu/igemm_emulate.cpp tests/gpu/emu_cuda.h kernels/conv_igemm.cu kernels/conv_igemm_index.h
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 

@@ -343,24 +343,6 @@ static void pick_tile(int M, int N, int batches, int sms, int *bm, int *bn) {
   *bn = tiles < sms ? 64 : 128;
 }
 
-/* The weight gradient's split-K: about two CTAs per SM, at least 8 slices of
- * K per split, at most 64 splits; *kchunk (a multiple of IG_BK) is each
- * split's share of K, every split non-empty. Depends only on the geometry
- * and the SM count, so a run is reproducible on a given GPU. */
-static void plan_split(int M, int N, int K, int G, int bm, int bn, int sms, int *splits_out,
-                       int *kchunk_out) {
-  const long long tiles = (long long)((M + bm - 1) / bm) * ((N + bn - 1) / bn) * G;
-  const int nk = (K + IG_BK - 1) / IG_BK;
-  long long splits = (2LL * sms + tiles - 1) / tiles;
-  if (splits > nk / 8) splits = nk / 8;
-  if (splits > 64) splits = 64;
-  if (splits * G > 65535) splits = 65535 / G;
-  if (splits < 1) splits = 1;
-  const int kchunk = (int)((nk + splits - 1) / splits) * IG_BK;
-  *kchunk_out = kchunk;
-  *splits_out = (K + kchunk - 1) / kchunk;
-}
-
 #ifndef MOKA_IGEMM_EMULATE
 /* ---- small kernels -------------------------------------------------------------------------- */
 
@@ -376,6 +358,11 @@ __global__ void igemm_split_reduce_kernel(const float *partial, int splits, size
     for (int p = 1; p < splits; p++) s += partial[(size_t)p * n + i];
     dw[i] += s;
   }
+}
+
+int moka_cuda_split_reduce(cudaStream_t s, const float *partial, int splits, size_t n, float *dw) {
+  igemm_split_reduce_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(partial, splits, n, dw);
+  return moka_cuda_launched(s, "igemm_split_reduce_kernel", __FILE__, __LINE__);
 }
 
 /* ---- launchers ------------------------------------------------------------------------------- */
@@ -479,6 +466,8 @@ extern "C" int moka_cuda_igemm_conv_forward(MokaCuda *c, const MokaConvGeom *cg,
   IgemmGeom g;
   if (igemm_check(c, cg, prec, &g)) return -1;
   if (g.num == 0) return 0;
+  if (prec == MOKA_CONV_BF16 && moka_cuda_nhwc_applies(cg, MOKA_NHWC_FWD))
+    return moka_cuda_nhwc_conv_forward(c, cg, x, w, bias, y);
   const int K = g.Cg * g.KHW, M = g.OCg, N = g.num * g.OHW;
   void *ws;
   if (moka_cuda_workspace(c, align256((size_t)K * sizeof(IgemmTap)), "implicit-GEMM taps", &ws))
@@ -501,11 +490,21 @@ extern "C" int moka_cuda_igemm_conv_backward(MokaCuda *c, const MokaConvGeom *cg
   if (db && moka_cuda_channel_sum(c->stream, dy, NULL, db, (size_t)g.num, (size_t)g.OC,
                                   (size_t)g.OHW, true))
     return -1;
+  /* MOKA_CONV_NHWC=1: the directions conv_nhwc.cu takes go there first */
+  if (prec == MOKA_CONV_BF16) {
+    const bool nd = dx && moka_cuda_nhwc_applies(cg, MOKA_NHWC_DGRAD);
+    const bool nw = dw && moka_cuda_nhwc_applies(cg, MOKA_NHWC_WGRAD);
+    if ((nd || nw) && moka_cuda_nhwc_conv_backward(c, cg, x, w, dy, nd ? dx : NULL, nw ? dw : NULL))
+      return -1;
+    if (nd) dx = NULL;
+    if (nw) dw = NULL;
+    if (!dx && !dw) return 0;
+  }
   /* weight gradient: M = OCg, N = Cg*KHW, K = num*OHW, split-K */
   const int Mw = g.OCg, Nw = g.Cg * g.KHW, Kw = g.num * g.OHW;
   int bm, bn, splits, kchunk;
   pick_tile(Mw, Nw, g.G, sms, &bm, &bn);
-  plan_split(Mw, Nw, Kw, g.G, bm, bn, sms, &splits, &kchunk);
+  igemm_plan_split(Mw, Nw, Kw, g.G, bm, bn, IG_BK, sms, &splits, &kchunk);
   const size_t nw = (size_t)g.OC * Nw; /* dw (OC, Cg*KHW) */
   const int Kd = g.OCg * g.KHW;
   const size_t tab_bytes = align256((size_t)Nw * sizeof(IgemmTap));
@@ -522,12 +521,7 @@ extern "C" int moka_cuda_igemm_conv_backward(MokaCuda *c, const MokaConvGeom *cg
     WgradOp op = {g, x, dy, dw, partial, tab};
     if (launch(c, prec, op, Mw, Nw, Kw, kchunk, splits, g.G, bm, bn, "igemm wgrad"))
       return -1;
-    if (partial) {
-      igemm_split_reduce_kernel<<<moka_blocks(nw), MOKA_THREADS, 0, c->stream>>>(partial, splits,
-                                                                                 nw, dw);
-      if (moka_cuda_launched(c->stream, "igemm_split_reduce_kernel", __FILE__, __LINE__))
-        return -1;
-    }
+    if (partial && moka_cuda_split_reduce(c->stream, partial, splits, nw, dw)) return -1;
   }
   if (!dx) return 0;
   /* data gradient: M = Cg, N = num*HW, K = OCg*KHW */

@@ -172,4 +172,25 @@ IGEMM_HD long long igemm_wgrad_dy(const IgemmGeom *g, int grp, int m, int k) {
  * igemm_fwd_src(g, igemm_out_pix(g, grp, k), igemm_fwd_tap(g, n)); its
  * output dW (OC, Cg*KHW) element (m, n) is igemm_fwd_w(g, grp, m, n). */
 
+/* ---- split-K (host) ---------------------------------------------------------------------- */
+
+/* The weight gradient's split-K (conv_igemm.cu and conv_nhwc.cu): about two
+ * CTAs per SM, at least 8 slices of bk values of K per split, at most 64
+ * splits; *kchunk_out (a multiple of bk) is each split's share of K, every
+ * split non-empty. Depends only on the geometry and the SM count, so a run is
+ * reproducible on a given GPU. */
+IGEMM_HD void igemm_plan_split(int M, int N, int K, int G, int bm, int bn, int bk, int sms,
+                               int *splits_out, int *kchunk_out) {
+  const long long tiles = (long long)((M + bm - 1) / bm) * ((N + bn - 1) / bn) * G;
+  const int nk = (K + bk - 1) / bk;
+  long long splits = (2LL * sms + tiles - 1) / tiles;
+  if (splits > nk / 8) splits = nk / 8;
+  if (splits > 64) splits = 64;
+  if (splits * G > 65535) splits = 65535 / G;
+  if (splits < 1) splits = 1;
+  const int kchunk = (int)((nk + splits - 1) / splits) * bk;
+  *kchunk_out = kchunk;
+  *splits_out = (K + kchunk - 1) / kchunk;
+}
+
 #endif

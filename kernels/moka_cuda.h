@@ -397,6 +397,21 @@ int moka_cuda_igemm_conv_backward(MokaCuda *c, const MokaConvGeom *g, MokaConvPr
  * each); 0, 0 restores the automatic choice. Process-wide. 0 / -1. */
 int moka_cuda_igemm_force_tile(int bm, int bn);
 
+/* moka's bf16 convolution through channels-last copies (conv_nhwc.cu: cp.async, ldmatrix,
+ * mma.sync m16n8k16): opt-in with MOKA_CONV_NHWC=1; moka_cuda_igemm_conv_forward/_backward
+ * send it each direction it applies to (group 1, C and OC multiples of 8; the data gradient
+ * also needs stride 1, or a 1x1 unpadded kernel). Same contract as the igemm functions;
+ * _backward does the data gradient when dx is not NULL and the weight gradient when dw is
+ * not NULL (no bias gradient). _force: -1 follows the environment (default), 0 off, 1 on
+ * (tests and benchmarks; process-wide). */
+typedef enum MokaNhwcDir { MOKA_NHWC_FWD = 0, MOKA_NHWC_DGRAD = 1, MOKA_NHWC_WGRAD = 2 } MokaNhwcDir;
+bool moka_cuda_nhwc_applies(const MokaConvGeom *g, MokaNhwcDir dir);
+void moka_cuda_nhwc_force(int mode);
+int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float *x,
+                                const float *w, const float *bias, float *y);
+int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x,
+                                 const float *w, const float *dy, float *dx, float *dw);
+
 /* cuDNN in a given precision (FP32: exactly moka_cudnn_conv_forward/backward).
  * BF16: x, w, dy converted to bf16 in the shared workspace, CUDNN_DATA_BFLOAT16
  * tensors with fp32 compute (tensor-op math), outputs converted back to fp32

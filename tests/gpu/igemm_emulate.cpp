@@ -31,74 +31,9 @@
  *   g++ -std=c++17 -O1 -g -fsanitize=address,undefined -Wno-unknown-pragmas \
  *       tests/gpu/igemm_emulate.cpp -o /tmp/igemm_emulate && /tmp/igemm_emulate
  */
-#include <cassert>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
-#include <vector>
+#include "emu_cuda.h"
 
-#include <ucontext.h>
-
-/* ---- mocked CUDA ----------------------------------------------------------------------------- */
-
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__
-#define __launch_bounds__(...)
-#define __shared__ static
-#define __align__(n) __attribute__((aligned(n)))
-#define __ldg(p) (*(p))
-
-struct dim3 {
-  unsigned x, y, z;
-};
-static dim3 threadIdx, blockIdx;
-
-static void emu_sync(int kind);
-static void __syncthreads() { emu_sync(1); }
-static void __syncwarp() { emu_sync(2); }
-static void __trap() { abort(); }
-
-struct __nv_bfloat16 { /* 2 bytes, like the device's: the shared-memory layout is the same */
-  uint16_t bits;
-};
-static float round_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u) return f;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  memcpy(&f, &u, 4);
-  return f;
-}
-static __nv_bfloat16 __float2bfloat16_rn(float v) {
-  const float r = round_bf16(v);
-  uint32_t u;
-  memcpy(&u, &r, 4);
-  return __nv_bfloat16{(uint16_t)(u >> 16)};
-}
-static float to_float(float v) { return v; }
-static float to_float(__nv_bfloat16 v) {
-  const uint32_t u = (uint32_t)v.bits << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static int g_errors;
-#define EMU_ASSERT(cond, ...)                                                                   \
-  do {                                                                                          \
-    if (!(cond)) {                                                                              \
-      if (g_errors++ < 5) {                                                                     \
-        fprintf(stderr, "emulator: " __VA_ARGS__);                                              \
-        fprintf(stderr, "\n");                                                                  \
-      }                                                                                         \
-    }                                                                                           \
-  } while (0)
+/* ---- mocked WMMA ------------------------------------------------------------------------------ */
 
 namespace wmma {
 struct row_major {};
@@ -175,61 +110,6 @@ static float __float_to_tf32(float f) { /* cvt.rna.tf32.f32: nearest, ties away 
 
 #define MOKA_IGEMM_EMULATE 1
 #include "../../kernels/conv_igemm.cu"
-
-/* ---- cooperative threads --------------------------------------------------------------------- */
-
-enum { NT = 256, STACK = 256 * 1024 };
-static ucontext_t g_sched, g_ctx[NT];
-static std::vector<char> g_stacks;
-static int g_cur, g_kind[NT], g_count[NT];
-static bool g_done[NT];
-static std::function<void()> g_body;
-
-static void emu_sync(int kind) {
-  const int t = g_cur;
-  g_kind[t] = kind;
-  g_count[t]++;
-  swapcontext(&g_ctx[t], &g_sched);
-}
-
-static void thread_entry() {
-  g_body();
-  g_done[g_cur] = true;
-}
-
-static void run_block(const std::function<void()> &body) {
-  if (g_stacks.empty()) g_stacks.resize((size_t)NT * STACK);
-  g_body = body;
-  for (int t = 0; t < NT; t++) {
-    getcontext(&g_ctx[t]);
-    g_ctx[t].uc_stack.ss_sp = &g_stacks[(size_t)t * STACK];
-    g_ctx[t].uc_stack.ss_size = STACK;
-    g_ctx[t].uc_link = &g_sched;
-    makecontext(&g_ctx[t], thread_entry, 0);
-    g_done[t] = false;
-    g_kind[t] = 0;
-    g_count[t] = 0;
-  }
-  for (;;) {
-    for (int t = 0; t < NT; t++) {
-      if (g_done[t]) continue;
-      g_cur = t;
-      threadIdx = dim3{(unsigned)t, 0, 0};
-      swapcontext(&g_sched, &g_ctx[t]);
-    }
-    int ndone = 0;
-    for (int t = 0; t < NT; t++) ndone += g_done[t];
-    if (ndone == NT) return;
-    bool same = ndone == 0;
-    for (int t = 1; t < NT && same; t++)
-      same = g_kind[t] == g_kind[0] && g_count[t] == g_count[0];
-    EMU_ASSERT(same, "threads diverge at a barrier (%d finished; thread 0 at barrier %d kind %d)",
-               ndone, g_count[0], g_kind[0]);
-    if (!same) { /* run the rest to completion to leave no context behind */
-      for (int t = 0; t < NT; t++) g_kind[t] = g_count[t] = 0;
-    }
-  }
-}
 
 template <int BM, int BN, class PR, class Op>
 static void launch_emu(const Op &op, int M, int N, int K, int kchunk, int splits, int G) {
@@ -345,7 +225,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, const char *pname) {
   {
     const int M = g.OCg, N = g.Cg * g.KHW, K = c.num * g.OHW;
     int splits = 1, kchunk = K;
-    if (split) plan_split(M, N, K, c.G, bm, bn, 4, &splits, &kchunk);
+    if (split) igemm_plan_split(M, N, K, c.G, bm, bn, IG_BK, 4, &splits, &kchunk);
     std::vector<float> part(splits > 1 ? (size_t)splits * nw : 0, NAN);
     WgradOp op = {g, x.data(), dy.data(), gdw.data(), splits > 1 ? part.data() : nullptr,
                   tab.data()};
