@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(NH_THREADS, 2)
   constexpr int A_CH = BM * NH_BK / 8 / NH_THREADS, B_CH = BN * NH_BK / 8 / NH_THREADS;
   constexpr int A_RC = BM / 8, B_RC = BN / 8; /* 8-wide column chunks of an M/N-contiguous row */
   static_assert(A_CH >= 1 && B_CH >= 1 && NI % 2 == 0, "tile shape");
-  extern __shared__ __align__(16) unsigned char nh_smem[];
+  NH_DYNAMIC_SMEM(nh_smem);
   nh_bf16 *smem = reinterpret_cast<nh_bf16 *>(nh_smem);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;

@@ -33,6 +33,9 @@
 #define NH_ARCH_OK 0
 #endif
 
+/* The kernel's dynamic shared memory (the emulator gives it a static buffer). */
+#define NH_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+
 __device__ __forceinline__ unsigned nh_smem_addr(const void *p) {
   return (unsigned)__cvta_generic_to_shared(p);
 }

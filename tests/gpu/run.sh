@@ -205,6 +205,9 @@ fi
 if [ $BUILD_OK = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
   step "compute-sanitizer memcheck igemm" 60 "$W/sanitizer.log" compute-sanitizer --tool memcheck \
     --print-limit 50 --error-exitcode 99 "$BUILD/tests/test_cuda_igemm" quick || SAN_OK=0
+  # the NHWC kernel's cp.async pipeline (new, first run unobserved): shared-memory races
+  step "compute-sanitizer racecheck nhwc" 90 "$W/sanitizer.log" compute-sanitizer --tool racecheck \
+    --print-limit 50 --error-exitcode 99 "$BUILD/tests/test_cuda_igemm" nhwc || SAN_OK=0
 fi
 
 # ---- 4b. per-layer convolution benchmark: each distinct ResNet-50 shape, batch 64, forward and
@@ -232,6 +235,10 @@ for b in $BATCHES; do
         env MOKA_CONV_ENGINE=$eng "$M" time --model="$W/r50_train_b$b.prototxt" --gpu=0 \
         --iterations="$ITERS" --precision=bf16
     done
+    # moka's engine with the NHWC bf16 kernel (conv_nhwc.cu, opt-in) where it applies
+    step "moka time b$b engine=moka bf16 MOKA_CONV_NHWC=1" 180 "$W/moka_nhwcbf16_b$b.log" \
+      env MOKA_CONV_NHWC=1 MOKA_CONV_ENGINE=moka "$M" time --model="$W/r50_train_b$b.prototxt" \
+      --gpu=0 --iterations="$ITERS" --precision=bf16
   fi
   # (fp32 channels_last measured the same as NCHW on the H200, 2026-11-28: TORCH_FP32_CL=1 adds it)
   step "PyTorch ResNet-50 b$b" 180 "$W/torch.log" python3 tests/gpu/torch_bench.py "$ITERS" \

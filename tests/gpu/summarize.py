@@ -33,6 +33,7 @@ AB_RUNS = {
     "nosplitbw": "moka fp32, MOKA_FUSE_SPLIT=0",
     "winowgrad": "moka fp32, MOKA_CONV_WINOGRAD_WGRAD=1",
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
+    "nhwcbf16": "moka bf16, moka's NHWC kernel (MOKA_CONV_NHWC=1)",
 }
 
 
@@ -124,6 +125,11 @@ def main():
     if "test_cuda_igemm" in s:
         print("compute-sanitizer (memcheck, test_cuda_igemm quick): %s" %
               (("%s errors" % sm[1]) if len(sm) > 1 else "no summary (see sanitizer.log)"))
+    if "racecheck" in s:
+        rc = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)", s)
+        print("compute-sanitizer (racecheck, test_cuda_igemm nhwc): %s" %
+              (("%s hazards (%s errors, %s warnings)" % rc[-1]) if rc else
+               "no summary (see sanitizer.log)"))
     print()
 
     runs, tr = moka_runs(work), torch_runs(work)
@@ -131,7 +137,8 @@ def main():
     print("ResNet-50 v1 training (forward+backward, 224x224), img/s:")
     print("  %-44s %8s %10s %10s" % ("", "batch", "img/s", "peak MiB"))
     for b in batches:
-        for eng in ("moka", "cudnn", "auto", "mokabf16", "cudnnbf16", "autobf16") + tuple(AB_RUNS):
+        for eng in ("moka", "cudnn", "auto", "mokabf16", "cudnnbf16", "autobf16") + tuple(
+                k for k in AB_RUNS if k != "unfused") + ("unfused",):
             r = runs.get((eng, b))
             if r:
                 print("  %-44s %8d %10s %10s%s" % (
@@ -172,6 +179,12 @@ def main():
               "moka bf16/cuDNN engine bf16 = %s"
               % (b, ratio(mi, ti), ratio(ci, ti), ratio(mi, ci), ratio(mi, bi), ratio(mbi, bi),
                  ratio(mbi, cbi)))
+        nb = runs.get(("nhwcbf16", b))
+        if nb:
+            print("  batch %d: moka bf16 NHWC kernel (MOKA_CONV_NHWC=1)/PyTorch bf16 AMP "
+                  "channels_last = %s (bf16 target >= 1.5); /moka bf16 WMMA = %s; "
+                  "/cuDNN engine bf16 = %s" % (b, ratio(nb["img_s"], bi), ratio(nb["img_s"], mbi),
+                                               ratio(nb["img_s"], cbi)))
         au, aub = runs.get(("auto", b)), runs.get(("autobf16", b))
         if au or aub:
             print("  batch %d: faster-per-layer engine (MOKA_CONV_ENGINE=auto)/PyTorch fp32 = %s; "
@@ -179,8 +192,9 @@ def main():
                   % (b, ratio(au["img_s"] if au else None, ti),
                      ratio(aub["img_s"] if aub else None, bi)))
     print()
-    for b, (em, ec, prec) in [(b, p) for b in batches for p in (("moka", "cudnn", "fp32"),
-                                                               ("mokabf16", "cudnnbf16", "bf16"))]:
+    for b, (em, ec, prec) in [(b, p) for b in batches for p in (
+            ("moka", "cudnn", "fp32"), ("mokabf16", "cudnnbf16", "bf16"),
+            ("nhwcbf16", "cudnnbf16", "bf16, moka with MOKA_CONV_NHWC=1"))]:
         mk, cd = runs.get((em, b)), runs.get((ec, b))
         if not (mk and cd and mk["layers"] and cd["layers"]):
             continue
@@ -252,41 +266,48 @@ def igemm_bench(work):
         return
     print("Per-layer convolutions, batch 64 (test_cuda_igemm bench), forward+backward ms; "
           "ratio = t_cuDNN / t_moka (>= 0.8 meets the target):")
-    print("  %-16s %-26s %9s %9s %6s %9s %9s %6s  %s" % (
-        "layer", "shape", "moka bf16", "cuDNN bf16", "ratio", "moka fp32", "cuDNN fp32", "ratio",
-        "best igemm tile (ms)"))
+    print("  %-16s %-26s %9s %9s %9s %6s %6s %9s %9s %6s  %s" % (
+        "layer", "shape", "moka bf16", "moka NHWC", "cuDNN bf16", "ratio", "NHWC", "moka fp32",
+        "cuDNN fp32", "ratio", "best igemm tile (ms)"))
 
     def fb(kv, e):
         f, b = float(kv.get("fwd_" + e, -1)), float(kv.get("bwd_" + e, -1))
         return f + b if f >= 0 and b >= 0 else None
-    met = [0, 0]
-    n = [0, 0]
+    met = [0, 0, 0]
+    n = [0, 0, 0]
     for kv in rows:
         t = [fb(kv, e) for e in ("moka_bf16", "cudnn_bf16", "moka_fp32", "cudnn_fp32")]
+        tn = fb(kv, "moka_nhwc")
         r = []
-        for i in (0, 2):
-            if t[i] and t[i + 1]:
-                r.append(t[i + 1] / t[i])
-                n[i // 2] += 1
-                met[i // 2] += r[-1] >= 0.8 - 1e-9
+        for j, (a, c) in enumerate(((t[0], t[1]), (t[2], t[3]), (tn, t[1]))):
+            if a and c:
+                r.append(c / a)
+                n[j] += 1
+                met[j] += r[-1] >= 0.8 - 1e-9
             else:
                 r.append(None)
         tiles = [(fb(kv, "t" + tl), tl) for tl in ("128x128", "128x64", "64x128", "64x64")]
         tiles = [tt for tt in tiles if tt[0]]
         best = "%s (%.3f)" % (min(tiles)[1], min(tiles)[0]) if tiles else "n/a"
-        print("  %-16s %-26s %9s %9s %6s %9s %9s %6s  %s" % (
-            kv.get("layer", "?"), kv.get("shape", "?"), fmt(t[0], "%.3f"), fmt(t[1], "%.3f"),
-            fmt(r[0], "%.2f"), fmt(t[2], "%.3f"), fmt(t[3], "%.3f"), fmt(r[1], "%.2f"), best))
-    print("  bf16: %d of %d shapes at >= 0.8x cuDNN; fp32: %d of %d" % (met[0], n[0], met[1], n[1]))
+        print("  %-16s %-26s %9s %9s %9s %6s %6s %9s %9s %6s  %s" % (
+            kv.get("layer", "?"), kv.get("shape", "?"), fmt(t[0], "%.3f"), fmt(tn, "%.3f"),
+            fmt(t[1], "%.3f"), fmt(r[0], "%.2f"), fmt(r[2], "%.2f"), fmt(t[2], "%.3f"),
+            fmt(t[3], "%.3f"), fmt(r[1], "%.2f"), best))
+    print("  bf16: %d of %d shapes at >= 0.8x cuDNN (NHWC kernel: %d of %d); fp32: %d of %d"
+          % (met[0], n[0], met[2], n[2], met[1], n[1]))
     # cuDNN's bf16 times include fp32<->bf16 conversions (moka's kernels convert as they load);
     # without them (t_cuDNN bf16 - t_conversions) the comparison with a bf16-native cuDNN:
     core = []
     for kv in rows:
         tm, tc, cv = fb(kv, "moka_bf16"), fb(kv, "cudnn_bf16"), fb(kv, "cvt")
+        tn = fb(kv, "moka_nhwc")
+        if tn and tm:
+            tm = min(tm, tn)
         if tm and tc and cv is not None and tc - cv > 0:
             core.append((kv.get("layer", "?"), (tc - cv) / tm))
     if core:
-        print("  bf16 without cuDNN's conversions (t_cuDNN_bf16 - t_cvt) / t_moka: " +
+        print("  bf16 without cuDNN's conversions (t_cuDNN_bf16 - t_cvt) / t_moka (the faster of "
+              "moka's two bf16 kernels): " +
               ", ".join("%s %.2f" % c for c in core))
         print("  %d of %d shapes at >= 0.8x that" % (sum(r >= 0.8 - 1e-9 for _, r in core),
                                                     len(core)))

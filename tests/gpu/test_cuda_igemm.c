@@ -1,15 +1,19 @@
-/* test_cuda_igemm.c — moka's implicit-GEMM tensor-core convolution
- * (kernels/conv_igemm.cu) in bf16 and TF32, cuDNN's bf16 engine
+/* test_cuda_igemm.c — moka's implicit-GEMM tensor-core convolutions
+ * (kernels/conv_igemm.cu: WMMA, bf16 and TF32; kernels/conv_nhwc.cu: the
+ * NHWC bf16 kernel of MOKA_CONV_NHWC=1, forced on or off here with
+ * moka_cuda_nhwc_force whatever the environment says), cuDNN's bf16 engine
  * (moka_cudnn_conv_*_prec) and the bf16/TF32 GEMM of InnerProduct
  * (kernels/gemm_lowp.cu), against a direct convolution on the host. Needs a
  * GPU (sm_80+); without one it prints "SKIP: ..." and exits 0.
  *
  *   test_cuda_igemm              the checks below
  *   test_cuda_igemm quick        moka's kernels only (run under compute-sanitizer)
+ *   test_cuda_igemm nhwc         the NHWC kernel only (compute-sanitizer racecheck)
  *   test_cuda_igemm bench [B] [I] per-layer benchmark: every distinct
  *                                ResNet-50 convolution shape at batch B (64),
  *                                I timed iterations (5): forward and backward
- *                                ms of moka bf16 (igemm), cuDNN bf16, moka fp32
+ *                                ms of moka bf16 (igemm), moka bf16 NHWC
+ *                                (conv_nhwc.cu where it applies), cuDNN bf16, moka fp32
  *                                (im2col + SGEMM), cuDNN fp32, and moka bf16
  *                                with each tile shape forced (fwd_t128x64=...),
  *                                and the fp32<->bf16 conversions the cuDNN bf16
@@ -212,9 +216,15 @@ static const Shape shapes[] = {
     {"split-K 16->32 28x28", 4, 16, 28, 28, 32, 1, 3, 3, 1, 1, 1, 1, 1, 1, true},
     {"groups 2 1x3 s2x1", 2, 8, 11, 9, 6, 2, 1, 3, 0, 1, 2, 1, 1, 1, true},
     {"pad 3 3x3 dil 3 groups 3", 1, 9, 8, 10, 15, 3, 3, 3, 3, 3, 1, 2, 3, 2, false},
+    /* channel counts that are multiples of 8: the NHWC kernel's shapes */
+    {"3x3 dil 2 pad 2 16->24", 1, 16, 10, 9, 24, 1, 3, 3, 2, 2, 1, 1, 2, 2, true},
+    {"1x1 256->64 7x7 batch 3", 3, 256, 7, 7, 64, 1, 1, 1, 0, 0, 1, 1, 1, 1, false},
+    {"3x3 64->136 14x14 batch 8", 8, 64, 14, 14, 136, 1, 3, 3, 1, 1, 1, 1, 1, 1, true},
+    {"1x1/2 128->256 14x14 batch 5", 5, 128, 14, 14, 256, 1, 1, 1, 0, 0, 2, 2, 1, 1, false},
 };
 
-typedef enum Engine { ENG_IGEMM, ENG_CUDNN } Engine;
+typedef enum Engine { ENG_IGEMM, ENG_NHWC, ENG_CUDNN } Engine;
+static const char *const eng_names[] = {"igemm", "nhwc", "cuDNN"};
 
 /* One shape, one engine, one precision: forward + backward against the reference. */
 static void run_shape(const Shape *s, Engine eng, MokaConvPrec prec) {
@@ -241,17 +251,19 @@ static void run_shape(const Shape *s, Engine eng, MokaConvPrec prec) {
   MokaCudnnConv *plan = NULL;
   char what[160];
   const bool cud = eng == ENG_CUDNN;
+  const char *en = eng_names[eng];
+  moka_cuda_nhwc_force(eng == ENG_NHWC); /* the WMMA kernel alone, or NHWC where it applies */
   const double out_rel = cud && prec == MOKA_CONV_BF16 ? ldexp(1.0, -7) : 0.0;
   const double nmse_max = cud && prec == MOKA_CONV_BF16 ? 1e-4 : 1e-8;
   int rc = cud ? moka_cudnn_conv_forward_prec(ctx, &plan, &g, prec, d_x, d_w,
                                               s->bias ? d_b : NULL, d_y)
                : moka_cuda_igemm_conv_forward(ctx, &g, prec, d_x, d_w, s->bias ? d_b : NULL, d_y);
   if (!rc) rc = moka_cuda_sync(ctx);
-  CHECK_MSG(rc == 0, "%s %s %s forward: %s", s->name, cud ? "cuDNN" : "igemm",
+  CHECK_MSG(rc == 0, "%s %s %s forward: %s", s->name, en,
             moka_conv_prec_name(prec), moka_error());
   if (!rc) {
     float *y = download(d_y, ny);
-    snprintf(what, sizeof what, "%s %s %s forward y", s->name, cud ? "cuDNN" : "igemm",
+    snprintf(what, sizeof what, "%s %s %s forward y", s->name, en,
              moka_conv_prec_name(prec));
     check_arr(what, y, ref.y, ref.sy, ny, (long long)Cg * s->KH * s->KW + 1, out_rel, nmse_max);
     free(y);
@@ -264,16 +276,16 @@ static void run_shape(const Shape *s, Engine eng, MokaConvPrec prec) {
                                              d_db)
              : moka_cuda_igemm_conv_backward(ctx, &g, prec, d_x, d_w, d_dy, d_dx, d_dw, d_db);
     if (!rc) rc = moka_cuda_sync(ctx);
-    CHECK_MSG(rc == 0, "%s %s %s backward: %s", s->name, cud ? "cuDNN" : "igemm",
+    CHECK_MSG(rc == 0, "%s %s %s backward: %s", s->name, en,
               moka_conv_prec_name(prec), moka_error());
     if (rc) break;
     float *dx = download(d_dx, nx), *dw = download(d_dw, nw), *db = download(d_db, nb);
     if (rep == 0) {
-      snprintf(what, sizeof what, "%s %s %s dx", s->name, cud ? "cuDNN" : "igemm",
+      snprintf(what, sizeof what, "%s %s %s dx", s->name, en,
                moka_conv_prec_name(prec));
       check_arr(what, dx, ref.dx, ref.sdx, nx, (long long)(s->OC / s->G) * s->KH * s->KW,
                 out_rel, nmse_max);
-      snprintf(what, sizeof what, "%s %s %s dW", s->name, cud ? "cuDNN" : "igemm",
+      snprintf(what, sizeof what, "%s %s %s dW", s->name, en,
                moka_conv_prec_name(prec));
       check_arr(what, dw, ref.dw, ref.sdw, nw, (long long)g.num * g.out_h * g.out_w + 1, out_rel,
                 nmse_max);
@@ -285,13 +297,14 @@ static void run_shape(const Shape *s, Engine eng, MokaConvPrec prec) {
     } else {
       if (!cud) /* moka's kernels are deterministic; cuDNN's choice may not be */
         CHECK_MSG(!memcmp(dx, dx1, nx * 4) && !memcmp(dw, dw1, nw * 4),
-                  "%s igemm %s: the backward pass is not bitwise reproducible", s->name,
+                  "%s %s %s: the backward pass is not bitwise reproducible", s->name, en,
                   moka_conv_prec_name(prec));
       free(dx), free(dw);
     }
     free(db);
   }
   free(dx1), free(dw1);
+  moka_cuda_nhwc_force(-1);
   moka_cudnn_conv_free(plan);
   moka_dev_free(d_x), moka_dev_free(d_w), moka_dev_free(d_b), moka_dev_free(d_dy);
   moka_dev_free(d_y), moka_dev_free(d_dx), moka_dev_free(d_dw), moka_dev_free(d_db);
@@ -309,40 +322,73 @@ static void test_igemm_tf32(void) {
     run_shape(&shapes[i], ENG_IGEMM, MOKA_CONV_TF32);
 }
 
+/* `test_cuda_igemm nhwc` (under racecheck, which is slow): the small shapes only */
+static bool g_small_only;
+
+/* conv_nhwc.cu on every shape (the directions it does not take run on the WMMA kernel) */
+static void test_nhwc_bf16(void) {
+  int taken = 0;
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const MokaConvGeom g = geom_of(&shapes[i]);
+    if (g_small_only && (long long)g.num * g.num_output * g.out_h * g.out_w > 120000) continue;
+    moka_cuda_nhwc_force(1);
+    taken += moka_cuda_nhwc_applies(&g, MOKA_NHWC_FWD) + moka_cuda_nhwc_applies(&g, MOKA_NHWC_DGRAD) +
+             moka_cuda_nhwc_applies(&g, MOKA_NHWC_WGRAD);
+    moka_cuda_nhwc_force(-1);
+    run_shape(&shapes[i], ENG_NHWC, MOKA_CONV_BF16);
+  }
+  CHECK_MSG(taken >= (g_small_only ? 8 : 20), "the NHWC kernel took only %d directions of the shapes",
+            taken);
+  /* and the switch is honoured: off means no shape goes there */
+  moka_cuda_nhwc_force(0);
+  const MokaConvGeom g0 = geom_of(&shapes[sizeof shapes / sizeof shapes[0] - 1]);
+  CHECK(!moka_cuda_nhwc_applies(&g0, MOKA_NHWC_FWD));
+  moka_cuda_nhwc_force(-1);
+}
+
 static void test_cudnn_bf16(void) {
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
     run_shape(&shapes[i], ENG_CUDNN, MOKA_CONV_BF16);
 }
 
-/* Off-grid inputs: the kernel must round x and W to bf16 (nearest even). */
-static void test_igemm_rounds(void) {
-  const Shape s = {"rounding", 1, 10, 9, 9, 12, 1, 3, 3, 1, 1, 1, 1, 1, 1, false};
+/* Off-grid inputs: the kernel must round x and W to bf16 (nearest even). C channels in,
+ * OC out, 9x9, 3x3 pad 1. */
+static void rounds(Engine eng, int C, int OC) {
+  const Shape s = {"rounding", 1, C, 9, 9, OC, 1, 3, 3, 1, 1, 1, 1, 1, 1, false};
   const MokaConvGeom g = geom_of(&s);
-  const size_t nx = (size_t)10 * 81, nw = (size_t)12 * 10 * 9, ny = (size_t)12 * g.out_h * g.out_w;
+  const size_t nx = (size_t)C * 81, nw = (size_t)OC * C * 9, ny = (size_t)OC * g.out_h * g.out_w;
   Rng r;
   rng_seed(&r, 99);
   float *x = malloc(nx * 4), *w = malloc(nw * 4), *xr = malloc(nx * 4), *wr = malloc(nw * 4);
   fill(&r, x, nx, false), fill(&r, w, nw, false);
   for (size_t i = 0; i < nx; i++) xr[i] = round_bf16(x[i]);
   for (size_t i = 0; i < nw; i++) wr[i] = round_bf16(w[i]);
-  float *zero_w = calloc(nw, 4), *zero_b = calloc(12, 4), *dy = calloc(ny, 4);
+  float *zero_w = calloc(nw, 4), *zero_b = calloc(OC, 4), *dy = calloc(ny, 4);
   Ref ref;
   reference(&g, xr, wr, NULL, dy, zero_w, zero_b, &ref);
   float *d_x = dev_upload(x, nx), *d_w = dev_upload(w, nw), *d_y = dev_upload(dy, ny);
   REQUIRE(d_x && d_w && d_y);
+  moka_cuda_nhwc_force(eng == ENG_NHWC);
+  CHECK(eng != ENG_NHWC || moka_cuda_nhwc_applies(&g, MOKA_NHWC_FWD));
   int rc = moka_cuda_igemm_conv_forward(ctx, &g, MOKA_CONV_BF16, d_x, d_w, NULL, d_y);
+  moka_cuda_nhwc_force(-1);
   if (!rc) rc = moka_cuda_sync(ctx);
-  CHECK_MSG(rc == 0, "forward: %s", moka_error());
+  CHECK_MSG(rc == 0, "%s forward: %s", eng_names[eng], moka_error());
   if (!rc) {
     float *y = download(d_y, ny);
-    check_arr("off-grid inputs, bf16 forward vs the bf16-rounded reference", y, ref.y, ref.sy, ny,
-              90, 0.0, 1e-8);
+    char what[120];
+    snprintf(what, sizeof what, "off-grid inputs, %s bf16 forward vs the bf16-rounded reference",
+             eng_names[eng]);
+    check_arr(what, y, ref.y, ref.sy, ny, (long long)C * 9, 0.0, 1e-8);
     free(y);
   }
   moka_dev_free(d_x), moka_dev_free(d_w), moka_dev_free(d_y);
   ref_free(&ref);
   free(x), free(w), free(xr), free(wr), free(zero_w), free(zero_b), free(dy);
 }
+
+static void test_igemm_rounds(void) { rounds(ENG_IGEMM, 10, 12); }
+static void test_nhwc_rounds(void) { rounds(ENG_NHWC, 16, 24); }
 
 /* InnerProduct's GEMM in bf16 and tf32, every transposition, beta = 1. */
 static void test_gemm_prec(void) {
@@ -516,17 +562,23 @@ static const BenchShape bench_shapes[] = {
     {"res5b_branch2a", 2048, 7, 512, 1, 1, 0},
 };
 
-enum { B_MOKA_BF16, B_CUDNN_BF16, B_MOKA_FP32, B_CUDNN_FP32, B_ENGINES };
-static const char *const bench_names[B_ENGINES] = {"moka_bf16", "cudnn_bf16", "moka_fp32",
-                                                   "cudnn_fp32"};
+enum { B_MOKA_BF16, B_MOKA_NHWC, B_CUDNN_BF16, B_MOKA_FP32, B_CUDNN_FP32, B_ENGINES };
+static const char *const bench_names[B_ENGINES] = {"moka_bf16", "moka_nhwc", "cudnn_bf16",
+                                                   "moka_fp32", "cudnn_fp32"};
 
 static int bench_pass(int e, bool fwd, MokaCudnnConv **plan, const MokaConvGeom *g,
                       const float *x, const float *w, const float *b, float *y, const float *dy,
                       float *dx, float *dw, float *db) {
   switch (e) {
   case B_MOKA_BF16:
-    return fwd ? moka_cuda_igemm_conv_forward(ctx, g, MOKA_CONV_BF16, x, w, b, y)
-               : moka_cuda_igemm_conv_backward(ctx, g, MOKA_CONV_BF16, x, w, dy, dx, dw, db);
+  case B_MOKA_NHWC: {
+    moka_cuda_nhwc_force(e == B_MOKA_NHWC);
+    const int rc = fwd ? moka_cuda_igemm_conv_forward(ctx, g, MOKA_CONV_BF16, x, w, b, y)
+                       : moka_cuda_igemm_conv_backward(ctx, g, MOKA_CONV_BF16, x, w, dy, dx, dw,
+                                                       db);
+    moka_cuda_nhwc_force(-1);
+    return rc;
+  }
   case B_CUDNN_BF16:
     return fwd ? moka_cudnn_conv_forward_prec(ctx, plan, g, MOKA_CONV_BF16, x, w, b, y)
                : moka_cudnn_conv_backward_prec(ctx, plan, g, MOKA_CONV_BF16, x, w, dy, dx, dw,
@@ -695,9 +747,18 @@ int main(int argc, char **argv) {
     return rc;
   }
   const bool quick = argc > 1 && !strcmp(argv[1], "quick"); /* moka's kernels only */
+  if (argc > 1 && !strcmp(argv[1], "nhwc")) {
+    g_small_only = true;
+    RUN(test_nhwc_bf16);
+    RUN(test_nhwc_rounds);
+    moka_cuda_destroy(ctx);
+    return test_summary();
+  }
   RUN(test_igemm_bf16);
+  RUN(test_nhwc_bf16);
   RUN(test_igemm_tf32);
   RUN(test_igemm_rounds);
+  RUN(test_nhwc_rounds);
   if (!quick) {
     RUN(test_cudnn_bf16);
     RUN(test_gemm_prec);
