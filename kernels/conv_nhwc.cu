@@ -482,8 +482,9 @@ template <int BM, int BN, class Op>
 static int launch_tile(MokaCuda *c, const Op &op, int M, int N, int K, int kchunk, int splits,
                        const char *name) {
   const int smem = NhTile<BM, BN, Op>::SMEM_BYTES;
-  static bool attr_set = false; /* per instantiation */
-  if (!attr_set) {
+  static unsigned long long attr_set = 0; /* per instantiation: a bit per device it was set on */
+  const unsigned long long bit = c->device >= 0 && c->device < 64 ? 1ull << c->device : 0;
+  if (!bit || !(attr_set & bit)) {
     if (smem > 48 * 1024 &&
         cudaFuncSetAttribute(nh_gemm_kernel<BM, BN, Op>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
@@ -491,7 +492,7 @@ static int launch_tile(MokaCuda *c, const Op &op, int M, int N, int K, int kchun
                          "(%s): %s",
                          name, smem, c->device, c->device_name,
                          cudaGetErrorString(cudaGetLastError()));
-    attr_set = true;
+    attr_set |= bit;
   }
   const dim3 grid((unsigned)((M + BM - 1) / BM), (unsigned)((N + BN - 1) / BN), (unsigned)splits);
   if (grid.y > 65535 || grid.z > 65535)

@@ -3,7 +3,9 @@
  * can supply CPU versions of exactly these (and nothing else of the kernel):
  *
  *   nh_cp_async16(dst, src)   cp.async.cg.shared.global, 16 bytes; src NULL:
- *                             the 16 bytes are zero-filled (src-size 0)
+ *                             16 zero bytes (copied from a zero buffer in
+ *                             global memory, so every copy reads a valid
+ *                             address)
  *   nh_cp_commit()            cp.async.commit_group
  *   nh_cp_wait<N>()           cp.async.wait_group N (all but the newest N
  *                             groups have landed in shared memory)
@@ -40,12 +42,12 @@ __device__ __forceinline__ unsigned nh_smem_addr(const void *p) {
   return (unsigned)__cvta_generic_to_shared(p);
 }
 
+__device__ __align__(16) static const unsigned char nh_zero16[16] = {0};
+
 __device__ __forceinline__ void nh_cp_async16(void *dst, const void *src) {
 #if NH_ARCH_OK
-  const int n = src ? 16 : 0;
-  const void *s = src ? src : dst; /* any valid address: nothing is read when n == 0 */
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(nh_smem_addr(dst)),
-               "l"(s), "r"(n));
+  const void *s = src ? src : (const void *)nh_zero16;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(nh_smem_addr(dst)), "l"(s));
 #endif
 }
 
