@@ -10,7 +10,12 @@
  * and output instead of the 9x column buffer, with no transposes of the output.
  *
  * Used for group 1, 3x3 kernels, stride 1, dilation 1, pad 0..2 (moka_cuda_winograd_applies);
- * MOKA_CONV_WINOGRAD=0 turns it off (im2col + GEMM for everything, as before it). Chunks:
+ * MOKA_CONV_WINOGRAD=0 turns it off (im2col + GEMM for everything, as before it).
+ * MOKA_CONV_WINOGRAD=4 takes F(4x4, 3x3) instead for the forward and the data gradient: 36
+ * GEMMs, 2.25 products per output instead of 4, V and M 2.25x the input and output instead
+ * of 4x; max error ~2e-5 of the outputs in fp32 (the CPU backend's choice on this machine for
+ * the 56x56 and 28x28 layers). Written after the last GPU run: off until a GPU run measures
+ * it (make gpu-check has its A/B row). Chunks:
  * as many images as fit in the convolution workspace budget (MOKA_CONV_WS_BYTES, 512 MiB).
  *
  * The weight gradient by Winograd too, F(3x3, 2x2) (conv_winograd_tile.h), with
@@ -24,10 +29,10 @@
 #include "conv_winograd_tile.h"
 #include "cuda_internal.h"
 
-__global__ void wg_filter_kernel(const float *w, float *U, int A, int B, int flip) {
+__global__ void wg_filter_kernel(const float *w, float *U, int A, int B, int flip, int m) {
   MOKA_GRID_LOOP(i, (size_t)A * B) {
     const int a = (int)(i / (size_t)B), b = (int)(i - (size_t)a * B);
-    wg_filter_tile(w, a, b, A, B, flip, U);
+    wg_filter_tile(w, a, b, A, B, flip, m, U);
   }
 }
 
@@ -67,6 +72,12 @@ bool moka_cuda_winograd_wgrad_applies(const MokaConvGeom *g) {
   return e && e[0] == '1' && moka_cuda_winograd_applies(g);
 }
 
+/* The forward's and data gradient's tile: 4 with MOKA_CONV_WINOGRAD=4, else 2. */
+static int wg_tile_m(void) {
+  const char *e = getenv("MOKA_CONV_WINOGRAD");
+  return e && e[0] == '4' && e[1] == 0 ? 4 : 2;
+}
+
 bool moka_cuda_winograd_applies(const MokaConvGeom *g) {
   const char *e = getenv("MOKA_CONV_WINOGRAD");
   if (e && e[0] == '0') return false;
@@ -76,12 +87,12 @@ bool moka_cuda_winograd_applies(const MokaConvGeom *g) {
 }
 
 /* Images per chunk of a pass and its workspace: `fixed` floats (U or S) and, per image, the
- * 16 transformed input and output planes (V and M, or V and Z). Reserved in the shared
+ * a*a transformed input and output planes (V and M, or V and Z). Reserved in the shared
  * workspace; *ws its start. */
 static int wg_chunk(MokaCuda *c, const WgGeom *pg, int num, size_t fixed, const char *what,
                     size_t *nb_out, void **ws) {
   const size_t Ti = (size_t)pg->th * pg->tw;
-  const size_t per_img = (size_t)16 * Ti * ((size_t)pg->C + pg->K);
+  const size_t per_img = (size_t)pg->a * pg->a * Ti * ((size_t)pg->C + pg->K);
   const size_t budget = moka_cuda_conv_ws_budget() / sizeof(float);
   size_t nb = budget > fixed ? (budget - fixed) / per_img : 0;
   if (nb < 1) nb = 1;
@@ -97,13 +108,14 @@ static int wg_run(MokaCuda *c, const WgGeom *pg, int num, const float *w, int fl
                   const float *bias, const float *src, float *dst, const char *what) {
   cudaStream_t s = c->stream;
   const size_t Ti = (size_t)pg->th * pg->tw;
-  const size_t u_floats = (size_t)16 * pg->K * pg->C;
+  const int a2 = pg->a * pg->a; /* GEMMs: 16 for F(2x2), 36 for F(4x4) */
+  const size_t u_floats = (size_t)a2 * pg->K * pg->C;
   size_t nb;
   void *ws;
   if (wg_chunk(c, pg, num, u_floats, what, &nb, &ws)) return -1;
-  float *U = (float *)ws, *V = U + u_floats, *M = V + (size_t)16 * pg->C * nb * Ti;
-  wg_filter_kernel<<<moka_blocks((size_t)pg->K * pg->C), MOKA_THREADS, 0, s>>>(w, U, pg->K,
-                                                                               pg->C, flip);
+  float *U = (float *)ws, *V = U + u_floats, *M = V + (size_t)a2 * pg->C * nb * Ti;
+  wg_filter_kernel<<<moka_blocks((size_t)pg->K * pg->C), MOKA_THREADS, 0, s>>>(
+      w, U, pg->K, pg->C, flip, pg->m);
   if (moka_cuda_launched(s, "wg_filter_kernel", __FILE__, __LINE__)) return -1;
   const size_t in_img = (size_t)pg->C * pg->H * pg->W, out_img = (size_t)pg->K * pg->OH * pg->OW;
   for (int n0 = 0; n0 < num; n0 += (int)nb) {
@@ -112,10 +124,10 @@ static int wg_run(MokaCuda *c, const WgGeom *pg, int num, const float *w, int fl
     wg_input_kernel<<<moka_blocks((size_t)pg->C * T), MOKA_THREADS, 0, s>>>(
         *pg, src + (size_t)n0 * in_img, V, T);
     if (moka_cuda_launched(s, "wg_input_kernel", __FILE__, __LINE__)) return -1;
-    /* M_xi (K, T) = U_xi (K, C) x V_xi (C, T), xi = 0..15 */
+    /* M_xi (K, T) = U_xi (K, C) x V_xi (C, T), xi = 0..a*a-1 */
     if (moka_cuda_gemm_strided(c, false, false, pg->K, (int)T, pg->C, 1.0f, U,
                                (long long)pg->K * pg->C, V, (long long)pg->C * T, 0.0f, M,
-                               (long long)pg->K * T, 16))
+                               (long long)pg->K * T, a2))
       return -1;
     wg_output_kernel<<<moka_blocks((size_t)pg->K * T), MOKA_THREADS, 0, s>>>(
         *pg, M, T, bias, dst + (size_t)n0 * out_img);
@@ -127,7 +139,8 @@ static int wg_run(MokaCuda *c, const WgGeom *pg, int num, const float *w, int fl
 int moka_cuda_winograd_forward(MokaCuda *c, const MokaConvGeom *g, const float *x,
                                const float *w, const float *bias, float *y) {
   if (g->num == 0) return 0;
-  const WgGeom pg = wg_geom(g->channels, g->num_output, g->height, g->width, g->pad_h);
+  const WgGeom pg =
+      wg_geom_m(g->channels, g->num_output, g->height, g->width, g->pad_h, wg_tile_m());
   if (pg.OH != g->out_h || pg.OW != g->out_w)
     return moka_errorf("internal error: Winograd output %dx%d, the layer's %dx%d", pg.OH, pg.OW,
                        g->out_h, g->out_w);
@@ -138,7 +151,8 @@ int moka_cuda_winograd_backward_data(MokaCuda *c, const MokaConvGeom *g, const f
                                      const float *dy, float *dx) {
   if (g->num == 0) return 0;
   /* dx = dy (num, OC, OH, OW) convolved with the turned, transposed weights, pad 2 - pad */
-  const WgGeom pg = wg_geom(g->num_output, g->channels, g->out_h, g->out_w, 2 - g->pad_h);
+  const WgGeom pg =
+      wg_geom_m(g->num_output, g->channels, g->out_h, g->out_w, 2 - g->pad_h, wg_tile_m());
   if (pg.OH != g->height || pg.OW != g->width)
     return moka_errorf("internal error: Winograd data gradient %dx%d, the layer's input %dx%d",
                        pg.OH, pg.OW, g->height, g->width);

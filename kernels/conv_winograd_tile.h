@@ -1,5 +1,5 @@
 /* conv_winograd_tile.h — the per-thread arithmetic of the CUDA Winograd convolution
- * (kernels/conv_winograd.cu), F(2x2, 3x3), as plain functions that compile for the device
+ * (kernels/conv_winograd.cu), F(2x2, 3x3) and F(4x4, 3x3), as plain functions that compile for the device
  * (nvcc) and for the host (a C compiler), so that tests/unit/test_cuda_winograd_tile.c runs
  * the whole algorithm on the CPU, with these very functions, against a direct convolution.
  *
@@ -25,6 +25,21 @@
  *
  * Float operations: only additions, subtractions and halvings (exact scalings), no FMA
  * contraction needed for accuracy; F(2x2)'s error is of the order of a direct sum's.
+ *
+ * F(4x4, 3x3) (WgGeom.m = 4; MOKA_CONV_WINOGRAD=4): 4x4 output tiles from 6x6 input
+ * patches at rows 4ty - pad .., 36 positions xi = 6i + j (U (36, K, C), V (36, C, T),
+ * M (36, K, T)), interpolation points 0, +-1, +-2, inf (as the CPU's conv_winograd.c):
+ *
+ *   B^T = | 4  0 -5  0  1  0 |   G = |  1/4    0     0   |   A^T = | 1  1  1  1  1  0 |
+ *         | 0 -4 -4  1  1  0 |       | -1/6  -1/6  -1/6  |         | 0  1 -1  2 -2  0 |
+ *         | 0  4 -4 -1  1  0 |       | -1/6   1/6  -1/6  |         | 0  1  1  4  4  0 |
+ *         | 0 -2 -1  2  1  0 |       |  1/24  1/12  1/6  |         | 0  1 -1  8 -8  1 |
+ *         | 0  2 -1 -2  1  0 |       |  1/24 -1/12  1/6  |
+ *         | 0  4  0 -5  0  1 |       |  0     0     1    |
+ *
+ * 36 products per 16 outputs (2.25 a output, against 4 for F(2x2) and 9 direct), and V, M are
+ * 2.25x the input and output (4x for F(2x2)); the price is accuracy: max |err| / max |y| up
+ * to ~2e-5 in fp32 on ResNet-50's layers (F(2x2): ~1e-6). The weight gradient stays F(3x3, 2x2).
  */
 #ifndef MOKA_CONV_WINOGRAD_TILE_H
 #define MOKA_CONV_WINOGRAD_TILE_H
@@ -37,12 +52,13 @@
 #define WG_FN static inline
 #endif
 
-/* One pass: input (nb, C, H, W) padded by pad, output (nb, K, OH, OW), th x tw tiles. */
+/* One pass: input (nb, C, H, W) padded by pad, output (nb, K, OH, OW), th x tw tiles of
+ * m x m outputs (m = 2 or 4), a = m + 2 the transformed tile's side (a*a GEMMs). */
 typedef struct WgGeom {
-  int C, K, H, W, OH, OW, pad, th, tw;
+  int C, K, H, W, OH, OW, pad, th, tw, m, a;
 } WgGeom;
 
-WG_FN WgGeom wg_geom(int C, int K, int H, int W, int pad) {
+WG_FN WgGeom wg_geom_m(int C, int K, int H, int W, int pad, int m) {
   WgGeom g;
   g.C = C;
   g.K = K;
@@ -51,10 +67,15 @@ WG_FN WgGeom wg_geom(int C, int K, int H, int W, int pad) {
   g.pad = pad;
   g.OH = H + 2 * pad - 2;
   g.OW = W + 2 * pad - 2;
-  g.th = (g.OH + 1) / 2;
-  g.tw = (g.OW + 1) / 2;
+  g.m = m;
+  g.a = m + 2;
+  g.th = (g.OH + m - 1) / m;
+  g.tw = (g.OW + m - 1) / m;
   return g;
 }
+
+/* F(2x2, 3x3) */
+WG_FN WgGeom wg_geom(int C, int K, int H, int W, int pad) { return wg_geom_m(C, K, H, W, pad, 2); }
 
 /* Tile t -> image n (within the pass), tile row ty, tile column tx. */
 WG_FN void wg_tile_pos(const WgGeom *g, size_t t, size_t *n, int *ty, int *tx) {
@@ -65,8 +86,8 @@ WG_FN void wg_tile_pos(const WgGeom *g, size_t t, size_t *n, int *ty, int *tx) {
   *tx = r - *ty * g->tw;
 }
 
-/* V[xi][c][t] for input channel c and tile t of x (the pass's nb images). */
-WG_FN void wg_input_tile(const WgGeom *g, const float *x, int c, size_t t, size_t T, float *V) {
+/* V[xi][c][t] for input channel c and tile t of x (the pass's nb images), F(2x2). */
+WG_FN void wg2_input_tile(const WgGeom *g, const float *x, int c, size_t t, size_t T, float *V) {
   size_t n;
   int ty, tx;
   wg_tile_pos(g, t, &n, &ty, &tx);
@@ -99,7 +120,7 @@ WG_FN void wg_input_tile(const WgGeom *g, const float *x, int c, size_t t, size_
 /* U[xi][a][b] (16, A, B) for output channel a and input channel b of the pass. w is the
  * layer's (OC, IC, 3, 3). flip = 0 (forward): A = OC, B = IC, g = w[a][b]. flip = 1 (data
  * gradient): A = IC, B = OC, g = w[b][a] turned by 180 degrees. */
-WG_FN void wg_filter_tile(const float *w, int a, int b, int A, int B, int flip, float *U) {
+WG_FN void wg2_filter_tile(const float *w, int a, int b, int A, int B, int flip, float *U) {
   float g[3][3], q[4][3];
   const float *src = flip ? w + ((size_t)b * A + a) * 9 : w + ((size_t)a * B + b) * 9;
   for (int i = 0; i < 3; i++)
@@ -122,7 +143,7 @@ WG_FN void wg_filter_tile(const float *w, int a, int b, int A, int B, int flip, 
 
 /* The 2x2 outputs of output channel k and tile t from M[xi][k][t]: y (the pass's nb images,
  * (nb, K, OH, OW)) overwritten, plus bias[k] when bias is not NULL. */
-WG_FN void wg_output_tile(const WgGeom *g, const float *M, int k, size_t t, size_t T,
+WG_FN void wg2_output_tile(const WgGeom *g, const float *M, int k, size_t t, size_t T,
                           const float *bias, float *y) {
   size_t n;
   int ty, tx;
@@ -197,6 +218,142 @@ WG_FN void wg_wgrad_tile(const float *S, int k, int c, int K, int C, float *dw) 
     w[i * 3 + 1] += 0.5f * (q[i][1] - q[i][2]);
     w[i * 3 + 2] += 0.5f * (q[i][1] + q[i][2]) + q[i][3];
   }
+}
+
+/* ---- F(4x4, 3x3) -------------------------------------------------------------------------- */
+
+/* v = B^T d (6 values) */
+WG_FN void wg4_bt(const float d[6], float v[6]) {
+  const float t1 = d[4] - 4.0f * d[2], t2 = d[3] - 4.0f * d[1];
+  const float t3 = d[4] - d[2], t4 = 2.0f * (d[3] - d[1]);
+  v[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  v[1] = t1 + t2;
+  v[2] = t1 - t2;
+  v[3] = t3 + t4;
+  v[4] = t3 - t4;
+  v[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+/* y = A^T s (4 values from 6) */
+WG_FN void wg4_at(const float s[6], float y[4]) {
+  const float p1 = s[1] + s[2], m1 = s[1] - s[2], p2 = s[3] + s[4], m2 = s[3] - s[4];
+  y[0] = s[0] + p1 + p2;
+  y[1] = m1 + 2.0f * m2;
+  y[2] = p1 + 4.0f * p2;
+  y[3] = m1 + 8.0f * m2 + s[5];
+}
+
+/* q = G g (6 values from 3) */
+WG_FN void wg4_g(const float g[3], float q[6]) {
+  q[0] = 0.25f * g[0];
+  q[1] = -(g[0] + g[1] + g[2]) / 6.0f;
+  q[2] = -(g[0] - g[1] + g[2]) / 6.0f;
+  q[3] = g[0] / 24.0f + g[1] / 12.0f + g[2] / 6.0f;
+  q[4] = g[0] / 24.0f - g[1] / 12.0f + g[2] / 6.0f;
+  q[5] = g[2];
+}
+
+WG_FN void wg4_input_tile(const WgGeom *g, const float *x, int c, size_t t, size_t T, float *V) {
+  size_t n;
+  int ty, tx;
+  wg_tile_pos(g, t, &n, &ty, &tx);
+  const float *xc = x + (n * (size_t)g->C + (size_t)c) * (size_t)g->H * (size_t)g->W;
+  const int h0 = 4 * ty - g->pad, w0 = 4 * tx - g->pad;
+  float d[6][6], b[6][6];
+  for (int i = 0; i < 6; i++) {
+    const int h = h0 + i;
+    for (int j = 0; j < 6; j++) {
+      const int w = w0 + j;
+      d[i][j] = h >= 0 && h < g->H && w >= 0 && w < g->W ? xc[(size_t)h * g->W + w] : 0.0f;
+    }
+  }
+  for (int j = 0; j < 6; j++) { /* B^T d, column by column */
+    float col[6], v[6];
+    for (int i = 0; i < 6; i++) col[i] = d[i][j];
+    wg4_bt(col, v);
+    for (int i = 0; i < 6; i++) b[i][j] = v[i];
+  }
+  const size_t CT = (size_t)g->C * T;
+  float *vp = V + (size_t)c * T + t;
+  for (int i = 0; i < 6; i++) { /* (B^T d) B, row by row */
+    float v[6];
+    wg4_bt(b[i], v);
+    for (int j = 0; j < 6; j++) vp[(size_t)(6 * i + j) * CT] = v[j];
+  }
+}
+
+WG_FN void wg4_filter_tile(const float *w, int a, int b, int A, int B, int flip, float *U) {
+  float g[3][3], q[6][3];
+  const float *src = flip ? w + ((size_t)b * A + a) * 9 : w + ((size_t)a * B + b) * 9;
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 3; j++) g[i][j] = flip ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
+  for (int j = 0; j < 3; j++) { /* G g */
+    const float col[3] = {g[0][j], g[1][j], g[2][j]};
+    float v[6];
+    wg4_g(col, v);
+    for (int i = 0; i < 6; i++) q[i][j] = v[i];
+  }
+  const size_t AB = (size_t)A * B;
+  float *u = U + (size_t)a * B + b;
+  for (int i = 0; i < 6; i++) { /* (G g) G^T */
+    float v[6];
+    wg4_g(q[i], v);
+    for (int j = 0; j < 6; j++) u[(size_t)(6 * i + j) * AB] = v[j];
+  }
+}
+
+WG_FN void wg4_output_tile(const WgGeom *g, const float *M, int k, size_t t, size_t T,
+                           const float *bias, float *y) {
+  size_t n;
+  int ty, tx;
+  wg_tile_pos(g, t, &n, &ty, &tx);
+  const size_t KT = (size_t)g->K * T;
+  const float *mp = M + (size_t)k * T + t;
+  float p[6][6], a[4][6];
+  for (int xi = 0; xi < 36; xi++) p[xi / 6][xi % 6] = mp[(size_t)xi * KT];
+  for (int j = 0; j < 6; j++) { /* A^T M */
+    float col[6], o[4];
+    for (int i = 0; i < 6; i++) col[i] = p[i][j];
+    wg4_at(col, o);
+    for (int i = 0; i < 4; i++) a[i][j] = o[i];
+  }
+  const float bk = bias ? bias[k] : 0.0f;
+  float *yk = y + (n * (size_t)g->K + (size_t)k) * (size_t)g->OH * (size_t)g->OW;
+  for (int i = 0; i < 4; i++) { /* (A^T M) A */
+    const int oh = 4 * ty + i;
+    if (oh >= g->OH) continue;
+    float o[4];
+    wg4_at(a[i], o);
+    for (int j = 0; j < 4; j++) {
+      const int ow = 4 * tx + j;
+      if (ow < g->OW) yk[(size_t)oh * g->OW + ow] = bias ? o[j] + bk : o[j];
+    }
+  }
+}
+
+/* ---- either tile size ---------------------------------------------------------------------- */
+
+WG_FN void wg_input_tile(const WgGeom *g, const float *x, int c, size_t t, size_t T, float *V) {
+  if (g->m == 4)
+    wg4_input_tile(g, x, c, t, T, V);
+  else
+    wg2_input_tile(g, x, c, t, T, V);
+}
+
+/* U[xi][a][b] (a*a, A, B) of tile size m (see wg2_filter_tile for A, B and flip). */
+WG_FN void wg_filter_tile(const float *w, int a, int b, int A, int B, int flip, int m, float *U) {
+  if (m == 4)
+    wg4_filter_tile(w, a, b, A, B, flip, U);
+  else
+    wg2_filter_tile(w, a, b, A, B, flip, U);
+}
+
+WG_FN void wg_output_tile(const WgGeom *g, const float *M, int k, size_t t, size_t T,
+                          const float *bias, float *y) {
+  if (g->m == 4)
+    wg4_output_tile(g, M, k, t, T, bias, y);
+  else
+    wg2_output_tile(g, M, k, t, T, bias, y);
 }
 
 #endif

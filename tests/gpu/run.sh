@@ -256,12 +256,13 @@ fi
 
 # ---- 5c. A/B of the switches, one at a time, the first batch: Winograd off, the Splits' shared
 # device data off, the chains summing the Splits after them off, the Winograd weight gradient
-# on, the split weight-gradient GEMM on (and with AB_MORE: the chains' vector kernels off,
+# on, Winograd F(4x4) on, the split weight-gradient GEMM on (and with AB_MORE: the chains' vector kernels off,
 # cuDNN's timed algorithm choice off) -----------------------------------------------------------
 if [ $BUILD_OK = 1 ] && [ -f "$W/r50_train_b$b0.prototxt" ]; then
   # (MOKA_BNF_VEC=0 and MOKA_CUDNN_FIND=0 were measured on 2026-11-28: AB_MORE=1 adds them)
   for ab in "nowino MOKA_CONV_WINOGRAD=0 moka" "noshare MOKA_CUDA_SPLIT_SHARE=0 moka" \
             "nosplitbw MOKA_FUSE_SPLIT=0 moka" "winowgrad MOKA_CONV_WINOGRAD_WGRAD=1 moka" \
+            "wino4 MOKA_CONV_WINOGRAD=4 moka" \
             "split MOKA_CONV_WGRAD_SPLIT=1 moka" \
             ${AB_MORE:+"novec MOKA_BNF_VEC=0 moka" "cudnnnofind MOKA_CUDNN_FIND=0 cudnn"}; do
     set -- $ab

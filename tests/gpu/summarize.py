@@ -32,6 +32,7 @@ AB_RUNS = {
     "noshare": "moka fp32, MOKA_CUDA_SPLIT_SHARE=0",
     "nosplitbw": "moka fp32, MOKA_FUSE_SPLIT=0",
     "winowgrad": "moka fp32, MOKA_CONV_WINOGRAD_WGRAD=1",
+    "wino4": "moka fp32, MOKA_CONV_WINOGRAD=4 (F(4x4))",
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
     "nhwcbf16": "moka bf16, moka's NHWC kernel (MOKA_CONV_NHWC=1)",
 }

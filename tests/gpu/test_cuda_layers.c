@@ -377,6 +377,17 @@ static void test_convolution_no_winograd(void) {
   unsetenv("MOKA_CONV_WINOGRAD");
 }
 
+/* MOKA_CONV_WINOGRAD=4 (off by default): the 3x3 stride-1 cases' forward and data gradient
+ * by Winograd F(4x4,3x3); again with 1-image chunks. */
+static void test_convolution_winograd4(void) {
+  setenv("MOKA_CONV_WINOGRAD", "4", 1);
+  run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), "Winograd F(4x4)");
+  setenv("MOKA_CONV_WS_BYTES", "1", 1);
+  run_conv_cases(0, 1, "Winograd F(4x4), 1-image chunks");
+  unsetenv("MOKA_CONV_WS_BYTES");
+  unsetenv("MOKA_CONV_WINOGRAD");
+}
+
 /* MOKA_CONV_WINOGRAD_WGRAD=1 (off by default): the 3x3 stride-1 cases' weight gradient by
  * Winograd F(3x3,2x2) too; again with 1-image chunks (the sums carried across chunks). */
 static void test_convolution_winograd_wgrad(void) {
@@ -865,6 +876,7 @@ int main(void) {
   RUN(test_convolution);
   RUN(test_convolution_no_winograd);
   RUN(test_convolution_winograd_wgrad);
+  RUN(test_convolution_winograd4);
   RUN(test_convolution_split);
   RUN(test_convolution_chunks);
   RUN(test_batchnorm);

@@ -1,15 +1,16 @@
 /* test_cuda_winograd_tile.c — the CUDA Winograd convolution's arithmetic
  * (kernels/conv_winograd_tile.h: the same functions the kernels of
  * kernels/conv_winograd.cu call, one per thread) run on the CPU: filter, input and output
- * transforms with a host GEMM between them, forward, data gradient and weight gradient
- * (F(3x3,2x2), added onto random starting values), against a direct
- * convolution in double. No GPU needed; the device run of test_cuda_layers checks the
+ * transforms with a host GEMM between them, forward and data gradient with F(2x2,3x3) and
+ * F(4x4,3x3) (MOKA_CONV_WINOGRAD=4), weight gradient (F(3x3,2x2), added onto random
+ * starting values), against a direct convolution in double. No GPU needed; the device run of test_cuda_layers checks the
  * kernels, the chunking and cuBLAS on top of this.
  *
  * Shapes: odd and even H/W, planes smaller than a tile (1x1, 2x9, 4x3), pad 0, 1 and 2,
  * batch 1-3, channels 1-16, with and without bias. Bound: max |got - ref| / max |ref|
- * below 5e-6 (Winograd in fp32 measures 2e-8 to 4.6e-7 here; a transform or index
- * error gives 1e-2 or more, as the moved-tap case checks).
+ * below 5e-6 for F(2x2) (Winograd in fp32 measures 2e-8 to 4.6e-7 here), 5e-5 for F(4x4)
+ * (its larger interpolation points); a transform or index error gives 1e-2 or more, as the
+ * moved-tap case checks for both.
  */
 #include <math.h>
 #include <stdbool.h>
@@ -21,7 +22,8 @@
 #include "rng.h"
 #include "testlib.h"
 
-#define TOL 5e-6
+#define TOL2 5e-6
+#define TOL4 5e-5
 
 static Rng g_rng;
 
@@ -40,15 +42,16 @@ static float *randn(size_t n) {
 static void wg_host(const WgGeom *g, int nb, const float *w, int flip, const float *bias,
                     const float *src, float *dst) {
   const size_t T = (size_t)nb * g->th * g->tw;
-  float *U = malloc(16 * (size_t)g->K * g->C * sizeof *U);
-  float *V = malloc(16 * (size_t)g->C * T * sizeof *V);
-  float *M = malloc(16 * (size_t)g->K * T * sizeof *M);
+  const int a2 = g->a * g->a;
+  float *U = malloc(a2 * (size_t)g->K * g->C * sizeof *U);
+  float *V = malloc(a2 * (size_t)g->C * T * sizeof *V);
+  float *M = malloc(a2 * (size_t)g->K * T * sizeof *M);
   REQUIRE(U && V && M);
   for (int a = 0; a < g->K; a++)
-    for (int b = 0; b < g->C; b++) wg_filter_tile(w, a, b, g->K, g->C, flip, U);
+    for (int b = 0; b < g->C; b++) wg_filter_tile(w, a, b, g->K, g->C, flip, g->m, U);
   for (int c = 0; c < g->C; c++)
     for (size_t t = 0; t < T; t++) wg_input_tile(g, src, c, t, T, V);
-  for (int xi = 0; xi < 16; xi++) /* M_xi = U_xi x V_xi, float sums as a GEMM would */
+  for (int xi = 0; xi < a2; xi++) /* M_xi = U_xi x V_xi, float sums as a GEMM would */
     for (int k = 0; k < g->K; k++)
       for (size_t t = 0; t < T; t++) {
         float acc = 0.0f;
@@ -105,7 +108,9 @@ typedef struct Shape {
   bool bias;
 } Shape;
 
-static void check_shape(const Shape *s, bool moved_tap) {
+/* m: the forward's and data gradient's tile (2 or 4); the weight gradient is F(3x3,2x2) */
+static void check_shape(const Shape *s, bool moved_tap, int m) {
+  const double TOL = m == 4 ? TOL4 : TOL2;
   const int OH = s->H + 2 * s->pad - 2, OW = s->W + 2 * s->pad - 2;
   const size_t nx = (size_t)s->nb * s->C * s->H * s->W, ny = (size_t)s->nb * s->K * OH * OW;
   float *x = randn(nx), *w = randn((size_t)s->K * s->C * 9), *b = randn((size_t)s->K);
@@ -143,8 +148,9 @@ static void check_shape(const Shape *s, bool moved_tap) {
     w[4] = w[5];
     w[5] = t;
   }
-  const WgGeom fg = wg_geom(s->C, s->K, s->H, s->W, s->pad);
-  const WgGeom bg = wg_geom(s->K, s->C, OH, OW, 2 - s->pad);
+  const WgGeom fg = wg_geom_m(s->C, s->K, s->H, s->W, s->pad, m);
+  const WgGeom bg = wg_geom_m(s->K, s->C, OH, OW, 2 - s->pad, m);
+  const WgGeom wg = wg_geom(s->C, s->K, s->H, s->W, s->pad);
   CHECK(fg.OH == OH && fg.OW == OW && bg.OH == s->H && bg.OW == s->W);
   wg_host(&fg, s->nb, w, 0, s->bias ? b : NULL, x, y);
   wg_host(&bg, s->nb, w, 1, NULL, dy, dx);
@@ -153,7 +159,7 @@ static void check_shape(const Shape *s, bool moved_tap) {
     x[3] = x[4];
     x[4] = t;
   }
-  wg_host_wgrad(&fg, s->nb, x, dy, dw);
+  wg_host_wgrad(&wg, s->nb, x, dy, dw);
   const double ef = rel_err(y, ry, ny), eb = rel_err(dx, rdx, nx);
   /* the weight gradient's error against its own magnitude (the random start excluded) */
   double ew = 0, sw = 0;
@@ -167,12 +173,15 @@ static void check_shape(const Shape *s, bool moved_tap) {
     CHECK_MSG(ef > 100 * TOL && eb > 100 * TOL && ew > 100 * TOL,
               "moved tap not caught: %.3g %.3g %.3g", ef, eb, ew);
   } else {
-    CHECK_MSG(ew < TOL, "(%d,%d,%d,%d,%d) pad %d weight gradient: error %.3g", s->nb, s->C, s->K,
-              s->H, s->W, s->pad, ew);
-    CHECK_MSG(ef < TOL, "(%d,%d,%d,%d,%d) pad %d forward: error %.3g", s->nb, s->C, s->K, s->H,
-              s->W, s->pad, ef);
-    CHECK_MSG(eb < TOL, "(%d,%d,%d,%d,%d) pad %d data gradient: error %.3g", s->nb, s->C, s->K,
-              s->H, s->W, s->pad, eb);
+    CHECK_MSG(ew < TOL2, "(%d,%d,%d,%d,%d) pad %d weight gradient: error %.3g", s->nb, s->C,
+              s->K, s->H, s->W, s->pad, ew);
+    CHECK_MSG(ef < TOL, "(%d,%d,%d,%d,%d) pad %d F(%dx%d) forward: error %.3g", s->nb, s->C, s->K,
+              s->H, s->W, s->pad, m, m, ef);
+    CHECK_MSG(eb < TOL, "(%d,%d,%d,%d,%d) pad %d F(%dx%d) data gradient: error %.3g", s->nb, s->C,
+              s->K, s->H, s->W, s->pad, m, m, eb);
+    if (getenv("WG_TILE_VERBOSE"))
+      printf("  F(%dx%d) (%d,%d,%d,%d,%d) pad %d: forward %.2g, data gradient %.2g\n", m, m,
+             s->nb, s->C, s->K, s->H, s->W, s->pad, ef, eb);
   }
   free(x), free(w), free(b), free(dy), free(y), free(dx), free(ry), free(rdx);
   free(dw), free(dw0), free(rdw);
@@ -184,12 +193,14 @@ static void test_shapes(void) {
       {3, 1, 1, 1, 1, 1, true},   {1, 8, 8, 2, 9, 1, false}, {2, 16, 4, 14, 14, 1, true},
       {1, 3, 3, 4, 3, 0, false},  {1, 5, 7, 1, 4, 2, true},
   };
-  for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) check_shape(&shapes[i], false);
+  for (int m = 2; m <= 4; m += 2)
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) check_shape(&shapes[i], false, m);
 }
 
 static void test_moved_tap(void) {
   const Shape s = {2, 3, 5, 13, 11, 1, true};
-  check_shape(&s, true);
+  check_shape(&s, true, 2);
+  check_shape(&s, true, 4);
 }
 
 int main(void) {
