@@ -379,9 +379,17 @@ __global__ void __launch_bounds__(NH_THREADS, 2)
 
 /* ---- host-side planning (also run by the emulator) --------------------------------------------- */
 
+/* A tile shape forced by moka_cuda_nhwc_force_tile (benchmarks), or 0. */
+static int g_nh_force_bm, g_nh_force_bn;
+
 /* Forward and data gradient (M = pixels): BN 64 when N <= 64, else 128; BM 128,
  * or 64 when 128-row tiles would not give every SM a CTA. */
 static void nh_pick_tile(int M, int N, int sms, int *bm, int *bn) {
+  if (g_nh_force_bm) {
+    *bm = g_nh_force_bm;
+    *bn = g_nh_force_bn;
+    return;
+  }
   *bn = N <= 64 ? 64 : 128;
   const long long tiles = (long long)((M + 127) / 128) * ((N + *bn - 1) / *bn);
   *bm = tiles < sms ? 64 : 128;
@@ -392,8 +400,8 @@ static void nh_pick_tile(int M, int N, int sms, int *bm, int *bn) {
  * and the SM count). */
 static void nh_plan_wgrad(int M, int N, int K, int sms, int *bm, int *bn, int *splits,
                           int *kchunk) {
-  *bm = M <= 64 ? 64 : 128;
-  *bn = N <= 64 ? 64 : 128;
+  *bm = g_nh_force_bm ? g_nh_force_bm : M <= 64 ? 64 : 128;
+  *bn = g_nh_force_bn ? g_nh_force_bn : N <= 64 ? 64 : 128;
   igemm_plan_split(M, N, K, 1, *bm, *bn, NH_BK, sms, splits, kchunk);
 }
 
@@ -448,6 +456,18 @@ static int weights_bf16(MokaCuda *c, const float *w, int OC, int C, int T, bool 
 static int g_nhwc_force = -1; /* moka_cuda_nhwc_force: -1 the environment, 0 off, 1 on */
 
 extern "C" void moka_cuda_nhwc_force(int mode) { g_nhwc_force = mode < 0 ? -1 : mode > 0; }
+
+extern "C" int moka_cuda_nhwc_force_tile(int bm, int bn) {
+  if (bm == 0 && bn == 0) {
+    g_nh_force_bm = g_nh_force_bn = 0;
+    return 0;
+  }
+  if ((bm != 64 && bm != 128) || (bn != 64 && bn != 128))
+    return moka_errorf("NHWC tile %dx%d: the kernels are built for 64 or 128 each", bm, bn);
+  g_nh_force_bm = bm;
+  g_nh_force_bn = bn;
+  return 0;
+}
 
 static bool nhwc_enabled(void) {
   if (g_nhwc_force >= 0) return g_nhwc_force == 1;

@@ -407,6 +407,9 @@ int moka_cuda_igemm_force_tile(int bm, int bn);
 typedef enum MokaNhwcDir { MOKA_NHWC_FWD = 0, MOKA_NHWC_DGRAD = 1, MOKA_NHWC_WGRAD = 2 } MokaNhwcDir;
 bool moka_cuda_nhwc_applies(const MokaConvGeom *g, MokaNhwcDir dir);
 void moka_cuda_nhwc_force(int mode);
+/* Benchmarks only: every later NHWC launch uses BM x BN tiles (64 or 128 each); 0, 0
+ * restores the automatic choice. Process-wide. 0 / -1. */
+int moka_cuda_nhwc_force_tile(int bm, int bn);
 int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float *x,
                                 const float *w, const float *bias, float *y);
 int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x,

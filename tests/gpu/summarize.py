@@ -269,7 +269,7 @@ def igemm_bench(work):
           "ratio = t_cuDNN / t_moka (>= 0.8 meets the target):")
     print("  %-16s %-26s %9s %9s %9s %6s %6s %9s %9s %6s  %s" % (
         "layer", "shape", "moka bf16", "moka NHWC", "cuDNN bf16", "ratio", "NHWC", "moka fp32",
-        "cuDNN fp32", "ratio", "best igemm tile (ms)"))
+        "cuDNN fp32", "ratio", "best tile (ms)"))
 
     def fb(kv, e):
         f, b = float(kv.get("fwd_" + e, -1)), float(kv.get("bwd_" + e, -1))
@@ -278,7 +278,7 @@ def igemm_bench(work):
     n = [0, 0, 0]
     for kv in rows:
         t = [fb(kv, e) for e in ("moka_bf16", "cudnn_bf16", "moka_fp32", "cudnn_fp32")]
-        tn = fb(kv, "moka_nhwc")
+        tn = fb(kv, "moka_nhwc") if kv.get("nhwc_takes", "000") != "000" else None
         r = []
         for j, (a, c) in enumerate(((t[0], t[1]), (t[2], t[3]), (tn, t[1]))):
             if a and c:
@@ -287,9 +287,13 @@ def igemm_bench(work):
                 met[j] += r[-1] >= 0.8 - 1e-9
             else:
                 r.append(None)
-        tiles = [(fb(kv, "t" + tl), tl) for tl in ("128x128", "128x64", "64x128", "64x64")]
-        tiles = [tt for tt in tiles if tt[0]]
-        best = "%s (%.3f)" % (min(tiles)[1], min(tiles)[0]) if tiles else "n/a"
+        best = []
+        for k, kname in (("t", "WMMA"), ("n", "NHWC")):
+            tiles = [(fb(kv, k + tl), tl) for tl in ("128x128", "128x64", "64x128", "64x64")]
+            tiles = [tt for tt in tiles if tt[0]]
+            if tiles:
+                best.append("%s %s (%.3f)" % (kname, min(tiles)[1], min(tiles)[0]))
+        best = ", ".join(best) or "n/a"
         print("  %-16s %-26s %9s %9s %9s %6s %6s %9s %9s %6s  %s" % (
             kv.get("layer", "?"), kv.get("shape", "?"), fmt(t[0], "%.3f"), fmt(tn, "%.3f"),
             fmt(t[1], "%.3f"), fmt(r[0], "%.2f"), fmt(r[2], "%.2f"), fmt(t[2], "%.3f"),

@@ -15,7 +15,8 @@
  *                                ms of moka bf16 (igemm), moka bf16 NHWC
  *                                (conv_nhwc.cu where it applies), cuDNN bf16, moka fp32
  *                                (im2col + SGEMM), cuDNN fp32, and moka bf16
- *                                with each tile shape forced (fwd_t128x64=...),
+ *                                with each tile shape forced (fwd_t128x64=...; the NHWC
+ *                                kernel's: fwd_n128x64=...),
  *                                and the fp32<->bf16 conversions the cuDNN bf16
  *                                engine includes, timed alone (fwd_cvt, bwd_cvt),
  *                                one "igemm_bench ..." line per shape
@@ -659,32 +660,37 @@ static int bench(int batch, int iters) {
       }
       moka_cudnn_conv_free(plan);
     }
-    /* moka bf16 with each tile shape forced (data for tuning pick_tile) */
+    /* moka bf16 with each tile shape forced (data for tuning pick_tile), the WMMA kernel
+     * (fwd_t128x64=...) and the NHWC one (fwd_n128x64=...) */
     static const int tiles[4][2] = {{128, 128}, {128, 64}, {64, 128}, {64, 64}};
-    double tms[4][2];
-    for (int t = 0; t < 4; t++) {
-      for (int dir = 0; dir < 2; dir++) {
-        const bool fwd = dir == 0;
-        tms[t][dir] = -1;
-        int rc = moka_cuda_igemm_force_tile(tiles[t][0], tiles[t][1]);
-        if (!rc) rc = bench_pass(B_MOKA_BF16, fwd, NULL, g, x, w, b, y, dy, dx, dw, db);
-        if (!rc) rc = moka_cuda_sync(ctx);
-        cudaEventRecord(e0, ctx->stream);
-        for (int it = 0; it < iters && !rc; it++)
-          rc = bench_pass(B_MOKA_BF16, fwd, NULL, g, x, w, b, y, dy, dx, dw, db);
-        cudaEventRecord(e1, ctx->stream);
-        if (!rc) rc = moka_cuda_sync(ctx);
-        if (rc) {
-          printf("igemm_bench_error layer=%s tile %dx%d: %s\n", bench_shapes[i].name,
-                 tiles[t][0], tiles[t][1], moka_error());
-          failures++;
-          continue;
+    double tms[2][4][2];
+    for (int kern = 0; kern < 2; kern++)
+      for (int t = 0; t < 4; t++) {
+        for (int dir = 0; dir < 2; dir++) {
+          const bool fwd = dir == 0;
+          const int e = kern ? B_MOKA_NHWC : B_MOKA_BF16;
+          tms[kern][t][dir] = -1;
+          int rc = kern ? moka_cuda_nhwc_force_tile(tiles[t][0], tiles[t][1])
+                        : moka_cuda_igemm_force_tile(tiles[t][0], tiles[t][1]);
+          if (!rc) rc = bench_pass(e, fwd, NULL, g, x, w, b, y, dy, dx, dw, db);
+          if (!rc) rc = moka_cuda_sync(ctx);
+          cudaEventRecord(e0, ctx->stream);
+          for (int it = 0; it < iters && !rc; it++)
+            rc = bench_pass(e, fwd, NULL, g, x, w, b, y, dy, dx, dw, db);
+          cudaEventRecord(e1, ctx->stream);
+          if (!rc) rc = moka_cuda_sync(ctx);
+          if (rc) {
+            printf("igemm_bench_error layer=%s %s tile %dx%d: %s\n", bench_shapes[i].name,
+                   kern ? "nhwc" : "igemm", tiles[t][0], tiles[t][1], moka_error());
+            failures++;
+            continue;
+          }
+          float tt = 0;
+          cudaEventElapsedTime(&tt, e0, e1);
+          tms[kern][t][dir] = tt / iters;
         }
-        float tt = 0;
-        cudaEventElapsedTime(&tt, e0, e1);
-        tms[t][dir] = tt / iters;
       }
-    }
+    moka_cuda_nhwc_force_tile(0, 0);
     moka_cuda_igemm_force_tile(0, 0);
     /* the fp32 <-> bf16 conversions inside the cuDNN bf16 engine, timed alone: forward
      * x, w in and y out; backward x, w, dy in and dw, dx out */
@@ -717,10 +723,15 @@ static int bench(int batch, int iters) {
            g->kernel_h, g->stride_h);
     for (int e = 0; e < B_ENGINES; e++)
       printf(" fwd_%s=%.4f bwd_%s=%.4f", bench_names[e], ms[e][0], bench_names[e], ms[e][1]);
-    for (int t = 0; t < 4; t++)
-      printf(" fwd_t%dx%d=%.4f bwd_t%dx%d=%.4f", tiles[t][0], tiles[t][1], tms[t][0], tiles[t][0],
-             tiles[t][1], tms[t][1]);
+    for (int kern = 0; kern < 2; kern++)
+      for (int t = 0; t < 4; t++)
+        printf(" fwd_%c%dx%d=%.4f bwd_%c%dx%d=%.4f", kern ? 'n' : 't', tiles[t][0], tiles[t][1],
+               tms[kern][t][0], kern ? 'n' : 't', tiles[t][0], tiles[t][1], tms[kern][t][1]);
     printf(" fwd_cvt=%.4f bwd_cvt=%.4f", cvt[0], cvt[1]);
+    moka_cuda_nhwc_force(1); /* which directions the NHWC kernel takes (the rest: WMMA) */
+    printf(" nhwc_takes=%d%d%d", moka_cuda_nhwc_applies(g, MOKA_NHWC_FWD),
+           moka_cuda_nhwc_applies(g, MOKA_NHWC_DGRAD), moka_cuda_nhwc_applies(g, MOKA_NHWC_WGRAD));
+    moka_cuda_nhwc_force(-1);
     printf("\n");
     fflush(stdout);
     moka_dev_free(x), moka_dev_free(w), moka_dev_free(b), moka_dev_free(y), moka_dev_free(dy);
