@@ -36,8 +36,9 @@
  * K-contiguous operands as [row][BK + 8], M/N-contiguous ones as [BK][rows + 8]
  * (the +8 keeps each ldmatrix phase on distinct banks and rows 16-byte
  * aligned). Each thread's row (or column chunk) is fixed for the whole CTA,
- * so a pixel's decomposition is computed once; the tap of a k chunk costs two
- * small divisions per chunk. Epilogue: straight from the accumulators to the
+ * so a pixel's decomposition is computed once; its k chunk's coordinates
+ * (tap and channel, or output pixel) are divided out once and then moved on
+ * by additions, slice by slice. Epilogue: straight from the accumulators to the
  * NCHW output (8 consecutive pixels per store group), + bias in the forward.
  *
  * The instructions are in conv_nhwc_ptx.h; tests/gpu/nhwc_emulate.cpp runs
@@ -64,11 +65,37 @@ typedef __nv_bfloat16 nh_bf16;
 
 /* ---- the three operations -------------------------------------------------------------------- */
 /* Each gives, for operand A (rows m) and B (rows n): a row state made once per
- * thread (a_row / b_row; `ok` false past M or N), the address of the 8
- * bf16 values of a k chunk (a_src / b_src; NULL: zeros), and the output's
- * row / column offsets and store (out_row, out_col, put). A_K / B_K: the
- * operand is contiguous along k (else along m / n). Geometry in IgemmGeom
- * (G = 1). */
+ * thread (a_row / b_row; `ok` false past M or N); a k state for the k chunk a
+ * thread copies, made once (a_kinit / b_kinit: the only divisions) and moved
+ * on by NH_BK per slice (a_kstep / b_kstep: additions and compares); the
+ * address of the 8 bf16 values at (row, k) (a_src / b_src; NULL: zeros, e.g.
+ * padding); and the output's row / column offsets and store (out_row,
+ * out_col, put). A_K / B_K: the operand is contiguous along k (else along
+ * m / n). Geometry in IgemmGeom (G = 1). */
+
+/* k = (tap, c) with c fastest, as an incremental (c, kh, kw); nch channels per tap */
+struct NhTapK {
+  int c, kh, kw;
+};
+__device__ static inline NhTapK nh_tap_init(int k, int nch, int KW) {
+  const int tap = k / nch, kh = tap / KW;
+  return NhTapK{k - tap * nch, kh, tap - kh * KW};
+}
+__device__ static inline void nh_tap_step(NhTapK &s, int nch, int KW) {
+  s.c += NH_BK;
+  while (s.c >= nch) { /* once per step when nch >= NH_BK */
+    s.c -= nch;
+    if (++s.kw == KW) {
+      s.kw = 0;
+      s.kh++;
+    }
+  }
+}
+
+/* k = a plain offset along a contiguous row */
+struct NhLinK {
+  int k;
+};
 
 struct NhFwd {
   IgemmGeom g;
@@ -83,6 +110,8 @@ struct NhFwd {
   struct BR {
     const nh_bf16 *p;
   };
+  typedef NhTapK AK;
+  typedef NhLinK BK;
   __device__ AR a_row(int m, bool ok) const {
     AR r = {0, 0, 0, ok};
     if (!ok) return r;
@@ -92,17 +121,22 @@ struct NhFwd {
     r.iw0 = ow * g.SW - g.PW;
     return r;
   }
-  __device__ const nh_bf16 *a_src(const AR &r, int k) const {
+  __device__ AK a_kinit(int k) const { return nh_tap_init(k, g.C, g.KW); }
+  __device__ void a_kstep(AK &s) const { nh_tap_step(s, g.C, g.KW); }
+  __device__ const nh_bf16 *a_src(const AR &r, const AK &s) const {
     if (!r.ok) return nullptr;
-    const int tap = k / g.C, c = k - tap * g.C, kh = tap / g.KW, kw = tap - kh * g.KW;
-    const int ih = r.ih0 + kh * g.DH, iw = r.iw0 + kw * g.DW;
+    const int ih = r.ih0 + s.kh * g.DH, iw = r.iw0 + s.kw * g.DW;
     if ((unsigned)ih >= (unsigned)g.H || (unsigned)iw >= (unsigned)g.W) return nullptr;
-    return xh + (long long)(r.base + ih * g.W + iw) * g.C + c;
+    return xh + (long long)(r.base + ih * g.W + iw) * g.C + s.c;
   }
   __device__ BR b_row(int n, bool ok) const {
     return BR{ok ? wf + (long long)n * g.KHW * g.C : nullptr};
   }
-  __device__ const nh_bf16 *b_src(const BR &r, int k) const { return r.p ? r.p + k : nullptr; }
+  __device__ BK b_kinit(int k) const { return BK{k}; }
+  __device__ void b_kstep(BK &s) const { s.k += NH_BK; }
+  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
+    return r.p ? r.p + s.k : nullptr;
+  }
   __device__ long long out_row(int m) const {
     const int img = m / g.OHW;
     return (long long)img * g.OC * g.OHW + (m - img * g.OHW);
@@ -126,6 +160,8 @@ struct NhDgrad {
   struct BR {
     const nh_bf16 *p;
   };
+  typedef NhTapK AK; /* k = (tap, oc) */
+  typedef NhLinK BK;
   __device__ AR a_row(int m, bool ok) const {
     AR r = {0, 0, 0, ok};
     if (!ok) return r;
@@ -135,17 +171,22 @@ struct NhDgrad {
     r.w0 = w + g.PW;
     return r;
   }
-  __device__ const nh_bf16 *a_src(const AR &r, int k) const {
+  __device__ AK a_kinit(int k) const { return nh_tap_init(k, g.OC, g.KW); }
+  __device__ void a_kstep(AK &s) const { nh_tap_step(s, g.OC, g.KW); }
+  __device__ const nh_bf16 *a_src(const AR &r, const AK &s) const {
     if (!r.ok) return nullptr;
-    const int tap = k / g.OC, oc = k - tap * g.OC, kh = tap / g.KW, kw = tap - kh * g.KW;
-    const int oh = r.h0 - kh * g.DH, ow = r.w0 - kw * g.DW;
+    const int oh = r.h0 - s.kh * g.DH, ow = r.w0 - s.kw * g.DW;
     if ((unsigned)oh >= (unsigned)g.OH || (unsigned)ow >= (unsigned)g.OW) return nullptr;
-    return dyh + (long long)(r.base + oh * g.OW + ow) * g.OC + oc;
+    return dyh + (long long)(r.base + oh * g.OW + ow) * g.OC + s.c;
   }
   __device__ BR b_row(int n, bool ok) const {
     return BR{ok ? wd + (long long)n * g.KHW * g.OC : nullptr};
   }
-  __device__ const nh_bf16 *b_src(const BR &r, int k) const { return r.p ? r.p + k : nullptr; }
+  __device__ BK b_kinit(int k) const { return BK{k}; }
+  __device__ void b_kstep(BK &s) const { s.k += NH_BK; }
+  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
+    return r.p ? r.p + s.k : nullptr;
+  }
   __device__ long long out_row(int m) const {
     const int img = m / g.HW;
     return (long long)img * g.C * g.HW + (m - img * g.HW);
@@ -165,12 +206,22 @@ struct NhDgrad1x1 {
     const nh_bf16 *p;
   };
   typedef AR BR;
+  typedef NhLinK AK;
+  typedef NhLinK BK;
   __device__ AR a_row(int m, bool ok) const {
     return AR{ok ? dyh + (long long)m * g.OC : nullptr};
   }
-  __device__ const nh_bf16 *a_src(const AR &r, int k) const { return r.p ? r.p + k : nullptr; }
+  __device__ AK a_kinit(int k) const { return AK{k}; }
+  __device__ void a_kstep(AK &s) const { s.k += NH_BK; }
+  __device__ const nh_bf16 *a_src(const AR &r, const AK &s) const {
+    return r.p ? r.p + s.k : nullptr;
+  }
   __device__ BR b_row(int n, bool ok) const { return BR{ok ? wd + (long long)n * g.OC : nullptr}; }
-  __device__ const nh_bf16 *b_src(const BR &r, int k) const { return r.p ? r.p + k : nullptr; }
+  __device__ BK b_kinit(int k) const { return BK{k}; }
+  __device__ void b_kstep(BK &s) const { s.k += NH_BK; }
+  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
+    return r.p ? r.p + s.k : nullptr;
+  }
   __device__ long long out_row(int m) const {
     const int img = m / g.OHW, pix = m - img * g.OHW, oh = pix / g.OW, ow = pix - oh * g.OW;
     return (long long)img * g.C * g.HW + (long long)oh * g.SH * g.W + (long long)ow * g.SW;
@@ -192,9 +243,15 @@ struct NhWgrad {
     int offh, offw, c; /* kh*dil - pad, kw*dil - pad */
     bool ok;
   };
+  typedef NhLinK AK; /* k = output pixel */
+  struct BK {        /* k = output pixel (img, oh, ow), moved on incrementally */
+    int img, oh, ow;
+  };
   __device__ AR a_row(int m, bool ok) const { return AR{ok ? dyh + m : nullptr}; }
-  __device__ const nh_bf16 *a_src(const AR &r, int k) const {
-    return r.p ? r.p + (long long)k * g.OC : nullptr;
+  __device__ AK a_kinit(int k) const { return AK{k}; }
+  __device__ void a_kstep(AK &s) const { s.k += NH_BK; }
+  __device__ const nh_bf16 *a_src(const AR &r, const AK &s) const {
+    return r.p ? r.p + (long long)s.k * g.OC : nullptr;
   }
   __device__ BR b_row(int n, bool ok) const {
     BR r = {0, 0, 0, ok};
@@ -205,12 +262,25 @@ struct NhWgrad {
     r.offw = kw * g.DW - g.PW;
     return r;
   }
-  __device__ const nh_bf16 *b_src(const BR &r, int k) const {
+  __device__ BK b_kinit(int k) const {
+    const int img = k / g.OHW, pix = k - img * g.OHW, oh = pix / g.OW;
+    return BK{img, oh, pix - oh * g.OW};
+  }
+  __device__ void b_kstep(BK &s) const {
+    s.ow += NH_BK;
+    while (s.ow >= g.OW) {
+      s.ow -= g.OW;
+      if (++s.oh == g.OH) {
+        s.oh = 0;
+        s.img++;
+      }
+    }
+  }
+  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
     if (!r.ok) return nullptr;
-    const int img = k / g.OHW, pix = k - img * g.OHW, oh = pix / g.OW, ow = pix - oh * g.OW;
-    const int ih = oh * g.SH + r.offh, iw = ow * g.SW + r.offw;
+    const int ih = s.oh * g.SH + r.offh, iw = s.ow * g.SW + r.offw;
     if ((unsigned)ih >= (unsigned)g.H || (unsigned)iw >= (unsigned)g.W) return nullptr;
-    return xh + (long long)(img * g.HW + ih * g.W + iw) * g.C + r.c;
+    return xh + (long long)(s.img * g.HW + ih * g.W + iw) * g.C + r.c;
   }
   __device__ long long out_row(int m) const { return (long long)m * g.C * g.KHW; }
   __device__ long long out_col(int n) const {
@@ -260,38 +330,42 @@ __global__ void __launch_bounds__(NH_THREADS, 2)
    * M/N-contiguous: the column chunk tid % RC (fixed), k row tid/RC + (256/RC) i. */
   typename Op::AR ar[A_CH];
   typename Op::BR br[B_CH];
+  typename Op::AK ak[A_CH]; /* the k chunk each copy is at, and its k index */
+  typename Op::BK bk[B_CH];
+  int ka[A_CH], kb[B_CH];
 #pragma unroll
   for (int i = 0; i < A_CH; i++) {
     const int m = m0 + (Op::A_K ? tid / 4 + i * (NH_THREADS / 4) : (tid % A_RC) * 8);
     ar[i] = op.a_row(m, m < M);
+    ka[i] = kbeg + (Op::A_K ? (tid % 4) * 8 : tid / A_RC + i * (NH_THREADS / A_RC));
+    ak[i] = op.a_kinit(ka[i]);
   }
 #pragma unroll
   for (int i = 0; i < B_CH; i++) {
     const int n = n0 + (Op::B_K ? tid / 4 + i * (NH_THREADS / 4) : (tid % B_RC) * 8);
     br[i] = op.b_row(n, n < N);
+    kb[i] = kbeg + (Op::B_K ? (tid % 4) * 8 : tid / B_RC + i * (NH_THREADS / B_RC));
+    bk[i] = op.b_kinit(kb[i]);
   }
 
-  auto load_stage = [&](int s, int k0) {
+  /* The next slice into stage s (slices are loaded in order, each once). */
+  auto load_stage = [&](int s) {
     nh_bf16 *As = smem + s * STAGE, *Bs = As + TL::A_ELEMS;
 #pragma unroll
     for (int i = 0; i < A_CH; i++) {
-      if constexpr (Op::A_K) {
-        const int row = tid / 4 + i * (NH_THREADS / 4), kc = (tid % 4) * 8, k = k0 + kc;
-        nh_cp_async16(As + row * A_LD + kc, k < kend ? op.a_src(ar[i], k) : nullptr);
-      } else {
-        const int kr = tid / A_RC + i * (NH_THREADS / A_RC), k = k0 + kr;
-        nh_cp_async16(As + kr * A_LD + (tid % A_RC) * 8, k < kend ? op.a_src(ar[i], k) : nullptr);
-      }
+      nh_bf16 *dst = Op::A_K ? As + (tid / 4 + i * (NH_THREADS / 4)) * A_LD + (tid % 4) * 8
+                             : As + (tid / A_RC + i * (NH_THREADS / A_RC)) * A_LD + (tid % A_RC) * 8;
+      nh_cp_async16(dst, ka[i] < kend ? op.a_src(ar[i], ak[i]) : nullptr);
+      ka[i] += NH_BK;
+      op.a_kstep(ak[i]);
     }
 #pragma unroll
     for (int i = 0; i < B_CH; i++) {
-      if constexpr (Op::B_K) {
-        const int row = tid / 4 + i * (NH_THREADS / 4), kc = (tid % 4) * 8, k = k0 + kc;
-        nh_cp_async16(Bs + row * B_LD + kc, k < kend ? op.b_src(br[i], k) : nullptr);
-      } else {
-        const int kr = tid / B_RC + i * (NH_THREADS / B_RC), k = k0 + kr;
-        nh_cp_async16(Bs + kr * B_LD + (tid % B_RC) * 8, k < kend ? op.b_src(br[i], k) : nullptr);
-      }
+      nh_bf16 *dst = Op::B_K ? Bs + (tid / 4 + i * (NH_THREADS / 4)) * B_LD + (tid % 4) * 8
+                             : Bs + (tid / B_RC + i * (NH_THREADS / B_RC)) * B_LD + (tid % B_RC) * 8;
+      nh_cp_async16(dst, kb[i] < kend ? op.b_src(br[i], bk[i]) : nullptr);
+      kb[i] += NH_BK;
+      op.b_kstep(bk[i]);
     }
   };
 
@@ -305,15 +379,14 @@ __global__ void __launch_bounds__(NH_THREADS, 2)
 
 #pragma unroll
   for (int s = 0; s < NH_STAGES - 1; s++) {
-    if (s < nk) load_stage(s, kbeg + s * NH_BK);
+    if (s < nk) load_stage(s);
     nh_cp_commit(); /* empty groups keep the count uniform */
   }
   const int lr = lane % 8, lj = lane / 8; /* ldmatrix: this lane's row within matrix lj */
   for (int kt = 0; kt < nk; kt++) {
     nh_cp_wait<NH_STAGES - 2>(); /* slice kt has landed (this thread's copies) */
     __syncthreads();             /* ... everyone's; and slice kt-1's stage is free */
-    if (kt + NH_STAGES - 1 < nk)
-      load_stage((kt + NH_STAGES - 1) % NH_STAGES, kbeg + (kt + NH_STAGES - 1) * NH_BK);
+    if (kt + NH_STAGES - 1 < nk) load_stage((kt + NH_STAGES - 1) % NH_STAGES);
     nh_cp_commit();
     const nh_bf16 *As = smem + (kt % NH_STAGES) * STAGE, *Bs = As + TL::A_ELEMS;
 #pragma unroll
