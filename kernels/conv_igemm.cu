@@ -360,20 +360,20 @@ __global__ void igemm_split_reduce_kernel(const float *partial, int splits, size
   }
 }
 
-int moka_cuda_split_reduce(cudaStream_t s, const float *partial, int splits, size_t n, float *dw) {
-  igemm_split_reduce_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(partial, splits, n, dw);
-  return moka_cuda_launched(s, "igemm_split_reduce_kernel", __FILE__, __LINE__);
-}
-
-/* ---- launchers ------------------------------------------------------------------------------- */
-
-static int sm_count(MokaCuda *c) {
+int moka_cuda_sm_count(MokaCuda *c) {
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device) != cudaSuccess ||
       sms <= 0)
     sms = 100;
   return sms;
 }
+
+int moka_cuda_split_reduce(cudaStream_t s, const float *partial, int splits, size_t n, float *dw) {
+  igemm_split_reduce_kernel<<<moka_blocks(n), MOKA_THREADS, 0, s>>>(partial, splits, n, dw);
+  return moka_cuda_launched(s, "igemm_split_reduce_kernel", __FILE__, __LINE__);
+}
+
+/* ---- launchers ------------------------------------------------------------------------------- */
 
 template <class PR, class Op>
 static int launch_prec(MokaCuda *c, const Op &op, int M, int N, int K, int kchunk, int splits,
@@ -476,7 +476,7 @@ extern "C" int moka_cuda_igemm_conv_forward(MokaCuda *c, const MokaConvGeom *cg,
   if (build_taps(c, &g, false, tab, K)) return -1;
   FwdOp op = {g, x, w, bias, y, tab};
   int bm, bn;
-  pick_tile(M, N, g.G, sm_count(c), &bm, &bn);
+  pick_tile(M, N, g.G, moka_cuda_sm_count(c), &bm, &bn);
   return launch(c, prec, op, M, N, K, K, 1, g.G, bm, bn, "igemm forward");
 }
 
@@ -486,7 +486,7 @@ extern "C" int moka_cuda_igemm_conv_backward(MokaCuda *c, const MokaConvGeom *cg
   IgemmGeom g;
   if (igemm_check(c, cg, prec, &g)) return -1;
   if (g.num == 0) return 0;
-  const int sms = sm_count(c);
+  const int sms = moka_cuda_sm_count(c);
   if (db && moka_cuda_channel_sum(c->stream, dy, NULL, db, (size_t)g.num, (size_t)g.OC,
                                   (size_t)g.OHW, true))
     return -1;

@@ -563,14 +563,6 @@ extern "C" bool moka_cuda_nhwc_applies(const MokaConvGeom *g, MokaNhwcDir dir) {
   return s1 || p1x1;
 }
 
-static int sm_count(MokaCuda *c) {
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c->device) != cudaSuccess ||
-      sms <= 0)
-    sms = 100;
-  return sms;
-}
-
 template <int BM, int BN, class Op>
 static int launch_tile(MokaCuda *c, const Op &op, int M, int N, int K, int kchunk, int splits,
                        const char *name) {
@@ -635,7 +627,7 @@ extern "C" int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *cg, 
     return -1;
   const int M = g.num * g.OHW, N = g.OC, K = g.KHW * g.C;
   int bm, bn;
-  nh_pick_tile(M, N, sm_count(c), &bm, &bn);
+  nh_pick_tile(M, N, moka_cuda_sm_count(c), &bm, &bn);
   NhFwd op = {g, xh, wf, bias, y};
   return launch(c, op, M, N, K, K, 1, bm, bn, "nhwc forward");
 }
@@ -647,7 +639,7 @@ extern "C" int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *cg,
   if (dx && nh_check(c, cg, MOKA_NHWC_DGRAD, &g)) return -1;
   if (dw && nh_check(c, cg, MOKA_NHWC_WGRAD, &g)) return -1;
   if (!dx && !dw) return 0;
-  const int sms = sm_count(c);
+  const int sms = moka_cuda_sm_count(c);
   const int P = g.num * g.OHW, Q = g.num * g.HW;
   int wbm = 0, wbn = 0, splits = 1, kchunk = P;
   if (dw) nh_plan_wgrad(g.OC, g.KHW * g.C, P, sms, &wbm, &wbn, &splits, &kchunk);

@@ -35,6 +35,10 @@ static inline bool moka_aligned16(const void *p) { return ((size_t)p & 15u) == 0
  * conv_winograd.cu): 512 MiB, or MOKA_CONV_WS_BYTES (tests set it small for several chunks). */
 size_t moka_cuda_conv_ws_budget(void);
 
+/* The device's multiprocessor count (100 if the runtime cannot say): the implicit-GEMM
+ * kernels size their grids and split-K by it. */
+int moka_cuda_sm_count(MokaCuda *c);
+
 /* dw[i] += p_0[i] + p_1[i] + ... + p_{splits-1}[i] for i < n, in that order (the
  * deterministic split-K reduction of the implicit-GEMM weight gradients; conv_igemm.cu). */
 int moka_cuda_split_reduce(cudaStream_t s, const float *partial, int splits, size_t n, float *dw);

@@ -134,4 +134,32 @@ static void run_block(const std::function<void()> &body) {
   }
 }
 
+/* ---- for the checks -------------------------------------------------------------------------- */
+
+/* Uniform values in [-1, 1] on the bf16 grid (so bf16 and TF32 roundings are exact), from a
+ * caller-held LCG state. */
+static float emu_rnd_grid(unsigned long long *lcg) {
+  *lcg = *lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+  return round_bf16((float)((*lcg >> 33) % 2000001) / 1000000.0f - 1.0f);
+}
+
+/* Every element within (K + 64) 2^-23 S of the double reference (S: the sum of the terms'
+ * magnitudes, K their number); prints the first miss. */
+static bool emu_close_all(const char *what, const std::vector<float> &got,
+                          const std::vector<double> &ref, const std::vector<double> &S,
+                          long long K) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); i++) {
+    const double d = fabs((double)got[i] - ref[i]);
+    if (!(d <= (double)(K + 64) * ldexp(1.0, -23) * S[i] + 1e-30)) {
+      if (!bad) first = i;
+      bad++;
+    }
+  }
+  if (bad)
+    fprintf(stderr, "  FAIL %s: %zu of %zu wrong (first %zu: got %.9g want %.9g)\n", what, bad,
+            got.size(), first, (double)got[first], ref[first]);
+  return bad == 0;
+}
+
 #endif

@@ -140,26 +140,7 @@ struct Geo {
 };
 
 static unsigned long long g_lcg = 777;
-static float rnd_grid() {
-  g_lcg = g_lcg * 6364136223846793005ULL + 1442695040888963407ULL;
-  return round_bf16((float)((g_lcg >> 33) % 2000001) / 1000000.0f - 1.0f);
-}
-
-static bool close_all(const char *what, const std::vector<float> &got,
-                      const std::vector<double> &ref, const std::vector<double> &S, long long K) {
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    const double d = fabs((double)got[i] - ref[i]);
-    if (!(d <= (double)(K + 64) * ldexp(1.0, -23) * S[i] + 1e-30)) {
-      if (!bad) first = i;
-      bad++;
-    }
-  }
-  if (bad)
-    fprintf(stderr, "  FAIL %s: %zu of %zu wrong (first %zu: got %.9g want %.9g)\n", what, bad,
-            got.size(), first, (double)got[first], ref[first]);
-  return bad == 0;
-}
+static float rnd_grid() { return emu_rnd_grid(&g_lcg); }
 
 /* One geometry, one tile shape, one precision: the three GEMMs. */
 template <class PR>
@@ -211,7 +192,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, const char *pname) {
     const int M = g.OCg, N = c.num * g.OHW, K = g.Cg * g.KHW;
     launch_tile<PR>(bm, bn, op, M, N, K, K, 1, c.G);
     snprintf(what, sizeof what, "%s forward, tile %dx%d", pname, bm, bn);
-    ok &= close_all(what, gy, y, sy, K + 1);
+    ok &= emu_close_all(what, gy, y, sy, K + 1);
   }
   /* data gradient */
   {
@@ -219,7 +200,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, const char *pname) {
     const int M = g.Cg, N = c.num * g.HW, K = g.OCg * g.KHW;
     launch_tile<PR>(bm, bn, op, M, N, K, K, 1, c.G);
     snprintf(what, sizeof what, "%s data gradient, tile %dx%d", pname, bm, bn);
-    ok &= close_all(what, gdx, dx, sdx, K);
+    ok &= emu_close_all(what, gdx, dx, sdx, K);
   }
   /* weight gradient: one pass (+=), or split-K as the launcher plans it for a 4-SM GPU */
   {
@@ -238,7 +219,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, const char *pname) {
       }
     snprintf(what, sizeof what, "%s weight gradient, tile %dx%d, %d split(s)", pname, bm, bn,
              splits);
-    ok &= close_all(what, gdw, dwr, sdw, K + splits + 1);
+    ok &= emu_close_all(what, gdw, dwr, sdw, K + splits + 1);
     if (split && splits < 2 && K >= 16 * IG_BK)
       fprintf(stderr, "  note: %s planned no split for K %d\n", what, K);
   }

@@ -190,26 +190,7 @@ struct Geo {
 };
 
 static unsigned long long g_lcg = 4242;
-static float rnd_grid() {
-  g_lcg = g_lcg * 6364136223846793005ULL + 1442695040888963407ULL;
-  return round_bf16((float)((g_lcg >> 33) % 2000001) / 1000000.0f - 1.0f);
-}
-
-static bool close_all(const char *what, const std::vector<float> &got,
-                      const std::vector<double> &ref, const std::vector<double> &S, long long K) {
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    const double d = fabs((double)got[i] - ref[i]);
-    if (!(d <= (double)(K + 64) * ldexp(1.0, -23) * S[i] + 1e-30)) {
-      if (!bad) first = i;
-      bad++;
-    }
-  }
-  if (bad)
-    fprintf(stderr, "  FAIL %s: %zu of %zu wrong (first %zu: got %.9g want %.9g)\n", what, bad,
-            got.size(), first, (double)got[first], ref[first]);
-  return bad == 0;
-}
+static float rnd_grid() { return emu_rnd_grid(&g_lcg); }
 
 static std::vector<__nv_bfloat16> to_bf16(const std::vector<float> &v) {
   std::vector<__nv_bfloat16> o(v.size());
@@ -286,20 +267,20 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
     NhFwd op = {g, xh.data(), wf.data(), with_bias ? bias.data() : nullptr, gy.data()};
     launch_tile(bm, bn, op, P, c.OC, g.KHW * c.C, g.KHW * c.C, 1);
     snprintf(what, sizeof what, "forward%s, tile %dx%d", with_bias ? " + bias" : "", bm, bn);
-    ok &= close_all(what, gy, y, sy, g.KHW * c.C + 1);
+    ok &= emu_close_all(what, gy, y, sy, g.KHW * c.C + 1);
   }
   if (c.SH == 1 && c.SW == 1) {
     std::vector<float> gdx(nx, NAN);
     NhDgrad op = {g, dyh.data(), wd.data(), gdx.data()};
     launch_tile(bm, bn, op, Q, c.C, g.KHW * c.OC, g.KHW * c.OC, 1);
     snprintf(what, sizeof what, "data gradient, tile %dx%d", bm, bn);
-    ok &= close_all(what, gdx, dx, sdx, g.KHW * c.OC);
+    ok &= emu_close_all(what, gdx, dx, sdx, g.KHW * c.OC);
   } else if (c.KH == 1 && c.KW == 1 && c.PH == 0 && c.PW == 0) {
     std::vector<float> gdx(nx, 0.0f); /* the launcher clears dx */
     NhDgrad1x1 op = {g, dyh.data(), wd.data(), gdx.data()};
     launch_tile(bm, bn, op, P, c.C, c.OC, c.OC, 1);
     snprintf(what, sizeof what, "data gradient 1x1/%dx%d, tile %dx%d", c.SH, c.SW, bm, bn);
-    ok &= close_all(what, gdx, dx, sdx, c.OC);
+    ok &= emu_close_all(what, gdx, dx, sdx, c.OC);
   }
   {
     const int M = c.OC, N = g.KHW * c.C, K = P;
@@ -315,7 +296,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
         gdw[i] += s;
       }
     snprintf(what, sizeof what, "weight gradient, tile %dx%d, %d split(s)", bm, bn, splits);
-    ok &= close_all(what, gdw, dwr, sdw, K + splits + 1);
+    ok &= emu_close_all(what, gdw, dwr, sdw, K + splits + 1);
     if (split && splits < 2 && K >= 16 * NH_BK) fprintf(stderr, "  note: %s planned no split for K %d\n", what, K);
   }
   return ok;
