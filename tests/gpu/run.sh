@@ -235,9 +235,13 @@ for b in $BATCHES; do
         env MOKA_CONV_ENGINE=$eng "$M" time --model="$W/r50_train_b$b.prototxt" --gpu=0 \
         --iterations="$ITERS" --precision=bf16
     done
-    # moka's engine with the NHWC bf16 kernel (conv_nhwc.cu, opt-in) where it applies
+    # moka's engine with the NHWC bf16 kernel (conv_nhwc.cu, opt-in) where it applies, alone
+    # and against cuDNN per layer (auto)
     step "moka time b$b engine=moka bf16 MOKA_CONV_NHWC=1" 180 "$W/moka_nhwcbf16_b$b.log" \
       env MOKA_CONV_NHWC=1 MOKA_CONV_ENGINE=moka "$M" time --model="$W/r50_train_b$b.prototxt" \
+      --gpu=0 --iterations="$ITERS" --precision=bf16
+    step "moka time b$b engine=auto bf16 MOKA_CONV_NHWC=1" 180 "$W/moka_autonhwcbf16_b$b.log" \
+      env MOKA_CONV_NHWC=1 MOKA_CONV_ENGINE=auto "$M" time --model="$W/r50_train_b$b.prototxt" \
       --gpu=0 --iterations="$ITERS" --precision=bf16
   fi
   # (fp32 channels_last measured the same as NCHW on the H200, 2026-11-28: TORCH_FP32_CL=1 adds it)

@@ -35,6 +35,7 @@ AB_RUNS = {
     "wino4": "moka fp32, MOKA_CONV_WINOGRAD=4 (F(4x4))",
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
     "nhwcbf16": "moka bf16, moka's NHWC kernel (MOKA_CONV_NHWC=1)",
+    "autonhwcbf16": "moka bf16, auto with the NHWC kernel",
 }
 
 
@@ -186,6 +187,10 @@ def main():
                   "channels_last = %s (bf16 target >= 1.5); /moka bf16 WMMA = %s; "
                   "/cuDNN engine bf16 = %s" % (b, ratio(nb["img_s"], bi), ratio(nb["img_s"], mbi),
                                                ratio(nb["img_s"], cbi)))
+        an = runs.get(("autonhwcbf16", b))
+        if an:
+            print("  batch %d: auto with the NHWC kernel bf16/PyTorch bf16 AMP channels_last = %s"
+                  % (b, ratio(an["img_s"], bi)))
         au, aub = runs.get(("auto", b)), runs.get(("autobf16", b))
         if au or aub:
             print("  batch %d: faster-per-layer engine (MOKA_CONV_ENGINE=auto)/PyTorch fp32 = %s; "
