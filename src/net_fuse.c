@@ -583,6 +583,7 @@ int net_fuse_cpu_forward(Net *net, const FusedChain *c) {
   const float *be = c->beta ? c->beta->data : NULL;    /* (C) */
   float *b0 = bn->params[0]->data, *b1 = bn->params[1]->data, *b2 = bn->params[2]->data;
   const size_t count = N * C * S;
+  (void)count; /* read only by the OpenMP if clause */
 
   if (c->use_global_stats) {
     const float f = b2[0] == 0 ? 0.0f : 1.0f / b2[0];
@@ -800,6 +801,7 @@ int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
   const bool sums = dg || db || xmode == 2;
   const double inv_m = 1.0 / (double)(N * S);
   const size_t count = N * C * S;
+  (void)count; /* read only by the OpenMP if clause */
   /* Per block of channels (block_channels): the sums channel by channel,
    * then the planes image by image while still in cache. */
   const size_t cb = block_channels(N, C, S), n_blocks = (C + cb - 1) / cb;

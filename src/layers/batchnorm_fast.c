@@ -158,6 +158,7 @@ int bn_forward_fast(Layer *l) {
   const size_t N = p->num, C = (size_t)p->channels, S = p->spatial;
   float *b0 = l->params[0]->data, *b1 = l->params[1]->data, *b2 = l->params[2]->data;
   const size_t count = N * C * S;
+  (void)count; /* read only by the OpenMP if clause */
 
   if (p->use_global_stats) {
     const float f = b2[0] == 0 ? 0.0f : 1.0f / b2[0];
@@ -202,6 +203,7 @@ int bn_backward_fast(Layer *l) {
   const float *yn = p->x_norm;       /* (N,C,S) */
   const size_t N = p->num, C = (size_t)p->channels, S = p->spatial;
   const size_t count = N * C * S;
+  (void)count; /* read only by the OpenMP if clause */
 
   if (p->use_global_stats) {
 #pragma omp parallel for collapse(2) schedule(static) if (count >= FAST_GRAIN)

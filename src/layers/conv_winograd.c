@@ -594,6 +594,7 @@ size_t wino_scratch_floats(const Wino *z) {
 static int input_tiles(const Wino *z, const float *x, int r0, int r1, float *V, size_t Pp,
                        bool par) {
   const size_t P = (size_t)(r1 - r0) * z->tw, scr = wino_scratch_floats(z);
+  (void)P; /* read only by the OpenMP if clause */
   int rc = 0;
 #pragma omp parallel for schedule(static) \
     reduction(|                           \

@@ -70,6 +70,7 @@ int pool_forward_fast(Layer *l) {
   float *mask_top = l->n_top > 1 ? l->top[1]->data : NULL; /* (N,C,PH,PW) argmax as float */
   const int planes = p->num * p->channels;
   const size_t work = (size_t)planes * PH * PW * p->kernel_h * p->kernel_w;
+  (void)work; /* read only by the OpenMP if clause */
   const bool vec = is_max && (p->stride_w == 1 || p->stride_w == 2) && fast_avx512_supported();
 #pragma omp parallel for schedule(static) if (work >= FAST_GRAIN)
   for (int nc = 0; nc < planes; nc++) {
@@ -133,6 +134,7 @@ int pool_backward_fast(Layer *l) {
   const int H = p->height, W = p->width, PH = p->out_h, PW = p->out_w;
   const int planes = p->num * p->channels;
   const size_t work = (size_t)planes * H * W;
+  (void)work; /* read only by the OpenMP if clause */
 #pragma omp parallel for schedule(static) if (work >= FAST_GRAIN)
   for (int nc = 0; nc < planes; nc++) {
     float *dx = l->bottom[0]->diff + (size_t)nc * H * W; /* (H,W) */

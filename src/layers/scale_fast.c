@@ -33,6 +33,7 @@ int scale_forward_fast(Layer *l) {
   const bool in_place = y == x;
   float *xc = in_place ? p->x_copy : NULL; /* (outer, D, inner) */
   const size_t D = p->scale_dim, I = p->inner, count = l->bottom[0]->count;
+  (void)count; /* read only by the OpenMP if clause */
   const bool fused_bias = bias_like_scale(p);
   const float *b = fused_bias ? l->params[p->bias_idx]->data : NULL; /* (D) */
 #pragma omp parallel for collapse(2) schedule(static) if (count >= FAST_GRAIN)
@@ -70,6 +71,7 @@ int scale_backward_fast(Layer *l) {
   const float *dy = l->top[0]->diff; /* (outer, D, inner) */
   const bool in_place = l->top[0] == l->bottom[0];
   const size_t D = p->scale_dim, I = p->inner, count = l->top[0]->count;
+  (void)count; /* read only by the OpenMP if clause */
   const bool scale_is_param = l->n_bottom == 1;
   /* Parameter gradients are skipped at lr_mult 0, as in the reference. */
   const bool want_db = p->bias_idx >= 0 && layer_param_needs_grad(l, p->bias_idx);
