@@ -23,7 +23,9 @@
  * grid (so the conversions are exact): forward (with and without bias), data
  * gradient (stride 1 with padding and dilation; 1x1 stride 2), weight
  * gradient (one pass +=, and split-K partials reduced in order), every tile
- * shape, on geometries that leave partial tiles in M, N and K. Bound per
+ * shape, on geometries that leave partial tiles in M, N and K; then three of
+ * ResNet-50's shapes at batch 1 (C up to 2048, K up to 2304) with the tiles and
+ * split-K the launchers plan for a 132-SM GPU. Bound per
  * element: (K + 64) * 2^-23 * sum |terms|, as in igemm_emulate.cpp.
  * What it cannot check: the layout conversions (nh_to_nhwc_kernel,
  * nh_weights_kernel: test_cuda_igemm on the GPU), the real hardware's
@@ -222,8 +224,11 @@ static std::vector<__nv_bfloat16> weights(const std::vector<float> &w, int OC, i
 
 /* One geometry, one tile shape (the forward / data-gradient tile; the weight
  * gradient's is bm x bn too, with `split` choosing split-K planned for a
- * 4-SM GPU or one pass). */
+ * 4-SM GPU or one pass); bm = 0: each direction's tile and split as the
+ * launchers plan them for a 132-SM GPU (an H100 / H200). */
 static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
+  const bool planned = bm == 0;
+  const int SMS = 132;
   const int OH = (c.H + 2 * c.PH - (c.DH * (c.KH - 1) + 1)) / c.SH + 1;
   const int OW = (c.W + 2 * c.PW - (c.DW * (c.KW - 1) + 1)) / c.SW + 1;
   const IgemmGeom g = igemm_geom(c.num, c.C, c.H, c.W, c.OC, 1, OH, OW, c.KH, c.KW, c.PH, c.PW,
@@ -262,6 +267,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
   const int P = c.num * g.OHW, Q = c.num * g.HW;
   char what[200];
   bool ok = true;
+  if (planned) nh_pick_tile(P, c.OC, SMS, &bm, &bn);
   {
     std::vector<float> gy(ny, NAN);
     NhFwd op = {g, xh.data(), wf.data(), with_bias ? bias.data() : nullptr, gy.data()};
@@ -269,6 +275,7 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
     snprintf(what, sizeof what, "forward%s, tile %dx%d", with_bias ? " + bias" : "", bm, bn);
     ok &= emu_close_all(what, gy, y, sy, g.KHW * c.C + 1);
   }
+  if (planned) nh_pick_tile(c.SH == 1 && c.SW == 1 ? Q : P, c.C, SMS, &bm, &bn);
   if (c.SH == 1 && c.SW == 1) {
     std::vector<float> gdx(nx, NAN);
     NhDgrad op = {g, dyh.data(), wd.data(), gdx.data()};
@@ -285,7 +292,10 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
   {
     const int M = c.OC, N = g.KHW * c.C, K = P;
     int splits = 1, kchunk = K;
-    if (split) igemm_plan_split(M, N, K, 1, bm, bn, NH_BK, 4, &splits, &kchunk);
+    if (planned)
+      nh_plan_wgrad(M, N, K, SMS, &bm, &bn, &splits, &kchunk);
+    else if (split)
+      igemm_plan_split(M, N, K, 1, bm, bn, NH_BK, 4, &splits, &kchunk);
     std::vector<float> part(splits > 1 ? (size_t)splits * nw : 0, NAN), gdw(dw0);
     NhWgrad op = {g, dyh.data(), xh.data(), gdw.data(), splits > 1 ? part.data() : nullptr};
     launch_tile(bm, bn, op, M, N, K, kchunk, splits);
@@ -333,6 +343,24 @@ int main() {
                   t.bm, t.bn, early ? "early copies" : "late copies");
         }
       }
+  }
+  /* ResNet-50's shapes at batch 1 (the 14x14 3x3, a strided 1x1, a 7x7 1x1 with K 2048),
+   * each direction with the launchers' own tile and split for 132 SMs; copies landing late */
+  static const Geo resnet[] = {
+      {1, 256, 14, 14, 256, 3, 3, 1, 1, 1, 1, 1, 1}, /* res4b_branch2b */
+      {1, 256, 28, 28, 512, 1, 1, 0, 0, 2, 2, 1, 1}, /* res3a_branch1 */
+      {1, 2048, 7, 7, 512, 1, 1, 0, 0, 1, 1, 1, 1},  /* res5b_branch2a */
+  };
+  g_early = false;
+  for (const Geo &c : resnet) {
+    const int e0 = g_errors;
+    if (run(c, 0, 0, true, true) && g_errors == e0) {
+      g_passed++;
+    } else {
+      g_failed++;
+      fprintf(stderr, "[FAIL] ResNet-50 shape N%d C%d %dx%d OC%d k%d s%d, planned tiles\n", c.num,
+              c.C, c.H, c.W, c.OC, c.KH, c.SH);
+    }
   }
   printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
