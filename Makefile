@@ -66,8 +66,8 @@ TEST_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 # GPU tests: built and run by `make test` everywhere; without a GPU they print SKIP.
 GPU_TEST_SRCS := $(wildcard tests/gpu/test_*.c)
 TEST_BINS += $(patsubst tests/gpu/%.c,$(BUILD)/tests/%,$(GPU_TEST_SRCS))
-# The tensor-core CUDA kernels (kernels/conv_igemm.cu, conv_nhwc.cu) emulated on the CPU (C++, no GPU needed).
-TEST_BINS += $(BUILD)/tests/igemm_emulate $(BUILD)/tests/nhwc_emulate
+# CUDA kernels emulated on the CPU (C++, no GPU needed): conv_igemm.cu, conv_nhwc.cu, bn_nhwc.cu.
+TEST_BINS += $(BUILD)/tests/igemm_emulate $(BUILD)/tests/nhwc_emulate $(BUILD)/tests/bn_nhwc_emulate
 TOOL_SRCS := $(wildcard tests/tools/*.c)
 TOOL_BINS := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(TOOL_SRCS))
 
@@ -152,6 +152,10 @@ $(BUILD)/tests/igemm_emulate: tests/gpu/igemm_emulate.cpp tests/gpu/emu_cuda.h k
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 
 $(BUILD)/tests/nhwc_emulate: tests/gpu/nhwc_emulate.cpp tests/gpu/emu_cuda.h kernels/conv_nhwc.cu kernels/conv_nhwc_ptx.h kernels/conv_igemm_index.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
+
+$(BUILD)/tests/bn_nhwc_emulate: tests/gpu/bn_nhwc_emulate.cpp tests/gpu/emu_cuda.h kernels/bn_nhwc.cu
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 

@@ -143,6 +143,12 @@ __global__ void bnf_global_stats_kernel(const float *b0, const float *b1, const 
   }
 }
 
+extern "C" int moka_cuda_bn_global_stats(cudaStream_t s, const float *b0, const float *b1,
+                                         const float *b2, float *stats, size_t C, float eps) {
+  bnf_global_stats_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(b0, b1, b2, stats, C, eps);
+  return moka_cuda_launched(s, "bnf_global_stats_kernel", __FILE__, __LINE__);
+}
+
 /* One thread per element: xhat, z, and the chain's outputs. */
 __global__ void bnf_apply_kernel(const float *x, float *xz, float *y, const float *r,
                                  float *x_norm, const float *stats, const float *gamma,
@@ -428,11 +434,7 @@ int moka_cuda_bn_fused_forward(cudaStream_t s, const MokaBnFusedGeom *g, const f
   if (C == 0) return 0;
   if (g->residual >= 0 && (!y || !r))
     return moka_errorf("internal error: fused BatchNorm with a residual needs y and r");
-  if (g->use_global) {
-    bnf_global_stats_kernel<<<moka_blocks(C), MOKA_THREADS, 0, s>>>(b0, b1, b2, stats, C,
-                                                                    g->eps);
-    MOKA_CUDA_LAUNCHED(s, "bnf_global_stats_kernel");
-  }
+  if (g->use_global && moka_cuda_bn_global_stats(s, b0, b1, b2, stats, C, g->eps)) return -1;
   /* The vector path: planes of whole float4s, every buffer 16-byte aligned, 32-bit grid
    * arithmetic (N*C*S/4 float4s and C*chunks blocks fit easily in it then). */
   const bool vec = bnf_vec_on() && S % 4 == 0 && n / 4 <= 0xffffffffu && moka_aligned16(x) &&

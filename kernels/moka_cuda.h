@@ -266,6 +266,27 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
                                 const float *stats, const float *gamma, float *dx, float *dr,
                                 float *dgamma, float *dbeta, void *partials);
 
+/* stats (3C) = mean | var | std from BatchNorm's running statistics b0, b1 (C), b2 (1)
+ * (use_global_stats), as the fused chains use them. */
+int moka_cuda_bn_global_stats(cudaStream_t s, const float *b0, const float *b1, const float *b2,
+                              float *stats, size_t C, float eps);
+
+/* The same chain on channels-last bf16 activations (kernels/bn_nhwc.cu; step 3 of the
+ * bf16 plan in docs/cuda.md, not wired into nets yet): every activation buffer (N*S, C)
+ * bf16 (moka_bf16: the bits of a bfloat16), 16-byte aligned, C a multiple of 8 up to
+ * 2048; g->S the pixels per image; statistics and parameters fp32. Same arguments and
+ * meanings as moka_cuda_bn_fused_forward / _backward; x_norm is kept in bf16. */
+typedef uint16_t moka_bf16;
+size_t moka_cuda_bn_nhwc_scratch_bytes(const MokaBnFusedGeom *g);
+int moka_cuda_bn_nhwc_forward(cudaStream_t s, const MokaBnFusedGeom *g, const moka_bf16 *x,
+                              moka_bf16 *xz, moka_bf16 *y, const moka_bf16 *r, moka_bf16 *x_norm,
+                              float *stats, float *b0, float *b1, float *b2, const float *gamma,
+                              const float *beta, void *partials);
+int moka_cuda_bn_nhwc_backward(cudaStream_t s, const MokaBnFusedGeom *g, const moka_bf16 *dy,
+                               const moka_bf16 *dy1, const moka_bf16 *y, const moka_bf16 *x_norm,
+                               const float *stats, const float *gamma, moka_bf16 *dx,
+                               moka_bf16 *dr, float *dgamma, float *dbeta, void *partials);
+
 /* ---- Pooling (Caffe's rounding; src/pool_geom.h) ------------------------------------------ */
 
 typedef struct MokaPoolGeom {

@@ -159,7 +159,8 @@ step "build (CUDA=1)" 420 "$W/build.log" make -j"$NJ" --no-print-directory BUILD
   CUDA_ARCH="$CUDA_ARCH" EXTRA_CFLAGS="$XCFLAGS" EXTRA_LDFLAGS="$XLDFLAGS" EXTRA_NVCCFLAGS="$XNVCC" \
   "$BUILD/moka" "$BUILD/tests/test_cuda_layers" "$BUILD/tests/test_cuda_solver" \
   "$BUILD/tests/test_cuda_transform" "$BUILD/tests/test_cuda_igemm" \
-  "$BUILD/tests/test_cuda_fused" "$BUILD/tests/test_cuda_faults" && BUILD_OK=1
+  "$BUILD/tests/test_cuda_fused" "$BUILD/tests/test_cuda_faults" \
+  "$BUILD/tests/test_cuda_bn_nhwc" && BUILD_OK=1
 M=$BUILD/moka
 
 # ---- 3. GPU tests (kernels vs CPU reference, whole nets vs Caffe) -------------------------------
@@ -187,8 +188,11 @@ if [ $BUILD_OK = 1 ]; then
   # numerical faults on the device: NaN/inf stops naming the layer, debug_info lines
   t7=0
   step "test_cuda_faults" 60 "$W/test.log" "$BUILD/tests/test_cuda_faults" && t7=1
+  # the chain on channels-last bf16 (bn_nhwc.cu, not wired into nets yet) vs the fp32 chain
+  t8=0
+  step "test_cuda_bn_nhwc" 60 "$W/test.log" "$BUILD/tests/test_cuda_bn_nhwc" && t8=1
   [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && [ $t4 = 1 ] && [ $t5 = 1 ] && [ $t6 = 1 ] &&
-    [ $t7 = 1 ] && TEST_OK=1
+    [ $t7 = 1 ] && [ $t8 = 1 ] && TEST_OK=1
   grep -q '^SKIP' "$W/test.log" 2>/dev/null && TEST_OK=0 && say "GPU tests SKIPPED: $(grep '^SKIP' "$W/test.log" | head -2)"
 fi
 
@@ -215,6 +219,13 @@ fi
 if [ $BUILD_OK = 1 ]; then
   step "igemm per-layer benchmark b64" 75 "$W/igemm_bench.log" "$BUILD/tests/test_cuda_igemm" \
     bench 64 3
+fi
+
+# ---- 4c. ResNet-50's 53 BatchNorm chains at batch 64: fp32 NCHW (as the nets run them) against
+# channels-last bf16 (bn_nhwc.cu: what the bf16 plan of docs/cuda.md would save there) ------------
+if [ $BUILD_OK = 1 ]; then
+  step "chain benchmark b64 (fp32 NCHW vs bf16 NHWC)" 60 "$W/chain_bench.log" \
+    "$BUILD/tests/test_cuda_bn_nhwc" bench 64
 fi
 
 # ---- 5. benchmark, batch by batch: moka time (ResNet-50 v1 training, both convolution engines),
@@ -285,7 +296,7 @@ python3 tests/gpu/summarize.py "$W" >"$OUT/summary.txt" 2>&1 || echo "summarize.
   cat "$LOG"
 } >>"$OUT/summary.txt"
 cp "$LOG" "$OUT/run.log"
-for f in build test sanitizer torch igemm_bench; do [ -f "$W/$f.log" ] && cp "$W/$f.log" "$OUT/$f.log"; done
+for f in build test sanitizer torch igemm_bench chain_bench; do [ -f "$W/$f.log" ] && cp "$W/$f.log" "$OUT/$f.log"; done
 : >"$OUT/moka_time.log"
 for f in "$W"/moka_*_b*.log; do
   [ -f "$f" ] || continue

@@ -231,6 +231,7 @@ def main():
 
     auto_choices(work)
     igemm_bench(work)
+    chain_bench(work)
 
 
 AUTO = re.compile(r"Convolution '(\S+)' (forward|backward) \(.*\): moka ([\d.]+) ms, "
@@ -321,6 +322,37 @@ def igemm_bench(work):
               ", ".join("%s %.2f" % c for c in core))
         print("  %d of %d shapes at >= 0.8x that" % (sum(r >= 0.8 - 1e-9 for _, r in core),
                                                     len(core)))
+    print()
+
+
+
+def chain_bench(work):
+    """ResNet-50's BatchNorm chains, fp32 NCHW vs bf16 NHWC (test_cuda_bn_nhwc bench)."""
+    text = read(os.path.join(work, "chain_bench.log"))
+    rows = [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', ln)) for ln in text.splitlines()
+            if ln.startswith("bn_nhwc_bench ")]
+    tot = [dict(re.findall(r"(\w+)=(\S+)", ln)) for ln in text.splitlines()
+           if ln.startswith("bn_nhwc_total ")]
+    for ln in text.splitlines():
+        if ln.startswith("bn_nhwc_bench_error"):
+            print("  " + ln)
+    if not rows:
+        if text:
+            print("BatchNorm chain benchmark: no results (see chain_bench.log)")
+        return
+    print("BatchNorm chains (forward+backward, batch 64), fp32 NCHW (the nets' chain) vs bf16 "
+          "NHWC (bn_nhwc.cu, not wired in yet), ms:")
+    print("  %-16s %6s %8s %6s %10s %10s %6s" % ("chains", "C", "HW", "count", "fp32 NCHW",
+                                                 "bf16 NHWC", "ratio"))
+    for r in rows:
+        a, b = float(r.get("nchw_fp32_ms", -1)), float(r.get("nhwc_bf16_ms", -1))
+        print("  %-16s %6s %8s %6s %10.4f %10.4f %6s" % (
+            r.get("shape", "?").strip('"'), r.get("C", "?"), r.get("HW", "?"), r.get("count", "?"),
+            a, b, "%.2f" % (a / b) if a > 0 and b > 0 else "n/a"))
+    if tot:
+        t = tot[-1]
+        print("  all 53 chains: fp32 NCHW %s ms, bf16 NHWC %s ms (%sx)" % (
+            t.get("nchw_fp32_ms"), t.get("nhwc_bf16_ms"), t.get("ratio")))
     print()
 
 
