@@ -101,7 +101,8 @@ struct NhFwd {
   IgemmGeom g;
   const nh_bf16 *xh, *wf; /* (num, H, W, C), (OC, KH, KW, C) */
   const float *bias;      /* (OC) or NULL */
-  float *y;               /* (num, OC, OH, OW) */
+  float *y;               /* (num, OC, OH, OW) fp32, or NULL: */
+  nh_bf16 *yh;            /* (num, OH, OW, OC) bf16 */
   static constexpr bool A_K = true, B_K = true;
   struct AR {
     int base, ih0, iw0; /* base: img*H*W */
@@ -138,12 +139,17 @@ struct NhFwd {
     return r.p ? r.p + s.k : nullptr;
   }
   __device__ long long out_row(int m) const {
+    if (yh) return (long long)m * g.OC;
     const int img = m / g.OHW;
     return (long long)img * g.OC * g.OHW + (m - img * g.OHW);
   }
-  __device__ long long out_col(int n) const { return (long long)n * g.OHW; }
+  __device__ long long out_col(int n) const { return yh ? n : (long long)n * g.OHW; }
   __device__ void put(int, long long ro, long long co, int n, float v) const {
-    y[ro + co] = bias ? v + bias[n] : v;
+    const float o = bias ? v + bias[n] : v;
+    if (yh)
+      yh[ro + co] = __float2bfloat16_rn(o);
+    else
+      y[ro + co] = o;
   }
 };
 
@@ -151,7 +157,8 @@ struct NhFwd {
 struct NhDgrad {
   IgemmGeom g;
   const nh_bf16 *dyh, *wd; /* (num, OH, OW, OC), (C, KH, KW, OC) */
-  float *dx;               /* (num, C, H, W) */
+  float *dx;               /* (num, C, H, W) fp32, or NULL: */
+  nh_bf16 *dxh;            /* (num, H, W, C) bf16 */
   static constexpr bool A_K = true, B_K = true;
   struct AR {
     int base, h0, w0; /* base: img*OH*OW; h0 = h + pad */
@@ -188,11 +195,17 @@ struct NhDgrad {
     return r.p ? r.p + s.k : nullptr;
   }
   __device__ long long out_row(int m) const {
+    if (dxh) return (long long)m * g.C;
     const int img = m / g.HW;
     return (long long)img * g.C * g.HW + (m - img * g.HW);
   }
-  __device__ long long out_col(int n) const { return (long long)n * g.HW; }
-  __device__ void put(int, long long ro, long long co, int, float v) const { dx[ro + co] = v; }
+  __device__ long long out_col(int n) const { return dxh ? n : (long long)n * g.HW; }
+  __device__ void put(int, long long ro, long long co, int, float v) const {
+    if (dxh)
+      dxh[ro + co] = __float2bfloat16_rn(v);
+    else
+      dx[ro + co] = v;
+  }
 };
 
 /* Data gradient of a 1x1, unpadded convolution with any stride: dy pixel p
@@ -200,7 +213,8 @@ struct NhDgrad {
 struct NhDgrad1x1 {
   IgemmGeom g;
   const nh_bf16 *dyh, *wd; /* (num, OH, OW, OC), (C, OC) */
-  float *dx;
+  float *dx;               /* (num, C, H, W) fp32, or NULL: */
+  nh_bf16 *dxh;            /* (num, H, W, C) bf16 */
   static constexpr bool A_K = true, B_K = true;
   struct AR {
     const nh_bf16 *p;
@@ -224,10 +238,17 @@ struct NhDgrad1x1 {
   }
   __device__ long long out_row(int m) const {
     const int img = m / g.OHW, pix = m - img * g.OHW, oh = pix / g.OW, ow = pix - oh * g.OW;
-    return (long long)img * g.C * g.HW + (long long)oh * g.SH * g.W + (long long)ow * g.SW;
+    const long long q = (long long)oh * g.SH * g.W + (long long)ow * g.SW; /* the dx pixel */
+    if (dxh) return ((long long)img * g.HW + q) * g.C;
+    return (long long)img * g.C * g.HW + q;
   }
-  __device__ long long out_col(int n) const { return (long long)n * g.HW; }
-  __device__ void put(int, long long ro, long long co, int, float v) const { dx[ro + co] = v; }
+  __device__ long long out_col(int n) const { return dxh ? n : (long long)n * g.HW; }
+  __device__ void put(int, long long ro, long long co, int, float v) const {
+    if (dxh)
+      dxh[ro + co] = __float2bfloat16_rn(v);
+    else
+      dx[ro + co] = v;
+  }
 };
 
 struct NhWgrad {
@@ -614,67 +635,104 @@ static int nh_check(MokaCuda *c, const MokaConvGeom *cg, MokaNhwcDir dir, IgemmG
   return 0;
 }
 
-extern "C" int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *cg, const float *x,
-                                           const float *w, const float *bias, float *y) {
+/* A bf16 NHWC buffer the caller passes must be 16-byte aligned (the kernels copy 16 bytes). */
+static int nh_check_aligned(const void *p, const char *what) {
+  if (moka_aligned16(p)) return 0;
+  return moka_errorf("internal error: the NHWC bf16 convolution's %s is not 16-byte aligned",
+                     what);
+}
+
+extern "C" int moka_cuda_nhwc_conv_forward_fmt(MokaCuda *c, const MokaConvGeom *cg,
+                                               const void *x, MokaActFmt xf, const float *w,
+                                               const float *bias, void *y, MokaActFmt yf) {
   IgemmGeom g;
   if (nh_check(c, cg, MOKA_NHWC_FWD, &g)) return -1;
-  const size_t xb = align256((size_t)g.num * g.HW * g.C * sizeof(nh_bf16));
+  const bool xin = xf == MOKA_ACT_BF16_NHWC, yout = yf == MOKA_ACT_BF16_NHWC;
+  if ((xin && nh_check_aligned(x, "input")) || (yout && nh_check_aligned(y, "output")))
+    return -1;
+  const size_t xb = xin ? 0 : align256((size_t)g.num * g.HW * g.C * sizeof(nh_bf16));
   const size_t wb = align256((size_t)g.OC * g.KHW * g.C * sizeof(nh_bf16));
   void *ws;
   if (moka_cuda_workspace(c, xb + wb, "NHWC bf16 convolution", &ws)) return -1;
-  nh_bf16 *xh = (nh_bf16 *)ws, *wf = (nh_bf16 *)((char *)ws + xb);
-  if (to_nhwc(c, x, g.num, g.C, g.HW, xh) || weights_bf16(c, w, g.OC, g.C, g.KHW, false, wf))
+  nh_bf16 *xh = xin ? (nh_bf16 *)x : (nh_bf16 *)ws, *wf = (nh_bf16 *)((char *)ws + xb);
+  if ((!xin && to_nhwc(c, (const float *)x, g.num, g.C, g.HW, xh)) ||
+      weights_bf16(c, w, g.OC, g.C, g.KHW, false, wf))
     return -1;
   const int M = g.num * g.OHW, N = g.OC, K = g.KHW * g.C;
   int bm, bn;
   nh_pick_tile(M, N, moka_cuda_sm_count(c), &bm, &bn);
-  NhFwd op = {g, xh, wf, bias, y};
+  NhFwd op = {g, xh, wf, bias, yout ? NULL : (float *)y, yout ? (nh_bf16 *)y : NULL};
   return launch(c, op, M, N, K, K, 1, bm, bn, "nhwc forward");
 }
 
-extern "C" int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *cg, const float *x,
-                                            const float *w, const float *dy, float *dx,
-                                            float *dw) {
+extern "C" int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *cg, const float *x,
+                                           const float *w, const float *bias, float *y) {
+  return moka_cuda_nhwc_conv_forward_fmt(c, cg, x, MOKA_ACT_F32_NCHW, w, bias, y,
+                                         MOKA_ACT_F32_NCHW);
+}
+
+extern "C" int moka_cuda_nhwc_conv_backward_fmt(MokaCuda *c, const MokaConvGeom *cg,
+                                                const void *x, MokaActFmt xf, const float *w,
+                                                const void *dy, MokaActFmt dyf, void *dx,
+                                                MokaActFmt dxf, float *dw) {
   IgemmGeom g;
   if (dx && nh_check(c, cg, MOKA_NHWC_DGRAD, &g)) return -1;
   if (dw && nh_check(c, cg, MOKA_NHWC_WGRAD, &g)) return -1;
   if (!dx && !dw) return 0;
+  const bool xin = xf == MOKA_ACT_BF16_NHWC, dyin = dyf == MOKA_ACT_BF16_NHWC;
+  const bool dxout = dxf == MOKA_ACT_BF16_NHWC;
+  if ((dw && xin && nh_check_aligned(x, "input")) || (dyin && nh_check_aligned(dy, "gradient")) ||
+      (dx && dxout && nh_check_aligned(dx, "input gradient")))
+    return -1;
   const int sms = moka_cuda_sm_count(c);
   const int P = g.num * g.OHW, Q = g.num * g.HW;
   int wbm = 0, wbn = 0, splits = 1, kchunk = P;
   if (dw) nh_plan_wgrad(g.OC, g.KHW * g.C, P, sms, &wbm, &wbn, &splits, &kchunk);
   const size_t nw = (size_t)g.OC * g.C * g.KHW;
-  const size_t dyb = align256((size_t)P * g.OC * sizeof(nh_bf16));
-  const size_t xb = dw ? align256((size_t)Q * g.C * sizeof(nh_bf16)) : 0;
+  const size_t dyb = dyin ? 0 : align256((size_t)P * g.OC * sizeof(nh_bf16));
+  const size_t xb = dw && !xin ? align256((size_t)Q * g.C * sizeof(nh_bf16)) : 0;
   const size_t wb = dx ? align256(nw * sizeof(nh_bf16)) : 0;
   const size_t pb = dw && splits > 1 ? (size_t)splits * nw * sizeof(float) : 0;
-  void *ws;
-  if (moka_cuda_workspace(c, dyb + xb + wb + pb, "NHWC bf16 convolution backward", &ws)) return -1;
-  nh_bf16 *dyh = (nh_bf16 *)ws, *xh = (nh_bf16 *)((char *)ws + dyb);
+  void *ws = NULL;
+  if (dyb + xb + wb + pb &&
+      moka_cuda_workspace(c, dyb + xb + wb + pb, "NHWC bf16 convolution backward", &ws))
+    return -1;
+  nh_bf16 *dyh = dyin ? (nh_bf16 *)dy : (nh_bf16 *)ws;
+  nh_bf16 *xh = xin ? (nh_bf16 *)x : (nh_bf16 *)((char *)ws + dyb);
   nh_bf16 *wd = (nh_bf16 *)((char *)ws + dyb + xb);
   float *partial = pb ? (float *)((char *)ws + dyb + xb + wb) : NULL;
-  if (to_nhwc(c, dy, g.num, g.OC, g.OHW, dyh)) return -1;
+  if (!dyin && to_nhwc(c, (const float *)dy, g.num, g.OC, g.OHW, dyh)) return -1;
   if (dw) {
-    if (to_nhwc(c, x, g.num, g.C, g.HW, xh)) return -1;
+    if (!xin && to_nhwc(c, (const float *)x, g.num, g.C, g.HW, xh)) return -1;
     NhWgrad op = {g, dyh, xh, dw, partial};
     if (launch(c, op, g.OC, g.KHW * g.C, P, kchunk, splits, wbm, wbn, "nhwc wgrad")) return -1;
     if (partial && moka_cuda_split_reduce(c->stream, partial, splits, nw, dw)) return -1;
   }
   if (!dx) return 0;
   if (weights_bf16(c, w, g.OC, g.C, g.KHW, true, wd)) return -1;
+  float *dxf32 = dxout ? NULL : (float *)dx;
+  nh_bf16 *dxh = dxout ? (nh_bf16 *)dx : NULL;
   int bm, bn;
   if (g.SH == 1 && g.SW == 1) {
     nh_pick_tile(Q, g.C, sms, &bm, &bn);
-    NhDgrad op = {g, dyh, wd, dx};
+    NhDgrad op = {g, dyh, wd, dxf32, dxh};
     return launch(c, op, Q, g.C, g.KHW * g.OC, g.KHW * g.OC, 1, bm, bn, "nhwc dgrad");
   }
-  /* 1x1, unpadded, strided: only the strided pixels receive gradient */
-  if (cudaMemsetAsync(dx, 0, (size_t)Q * g.C * sizeof(float), c->stream) != cudaSuccess)
+  /* 1x1, unpadded, strided: only the strided pixels receive gradient (zero bits are 0 in
+   * both formats) */
+  const size_t dxbytes = (size_t)Q * g.C * (dxout ? sizeof(nh_bf16) : sizeof(float));
+  if (cudaMemsetAsync(dx, 0, dxbytes, c->stream) != cudaSuccess)
     return moka_errorf("cudaMemsetAsync (nhwc dgrad, %zu bytes) failed on device %d: %s",
-                       (size_t)Q * g.C * sizeof(float), c->device,
-                       cudaGetErrorString(cudaGetLastError()));
+                       dxbytes, c->device, cudaGetErrorString(cudaGetLastError()));
   nh_pick_tile(P, g.C, sms, &bm, &bn);
-  NhDgrad1x1 op = {g, dyh, wd, dx};
+  NhDgrad1x1 op = {g, dyh, wd, dxf32, dxh};
   return launch(c, op, P, g.C, g.OC, g.OC, 1, bm, bn, "nhwc dgrad 1x1");
+}
+
+extern "C" int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *cg, const float *x,
+                                            const float *w, const float *dy, float *dx,
+                                            float *dw) {
+  return moka_cuda_nhwc_conv_backward_fmt(c, cg, x, MOKA_ACT_F32_NCHW, w, dy, MOKA_ACT_F32_NCHW,
+                                          dx, MOKA_ACT_F32_NCHW, dw);
 }
 #endif /* MOKA_NHWC_EMULATE */

@@ -435,6 +435,17 @@ int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float 
                                 const float *w, const float *bias, float *y);
 int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x,
                                  const float *w, const float *dy, float *dx, float *dw);
+/* The same with each activation in either format (step 2 of the bf16 plan in docs/cuda.md:
+ * channels-last bf16 activations read and written as they are, no conversion; not used by
+ * the nets yet): MOKA_ACT_F32_NCHW (float*, the blobs' layout) or MOKA_ACT_BF16_NHWC
+ * (moka_bf16* (N, H, W, C), 16-byte aligned). */
+typedef enum MokaActFmt { MOKA_ACT_F32_NCHW = 0, MOKA_ACT_BF16_NHWC = 1 } MokaActFmt;
+int moka_cuda_nhwc_conv_forward_fmt(MokaCuda *c, const MokaConvGeom *g, const void *x,
+                                    MokaActFmt xf, const float *w, const float *bias, void *y,
+                                    MokaActFmt yf);
+int moka_cuda_nhwc_conv_backward_fmt(MokaCuda *c, const MokaConvGeom *g, const void *x,
+                                     MokaActFmt xf, const float *w, const void *dy,
+                                     MokaActFmt dyf, void *dx, MokaActFmt dxf, float *dw);
 
 /* cuDNN in a given precision (FP32: exactly moka_cudnn_conv_forward/backward).
  * BF16: x, w, dy converted to bf16 in the shared workspace, CUDNN_DATA_BFLOAT16

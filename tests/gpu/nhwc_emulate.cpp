@@ -222,11 +222,29 @@ static std::vector<__nv_bfloat16> weights(const std::vector<float> &w, int OC, i
   return to_bf16(o);
 }
 
+/* (num, HW, C) bf16 -> (num, C, HW) fp32 */
+static std::vector<float> from_nhwc(const std::vector<__nv_bfloat16> &h, int num, int C, int HW) {
+  std::vector<float> o(h.size());
+  for (int n = 0; n < num; n++)
+    for (int c = 0; c < C; c++)
+      for (int p = 0; p < HW; p++) o[((size_t)n * C + c) * HW + p] = to_float(h[((size_t)n * HW + p) * C + c]);
+  return o;
+}
+
+/* An output rounded to bf16: the fp32 bound plus half a bf16 ulp (2^-8 relative, safely). */
+static bool close_bf16(const char *what, const std::vector<float> &got,
+                       const std::vector<double> &ref, const std::vector<double> &S, long long K) {
+  std::vector<double> S2(S.size());
+  for (size_t i = 0; i < S.size(); i++)
+    S2[i] = S[i] + ldexp(1.0, -8) * fabs(ref[i]) / ((double)(K + 64) * ldexp(1.0, -23));
+  return emu_close_all(what, got, ref, S2, K);
+}
+
 /* One geometry, one tile shape (the forward / data-gradient tile; the weight
  * gradient's is bm x bn too, with `split` choosing split-K planned for a
  * 4-SM GPU or one pass); bm = 0: each direction's tile and split as the
  * launchers plan them for a 132-SM GPU (an H100 / H200). */
-static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
+static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias, bool bf16_out) {
   const bool planned = bm == 0;
   const int SMS = 132;
   const int OH = (c.H + 2 * c.PH - (c.DH * (c.KH - 1) + 1)) / c.SH + 1;
@@ -270,24 +288,47 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias) {
   if (planned) nh_pick_tile(P, c.OC, SMS, &bm, &bn);
   {
     std::vector<float> gy(ny, NAN);
-    NhFwd op = {g, xh.data(), wf.data(), with_bias ? bias.data() : nullptr, gy.data()};
+    NhFwd op = {g, xh.data(), wf.data(), with_bias ? bias.data() : nullptr, gy.data(), nullptr};
     launch_tile(bm, bn, op, P, c.OC, g.KHW * c.C, g.KHW * c.C, 1);
     snprintf(what, sizeof what, "forward%s, tile %dx%d", with_bias ? " + bias" : "", bm, bn);
     ok &= emu_close_all(what, gy, y, sy, g.KHW * c.C + 1);
+    if (bf16_out) { /* the same into a bf16 NHWC output */
+      std::vector<__nv_bfloat16> gyh(ny);
+      NhFwd oh = {g, xh.data(), wf.data(), with_bias ? bias.data() : nullptr, nullptr, gyh.data()};
+      launch_tile(bm, bn, oh, P, c.OC, g.KHW * c.C, g.KHW * c.C, 1);
+      snprintf(what, sizeof what, "forward%s into bf16 NHWC, tile %dx%d",
+               with_bias ? " + bias" : "", bm, bn);
+      ok &= close_bf16(what, from_nhwc(gyh, c.num, c.OC, g.OHW), y, sy, g.KHW * c.C + 1);
+    }
   }
   if (planned) nh_pick_tile(c.SH == 1 && c.SW == 1 ? Q : P, c.C, SMS, &bm, &bn);
   if (c.SH == 1 && c.SW == 1) {
     std::vector<float> gdx(nx, NAN);
-    NhDgrad op = {g, dyh.data(), wd.data(), gdx.data()};
+    NhDgrad op = {g, dyh.data(), wd.data(), gdx.data(), nullptr};
     launch_tile(bm, bn, op, Q, c.C, g.KHW * c.OC, g.KHW * c.OC, 1);
     snprintf(what, sizeof what, "data gradient, tile %dx%d", bm, bn);
     ok &= emu_close_all(what, gdx, dx, sdx, g.KHW * c.OC);
+    if (bf16_out) {
+      std::vector<__nv_bfloat16> gdxh(nx);
+      NhDgrad oh = {g, dyh.data(), wd.data(), nullptr, gdxh.data()};
+      launch_tile(bm, bn, oh, Q, c.C, g.KHW * c.OC, g.KHW * c.OC, 1);
+      snprintf(what, sizeof what, "data gradient into bf16 NHWC, tile %dx%d", bm, bn);
+      ok &= close_bf16(what, from_nhwc(gdxh, c.num, c.C, g.HW), dx, sdx, g.KHW * c.OC);
+    }
   } else if (c.KH == 1 && c.KW == 1 && c.PH == 0 && c.PW == 0) {
     std::vector<float> gdx(nx, 0.0f); /* the launcher clears dx */
-    NhDgrad1x1 op = {g, dyh.data(), wd.data(), gdx.data()};
+    NhDgrad1x1 op = {g, dyh.data(), wd.data(), gdx.data(), nullptr};
     launch_tile(bm, bn, op, P, c.C, c.OC, c.OC, 1);
     snprintf(what, sizeof what, "data gradient 1x1/%dx%d, tile %dx%d", c.SH, c.SW, bm, bn);
     ok &= emu_close_all(what, gdx, dx, sdx, c.OC);
+    if (bf16_out) {
+      std::vector<__nv_bfloat16> gdxh(nx, __nv_bfloat16{0}); /* cleared by the launcher */
+      NhDgrad1x1 oh = {g, dyh.data(), wd.data(), nullptr, gdxh.data()};
+      launch_tile(bm, bn, oh, P, c.C, c.OC, c.OC, 1);
+      snprintf(what, sizeof what, "data gradient 1x1/%dx%d into bf16 NHWC, tile %dx%d", c.SH,
+               c.SW, bm, bn);
+      ok &= close_bf16(what, from_nhwc(gdxh, c.num, c.C, g.HW), dx, sdx, c.OC);
+    }
   }
   {
     const int M = c.OC, N = g.KHW * c.C, K = P;
@@ -333,7 +374,7 @@ int main() {
         const int e0 = g_errors;
         run_no++;
         const bool split = run_no % 3 != 0, with_bias = run_no % 2 == 0;
-        const bool ok = run(c, t.bm, t.bn, split, with_bias);
+        const bool ok = run(c, t.bm, t.bn, split, with_bias, run_no % 4 < 2);
         if (ok && g_errors == e0) {
           g_passed++;
         } else {
@@ -354,7 +395,7 @@ int main() {
   g_early = false;
   for (const Geo &c : resnet) {
     const int e0 = g_errors;
-    if (run(c, 0, 0, true, true) && g_errors == e0) {
+    if (run(c, 0, 0, true, true, true) && g_errors == e0) {
       g_passed++;
     } else {
       g_failed++;

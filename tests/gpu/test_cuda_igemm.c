@@ -347,6 +347,115 @@ static void test_nhwc_bf16(void) {
   moka_cuda_nhwc_force(-1);
 }
 
+/* ---- the NHWC kernel with channels-last bf16 activations in and out (moka_cuda_nhwc_*_fmt) -- */
+
+/* (N, C, S) fp32 -> (N, S, C) bf16 bits (values on the bf16 grid: exact) and back */
+static uint16_t *nhwc_bits(const float *x, size_t N, size_t C, size_t S) {
+  uint16_t *o = malloc(N * C * S * 2 + 2);
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t q = 0; q < S; q++) {
+        uint32_t u;
+        const float f = round_bf16(x[(n * C + c) * S + q]);
+        memcpy(&u, &f, 4);
+        o[(n * S + q) * C + c] = (uint16_t)(u >> 16);
+      }
+  return o;
+}
+static float *nchw_floats(const uint16_t *h, size_t N, size_t C, size_t S) {
+  float *o = malloc(N * C * S * 4 + 4);
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t q = 0; q < S; q++) {
+        const uint32_t u = (uint32_t)h[(n * S + q) * C + c] << 16;
+        memcpy(&o[(n * C + c) * S + q], &u, 4);
+      }
+  return o;
+}
+
+/* got is want rounded to bf16: within half an ulp (2^-9 relative; 2^-8 allowed) */
+static void check_rounded(const char *what, const float *got, const float *want, size_t n) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(fabsf(got[i] - want[i]) <= ldexpf(fabsf(want[i]), -8))) {
+      if (!bad) first = i;
+      bad++;
+    }
+  CHECK_MSG(bad == 0, "%s: %zu of %zu values are not the fp32 result rounded to bf16 (first %zu: "
+            "%.9g vs %.9g)", what, bad, n, first, bad ? got[first] : 0.0f, bad ? want[first] : 0.0f);
+}
+
+/* One shape: the fp32-format calls as the reference, then x, dy as bf16 NHWC in and y, dx as
+ * bf16 NHWC out: the same sums (same kernel, same bf16 inputs), so y and dx are the
+ * reference rounded to bf16 and dw is bit for bit the same. */
+static void nhwc_formats(const Shape *sp) {
+  const MokaConvGeom g = geom_of(sp);
+  const size_t N = g.num, C = g.channels, OC = g.num_output;
+  const size_t HW = (size_t)g.height * g.width, OHW = (size_t)g.out_h * g.out_w;
+  const size_t nx = N * C * HW, ny = N * OC * OHW, nw = OC * C * g.kernel_h * g.kernel_w;
+  moka_cuda_nhwc_force(1);
+  const bool ok_f = moka_cuda_nhwc_applies(&g, MOKA_NHWC_FWD);
+  const bool ok_d = moka_cuda_nhwc_applies(&g, MOKA_NHWC_DGRAD);
+  REQUIRE(ok_f && ok_d && moka_cuda_nhwc_applies(&g, MOKA_NHWC_WGRAD));
+  Rng r;
+  rng_seed(&r, 4321);
+  float *x = malloc(nx * 4), *w = malloc(nw * 4), *dy = malloc(ny * 4), *b = malloc(OC * 4);
+  fill(&r, x, nx, true), fill(&r, w, nw, true), fill(&r, dy, ny, true), fill(&r, b, OC, false);
+  float *zero = calloc(nw, 4);
+  uint16_t *hx = nhwc_bits(x, N, C, HW), *hdy = nhwc_bits(dy, N, OC, OHW);
+  float *d_x = dev_upload(x, nx), *d_w = dev_upload(w, nw), *d_dy = dev_upload(dy, ny);
+  float *d_b = dev_upload(b, OC), *d_y = dev_upload(dy, ny), *d_dx = dev_upload(x, nx);
+  float *d_dw = dev_upload(zero, nw), *d_dw2 = dev_upload(zero, nw);
+  void *d_hx = NULL, *d_hdy = NULL, *d_hy = NULL, *d_hdx = NULL;
+  REQUIRE(d_x && d_w && d_dy && d_b && d_y && d_dx && d_dw && d_dw2);
+  REQUIRE(!moka_dev_alloc(&d_hx, nx * 2, "test") && !moka_dev_alloc(&d_hdy, ny * 2, "test") &&
+          !moka_dev_alloc(&d_hy, ny * 2, "test") && !moka_dev_alloc(&d_hdx, nx * 2, "test"));
+  int rc = moka_h2d(ctx->stream, d_hx, hx, nx * 2) || moka_h2d(ctx->stream, d_hdy, hdy, ny * 2);
+  if (!rc) rc = moka_cuda_nhwc_conv_forward(ctx, &g, d_x, d_w, d_b, d_y);
+  if (!rc) rc = moka_cuda_nhwc_conv_backward(ctx, &g, d_x, d_w, d_dy, d_dx, d_dw);
+  if (!rc)
+    rc = moka_cuda_nhwc_conv_forward_fmt(ctx, &g, d_hx, MOKA_ACT_BF16_NHWC, d_w, d_b, d_hy,
+                                         MOKA_ACT_BF16_NHWC);
+  if (!rc)
+    rc = moka_cuda_nhwc_conv_backward_fmt(ctx, &g, d_hx, MOKA_ACT_BF16_NHWC, d_w, d_hdy,
+                                          MOKA_ACT_BF16_NHWC, d_hdx, MOKA_ACT_BF16_NHWC, d_dw2);
+  if (!rc) rc = moka_cuda_sync(ctx);
+  moka_cuda_nhwc_force(-1);
+  CHECK_MSG(rc == 0, "%s: %s", sp->name, moka_error());
+  if (!rc) {
+    float *y = download(d_y, ny), *dx = download(d_dx, nx), *dw = download(d_dw, nw);
+    float *dw2 = download(d_dw2, nw);
+    uint16_t *hy = malloc(ny * 2), *hdx = malloc(nx * 2);
+    REQUIRE(y && dx && dw && dw2 && hy && hdx);
+    REQUIRE(!moka_d2h(ctx->stream, hy, d_hy, ny * 2) && !moka_d2h(ctx->stream, hdx, d_hdx, nx * 2));
+    float *y2 = nchw_floats(hy, N, OC, OHW), *dx2 = nchw_floats(hdx, N, C, HW);
+    char what[160];
+    snprintf(what, sizeof what, "%s: y (bf16 NHWC in and out)", sp->name);
+    check_rounded(what, y2, y, ny);
+    snprintf(what, sizeof what, "%s: dx (bf16 NHWC)", sp->name);
+    check_rounded(what, dx2, dx, nx);
+    CHECK_MSG(!memcmp(dw, dw2, nw * 4), "%s: dW from bf16 NHWC inputs differs from dW from the "
+              "fp32 ones (same bf16 values)", sp->name);
+    free(y), free(dx), free(dw), free(dw2), free(hy), free(hdx), free(y2), free(dx2);
+  }
+  void *dev[] = {d_x, d_w, d_dy, d_b, d_y, d_dx, d_dw, d_dw2, d_hx, d_hdy, d_hy, d_hdx};
+  for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) moka_dev_free(dev[i]);
+  free(x), free(w), free(dy), free(b), free(zero), free(hx), free(hdy);
+}
+
+static void test_nhwc_formats(void) {
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const MokaConvGeom g = geom_of(&shapes[i]);
+    moka_cuda_nhwc_force(1);
+    const bool all = moka_cuda_nhwc_applies(&g, MOKA_NHWC_FWD) &&
+                     moka_cuda_nhwc_applies(&g, MOKA_NHWC_DGRAD) &&
+                     moka_cuda_nhwc_applies(&g, MOKA_NHWC_WGRAD);
+    moka_cuda_nhwc_force(-1);
+    if (all && (!g_small_only || (long long)g.num * g.num_output * g.out_h * g.out_w <= 120000))
+      nhwc_formats(&shapes[i]);
+  }
+}
+
 static void test_cudnn_bf16(void) {
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
     run_shape(&shapes[i], ENG_CUDNN, MOKA_CONV_BF16);
@@ -761,12 +870,14 @@ int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "nhwc")) {
     g_small_only = true;
     RUN(test_nhwc_bf16);
+    RUN(test_nhwc_formats);
     RUN(test_nhwc_rounds);
     moka_cuda_destroy(ctx);
     return test_summary();
   }
   RUN(test_igemm_bf16);
   RUN(test_nhwc_bf16);
+  RUN(test_nhwc_formats);
   RUN(test_igemm_tf32);
   RUN(test_igemm_rounds);
   RUN(test_nhwc_rounds);
