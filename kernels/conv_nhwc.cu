@@ -55,6 +55,7 @@
 #include "cuda_internal.h"
 #endif
 #include "conv_igemm_index.h"
+#include "conv_nhwc_geom.h"
 #include "conv_nhwc_ptx.h"
 
 typedef __nv_bfloat16 nh_bf16;
@@ -570,18 +571,13 @@ static bool nhwc_enabled(void) {
 }
 
 extern "C" bool moka_cuda_nhwc_applies(const MokaConvGeom *g, MokaNhwcDir dir) {
-  if (!nhwc_enabled() || g->group != 1 || g->channels % 8 || g->num_output % 8 || g->num <= 0 ||
-      g->out_h <= 0 || g->out_w <= 0)
-    return false;
-  const long long lim = INT_MAX;
-  const long long in = (long long)g->num * g->channels * g->height * g->width;
-  const long long out = (long long)g->num * g->num_output * g->out_h * g->out_w;
-  const long long taps = (long long)g->kernel_h * g->kernel_w;
-  if (in > lim || out > lim || (long long)g->num_output * g->channels * taps > lim) return false;
-  if (dir != MOKA_NHWC_DGRAD) return true;
-  const bool s1 = g->stride_h == 1 && g->stride_w == 1;
-  const bool p1x1 = g->kernel_h == 1 && g->kernel_w == 1 && g->pad_h == 0 && g->pad_w == 0;
-  return s1 || p1x1;
+  return nhwc_enabled() && moka_cuda_nhwc_geom_ok(g, dir);
+}
+
+extern "C" bool moka_cuda_nhwc_geom_ok(const MokaConvGeom *g, MokaNhwcDir dir) {
+  return nhwc_conv_geom_ok(g->group, g->num, g->channels, g->height, g->width, g->num_output,
+                           g->out_h, g->out_w, g->kernel_h, g->kernel_w, g->stride_h,
+                           g->stride_w, g->pad_h, g->pad_w, (int)dir);
 }
 
 template <int BM, int BN, class Op>
@@ -624,7 +620,7 @@ static int nh_check(MokaCuda *c, const MokaConvGeom *cg, MokaNhwcDir dir, IgemmG
     return moka_errorf("the bf16 convolution needs tensor cores of compute capability 8.0 or "
                        "later; device %d (%s) is %d.%d: use --precision=fp32",
                        c->device, c->device_name, c->cc_major, c->cc_minor);
-  if (!moka_cuda_nhwc_applies(cg, dir))
+  if (!moka_cuda_nhwc_geom_ok(cg, dir))
     return moka_errorf("internal error: the NHWC bf16 convolution does not take this geometry "
                        "(C %d, OC %d, group %d, kernel %dx%d, stride %dx%d)",
                        cg->channels, cg->num_output, cg->group, cg->kernel_h, cg->kernel_w,

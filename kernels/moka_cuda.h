@@ -301,6 +301,13 @@ int moka_cuda_pool_forward(cudaStream_t s, const MokaPoolGeom *g, bool is_max, c
 int moka_cuda_pool_backward(cudaStream_t s, const MokaPoolGeom *g, bool is_max, const float *dy,
                             const int *argmax, float *dx);
 
+/* Global AVE pooling of a bf16 channels-last blob (kernels/pool_nhwc.cu; MOKA_BF16_ACT):
+ * x (N*S, C) bf16 -> y (N, C) fp32 mean over the S pixels; dx (N*S, C) bf16 = dy / S. */
+int moka_cuda_pool_ave_global_nhwc_forward(cudaStream_t s, size_t N, size_t C, size_t S,
+                                           const moka_bf16 *x, float *y);
+int moka_cuda_pool_ave_global_nhwc_backward(cudaStream_t s, size_t N, size_t C, size_t S,
+                                            const float *dy, moka_bf16 *dx);
+
 /* ---- Softmax, SoftmaxWithLoss, Accuracy --------------------------------------------------- */
 
 /* x viewed as (outer, C, inner); y may be x. */
@@ -427,6 +434,8 @@ int moka_cuda_igemm_force_tile(int bm, int bn);
  * (tests and benchmarks; process-wide). */
 typedef enum MokaNhwcDir { MOKA_NHWC_FWD = 0, MOKA_NHWC_DGRAD = 1, MOKA_NHWC_WGRAD = 2 } MokaNhwcDir;
 bool moka_cuda_nhwc_applies(const MokaConvGeom *g, MokaNhwcDir dir);
+/* The geometry test alone (conv_nhwc_geom.h), whatever the switch says. */
+bool moka_cuda_nhwc_geom_ok(const MokaConvGeom *g, MokaNhwcDir dir);
 void moka_cuda_nhwc_force(int mode);
 /* Benchmarks only: every later NHWC launch uses BM x BN tiles (64 or 128 each); 0, 0
  * restores the automatic choice. Process-wide. 0 / -1. */

@@ -35,7 +35,15 @@ typedef struct Blob {
    * memory (src/net_cuda.c); 0 for a view (parameters: views into the net's
    * flat device buffers) or no device copy. */
   size_t dev_capacity;
+  /* The device copies hold bf16 channels-last values (N, H, W, C; 2 bytes each) instead
+   * of fp32 NCHW: decided per blob by net_bf16_plan (MOKA_BF16_ACT=1, src/net_bf16.h) before
+   * the device buffers are made; the host copies (data, diff) stay fp32 NCHW and the
+   * explicit copies convert. */
+  bool dev_bf16;
 } Blob;
+
+/* Bytes per value of the blob's device copies (2 for bf16 channels-last, else 4). */
+static inline size_t blob_dev_elem_bytes(const Blob *b) { return b->dev_bf16 ? 2 : 4; }
 
 /* Memory limit for blobs (process-wide): an owned blob's data + diff are
  * counted while allocated, and a reshape that would take the total over

@@ -24,10 +24,12 @@ void net_cuda_plan_memory_by_default(bool on) { plan_by_default = on; }
 
 #ifdef MOKA_WITH_CUDA
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_bf16.h"
 #include "net_fuse.h"
 #include "net_memplan.h"
 #include "util.h"
@@ -93,6 +95,44 @@ void blob_free_device(Blob *b) {
   b->dev_capacity = 0;
 }
 
+/* fp32 -> bf16 bits, round to nearest even (NaN stays NaN) */
+static uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+/* A bf16 channels-last blob's copy: host (N, C, S) fp32 <-> device (N, S, C) bf16, through
+ * a host buffer (explicit copies are rare: inputs, loss, diagnostics). */
+static int blob_copy_bf16(MokaCuda *c, Blob *b, void *dev, float *host, bool up) {
+  const size_t N = (size_t)blob_legacy_dim(b, 0), C = (size_t)blob_legacy_dim(b, 1);
+  const size_t S = N && C ? b->count / (N * C) : 0;
+  uint16_t *t = malloc(b->count * sizeof *t + 2);
+  if (!t) return moka_errorf("out of host memory converting blob '%s'", b->name);
+  int rc = 0;
+  if (up) {
+    for (size_t n = 0; n < N; n++)
+      for (size_t ch = 0; ch < C; ch++)
+        for (size_t q = 0; q < S; q++)
+          t[(n * S + q) * C + ch] = f32_to_bf16(host[(n * C + ch) * S + q]);
+    rc = moka_h2d(c->stream, dev, t, b->count * sizeof *t);
+    if (!rc) rc = moka_cuda_sync(c); /* t is freed next */
+  } else {
+    rc = moka_d2h(c->stream, t, dev, b->count * sizeof *t);
+    if (!rc)
+      for (size_t n = 0; n < N; n++)
+        for (size_t ch = 0; ch < C; ch++)
+          for (size_t q = 0; q < S; q++) {
+            const uint32_t u = (uint32_t)t[(n * S + q) * C + ch] << 16;
+            memcpy(&host[(n * C + ch) * S + q], &u, 4);
+          }
+  }
+  free(t);
+  return rc ? moka_error_prefix("copying blob '%s' (bf16 channels-last)", b->name) : 0;
+}
+
 static int blob_copy(MokaCuda *c, Blob *b, bool diff, bool up) {
   float *dev = diff ? b->dev_diff : b->dev_data;
   float *host = diff ? b->diff : b->data;
@@ -101,6 +141,7 @@ static int blob_copy(MokaCuda *c, Blob *b, bool diff, bool up) {
     return moka_errorf("blob '%s' has no device %s (not on the device)", b->name,
                        diff ? "diff" : "data");
   if (!host) return moka_errorf("blob '%s' has no host %s", b->name, diff ? "diff" : "data");
+  if (b->dev_bf16) return blob_copy_bf16(c, b, dev, host, up);
   int rc = up ? moka_h2d(c->stream, dev, host, b->count * sizeof(float))
               : moka_d2h(c->stream, host, dev, b->count * sizeof(float));
   return rc ? moka_error_prefix("copying blob '%s'", b->name) : 0;
@@ -184,7 +225,8 @@ static int plan_blobs(Net *net) {
   if (st->plan.data && st->plan.n_blobs == net->n_blobs) {
     bool same = true;
     for (int b = 0; b < net->n_blobs && same; b++)
-      same = st->plan.data[b].bytes == net->blobs[b]->count * sizeof(float);
+      same = st->plan.data[b].bytes ==
+             net->blobs[b]->count * blob_dev_elem_bytes(net->blobs[b]);
     if (same) return 0;
   }
   bool *keep = moka_calloc((size_t)net->n_blobs + 1, sizeof *keep);
@@ -287,8 +329,10 @@ int net_to_device(Net *net, int device) {
     off += b->count;
   }
   if (net_params_to_device(net)) goto fail;
-  if (alloc_blobs(net)) goto fail;
   for (int i = 0; i < net->n_layers; i++) net->layers[i]->cuda = c;
+  /* MOKA_BF16_ACT=1: which activations live as bf16 channels-last (before any is made) */
+  if (net_bf16_plan(net)) goto fail;
+  if (alloc_blobs(net)) goto fail;
   net->backend = MOKA_BACKEND_CUDA;
   if (moka_cuda_sync(c)) goto fail;
   size_t now;
@@ -309,7 +353,10 @@ fail:
 void net_cuda_free(Net *net) {
   if (!net || (!net->cuda && !net->cuda_state)) return; /* never on a device */
   for (int i = 0; i < net->n_layers; i++) net->layers[i]->cuda = NULL;
-  for (int b = 0; b < net->n_blobs; b++) blob_free_device(net->blobs[b]);
+  for (int b = 0; b < net->n_blobs; b++) {
+    blob_free_device(net->blobs[b]);
+    net->blobs[b]->dev_bf16 = false;
+  }
   for (int p = 0; p < net->n_params; p++) {
     net->params[p]->dev_data = net->params[p]->dev_diff = NULL;
     net->params[p]->dev_capacity = 0;

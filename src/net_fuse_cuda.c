@@ -56,12 +56,43 @@ static MokaBnFusedGeom geom_of(const Net *net, const FusedChain *c) {
   return g;
 }
 
+/* MOKA_BF16_ACT (src/net_bf16.h): the chain's blobs are bf16 channels-last together, or
+ * none is; kernels/bn_nhwc.cu then runs it. */
+static int chain_bf16(const FusedChain *c, bool *on) {
+  const bool x = c->x->dev_bf16, y = c->y->dev_bf16, r = c->shortcut && c->shortcut->dev_bf16;
+  *on = x;
+  if (x != y || (c->shortcut && r != x))
+    return moka_errorf("internal error: the fused chain on '%s' has blobs in two formats "
+                       "(bf16 channels-last and fp32)",
+                       c->x->name);
+  return 0;
+}
+
 int net_fuse_cuda_forward(Net *net, const FusedChain *c) {
   if (chain_ready(net, c, false)) return -1;
   Layer *bn = net->layers[c->bn];
   BatchNormPriv *p = bn->priv;
   const MokaBnFusedGeom g = geom_of(net, c);
   const size_t count = c->x->count;
+  bool half;
+  if (chain_bf16(c, &half)) return -1;
+  if (half) {
+    const bool elt = c->kind == FUSED_BN_SCALE_ELTWISE;
+    void *ws = NULL;
+    if (moka_devbuf_reserve(&p->dev_stats, 3 * g.C * sizeof(float), "BatchNorm statistics") ||
+        (c->keep_xhat && moka_devbuf_reserve(&p->dev_x_norm, count * sizeof(moka_bf16),
+                                             "BatchNorm normalised output (bf16)")) ||
+        moka_cuda_workspace(net->cuda, moka_cuda_bn_nhwc_scratch_bytes(&g),
+                            "fused BatchNorm partial sums", &ws))
+      return -1;
+    return moka_cuda_bn_nhwc_forward(
+        net->cuda->stream, &g, (const moka_bf16 *)c->x->dev_data, (moka_bf16 *)c->x->dev_data,
+        elt ? (moka_bf16 *)c->y->dev_data : NULL,
+        elt ? (const moka_bf16 *)c->shortcut->dev_data : NULL,
+        c->keep_xhat ? (moka_bf16 *)p->dev_x_norm.ptr : NULL, p->dev_stats.ptr,
+        bn->params[0]->dev_data, bn->params[1]->dev_data, bn->params[2]->dev_data,
+        c->gamma->dev_data, c->beta ? c->beta->dev_data : NULL, ws);
+  }
   if (moka_devbuf_reserve(&p->dev_stats, 3 * g.C * sizeof(float), "BatchNorm statistics") ||
       (c->keep_xhat && moka_devbuf_reserve(&p->dev_x_norm, count * sizeof(float),
                                            "BatchNorm normalised output")))
@@ -91,8 +122,12 @@ int net_fuse_cuda_backward(Net *net, const FusedChain *c) {
     return moka_errorf("backward before forward on the device");
   if (c->keep_xhat && !p->dev_x_norm.ptr)
     return moka_errorf("backward before forward on the device");
+  bool half;
+  if (chain_bf16(c, &half)) return -1;
   void *ws = NULL;
-  if (moka_cuda_workspace(net->cuda, moka_cuda_bn_fused_scratch_bytes(&g),
+  if (moka_cuda_workspace(net->cuda,
+                          half ? moka_cuda_bn_nhwc_scratch_bytes(&g)
+                               : moka_cuda_bn_fused_scratch_bytes(&g),
                           "fused BatchNorm partial sums", &ws))
     return -1;
   /* dy: y's diff, or the sum of the diffs of the Split's two tops when the chain does the
@@ -103,6 +138,19 @@ int net_fuse_cuda_backward(Net *net, const FusedChain *c) {
   if (split && (!dy || !dy1))
     return moka_errorf("the Split after the chain at layer '%s' has no device diffs",
                        net->layers[c->bn]->name);
+  if (half) {
+    if (split && (!split->top[0]->dev_bf16 || !split->top[1]->dev_bf16))
+      return moka_errorf("internal error: the Split after the bf16 chain at layer '%s' is not "
+                         "bf16 channels-last",
+                         net->layers[c->bn]->name);
+    return moka_cuda_bn_nhwc_backward(
+        net->cuda->stream, &g, (const moka_bf16 *)dy, (const moka_bf16 *)dy1,
+        (const moka_bf16 *)c->y->dev_data,
+        c->keep_xhat ? (const moka_bf16 *)p->dev_x_norm.ptr : NULL, p->dev_stats.ptr,
+        c->gamma->dev_data, c->bn_bw ? (moka_bf16 *)c->x->dev_diff : NULL,
+        c->shortcut_bw ? (moka_bf16 *)c->shortcut->dev_diff : NULL,
+        c->want_dgamma ? c->gamma->dev_diff : NULL, c->want_dbeta ? c->beta->dev_diff : NULL, ws);
+  }
   return moka_cuda_bn_fused_backward(
       net->cuda->stream, &g, dy, dy1, c->y->dev_data /* the mask */,
       c->keep_xhat ? p->dev_x_norm.ptr : NULL, p->dev_stats.ptr, c->gamma->dev_data,

@@ -256,7 +256,7 @@ int memplan_net(const Net *net, const bool *keep, bool with_diff, MemPlan *plan)
   if (has_fused && collect(net, true, with_diff, fus)) goto fail;
 
   for (int b = 0; b < B; b++) {
-    const size_t bytes = net->blobs[b]->count * sizeof(float);
+    const size_t bytes = net->blobs[b]->count * blob_dev_elem_bytes(net->blobs[b]);
     MemPlanBuffer *d = &plan->data[b], *g = &plan->diff[b];
     int f0 = unf[b].fwd_first, f1 = unf[b].fwd_last;
     DiffEvents e = unf[b].diff;

@@ -15,11 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv_nhwc_geom.h"
 #include "convolution_priv.h"
 #include "cuda_layer.h"
+#include "fast.h"
 #include "fast_layers.h"
 #include "layer.h"
 #include "moka_math.h"
+#include "net_bf16.h"
 #include "util.h"
 
 /* ConvPriv (the layer's state) is in convolution_priv.h, shared with the fast path. */
@@ -293,9 +296,21 @@ static void conv_destroy(Layer *l) {
 #endif
 }
 
+/* The engine a layer runs on CUDA: engine CUDNN / CAFFE as written; else its context's
+ * MOKA_CONV_ENGINE (as read when the context was made) or, before the layer is on a device,
+ * the environment's. 1 cuDNN, -1 auto (decided by timing, conv_auto_choose), 0 moka. */
+static int conv_engine_of(const Layer *l) {
+  const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
+  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CUDNN) return 1;
+  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CAFFE) return 0;
 #ifdef MOKA_WITH_CUDA
-#include "fast.h"
+  if (l->cuda) return l->cuda->conv_engine_cudnn ? 1 : l->cuda->conv_engine_auto ? -1 : 0;
+#endif
+  const char *e = getenv("MOKA_CONV_ENGINE");
+  return e && !strcmp(e, "cudnn") ? 1 : e && !strcmp(e, "auto") ? -1 : 0;
+}
 
+#ifdef MOKA_WITH_CUDA
 /* CUDA: moka's engine by default; cuDNN (kernels/conv_cudnn.cu) with
  * `engine: CUDNN`, or for every layer left at DEFAULT when
  * MOKA_CONV_ENGINE=cudnn. `engine: CAFFE` always means moka's own.
@@ -320,16 +335,6 @@ static MokaConvGeom conv_cuda_geom(const ConvPriv *p) {
   return g;
 }
 
-/* The engine a layer's direction runs: engine CUDNN / CAFFE as written; else cuDNN for
- * MOKA_CONV_ENGINE=cudnn; else, for MOKA_CONV_ENGINE=auto, -1: decided by timing
- * (conv_auto_choose); else moka's. */
-static int conv_engine_fixed(const Layer *l) {
-  const Caffe__ConvolutionParameter *cp = l->param->convolution_param;
-  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CUDNN) return 1;
-  if (cp->engine == CAFFE__CONVOLUTION_PARAMETER__ENGINE__CAFFE) return 0;
-  if (l->cuda->conv_engine_cudnn) return 1;
-  return l->cuda->conv_engine_auto ? -1 : 0;
-}
 
 static int conv_forward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec);
 static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec);
@@ -419,7 +424,7 @@ static int conv_auto_choose(Layer *l, int dir, const MokaConvGeom *g, MokaConvPr
 
 static int conv_engine_for(Layer *l, int dir, const MokaConvGeom *g, MokaConvPrec prec,
                            bool *cudnn) {
-  const int e = conv_engine_fixed(l);
+  const int e = conv_engine_of(l);
   if (e >= 0) {
     *cudnn = e == 1;
     return 0;
@@ -437,9 +442,39 @@ static int conv_forward_cuda(Layer *l) {
   return conv_forward_run(l, cudnn, &g, prec);
 }
 
+/* MOKA_BF16_ACT (src/net_bf16.h): when a bottom or top lives as bf16 channels-last, moka's
+ * NHWC kernel runs the direction with each tensor in its own format. */
+static bool conv_any_bf16(const Layer *l) {
+  for (int i = 0; i < l->n_bottom; i++)
+    if (l->bottom[i]->dev_bf16 || l->top[i]->dev_bf16) return true;
+  return false;
+}
+
+static MokaActFmt act_fmt(const Blob *b) {
+  return b->dev_bf16 ? MOKA_ACT_BF16_NHWC : MOKA_ACT_F32_NCHW;
+}
+
+static int conv_bf16_check(const Layer *l, bool cudnn, MokaConvPrec prec) {
+  if (cudnn || prec != MOKA_CONV_BF16 || ((const ConvPriv *)l->priv)->bias_term)
+    return moka_errorf("internal error: convolution '%s' has bf16 channels-last blobs but runs "
+                       "%s%s%s",
+                       l->name, cudnn ? "cuDNN" : "moka's engine", prec != MOKA_CONV_BF16 ? ", not bf16" : "",
+                       ((const ConvPriv *)l->priv)->bias_term ? ", with a bias" : "");
+  return 0;
+}
+
 static int conv_forward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec) {
   ConvPriv *p = l->priv;
   const MokaConvGeom g = *gp;
+  if (conv_any_bf16(l)) {
+    if (conv_bf16_check(l, cudnn, prec)) return -1;
+    for (int i = 0; i < l->n_bottom; i++)
+      if (moka_cuda_nhwc_conv_forward_fmt(l->cuda, &g, l->bottom[i]->dev_data,
+                                          act_fmt(l->bottom[i]), l->params[0]->dev_data, NULL,
+                                          l->top[i]->dev_data, act_fmt(l->top[i])))
+        return -1;
+    return 0;
+  }
   const float *w = l->params[0]->dev_data;                          /* (OC, IC/G, KH, KW) */
   const float *bias = p->bias_term ? l->params[1]->dev_data : NULL; /* (OC) */
   for (int i = 0; i < l->n_bottom; i++) {
@@ -467,6 +502,18 @@ static int conv_backward_cuda(Layer *l) {
 static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaConvPrec prec) {
   ConvPriv *p = l->priv;
   const MokaConvGeom g = *gp;
+  if (conv_any_bf16(l)) {
+    if (conv_bf16_check(l, cudnn, prec)) return -1;
+    for (int i = 0; i < l->n_bottom; i++) {
+      Blob *x = l->bottom[i], *y = l->top[i];
+      if (moka_cuda_nhwc_conv_backward_fmt(l->cuda, &g, x->dev_data, act_fmt(x),
+                                           l->params[0]->dev_data, y->dev_diff, act_fmt(y),
+                                           l->propagate_down[i] ? x->dev_diff : NULL, act_fmt(x),
+                                           l->params[0]->dev_diff))
+        return -1;
+    }
+    return 0;
+  }
   const float *w = l->params[0]->dev_data;                     /* (OC, IC/G, KH, KW) */
   float *dw = l->params[0]->dev_diff;                          /* accumulated */
   float *db = p->bias_term ? l->params[1]->dev_diff : NULL;    /* (OC), accumulated */
@@ -485,6 +532,17 @@ static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaC
   return 0;
 }
 #endif
+
+bool conv_bf16_nhwc_capable(const Layer *l) {
+  const ConvPriv *p = l->priv;
+  if (p->bias_term || conv_engine_of(l) != 0 || fast_precision() != FAST_BF16) return false;
+  for (int dir = 0; dir < 3; dir++)
+    if (!nhwc_conv_geom_ok(p->group, p->num, p->channels, p->height, p->width, p->num_output,
+                           p->out_h, p->out_w, p->kernel_h, p->kernel_w, p->stride_h,
+                           p->stride_w, p->pad_h, p->pad_w, dir))
+      return false;
+  return true;
+}
 
 const LayerType layer_type_convolution = {
     .name = "Convolution",

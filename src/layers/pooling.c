@@ -23,6 +23,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "net_bf16.h"
 #include "pooling_priv.h"
 #include "cuda_layer.h"
 #include "fast_layers.h"
@@ -177,6 +178,14 @@ static int pool_forward_cpu(Layer *l) {
   return 0;
 }
 
+/* A global AVE pooling (one output pixel over the whole plane, no padding): the one that
+ * reads bf16 channels-last blobs (MOKA_BF16_ACT, src/net_bf16.h; ResNet's pool5). */
+static bool pool_is_global_ave(const PoolPriv *p) {
+  return p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__AVE && p->out_h == 1 &&
+         p->out_w == 1 && p->kernel_h >= p->height && p->kernel_w >= p->width &&
+         p->pad_h == 0 && p->pad_w == 0;
+}
+
 static int pool_backward_cpu(Layer *l) {
   PoolPriv *p = l->priv;
   if (!l->propagate_down[0]) return 0;
@@ -209,6 +218,16 @@ static MokaPoolGeom pool_geom_of(const PoolPriv *p) {
 static int pool_forward_cuda(Layer *l) {
   PoolPriv *p = l->priv;
   if (layer_cuda_ready(l, false)) return -1;
+  if (l->bottom[0]->dev_bf16) {
+    if (!pool_is_global_ave(p) || l->top[0]->dev_bf16)
+      return moka_errorf("internal error: pooling '%s' has a bf16 channels-last bottom but is "
+                         "not a global AVE pooling into fp32", l->name);
+    return moka_cuda_pool_ave_global_nhwc_forward(l->cuda->stream, (size_t)p->num,
+                                                  (size_t)p->channels,
+                                                  (size_t)p->height * p->width,
+                                                  (const moka_bf16 *)l->bottom[0]->dev_data,
+                                                  l->top[0]->dev_data);
+  }
   const bool is_max = p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
   if (is_max &&
       moka_devbuf_reserve(&p->dev_argmax, l->top[0]->count * sizeof(int), "pooling argmax"))
@@ -223,6 +242,12 @@ static int pool_backward_cuda(Layer *l) {
   PoolPriv *p = l->priv;
   if (!l->propagate_down[0]) return 0;
   if (layer_cuda_ready(l, true)) return -1;
+  if (l->bottom[0]->dev_bf16)
+    return moka_cuda_pool_ave_global_nhwc_backward(l->cuda->stream, (size_t)p->num,
+                                                   (size_t)p->channels,
+                                                   (size_t)p->height * p->width,
+                                                   l->top[0]->dev_diff,
+                                                   (moka_bf16 *)l->bottom[0]->dev_diff);
   const bool is_max = p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
   if (is_max && !p->dev_argmax.ptr) return moka_errorf("backward before forward on the device");
   const MokaPoolGeom g = pool_geom_of(p);
@@ -230,6 +255,11 @@ static int pool_backward_cuda(Layer *l) {
                                  p->dev_argmax.ptr, l->bottom[0]->dev_diff);
 }
 #endif
+
+bool pool_bf16_nhwc_capable(const Layer *l) {
+  const PoolPriv *p = l->priv;
+  return l->n_top == 1 && pool_is_global_ave(p) && p->channels % 8 == 0;
+}
 
 const LayerType layer_type_pooling = {
     .name = "Pooling",

@@ -44,6 +44,13 @@ static int split_forward_cuda(Layer *l) {
   const Blob *x = l->bottom[0];
   /* A top whose device data is the bottom's (an in-place top, or the memory plan's
    * Split sharing, src/net_cuda.c) needs no copy. */
+  if (x->dev_bf16) { /* MOKA_BF16_ACT: bytes as they are (the tops have the same format) */
+    for (int t = 0; t < l->n_top; t++)
+      if (l->top[t]->dev_data != x->dev_data &&
+          moka_d2d(l->cuda->stream, l->top[t]->dev_data, x->dev_data, x->count * 2))
+        return -1;
+    return 0;
+  }
   if (l->n_top == 2) {
     float *y0 = l->top[0]->dev_data, *y1 = l->top[1]->dev_data;
     return moka_cuda_split_copy2(l->cuda->stream, x->dev_data, y0 != x->dev_data ? y0 : NULL,
@@ -62,6 +69,9 @@ static int split_backward_cuda(Layer *l) {
   cudaStream_t st = l->cuda->stream;
   Blob *x = l->bottom[0];
   const size_t n = x->count;
+  if (x->dev_bf16)
+    return moka_errorf("internal error: Split '%s' of a bf16 channels-last blob sums its "
+                       "gradients itself (the chain before it should)", l->name);
   if (l->n_top == 2 && l->top[0] != x && l->top[1] != x)
     return moka_cuda_split_sum2(st, l->top[0]->dev_diff, l->top[1]->dev_diff, x->dev_diff, n);
   if (l->top[0] != x && moka_d2d(st, x->dev_diff, l->top[0]->dev_diff, n * sizeof(float)))

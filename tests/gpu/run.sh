@@ -254,6 +254,10 @@ for b in $BATCHES; do
     step "moka time b$b engine=auto bf16 MOKA_CONV_NHWC=1" 180 "$W/moka_autonhwcbf16_b$b.log" \
       env MOKA_CONV_NHWC=1 MOKA_CONV_ENGINE=auto "$M" time --model="$W/r50_train_b$b.prototxt" \
       --gpu=0 --iterations="$ITERS" --precision=bf16
+    # activations as bf16 channels-last between layers (MOKA_BF16_ACT=1, src/net_bf16.h)
+    step "moka time b$b engine=moka bf16 MOKA_BF16_ACT=1" 180 "$W/moka_bf16actbf16_b$b.log" \
+      env MOKA_BF16_ACT=1 MOKA_CONV_NHWC=1 MOKA_CONV_ENGINE=moka "$M" time \
+      --model="$W/r50_train_b$b.prototxt" --gpu=0 --iterations="$ITERS" --precision=bf16
   fi
   # (fp32 channels_last measured the same as NCHW on the H200, 2026-11-28: TORCH_FP32_CL=1 adds it)
   step "PyTorch ResNet-50 b$b" 180 "$W/torch.log" python3 tests/gpu/torch_bench.py "$ITERS" \

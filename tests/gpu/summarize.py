@@ -36,6 +36,7 @@ AB_RUNS = {
     "cudnnnofind": "moka fp32, cuDNN engine, MOKA_CUDNN_FIND=0",
     "nhwcbf16": "moka bf16, moka's NHWC kernel (MOKA_CONV_NHWC=1)",
     "autonhwcbf16": "moka bf16, auto with the NHWC kernel",
+    "bf16actbf16": "moka bf16, bf16 channels-last activations",
 }
 
 
@@ -187,6 +188,11 @@ def main():
                   "channels_last = %s (bf16 target >= 1.5); /moka bf16 WMMA = %s; "
                   "/cuDNN engine bf16 = %s" % (b, ratio(nb["img_s"], bi), ratio(nb["img_s"], mbi),
                                                ratio(nb["img_s"], cbi)))
+        ba = runs.get(("bf16actbf16", b))
+        if ba:
+            print("  batch %d: bf16 channels-last activations (MOKA_BF16_ACT=1)/PyTorch bf16 AMP "
+                  "channels_last = %s (bf16 target >= 1.5); /moka bf16 NHWC kernel alone = %s"
+                  % (b, ratio(ba["img_s"], bi), ratio(ba["img_s"], nb["img_s"] if nb else None)))
         an = runs.get(("autonhwcbf16", b))
         if an:
             print("  batch %d: auto with the NHWC kernel bf16/PyTorch bf16 AMP channels_last = %s"
@@ -200,7 +206,8 @@ def main():
     print()
     for b, (em, ec, prec) in [(b, p) for b in batches for p in (
             ("moka", "cudnn", "fp32"), ("mokabf16", "cudnnbf16", "bf16"),
-            ("nhwcbf16", "cudnnbf16", "bf16, moka with MOKA_CONV_NHWC=1"))]:
+            ("nhwcbf16", "cudnnbf16", "bf16, moka with MOKA_CONV_NHWC=1"),
+            ("bf16actbf16", "cudnnbf16", "bf16, moka with MOKA_BF16_ACT=1"))]:
         mk, cd = runs.get((em, b)), runs.get((ec, b))
         if not (mk and cd and mk["layers"] and cd["layers"]):
             continue

@@ -51,6 +51,7 @@ int main(void) {
 
 #include "layer.h"
 #include "layers/batchnorm_priv.h"
+#include "layers/fast.h"
 #include "manifest.h"
 #include "gputest.h"
 #include "moka_cuda.h"
@@ -382,10 +383,20 @@ static const char *RESNET_TEXT =
     "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
     "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
 
-static Net *tiny_net(Phase ph, Backend be) {
+/* wide: 8 input channels and 16 in every convolution (multiples of 8: the channel counts
+ * that bf16 channels-last activations need, test_tiny_bf16) instead of 5 and 12. */
+static Net *tiny_net_text(Phase ph, Backend be, bool wide) {
+  char *text = moka_strdup(RESNET_TEXT);
+  if (!text) return NULL;
+  if (wide) {
+    char *p = strstr(text, "dim: 3 dim: 5 dim: 11");
+    if (p) p[12] = '8'; /* "dim: 3 dim: 5": the 5 */
+    while ((p = strstr(text, "num_output: 12"))) memcpy(p + 12, "16", 2);
+  }
   ProtobufCMessage *m = NULL;
-  if (prototxt_parse(&caffe__net_parameter__descriptor, RESNET_TEXT, strlen(RESNET_TEXT), "tiny",
-                     &m)) {
+  const int prc = prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "tiny", &m);
+  free(text);
+  if (prc) {
     fprintf(stderr, "    %s\n", moka_error());
     return NULL;
   }
@@ -401,6 +412,8 @@ static Net *tiny_net(Phase ph, Backend be) {
   protobuf_c_message_free_unpacked(m, NULL);
   return net;
 }
+
+static Net *tiny_net(Phase ph, Backend be) { return tiny_net_text(ph, be, false); }
 
 /* Random BN statistics, gammas and betas (the same in both nets: the flat
  * parameter buffers have one layout), inputs and labels. */
@@ -494,6 +507,69 @@ static void tiny_vs_cpu(Phase ph, bool plan) {
 done:
   net_free(cpu);
   net_free(gpu);
+}
+
+/* MOKA_BF16_ACT=1 (src/net_bf16.h) with --precision=bf16: the wide tiny ResNet with its
+ * activations as bf16 channels-last on the device (every convolution's output, the chains,
+ * the blocks' outputs; the Input, the pooling's output and the classifier stay fp32)
+ * against the fp32 CPU reference. bf16 rounds each stored activation and each convolution
+ * input to 8 bits of mantissa: loss within 2% relative, BN statistics NMSE <= 1e-3,
+ * parameter gradients NMSE <= 1e-2 (a wrong layout or channel gives ~1). */
+static void tiny_bf16_vs_cpu(bool plan) {
+  REQUIRE(fast_set_precision("bf16") == 0);
+  setenv("MOKA_BF16_ACT", "1", 1);
+  Net *cpu = tiny_net_text(MOKA_TRAIN, MOKA_BACKEND_CPU, true);
+  Net *gpu = tiny_net_text(MOKA_TRAIN, MOKA_BACKEND_CUDA, true);
+  REQUIRE(cpu && gpu);
+  Rng r;
+  rng_seed(&r, 78);
+  randomise(cpu, gpu, &r);
+  gpu->plan_device_memory = plan;
+  setenv("MOKA_CUDA_MEMPLAN", plan ? "1" : "0", 1);
+  const int rc = net_to_device(gpu, 0);
+  unsetenv("MOKA_CUDA_MEMPLAN");
+  CHECK_MSG(rc == 0, "net_to_device: %s", moka_error());
+  if (rc) goto done;
+  int nb = 0;
+  for (int b = 0; b < gpu->n_blobs; b++) nb += gpu->blobs[b]->dev_bf16;
+  CHECK_MSG(nb >= 5, "%d blobs bf16 channels-last, want at least 5 (c1, c2a, c2b, r2, c3a, r3)",
+            nb);
+  CHECK(!net_blob(gpu, "data")->dev_bf16 && !net_blob(gpu, "pool")->dev_bf16);
+  float lc = 0, lg = 0;
+  net_clear_param_diffs(cpu);
+  net_clear_param_diffs(gpu);
+  REQUIRE(net_forward(cpu, &lc) == 0);
+  CHECK_MSG(net_forward(gpu, &lg) == 0, "bf16 forward: %s", moka_error());
+  CHECK_MSG(fabs((double)lc - (double)lg) <= 2e-2 * (1 + fabs((double)lc)),
+            "bf16 activations (plan %s): loss %.9g on the GPU, %.9g on the CPU",
+            plan ? "on" : "off", (double)lg, (double)lc);
+  REQUIRE(net_params_to_host(gpu) == 0);
+  char what[128];
+  snprintf(what, sizeof what, "bf16 activations (plan %s): BN statistics after forward",
+           plan ? "on" : "off");
+  CHECK(close_to(what, gpu->param_data, cpu->param_data, cpu->param_count, 1e-3));
+  { /* a bf16 blob read back through the explicit (converting) copy */
+    Blob *c = net_blob(cpu, "r3"), *g = net_blob(gpu, "r3");
+    CHECK(g->dev_bf16);
+    REQUIRE(blob_to_host(gpu->cuda, g) == 0);
+    CHECK(close_to("bf16 activations: blob 'r3' read back", g->data, c->data, c->count, 1e-3));
+  }
+  REQUIRE(net_backward(cpu) == 0);
+  CHECK_MSG(net_backward(gpu) == 0, "bf16 backward: %s", moka_error());
+  REQUIRE(net_param_diffs_to_host(gpu) == 0);
+  snprintf(what, sizeof what, "bf16 activations (plan %s): every parameter gradient",
+           plan ? "on" : "off");
+  CHECK(close_to(what, gpu->param_diff, cpu->param_diff, cpu->param_count, 1e-2));
+done:
+  net_free(cpu);
+  net_free(gpu);
+  unsetenv("MOKA_BF16_ACT");
+  REQUIRE(fast_set_precision("fp32") == 0);
+}
+
+static void test_tiny_bf16(void) {
+  tiny_bf16_vs_cpu(true);
+  tiny_bf16_vs_cpu(false);
 }
 
 static void test_tiny_train_plan(void) { tiny_vs_cpu(MOKA_TRAIN, true); }
@@ -618,6 +694,7 @@ int main(void) {
   if (g) return g > 0 ? test_summary() : 1;
   RUN(test_op_shapes);
   RUN(test_tiny_train_plan);
+  RUN(test_tiny_bf16);
   RUN(test_tiny_train_noplan);
   RUN(test_tiny_test_plan);
   RUN(test_tiny_test_noplan);

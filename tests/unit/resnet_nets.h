@@ -1,0 +1,104 @@
+/* resnet_nets.h — nets the unit tests build from text (test_memplan.c, test_net_bf16.c):
+ * ResNet-50 as Kaiming's deploy prototxt writes it (data/ResNet-50-deploy.prototxt) at a
+ * given batch, and its training variant; on the backend in `build_backend`. */
+#ifndef MOKA_TESTS_RESNET_NETS_H
+#define MOKA_TESTS_RESNET_NETS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net.h"
+#include "prototxt.h"
+#include "util.h"
+
+/* Nets are built on the reference backend unless a test sets this (the fast
+ * CPU backend plans fused chains, src/net_fuse.h, which the plan must respect). */
+static Backend build_backend = MOKA_BACKEND_CPU;
+
+static inline Net *net_from_text(const char *text, Phase phase, const char *what) {
+  ProtobufCMessage *m = NULL;
+  if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), what, &m)) {
+    fprintf(stderr, "    %s: %s\n", what, moka_error());
+    return NULL;
+  }
+  NetOptions o;
+  net_options_default(&o);
+  o.phase = phase;
+  o.backend = build_backend;
+  o.quiet = true;
+  Net *net = net_create((Caffe__NetParameter *)m, &o, what);
+  if (!net) fprintf(stderr, "    %s: %s\n", what, moka_error());
+  protobuf_c_message_free_unpacked(m, NULL);
+  return net;
+}
+
+static inline char *read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = malloc((size_t)n + 1);
+  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
+    free(s);
+    s = NULL;
+  }
+  if (s) s[n] = 0;
+  fclose(f);
+  return s;
+}
+
+/* Replace the first `from` in s by `to` (new string; s freed). NULL when absent. */
+static inline char *replace1(char *s, const char *from, const char *to) {
+  char *p = s ? strstr(s, from) : NULL;
+  if (!p) {
+    free(s);
+    return NULL;
+  }
+  size_t a = (size_t)(p - s), nf = strlen(from), nt = strlen(to), rest = strlen(p + nf);
+  char *r = malloc(a + nt + rest + 1);
+  memcpy(r, s, a);
+  memcpy(r + a, to, nt);
+  memcpy(r + a + nt, p + nf, rest + 1);
+  free(s);
+  return r;
+}
+
+/* ResNet-50 deploy with input batch `batch` (the first input_dim). */
+static inline Net *resnet50_deploy(int batch) {
+  char *t = read_text("data/ResNet-50-deploy.prototxt");
+  char dims[64];
+  snprintf(dims, sizeof dims, "input_dim: %d\ninput_dim: 3", batch);
+  t = replace1(t, "input_dim: 1\ninput_dim: 3", dims);
+  if (!t) return NULL;
+  Net *net = net_from_text(t, MOKA_TEST, "ResNet-50-deploy (batch 8)");
+  free(t);
+  return net;
+}
+
+/* A ResNet-50 training net as tests/bench/gen_prototxt.py train makes it:
+ * DummyData data (B,3,224,224) and label (B) instead of the input fields,
+ * SoftmaxWithLoss instead of the Softmax (the fillers and use_global_stats
+ * do not change the memory plan and are left as they are). */
+static inline Net *resnet50_train(int batch) {
+  char *t = read_text("data/ResNet-50-deploy.prototxt");
+  char data[512];
+  snprintf(data, sizeof data,
+           "layer { name: \"data\" type: \"DummyData\" top: \"data\" top: \"label\"\n"
+           "  dummy_data_param { shape { dim: %d dim: 3 dim: 224 dim: 224 } shape { dim: %d }\n"
+           "  data_filler { type: \"constant\" value: 0 } data_filler { type: \"constant\" "
+           "value: 0 } } }\n",
+           batch, batch);
+  t = replace1(t, "input: \"data\"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 224\ninput_dim: 224\n",
+               data);
+  t = replace1(t, "\tbottom: \"fc1000\"\n\ttop: \"prob\"\n\tname: \"prob\"\n\ttype: \"Softmax\"",
+               "\tbottom: \"fc1000\"\n\tbottom: \"label\"\n\ttop: \"loss\"\n\tname: \"loss\"\n"
+               "\ttype: \"SoftmaxWithLoss\"");
+  if (!t) return NULL;
+  Net *net = net_from_text(t, MOKA_TRAIN, "ResNet-50 train (batch 8)");
+  free(t);
+  return net;
+}
+
+#endif
