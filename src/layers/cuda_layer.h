@@ -28,8 +28,9 @@ static inline int layer_cuda_ready(const Layer *l, bool diffs) {
     for (int i = 0; i < n; i++) {
       if (v[i]->count == 0) continue;
       if (v[i]->dev_bf16 && !takes_bf16)
-        return moka_errorf("internal error: %s %d ('%s') is a bf16 channels-last blob "
-                           "(MOKA_BF16_ACT), which a %s layer does not read",
+        return moka_errorf("%s %d ('%s') is a bf16 channels-last blob (MOKA_BF16_ACT=1), "
+                           "which a %s layer does not read (with MOKA_BF16_ACT the BatchNorm "
+                           "chains must run fused: not with debug_info)",
                            pass == 0 ? "bottom" : "top", i, v[i]->name, tn);
       if (!v[i]->dev_data || (diffs && !v[i]->dev_diff))
         return moka_errorf("%s %d ('%s') has no device %s",
