@@ -152,6 +152,12 @@ struct NhFwd {
     else
       y[ro + co] = o;
   }
+  /* columns n, n+1 adjacent in memory (bf16 NHWC output): one 4-byte store */
+  __device__ bool put2(long long ro, long long co, int n, float v0, float v1) const {
+    if (!yh) return false;
+    nh_store_bf16x2(yh + ro + co, bias ? v0 + bias[n] : v0, bias ? v1 + bias[n + 1] : v1);
+    return true;
+  }
 };
 
 /* Data gradient, stride 1 (any kernel, padding, dilation). */
@@ -207,6 +213,11 @@ struct NhDgrad {
     else
       dx[ro + co] = v;
   }
+  __device__ bool put2(long long ro, long long co, int, float v0, float v1) const {
+    if (!dxh) return false;
+    nh_store_bf16x2(dxh + ro + co, v0, v1);
+    return true;
+  }
 };
 
 /* Data gradient of a 1x1, unpadded convolution with any stride: dy pixel p
@@ -249,6 +260,11 @@ struct NhDgrad1x1 {
       dxh[ro + co] = __float2bfloat16_rn(v);
     else
       dx[ro + co] = v;
+  }
+  __device__ bool put2(long long ro, long long co, int, float v0, float v1) const {
+    if (!dxh) return false;
+    nh_store_bf16x2(dxh + ro + co, v0, v1);
+    return true;
   }
 };
 
@@ -309,6 +325,7 @@ struct NhWgrad {
     const int tap = n / g.C;
     return (long long)(n - tap * g.C) * g.KHW + tap;
   }
+  __device__ bool put2(long long, long long, int, float, float) const { return false; }
   __device__ void put(int split, long long ro, long long co, int, float v) const {
     if (partial)
       partial[(long long)split * g.OC * g.C * g.KHW + ro + co] = v;
@@ -461,11 +478,16 @@ __global__ void __launch_bounds__(NH_THREADS, 2)
       if (m >= M) continue;
       const long long ro = op.out_row(m);
 #pragma unroll
-      for (int j = 0; j < NI; j++)
+      for (int j = 0; j < NI; j++) {
+        const int n = n0 + wn * WN + j * 8 + t * 2;
+        /* bf16 NHWC outputs: the pair of columns in one store (n even, so 4-byte aligned) */
+        if (co[j][0] >= 0 && co[j][1] == co[j][0] + 1 &&
+            op.put2(ro, co[j][0], n, acc[i][j][h * 2], acc[i][j][h * 2 + 1]))
+          continue;
 #pragma unroll
         for (int e = 0; e < 2; e++)
-          if (co[j][e] >= 0)
-            op.put(split, ro, co[j][e], n0 + wn * WN + j * 8 + t * 2 + e, acc[i][j][h * 2 + e]);
+          if (co[j][e] >= 0) op.put(split, ro, co[j][e], n + e, acc[i][j][h * 2 + e]);
+      }
     }
 #else
   __trap(); /* not compiled for this GPU: the launcher refuses before sm_80 */

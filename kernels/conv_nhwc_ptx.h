@@ -79,6 +79,11 @@ __device__ __forceinline__ void nh_ldmatrix_x4_trans(unsigned r[4], const void *
 #endif
 }
 
+/* Two bf16 values (rounded to nearest even) at p, 4-byte aligned, in one store. */
+__device__ __forceinline__ void nh_store_bf16x2(__nv_bfloat16 *p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(a, b);
+}
+
 __device__ __forceinline__ void nh_mma_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
 #if NH_ARCH_OK
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "

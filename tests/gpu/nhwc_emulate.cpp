@@ -151,6 +151,12 @@ static void nh_mma_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
   for (int e = 0; e < 4; e++) d[e] = g_res_f[par][t][e];
 }
 
+static void nh_store_bf16x2(__nv_bfloat16 *p, float a, float b) {
+  EMU_ASSERT((uintptr_t)p % 4 == 0, "bf16x2 store at %p is not 4-byte aligned", (void *)p);
+  p[0] = __float2bfloat16_rn(a);
+  p[1] = __float2bfloat16_rn(b);
+}
+
 #define MOKA_NHWC_EMULATE 1
 #define NH_ARCH_OK 1
 #include "../../kernels/conv_nhwc.cu"
