@@ -1,9 +1,8 @@
 /* bn_nhwc.cu — the fused BatchNorm -> Scale [-> Eltwise SUM] [-> ReLU] chain of bn_fused.cu
- * on channels-last bf16 activations: step 3 of the plan in docs/cuda.md ("bf16
- * channels-last end to end"). Not wired into nets yet: test_cuda_fused checks it against
- * a host reference and times it beside bn_fused.cu's fp32 NCHW chain on ResNet-50's chain
- * shapes (`test_cuda_fused bench`, in make gpu-check), which is what the plan needs to know
- * before the wiring.
+ * on channels-last bf16 activations: the chains of nets with MOKA_BF16_ACT=1 (src/net_bf16.h;
+ * the plan in docs/cuda.md, "bf16 channels-last end to end"). test_cuda_bn_nhwc checks it
+ * against bn_fused.cu's fp32 NCHW chain and times the two on ResNet-50's chain shapes
+ * (`test_cuda_bn_nhwc bench`, in make gpu-check).
  *
  * Buffers: x, xz, y, r, x_norm, dy, dy1, dx, dr are (P, C) bf16, P = N*S pixels, channels
  * fastest (NHWC), 16-byte aligned, C a multiple of 8 (at most 2048); stats (3C) fp32 = mean |
@@ -65,6 +64,22 @@ __device__ static inline void bnh_st8(nh_bf16 *p, const float f[8]) {
 
 /* ---- per value and per channel (host and device) --------------------------------------------- */
 
+/* Separately rounded multiply and add (no FMA contraction) where the result is kept. */
+BNH_HD float bnh_mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+BNH_HD float bnh_add(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 BNH_HD float bnh_relu(float v, float slope) {
   const float mx = v < 0.0f ? 0.0f : v, mn = 0.0f < v ? 0.0f : v;
   return mx + slope * mn;
@@ -102,6 +117,11 @@ BNH_HD float bnh_dx1(float dz, float xn, float g, float sd, float wa, float wb, 
 
 /* Chunks of the partial sums for P pixels of C channels, and the pixels per chunk. */
 BNH_HD void bnh_chunks(size_t P, size_t C, size_t *chunks, size_t *len) {
+  if (P == 0) { /* nothing to sum: one empty chunk */
+    *chunks = 1;
+    *len = 0;
+    return;
+  }
   size_t k = (P * C + BNH_CHUNK_ELEMS - 1) / BNH_CHUNK_ELEMS;
   if (k > BNH_MAX_CHUNKS) k = BNH_MAX_CHUNKS;
   if (k > P) k = P;
@@ -127,9 +147,10 @@ BNH_HD void bnh_stats_channel(const double *part, size_t c, size_t C, size_t chu
   stats[c] = fm;
   stats[C + c] = fv;
   stats[2 * C + c] = sqrtf(fv + eps);
-  b0[c] = maf * b0[c] + fm;
-  b1[c] = maf * b1[c] + bias_correction * fv;
-  if (c == 0) b2[0] = b2[0] * maf + 1.0f;
+  /* the running statistics (kept in the model): bn_fused.cu's two roundings, no FMA */
+  b0[c] = bnh_add(bnh_mul(maf, b0[c]), fm);
+  b1[c] = bnh_add(bnh_mul(maf, b1[c]), bnh_mul(bias_correction, fv));
+  if (c == 0) b2[0] = bnh_add(bnh_mul(b2[0], maf), 1.0f);
 }
 
 /* Channel c's parameter gradients (accumulated) and the two backward constants, from the
@@ -186,8 +207,8 @@ BNH_D void bnh_grad_apply8(size_t i, const nh_bf16 *dy, const nh_bf16 *dy1, cons
   if (dx) {
     for (int e = 0; e < 8; e++) {
       const int c = c0 + e;
-      o[e] = bnh_dx1(dz[e], global ? 0.0f : xn[e], gamma[c], stats[2 * C + c], work[c],
-                     work[C + c], global);
+      o[e] = bnh_dx1(dz[e], global ? 0.0f : xn[e], gamma[c], stats[2 * C + c],
+                     global ? 0.0f : work[c], global ? 0.0f : work[C + c], global);
     }
     bnh_st8(dx + i * 8, o);
   }
@@ -306,6 +327,8 @@ extern "C" int moka_cuda_bn_nhwc_forward(cudaStream_t s, const MokaBnFusedGeom *
                                          const float *beta, void *partials) {
   const void *ptrs[] = {x, xz, y, r, x_norm};
   if (bnh_check(g, ptrs, 5)) return -1;
+  if (g->residual >= 0 && (!y || !r))
+    return moka_errorf("internal error: the NHWC bf16 chain with a residual needs y and r");
   const size_t P = g->N * g->S, C = g->C, m = P;
   if (P == 0) return 0;
   const nh_bf16 *bx = (const nh_bf16 *)x, *br = (const nh_bf16 *)r;

@@ -39,7 +39,8 @@
  * so a pixel's decomposition is computed once; its k chunk's coordinates
  * (tap and channel, or output pixel) are divided out once and then moved on
  * by additions, slice by slice. Epilogue: straight from the accumulators to the
- * NCHW output (8 consecutive pixels per store group), + bias in the forward.
+ * NCHW fp32 output (8 consecutive pixels per store group) or to a bf16 NHWC one (a pair of
+ * channels per 4-byte store), + bias in the forward.
  *
  * The instructions are in conv_nhwc_ptx.h; tests/gpu/nhwc_emulate.cpp runs
  * this file on the CPU with those four emulated lane by lane (fragment

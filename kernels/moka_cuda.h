@@ -271,8 +271,8 @@ int moka_cuda_bn_fused_backward(cudaStream_t s, const MokaBnFusedGeom *g, const 
 int moka_cuda_bn_global_stats(cudaStream_t s, const float *b0, const float *b1, const float *b2,
                               float *stats, size_t C, float eps);
 
-/* The same chain on channels-last bf16 activations (kernels/bn_nhwc.cu; step 3 of the
- * bf16 plan in docs/cuda.md, not wired into nets yet): every activation buffer (N*S, C)
+/* The same chain on channels-last bf16 activations (kernels/bn_nhwc.cu; the chains of nets
+ * with MOKA_BF16_ACT=1, src/net_bf16.h): every activation buffer (N*S, C)
  * bf16 (moka_bf16: the bits of a bfloat16), 16-byte aligned, C a multiple of 8 up to
  * 2048; g->S the pixels per image; statistics and parameters fp32. Same arguments and
  * meanings as moka_cuda_bn_fused_forward / _backward; x_norm is kept in bf16. */
@@ -444,9 +444,9 @@ int moka_cuda_nhwc_conv_forward(MokaCuda *c, const MokaConvGeom *g, const float 
                                 const float *w, const float *bias, float *y);
 int moka_cuda_nhwc_conv_backward(MokaCuda *c, const MokaConvGeom *g, const float *x,
                                  const float *w, const float *dy, float *dx, float *dw);
-/* The same with each activation in either format (step 2 of the bf16 plan in docs/cuda.md:
- * channels-last bf16 activations read and written as they are, no conversion; not used by
- * the nets yet): MOKA_ACT_F32_NCHW (float*, the blobs' layout) or MOKA_ACT_BF16_NHWC
+/* The same with each activation in either format (channels-last bf16 activations read and
+ * written as they are, no conversion; the convolutions of nets with MOKA_BF16_ACT=1,
+ * src/net_bf16.h): MOKA_ACT_F32_NCHW (float*, the blobs' layout) or MOKA_ACT_BF16_NHWC
  * (moka_bf16* (N, H, W, C), 16-byte aligned). */
 typedef enum MokaActFmt { MOKA_ACT_F32_NCHW = 0, MOKA_ACT_BF16_NHWC = 1 } MokaActFmt;
 int moka_cuda_nhwc_conv_forward_fmt(MokaCuda *c, const MokaConvGeom *g, const void *x,

@@ -63,7 +63,12 @@ int net_bf16_decide(const Net *net, bool *bf16) {
   for (int i = 0; i < net->n_layers; i++) {
     const Layer *l = net->layers[i];
     if (fp && fp->chain_of && fp->chain_of[i] >= 0) continue; /* the chain's groups, below */
-    if (is_type(l, "Convolution") && conv_bf16_nhwc_capable(l)) continue;
+    if (is_type(l, "Convolution")) {
+      bool dgrad = false;
+      for (int k = 0; k < l->n_bottom; k++)
+        dgrad = dgrad || (net->layer_need_backward[i] && l->propagate_down[k]);
+      if (conv_bf16_nhwc_capable(l, dgrad)) continue;
+    }
     if (is_type(l, "Split") && l->n_bottom == 1) {
       /* its backward must be a chain's (or not needed): the Split's own sum is fp32 */
       const bool bw = net->layer_need_backward[i] && l->propagate_down[0];
@@ -103,12 +108,23 @@ int net_bf16_decide(const Net *net, bool *bf16) {
   return n;
 }
 
+int net_bf16_count(const Net *net) {
+  int n = 0;
+  for (int b = 0; b < net->n_blobs; b++) n += net->blobs[b]->dev_bf16;
+  return n;
+}
+
 int net_bf16_plan(Net *net) {
+  const int before = net_bf16_count(net);
   for (int b = 0; b < net->n_blobs; b++) net->blobs[b]->dev_bf16 = false;
   if (!net_bf16_wanted()) return 0;
   if (fast_precision() != FAST_BF16)
     return moka_errorf("MOKA_BF16_ACT=1 stores activations in bf16: it needs --precision=bf16 "
                        "(or MOKA_PRECISION=bf16)");
+  if (net->debug_info)
+    return moka_errorf("MOKA_BF16_ACT=1 needs the BatchNorm chains fused, and debug_info runs "
+                       "them layer by layer: turn one of the two off (net '%s')",
+                       net->name);
   if (!net->fuse || net->fuse->n_chains == 0 || net->fuse->backend != MOKA_BACKEND_CUDA) {
     LOG_INFO("Net '%s': MOKA_BF16_ACT=1, but the net has no fused BatchNorm chains on this "
              "backend: every activation stays fp32",
@@ -124,8 +140,9 @@ int net_bf16_plan(Net *net) {
   }
   for (int b = 0; b < net->n_blobs; b++) net->blobs[b]->dev_bf16 = f[b];
   free(f);
-  LOG_INFO("Net '%s': %d of %d activation blobs as bf16 channels-last on the device "
-           "(MOKA_BF16_ACT=1)",
-           net->name, n, net->n_blobs);
+  if (n != before)
+    LOG_INFO("Net '%s': %d of %d activation blobs as bf16 channels-last on the device "
+             "(MOKA_BF16_ACT=1)",
+             net->name, n, net->n_blobs);
   return 0;
 }

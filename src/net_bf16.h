@@ -28,14 +28,19 @@ bool net_bf16_wanted(void);
  * blobs; returns how many are bf16. Pure: reads the net and the layers' capability
  * predicates below, touches nothing (tests call it on the host). */
 int net_bf16_decide(const Net *net, bool *bf16);
-/* net_to_device's step: when wanted (and the precision is bf16, the backend CUDA), decide
- * and set every blob's dev_bf16, logging how many; else clear them. 0 / -1 (MOKA_BF16_ACT=1
- * without --precision=bf16 is an error). */
+/* net_to_device's step, and again after a reshape (net_cuda_reshape: a geometry may stop
+ * being one the kernels take): when wanted (and the precision is bf16, the backend CUDA),
+ * decide and set every blob's dev_bf16, logging how many when that changes; else clear
+ * them. 0 / -1 (MOKA_BF16_ACT=1 without --precision=bf16, or on a net with debug_info,
+ * whose per-layer lines need the chains run layer by layer, is an error). */
 int net_bf16_plan(Net *net);
+/* How many of the net's blobs are bf16 channels-last on the device. */
+int net_bf16_count(const Net *net);
 
 /* The layers' side (src/layers/convolution.c, pooling.c): whether the layer, as set up
  * (and, for a convolution, with its engine), reads and writes bf16 channels-last blobs. */
-bool conv_bf16_nhwc_capable(const Layer *l);
+/* dgrad: whether the convolution's data gradient runs (its geometry must suit it then). */
+bool conv_bf16_nhwc_capable(const Layer *l, bool dgrad);
 bool pool_bf16_nhwc_capable(const Layer *l);
 
 #endif

@@ -468,6 +468,8 @@ int net_cuda_backward_layer(Net *net, int i) {
 
 int net_cuda_reshape(Net *net) {
   if (need_cuda(net)) return -1;
+  /* MOKA_BF16_ACT: the new geometry decides again (the plan below follows the sizes) */
+  if (net_bf16_plan(net)) return -1;
   return alloc_blobs(net);
 }
 

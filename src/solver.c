@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "net_bf16.h"
 #include "prototxt.h"
 #include "solver_internal.h"
 #include "util.h"
@@ -512,6 +513,12 @@ Solver *solver_create(const Caffe__SolverParameter *param, const SolverOptions *
   s->losses = moka_calloc((size_t)p->average_loss, sizeof(float));
   if (!s->update || !s->temp || !s->losses) goto fail;
   if (s->opt.backend == MOKA_BACKEND_CUDA && nets_to_device(s, source)) goto fail;
+  if (s->debug_info && s->net->cuda && net_bf16_count(s->net)) {
+    moka_errorf("%s: debug_info runs the BatchNorm chains layer by layer, and MOKA_BF16_ACT=1 "
+                "needs them fused: turn one of the two off",
+                source);
+    goto fail;
+  }
   if (s->debug_info && s->update_on_device)
     LOG_INFO("debug_info: no [Update] lines while the update runs on the device");
   return s;

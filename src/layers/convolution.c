@@ -533,10 +533,11 @@ static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaC
 }
 #endif
 
-bool conv_bf16_nhwc_capable(const Layer *l) {
+bool conv_bf16_nhwc_capable(const Layer *l, bool dgrad) {
   const ConvPriv *p = l->priv;
   if (p->bias_term || conv_engine_of(l) != 0 || fast_precision() != FAST_BF16) return false;
   for (int dir = 0; dir < 3; dir++)
+    if (dir != 1 || dgrad)
     if (!nhwc_conv_geom_ok(p->group, p->num, p->channels, p->height, p->width, p->num_output,
                            p->out_h, p->out_w, p->kernel_h, p->kernel_w, p->stride_h,
                            p->stride_w, p->pad_h, p->pad_w, dir))

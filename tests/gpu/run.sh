@@ -188,7 +188,7 @@ if [ $BUILD_OK = 1 ]; then
   # numerical faults on the device: NaN/inf stops naming the layer, debug_info lines
   t7=0
   step "test_cuda_faults" 60 "$W/test.log" "$BUILD/tests/test_cuda_faults" && t7=1
-  # the chain on channels-last bf16 (bn_nhwc.cu, not wired into nets yet) vs the fp32 chain
+  # the chain on channels-last bf16 (bn_nhwc.cu, what MOKA_BF16_ACT=1 runs) vs the fp32 chain
   t8=0
   step "test_cuda_bn_nhwc" 60 "$W/test.log" "$BUILD/tests/test_cuda_bn_nhwc" && t8=1
   [ $t1 = 1 ] && [ $t2 = 1 ] && [ $t3 = 1 ] && [ $t4 = 1 ] && [ $t5 = 1 ] && [ $t6 = 1 ] &&

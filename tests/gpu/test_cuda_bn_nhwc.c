@@ -1,5 +1,5 @@
 /* test_cuda_bn_nhwc.c — the fused BatchNorm chain on channels-last bf16
- * (kernels/bn_nhwc.cu, not wired into nets yet) against the fp32 NCHW chain
+ * (kernels/bn_nhwc.cu, the chains of MOKA_BF16_ACT=1) against the fp32 NCHW chain
  * (kernels/bn_fused.cu, which test_cuda_fused checks against the reference layers and real
  * Caffe), on a GPU. Without one it prints "SKIP: ..." and exits 0.
  *
@@ -14,8 +14,9 @@
  * output brought back to NCHW fp32 and compared by NMSE: the bf16 outputs carry one bf16
  * rounding (2^-9 relative, NMSE ~1e-6), dx also the bf16 x_norm: bound 1e-4 (a wrong
  * channel or pixel gives ~1). Statistics, running statistics and the parameter gradients
- * (fp32 in both) within 1e-4 of their largest magnitude, dbeta 1e-5, dgamma 1e-2 (it sums
- * dz times the bf16 x_norm).
+ * (fp32 in both) within 1e-4 of their largest magnitude; dgamma and dbeta by NMSE <= 1e-4
+ * (dgamma sums dz times the bf16 x_norm; a value within an ulp of 0 may take the ReLU's
+ * other side in one chain). Without a residual dx is written over dy, as in-place chains run.
  * Cases: batch and global statistics, ReLU with and without, the residual in both orders,
  * the Split's second gradient, C = 8 .. 2048, several chunks.
  */
@@ -193,13 +194,17 @@ static void run_case(const Case *k) {
   if (!rc)
     rc = moka_cuda_bn_nhwc_forward(ctx->stream, &g, bx, bx, res ? by : NULL, res ? br : NULL, bxn,
                                    bst, bb0, bb1, bb2, bg, bbeta, wsb);
-  /* backward from the chain's output */
+  /* backward from the chain's output; without a residual dx overwrites dy, as the nets run
+   * an in-place chain (x's diff is y's) */
+  const bool alias = !res;
+  float *adx_ = alias ? ady : adx;
+  uint16_t *bdx_ = alias ? bdy : bdx;
   if (!rc)
     rc = moka_cuda_bn_fused_backward(ctx->stream, &g, ady, k->dy1 ? ady1 : NULL, res ? ay : ax,
-                                     axn, ast, ag, adx, res ? adr : NULL, adg, adb, wsa);
+                                     axn, ast, ag, adx_, res ? adr : NULL, adg, adb, wsa);
   if (!rc)
     rc = moka_cuda_bn_nhwc_backward(ctx->stream, &g, bdy, k->dy1 ? bdy1 : NULL, res ? by : bx,
-                                    bxn, bst, bg, bdx, res ? bdr : NULL, bdg, bdb, wsb);
+                                    bxn, bst, bg, bdx_, res ? bdr : NULL, bdg, bdb, wsb);
   if (!rc) rc = moka_cuda_sync(ctx);
   CHECK_MSG(rc == 0, "N%zu C%zu S%zu: %s", N, C, S, moka_error());
   if (!rc) {
@@ -218,7 +223,7 @@ static void run_case(const Case *k) {
     CMP_ACT("xz", ax, bx);
     CMP_ACT("x_norm", axn, bxn);
     if (res) CMP_ACT("y", ay, by);
-    CMP_ACT("dx", adx, bdx);
+    CMP_ACT(alias ? "dx (in place of dy)" : "dx", adx_, bdx_);
     if (res) CMP_ACT("dr", adr, bdr);
 #undef CMP_ACT
     float *sa = host_copy(ast, 3 * C * 4), *sb = host_copy(bst, 3 * C * 4);
@@ -230,11 +235,12 @@ static void run_case(const Case *k) {
     close_rel(what, pb + 2 * C, pa + 2 * C, 2 * C + 0, 1e-4);
     CHECK_MSG(fabsf(pb[6 * C] - pa[6 * C]) <= 1e-6f, "running count %g vs %g", pb[6 * C],
               pa[6 * C]);
-    /* dgamma sums dz times the bf16 x_norm (2^-9 relative each); dbeta the same dz values */
-    snprintf(what, sizeof what, "C%zu S%zu %s dgamma", C, S, tag);
-    close_rel(what, pb + 4 * C, pa + 4 * C, C, 1e-2);
-    snprintf(what, sizeof what, "C%zu S%zu %s dbeta", C, S, tag);
-    close_rel(what, pb + 5 * C, pa + 5 * C, C, 1e-5);
+    /* dgamma sums dz times the bf16 x_norm (2^-9 relative each); dbeta the same dz values,
+     * except where an output within an ulp of 0 takes the ReLU's other side in one chain
+     * (the two compute z in different roundings): by NMSE, which one such value in a
+     * channel's sum barely moves and a wrong channel or sum moves to ~1 */
+    snprintf(what, sizeof what, "C%zu S%zu %s dgamma, dbeta", C, S, tag);
+    close_nmse(what, pb + 4 * C, pa + 4 * C, 2 * C, 1e-4);
     free(sa), free(sb), free(pa), free(pb);
   }
   void *all[] = {ax, ay, ar, axn, ast, apar, ady, ady1, adx, adr, bx, by,

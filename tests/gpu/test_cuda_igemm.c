@@ -405,9 +405,10 @@ static void nhwc_formats(const Shape *sp) {
   uint16_t *hx = nhwc_bits(x, N, C, HW), *hdy = nhwc_bits(dy, N, OC, OHW);
   float *d_x = dev_upload(x, nx), *d_w = dev_upload(w, nw), *d_dy = dev_upload(dy, ny);
   float *d_b = dev_upload(b, OC), *d_y = dev_upload(dy, ny), *d_dx = dev_upload(x, nx);
-  float *d_dw = dev_upload(zero, nw), *d_dw2 = dev_upload(zero, nw);
+  float *d_dw = dev_upload(zero, nw), *d_dw2 = dev_upload(zero, nw), *d_dw3 = dev_upload(zero, nw);
+  float *d_dx3 = dev_upload(x, nx);
   void *d_hx = NULL, *d_hdy = NULL, *d_hy = NULL, *d_hdx = NULL;
-  REQUIRE(d_x && d_w && d_dy && d_b && d_y && d_dx && d_dw && d_dw2);
+  REQUIRE(d_x && d_w && d_dy && d_b && d_y && d_dx && d_dw && d_dw2 && d_dw3 && d_dx3);
   REQUIRE(!moka_dev_alloc(&d_hx, nx * 2, "test") && !moka_dev_alloc(&d_hdy, ny * 2, "test") &&
           !moka_dev_alloc(&d_hy, ny * 2, "test") && !moka_dev_alloc(&d_hdx, nx * 2, "test"));
   int rc = moka_h2d(ctx->stream, d_hx, hx, nx * 2) || moka_h2d(ctx->stream, d_hdy, hdy, ny * 2);
@@ -419,6 +420,11 @@ static void nhwc_formats(const Shape *sp) {
   if (!rc)
     rc = moka_cuda_nhwc_conv_backward_fmt(ctx, &g, d_hx, MOKA_ACT_BF16_NHWC, d_w, d_hdy,
                                           MOKA_ACT_BF16_NHWC, d_hdx, MOKA_ACT_BF16_NHWC, d_dw2);
+  /* the mix the nets run where formats meet (ResNet's res2a convolutions read pool1's fp32
+   * Split and write bf16): x and dx fp32, dy bf16 */
+  if (!rc)
+    rc = moka_cuda_nhwc_conv_backward_fmt(ctx, &g, d_x, MOKA_ACT_F32_NCHW, d_w, d_hdy,
+                                          MOKA_ACT_BF16_NHWC, d_dx3, MOKA_ACT_F32_NCHW, d_dw3);
   if (!rc) rc = moka_cuda_sync(ctx);
   moka_cuda_nhwc_force(-1);
   CHECK_MSG(rc == 0, "%s: %s", sp->name, moka_error());
@@ -436,9 +442,15 @@ static void nhwc_formats(const Shape *sp) {
     check_rounded(what, dx2, dx, nx);
     CHECK_MSG(!memcmp(dw, dw2, nw * 4), "%s: dW from bf16 NHWC inputs differs from dW from the "
               "fp32 ones (same bf16 values)", sp->name);
+    float *dx3 = download(d_dx3, nx), *dw3 = download(d_dw3, nw);
+    REQUIRE(dx3 && dw3);
+    CHECK_MSG(!memcmp(dx, dx3, nx * 4) && !memcmp(dw, dw3, nw * 4),
+              "%s: fp32 x, bf16 dy, fp32 dx: dx or dW differs from the all-fp32 call (same "
+              "values)", sp->name);
+    free(dx3), free(dw3);
     free(y), free(dx), free(dw), free(dw2), free(hy), free(hdx), free(y2), free(dx2);
   }
-  void *dev[] = {d_x, d_w, d_dy, d_b, d_y, d_dx, d_dw, d_dw2, d_hx, d_hdy, d_hy, d_hdx};
+  void *dev[] = {d_x, d_w, d_dy, d_b, d_y, d_dx, d_dw, d_dw2, d_dw3, d_dx3, d_hx, d_hdy, d_hy, d_hdx};
   for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) moka_dev_free(dev[i]);
   free(x), free(w), free(dy), free(b), free(zero), free(hx), free(hdy);
 }
