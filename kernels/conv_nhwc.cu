@@ -161,22 +161,48 @@ struct NhFwd {
   }
 };
 
-/* Data gradient, stride 1 (any kernel, padding, dilation). */
-struct NhDgrad {
+/* What both data gradients share: B = the weights (C, KH, KW, OC), a row per input channel,
+ * and the output, dx (num, C, H, W) fp32 or dxh (num, H, W, C) bf16 (the other NULL); the
+ * row offset of an output pixel is each one's own (out_row). */
+struct NhDgradBase {
   IgemmGeom g;
   const nh_bf16 *dyh, *wd; /* (num, OH, OW, OC), (C, KH, KW, OC) */
-  float *dx;               /* (num, C, H, W) fp32, or NULL: */
-  nh_bf16 *dxh;            /* (num, H, W, C) bf16 */
+  float *dx;
+  nh_bf16 *dxh;
   static constexpr bool A_K = true, B_K = true;
+  struct BR {
+    const nh_bf16 *p;
+  };
+  typedef NhLinK BK;
+  __device__ BR b_row(int n, bool ok) const {
+    return BR{ok ? wd + (long long)n * g.KHW * g.OC : nullptr};
+  }
+  __device__ BK b_kinit(int k) const { return BK{k}; }
+  __device__ void b_kstep(BK &s) const { s.k += NH_BK; }
+  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
+    return r.p ? r.p + s.k : nullptr;
+  }
+  __device__ long long out_col(int n) const { return dxh ? n : (long long)n * g.HW; }
+  __device__ void put(int, long long ro, long long co, int, float v) const {
+    if (dxh)
+      dxh[ro + co] = __float2bfloat16_rn(v);
+    else
+      dx[ro + co] = v;
+  }
+  __device__ bool put2(long long ro, long long co, int, float v0, float v1) const {
+    if (!dxh) return false;
+    nh_store_bf16x2(dxh + ro + co, v0, v1);
+    return true;
+  }
+};
+
+/* Data gradient, stride 1 (any kernel, padding, dilation): A = dy gathered per input pixel. */
+struct NhDgrad : NhDgradBase {
   struct AR {
     int base, h0, w0; /* base: img*OH*OW; h0 = h + pad */
     bool ok;
   };
-  struct BR {
-    const nh_bf16 *p;
-  };
   typedef NhTapK AK; /* k = (tap, oc) */
-  typedef NhLinK BK;
   __device__ AR a_row(int m, bool ok) const {
     AR r = {0, 0, 0, ok};
     if (!ok) return r;
@@ -194,47 +220,20 @@ struct NhDgrad {
     if ((unsigned)oh >= (unsigned)g.OH || (unsigned)ow >= (unsigned)g.OW) return nullptr;
     return dyh + (long long)(r.base + oh * g.OW + ow) * g.OC + s.c;
   }
-  __device__ BR b_row(int n, bool ok) const {
-    return BR{ok ? wd + (long long)n * g.KHW * g.OC : nullptr};
-  }
-  __device__ BK b_kinit(int k) const { return BK{k}; }
-  __device__ void b_kstep(BK &s) const { s.k += NH_BK; }
-  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
-    return r.p ? r.p + s.k : nullptr;
-  }
   __device__ long long out_row(int m) const {
     if (dxh) return (long long)m * g.C;
     const int img = m / g.HW;
     return (long long)img * g.C * g.HW + (m - img * g.HW);
   }
-  __device__ long long out_col(int n) const { return dxh ? n : (long long)n * g.HW; }
-  __device__ void put(int, long long ro, long long co, int, float v) const {
-    if (dxh)
-      dxh[ro + co] = __float2bfloat16_rn(v);
-    else
-      dx[ro + co] = v;
-  }
-  __device__ bool put2(long long ro, long long co, int, float v0, float v1) const {
-    if (!dxh) return false;
-    nh_store_bf16x2(dxh + ro + co, v0, v1);
-    return true;
-  }
 };
 
 /* Data gradient of a 1x1, unpadded convolution with any stride: dy pixel p
  * -> dx pixel (oh*SH, ow*SW); the other dx pixels are cleared beforehand. */
-struct NhDgrad1x1 {
-  IgemmGeom g;
-  const nh_bf16 *dyh, *wd; /* (num, OH, OW, OC), (C, OC) */
-  float *dx;               /* (num, C, H, W) fp32, or NULL: */
-  nh_bf16 *dxh;            /* (num, H, W, C) bf16 */
-  static constexpr bool A_K = true, B_K = true;
+struct NhDgrad1x1 : NhDgradBase {
   struct AR {
     const nh_bf16 *p;
   };
-  typedef AR BR;
   typedef NhLinK AK;
-  typedef NhLinK BK;
   __device__ AR a_row(int m, bool ok) const {
     return AR{ok ? dyh + (long long)m * g.OC : nullptr};
   }
@@ -243,29 +242,11 @@ struct NhDgrad1x1 {
   __device__ const nh_bf16 *a_src(const AR &r, const AK &s) const {
     return r.p ? r.p + s.k : nullptr;
   }
-  __device__ BR b_row(int n, bool ok) const { return BR{ok ? wd + (long long)n * g.OC : nullptr}; }
-  __device__ BK b_kinit(int k) const { return BK{k}; }
-  __device__ void b_kstep(BK &s) const { s.k += NH_BK; }
-  __device__ const nh_bf16 *b_src(const BR &r, const BK &s) const {
-    return r.p ? r.p + s.k : nullptr;
-  }
   __device__ long long out_row(int m) const {
     const int img = m / g.OHW, pix = m - img * g.OHW, oh = pix / g.OW, ow = pix - oh * g.OW;
     const long long q = (long long)oh * g.SH * g.W + (long long)ow * g.SW; /* the dx pixel */
     if (dxh) return ((long long)img * g.HW + q) * g.C;
     return (long long)img * g.C * g.HW + q;
-  }
-  __device__ long long out_col(int n) const { return dxh ? n : (long long)n * g.HW; }
-  __device__ void put(int, long long ro, long long co, int, float v) const {
-    if (dxh)
-      dxh[ro + co] = __float2bfloat16_rn(v);
-    else
-      dx[ro + co] = v;
-  }
-  __device__ bool put2(long long ro, long long co, int, float v0, float v1) const {
-    if (!dxh) return false;
-    nh_store_bf16x2(dxh + ro + co, v0, v1);
-    return true;
   }
 };
 
@@ -734,7 +715,7 @@ extern "C" int moka_cuda_nhwc_conv_backward_fmt(MokaCuda *c, const MokaConvGeom 
   int bm, bn;
   if (g.SH == 1 && g.SW == 1) {
     nh_pick_tile(Q, g.C, sms, &bm, &bn);
-    NhDgrad op = {g, dyh, wd, dxf32, dxh};
+    NhDgrad op = {{g, dyh, wd, dxf32, dxh}};
     return launch(c, op, Q, g.C, g.KHW * g.OC, g.KHW * g.OC, 1, bm, bn, "nhwc dgrad");
   }
   /* 1x1, unpadded, strided: only the strided pixels receive gradient (zero bits are 0 in
@@ -744,7 +725,7 @@ extern "C" int moka_cuda_nhwc_conv_backward_fmt(MokaCuda *c, const MokaConvGeom 
     return moka_errorf("cudaMemsetAsync (nhwc dgrad, %zu bytes) failed on device %d: %s",
                        dxbytes, c->device, cudaGetErrorString(cudaGetLastError()));
   nh_pick_tile(P, g.C, sms, &bm, &bn);
-  NhDgrad1x1 op = {g, dyh, wd, dxf32, dxh};
+  NhDgrad1x1 op = {{g, dyh, wd, dxf32, dxh}};
   return launch(c, op, P, g.C, g.OC, g.OC, 1, bm, bn, "nhwc dgrad 1x1");
 }
 

@@ -310,26 +310,26 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias, bool b
   if (planned) nh_pick_tile(c.SH == 1 && c.SW == 1 ? Q : P, c.C, SMS, &bm, &bn);
   if (c.SH == 1 && c.SW == 1) {
     std::vector<float> gdx(nx, NAN);
-    NhDgrad op = {g, dyh.data(), wd.data(), gdx.data(), nullptr};
+    NhDgrad op = {{g, dyh.data(), wd.data(), gdx.data(), nullptr}};
     launch_tile(bm, bn, op, Q, c.C, g.KHW * c.OC, g.KHW * c.OC, 1);
     snprintf(what, sizeof what, "data gradient, tile %dx%d", bm, bn);
     ok &= emu_close_all(what, gdx, dx, sdx, g.KHW * c.OC);
     if (bf16_out) {
       std::vector<__nv_bfloat16> gdxh(nx);
-      NhDgrad oh = {g, dyh.data(), wd.data(), nullptr, gdxh.data()};
+      NhDgrad oh = {{g, dyh.data(), wd.data(), nullptr, gdxh.data()}};
       launch_tile(bm, bn, oh, Q, c.C, g.KHW * c.OC, g.KHW * c.OC, 1);
       snprintf(what, sizeof what, "data gradient into bf16 NHWC, tile %dx%d", bm, bn);
       ok &= close_bf16(what, from_nhwc(gdxh, c.num, c.C, g.HW), dx, sdx, g.KHW * c.OC);
     }
   } else if (c.KH == 1 && c.KW == 1 && c.PH == 0 && c.PW == 0) {
     std::vector<float> gdx(nx, 0.0f); /* the launcher clears dx */
-    NhDgrad1x1 op = {g, dyh.data(), wd.data(), gdx.data(), nullptr};
+    NhDgrad1x1 op = {{g, dyh.data(), wd.data(), gdx.data(), nullptr}};
     launch_tile(bm, bn, op, P, c.C, c.OC, c.OC, 1);
     snprintf(what, sizeof what, "data gradient 1x1/%dx%d, tile %dx%d", c.SH, c.SW, bm, bn);
     ok &= emu_close_all(what, gdx, dx, sdx, c.OC);
     if (bf16_out) {
       std::vector<__nv_bfloat16> gdxh(nx, __nv_bfloat16{0}); /* cleared by the launcher */
-      NhDgrad1x1 oh = {g, dyh.data(), wd.data(), nullptr, gdxh.data()};
+      NhDgrad1x1 oh = {{g, dyh.data(), wd.data(), nullptr, gdxh.data()}};
       launch_tile(bm, bn, oh, P, c.C, c.OC, c.OC, 1);
       snprintf(what, sizeof what, "data gradient 1x1/%dx%d into bf16 NHWC, tile %dx%d", c.SH,
                c.SW, bm, bn);
