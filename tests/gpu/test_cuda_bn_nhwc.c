@@ -36,58 +36,13 @@ int main(void) {
 }
 #else
 
+#include "bf16_host.h"
 #include "gputest.h"
 #include "moka_cuda.h"
 #include "rng.h"
 #include "util.h"
 
 static MokaCuda *ctx;
-
-static float round_bf16(float f) { /* nearest even */
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  memcpy(&f, &u, 4);
-  return f;
-}
-static uint16_t to_bits(float f) {
-  uint32_t u;
-  f = round_bf16(f);
-  memcpy(&u, &f, 4);
-  return (uint16_t)(u >> 16);
-}
-static float from_bits(uint16_t b) {
-  const uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static void *xmalloc(size_t bytes) {
-  void *p = malloc(bytes ? bytes : 1);
-  if (!p) {
-    fprintf(stderr, "out of host memory (%zu bytes)\n", bytes);
-    exit(1);
-  }
-  return p;
-}
-
-/* (N, C, S) fp32 <-> (N*S, C) bf16 bits */
-static uint16_t *to_nhwc(const float *x, size_t N, size_t C, size_t S) {
-  uint16_t *o = xmalloc(N * C * S * 2);
-  for (size_t n = 0; n < N; n++)
-    for (size_t c = 0; c < C; c++)
-      for (size_t s = 0; s < S; s++) o[(n * S + s) * C + c] = to_bits(x[(n * C + c) * S + s]);
-  return o;
-}
-static float *from_nhwc(const uint16_t *h, size_t N, size_t C, size_t S) {
-  float *o = xmalloc(N * C * S * 4);
-  for (size_t n = 0; n < N; n++)
-    for (size_t c = 0; c < C; c++)
-      for (size_t s = 0; s < S; s++) o[(n * C + c) * S + s] = from_bits(h[(n * S + s) * C + c]);
-  return o;
-}
 
 static void *dev_copy(const void *h, size_t bytes) {
   void *d = NULL;
@@ -98,7 +53,7 @@ static void *dev_copy(const void *h, size_t bytes) {
   return d;
 }
 static void *host_copy(const void *d, size_t bytes) {
-  void *h = xmalloc(bytes);
+  void *h = bf16_host_alloc(bytes);
   if (moka_d2h(ctx->stream, h, d, bytes)) {
     fprintf(stderr, "%s\n", moka_error());
     free(h);
@@ -169,8 +124,8 @@ static void run_case(const Case *k) {
   }
   par[6 * C] = 0.8f;
   const bool res = k->residual >= 0;
-  uint16_t *hx = to_nhwc(x, N, C, S), *hsh = to_nhwc(sh, N, C, S);
-  uint16_t *hdy = to_nhwc(dy, N, C, S), *hdy1 = to_nhwc(dy1, N, C, S);
+  uint16_t *hx = nchw_to_nhwc_bf16(x, N, C, S), *hsh = nchw_to_nhwc_bf16(sh, N, C, S);
+  uint16_t *hdy = nchw_to_nhwc_bf16(dy, N, C, S), *hdy1 = nchw_to_nhwc_bf16(dy1, N, C, S);
   /* the fp32 NCHW chain (a, fp32) and the bf16 NHWC one (b) on their own buffers */
   float *ax = dev_copy(x, n * 4), *ay = dev_copy(NULL, n * 4), *ar = dev_copy(sh, n * 4);
   float *axn = dev_copy(NULL, n * 4), *ast = dev_copy(NULL, 3 * C * 4);
@@ -215,7 +170,7 @@ static void run_case(const Case *k) {
     float *ga = host_copy(da, n * 4);                                                          \
     uint16_t *gb = host_copy(db, n * 2);                                                       \
     REQUIRE(ga && gb);                                                                         \
-    float *gbf = from_nhwc(gb, N, C, S);                                                       \
+    float *gbf = nhwc_bf16_to_nchw(gb, N, C, S);                                                       \
     snprintf(what, sizeof what, "C%zu S%zu %s %s", C, S, tag, name);                           \
     close_nmse(what, gbf, ga, n, 1e-4);                                                        \
     free(ga), free(gb), free(gbf);                                                             \

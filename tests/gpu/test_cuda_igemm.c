@@ -65,6 +65,7 @@ int main(void) {
 
 #include "layer.h"
 #include "layers/fast.h"
+#include "bf16_host.h"
 #include "gputest.h"
 #include "moka_cuda.h"
 #include "net_cuda.h"
@@ -76,15 +77,6 @@ static MokaCuda *ctx;
 
 /* ---- host helpers --------------------------------------------------------------------------- */
 
-static float round_bf16(float f) { /* round to nearest even, as __float2bfloat16_rn */
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u) return f;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 static void fill(Rng *r, float *p, size_t n, bool grid) {
   for (size_t i = 0; i < n; i++) {
@@ -349,30 +341,6 @@ static void test_nhwc_bf16(void) {
 
 /* ---- the NHWC kernel with channels-last bf16 activations in and out (moka_cuda_nhwc_*_fmt) -- */
 
-/* (N, C, S) fp32 -> (N, S, C) bf16 bits (values on the bf16 grid: exact) and back */
-static uint16_t *nhwc_bits(const float *x, size_t N, size_t C, size_t S) {
-  uint16_t *o = malloc(N * C * S * 2 + 2);
-  for (size_t n = 0; n < N; n++)
-    for (size_t c = 0; c < C; c++)
-      for (size_t q = 0; q < S; q++) {
-        uint32_t u;
-        const float f = round_bf16(x[(n * C + c) * S + q]);
-        memcpy(&u, &f, 4);
-        o[(n * S + q) * C + c] = (uint16_t)(u >> 16);
-      }
-  return o;
-}
-static float *nchw_floats(const uint16_t *h, size_t N, size_t C, size_t S) {
-  float *o = malloc(N * C * S * 4 + 4);
-  for (size_t n = 0; n < N; n++)
-    for (size_t c = 0; c < C; c++)
-      for (size_t q = 0; q < S; q++) {
-        const uint32_t u = (uint32_t)h[(n * S + q) * C + c] << 16;
-        memcpy(&o[(n * C + c) * S + q], &u, 4);
-      }
-  return o;
-}
-
 /* got is want rounded to bf16: within half an ulp (2^-9 relative; 2^-8 allowed) */
 static void check_rounded(const char *what, const float *got, const float *want, size_t n) {
   size_t bad = 0, first = 0;
@@ -402,7 +370,7 @@ static void nhwc_formats(const Shape *sp) {
   float *x = malloc(nx * 4), *w = malloc(nw * 4), *dy = malloc(ny * 4), *b = malloc(OC * 4);
   fill(&r, x, nx, true), fill(&r, w, nw, true), fill(&r, dy, ny, true), fill(&r, b, OC, false);
   float *zero = calloc(nw, 4);
-  uint16_t *hx = nhwc_bits(x, N, C, HW), *hdy = nhwc_bits(dy, N, OC, OHW);
+  uint16_t *hx = nchw_to_nhwc_bf16(x, N, C, HW), *hdy = nchw_to_nhwc_bf16(dy, N, OC, OHW);
   float *d_x = dev_upload(x, nx), *d_w = dev_upload(w, nw), *d_dy = dev_upload(dy, ny);
   float *d_b = dev_upload(b, OC), *d_y = dev_upload(dy, ny), *d_dx = dev_upload(x, nx);
   float *d_dw = dev_upload(zero, nw), *d_dw2 = dev_upload(zero, nw), *d_dw3 = dev_upload(zero, nw);
@@ -434,7 +402,7 @@ static void nhwc_formats(const Shape *sp) {
     uint16_t *hy = malloc(ny * 2), *hdx = malloc(nx * 2);
     REQUIRE(y && dx && dw && dw2 && hy && hdx);
     REQUIRE(!moka_d2h(ctx->stream, hy, d_hy, ny * 2) && !moka_d2h(ctx->stream, hdx, d_hdx, nx * 2));
-    float *y2 = nchw_floats(hy, N, OC, OHW), *dx2 = nchw_floats(hdx, N, C, HW);
+    float *y2 = nhwc_bf16_to_nchw(hy, N, OC, OHW), *dx2 = nhwc_bf16_to_nchw(hdx, N, C, HW);
     char what[160];
     snprintf(what, sizeof what, "%s: y (bf16 NHWC in and out)", sp->name);
     check_rounded(what, y2, y, ny);

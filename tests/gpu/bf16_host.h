@@ -1,0 +1,61 @@
+/* bf16_host.h — bf16 on the host for the GPU tests (test_cuda_igemm.c, test_cuda_bn_nhwc.c):
+ * the device's rounding (__float2bfloat16_rn: nearest even) and channels-last copies.
+ * Allocation failures end the test program (these are test fixtures). */
+#ifndef MOKA_TESTS_BF16_HOST_H
+#define MOKA_TESTS_BF16_HOST_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float round_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return f;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* The bits of f rounded to bf16, and the value of bf16 bits. */
+static inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  f = round_bf16(f);
+  memcpy(&u, &f, 4);
+  return (uint16_t)(u >> 16);
+}
+static inline float bf16_value(uint16_t b) {
+  const uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline void *bf16_host_alloc(size_t bytes) {
+  void *p = malloc(bytes ? bytes : 1);
+  if (!p) {
+    fprintf(stderr, "out of host memory (%zu bytes)\n", bytes);
+    exit(1);
+  }
+  return p;
+}
+
+/* (N, C, S) fp32 -> (N, S, C) bf16 bits (malloc'd), and back */
+static inline uint16_t *nchw_to_nhwc_bf16(const float *x, size_t N, size_t C, size_t S) {
+  uint16_t *o = bf16_host_alloc(N * C * S * 2);
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t s = 0; s < S; s++) o[(n * S + s) * C + c] = bf16_bits(x[(n * C + c) * S + s]);
+  return o;
+}
+static inline float *nhwc_bf16_to_nchw(const uint16_t *h, size_t N, size_t C, size_t S) {
+  float *o = bf16_host_alloc(N * C * S * 4);
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t s = 0; s < S; s++) o[(n * C + c) * S + s] = bf16_value(h[(n * S + s) * C + c]);
+  return o;
+}
+
+#endif
