@@ -455,11 +455,12 @@ static MokaActFmt act_fmt(const Blob *b) {
 }
 
 static int conv_bf16_check(const Layer *l, bool cudnn, MokaConvPrec prec) {
-  if (cudnn || prec != MOKA_CONV_BF16 || ((const ConvPriv *)l->priv)->bias_term)
+  const bool bias = ((const ConvPriv *)l->priv)->bias_term;
+  if (cudnn || prec != MOKA_CONV_BF16 || bias)
     return moka_errorf("internal error: convolution '%s' has bf16 channels-last blobs but runs "
                        "%s%s%s",
-                       l->name, cudnn ? "cuDNN" : "moka's engine", prec != MOKA_CONV_BF16 ? ", not bf16" : "",
-                       ((const ConvPriv *)l->priv)->bias_term ? ", with a bias" : "");
+                       l->name, cudnn ? "cuDNN" : "moka's engine",
+                       prec != MOKA_CONV_BF16 ? ", not bf16" : "", bias ? ", with a bias" : "");
   return 0;
 }
 
@@ -536,12 +537,13 @@ static int conv_backward_run(Layer *l, bool cudnn, const MokaConvGeom *gp, MokaC
 bool conv_bf16_nhwc_capable(const Layer *l, bool dgrad) {
   const ConvPriv *p = l->priv;
   if (p->bias_term || conv_engine_of(l) != 0 || fast_precision() != FAST_BF16) return false;
-  for (int dir = 0; dir < 3; dir++)
-    if (dir != 1 || dgrad)
+  for (int dir = 0; dir < 3; dir++) {
+    if (dir == 1 && !dgrad) continue; /* the data gradient never runs */
     if (!nhwc_conv_geom_ok(p->group, p->num, p->channels, p->height, p->width, p->num_output,
                            p->out_h, p->out_w, p->kernel_h, p->kernel_w, p->stride_h,
                            p->stride_w, p->pad_h, p->pad_w, dir))
       return false;
+  }
   return true;
 }
 
