@@ -504,8 +504,7 @@ static void nh_plan_wgrad(int M, int N, int K, int sms, int *bm, int *bn, int *s
   igemm_plan_split(M, N, K, 1, *bm, *bn, NH_BK, sms, splits, kchunk);
 }
 
-#ifndef MOKA_NHWC_EMULATE
-/* ---- layout conversions ----------------------------------------------------------------------- */
+/* ---- layout conversions (also run by the emulator) ------------------------------------------ */
 
 /* x (num, C, HW) fp32 -> out (num, HW, C) bf16: 32x32 tiles through shared memory. */
 __global__ void nh_to_nhwc_kernel(const float *__restrict__ x, int C, int HW,
@@ -537,6 +536,7 @@ __global__ void nh_weights_kernel(const float *__restrict__ w, int OC, int C, in
   }
 }
 
+#ifndef MOKA_NHWC_EMULATE
 static int to_nhwc(MokaCuda *c, const float *x, int num, int C, int HW, nh_bf16 *out) {
   const dim3 grid((unsigned)((HW + 31) / 32), (unsigned)((C + 31) / 32), (unsigned)num);
   nh_to_nhwc_kernel<<<grid, dim3(32, 8), 0, c->stream>>>(x, C, HW, out);

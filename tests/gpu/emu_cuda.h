@@ -35,6 +35,9 @@ struct dim3 {
   unsigned x, y, z;
 };
 static dim3 threadIdx, blockIdx;
+/* The block's shape (x*y must be NT, the emulated threads: thread t is (t % x, t / x)) and
+ * the grid's, for kernels that read them (grid-stride loops, 2-D blocks). */
+[[maybe_unused]] static dim3 blockDim = {256, 1, 1}, gridDim = {1, 1, 1};
 
 static void emu_sync(int kind);
 static int g_cur; /* the running thread */
@@ -117,7 +120,7 @@ static void run_block(const std::function<void()> &body) {
     for (int t = 0; t < NT; t++) {
       if (g_done[t]) continue;
       g_cur = t;
-      threadIdx = dim3{(unsigned)t, 0, 0};
+      threadIdx = dim3{(unsigned)t % blockDim.x, (unsigned)t / blockDim.x, 0};
       swapcontext(&g_sched, &g_ctx[t]);
     }
     int ndone = 0;

@@ -19,6 +19,8 @@
  *     before any thread moves on); each lane takes its own. The MMA's
  *     products are exact in fp32 (bf16 x bf16) and summed in k order onto C.
  *
+ * Also the two layout conversions the launchers run first (nh_to_nhwc_kernel in its 32x8
+ * blocks, nh_weights_kernel as a grid-stride loop) against host copies, bit for bit.
  * Checks, against a direct convolution in double, with inputs on the bf16
  * grid (so the conversions are exact): forward (with and without bias), data
  * gradient (stride 1 with padding and dilation; 1x1 stride 2), weight
@@ -157,6 +159,9 @@ static void nh_store_bf16x2(__nv_bfloat16 *p, float a, float b) {
   p[1] = __float2bfloat16_rn(b);
 }
 
+#define MOKA_GRID_LOOP(i, n)                                                        \
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);   \
+       i += (size_t)blockDim.x * gridDim.x)
 #define MOKA_NHWC_EMULATE 1
 #define NH_ARCH_OK 1
 #include "../../kernels/conv_nhwc.cu"
@@ -359,7 +364,52 @@ static bool run(const Geo &c, int bm, int bn, bool split, bool with_bias, bool b
   return ok;
 }
 
+/* The layout conversions the launchers run before the GEMMs (nh_to_nhwc_kernel in 32x8
+ * blocks over a (HW/32, C/32, num) grid; nh_weights_kernel as a grid-stride loop over
+ * 3 blocks) against this file's host copies (nhwc, weights): bit for bit. */
+static bool conversions(int num, int C, int HW, int OC, int T) {
+  std::vector<float> x((size_t)num * C * HW), w((size_t)OC * C * T);
+  for (auto &v : x) v = rnd_grid() * 3.1f;
+  for (auto &v : w) v = rnd_grid() * 0.7f;
+  std::vector<__nv_bfloat16> got(x.size(), __nv_bfloat16{0xffff});
+  blockDim = dim3{32, 8, 1};
+  for (unsigned z = 0; z < (unsigned)num; z++)
+    for (unsigned yb = 0; yb < (unsigned)(C + 31) / 32; yb++)
+      for (unsigned xb = 0; xb < (unsigned)(HW + 31) / 32; xb++) {
+        blockIdx = dim3{xb, yb, z};
+        run_block([&] { nh_to_nhwc_kernel(x.data(), C, HW, got.data()); });
+      }
+  blockDim = dim3{256, 1, 1};
+  const auto want = nhwc(x, num, C, HW);
+  bool ok = !memcmp(got.data(), want.data(), want.size() * sizeof want[0]);
+  EMU_ASSERT(ok, "nh_to_nhwc_kernel: (%d, %d, %d) differs from the host copy", num, C, HW);
+  for (int dgrad = 0; dgrad < 2; dgrad++) {
+    std::vector<__nv_bfloat16> gw(w.size(), __nv_bfloat16{0xffff});
+    gridDim = dim3{3, 1, 1};
+    for (unsigned b = 0; b < 3; b++) {
+      blockIdx = dim3{b, 0, 0};
+      run_block([&] { nh_weights_kernel(w.data(), OC, C, T, dgrad != 0, gw.data()); });
+    }
+    gridDim = dim3{1, 1, 1};
+    const auto ww = weights(w, OC, C, T, dgrad != 0);
+    const bool same = !memcmp(gw.data(), ww.data(), ww.size() * sizeof ww[0]);
+    EMU_ASSERT(same, "nh_weights_kernel (%s): differs from the host copy",
+               dgrad ? "data gradient" : "forward");
+    ok = ok && same;
+  }
+  return ok;
+}
+
 int main() {
+  /* the conversions: partial 32x32 tiles in both axes, several images, taps 1 and 9 */
+  {
+    const int e0 = g_errors;
+    const bool ok = conversions(2, 40, 70, 24, 9) && conversions(3, 8, 7, 16, 1);
+    if (ok && g_errors == e0)
+      g_passed++;
+    else
+      g_failed++, fprintf(stderr, "[FAIL] layout conversions\n");
+  }
   static const Geo geos[] = {
       /* num C H W OC KH KW PH PW SH SW DH DW */
       {2, 16, 9, 7, 40, 3, 3, 1, 1, 1, 1, 1, 1},  /* 3x3: P 126, K 144 (not a multiple of 32) */
