@@ -147,15 +147,15 @@ $(BUILD)/tests/%: tests/gpu/%.c tests/unit/testlib.h tests/gpu/gputest.h tests/g
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 
-$(BUILD)/tests/igemm_emulate: tests/gpu/igemm_emulate.cpp tests/gpu/emu_cuda.h kernels/conv_igemm.cu kernels/conv_igemm_index.h
+$(BUILD)/tests/igemm_emulate: tests/gpu/igemm_emulate.cpp tests/gpu/emu_cuda.h tests/gpu/bf16_host.h kernels/conv_igemm.cu kernels/conv_igemm_index.h
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 
-$(BUILD)/tests/nhwc_emulate: tests/gpu/nhwc_emulate.cpp tests/gpu/emu_cuda.h kernels/conv_nhwc.cu kernels/conv_nhwc_ptx.h kernels/conv_igemm_index.h
+$(BUILD)/tests/nhwc_emulate: tests/gpu/nhwc_emulate.cpp tests/gpu/emu_cuda.h tests/gpu/bf16_host.h kernels/conv_nhwc.cu kernels/conv_nhwc_ptx.h kernels/conv_igemm_index.h
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 
-$(BUILD)/tests/bn_nhwc_emulate: tests/gpu/bn_nhwc_emulate.cpp tests/gpu/emu_cuda.h kernels/bn_nhwc.cu
+$(BUILD)/tests/bn_nhwc_emulate: tests/gpu/bn_nhwc_emulate.cpp tests/gpu/emu_cuda.h tests/gpu/bf16_host.h kernels/bn_nhwc.cu
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 

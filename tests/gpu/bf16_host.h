@@ -1,4 +1,5 @@
-/* bf16_host.h — bf16 on the host for the GPU tests (test_cuda_igemm.c, test_cuda_bn_nhwc.c):
+/* bf16_host.h — bf16 on the host for the GPU tests (test_cuda_igemm.c, test_cuda_bn_nhwc.c)
+ * and the kernel emulators (emu_cuda.h; C and C++):
  * the device's rounding (__float2bfloat16_rn: nearest even) and channels-last copies.
  * Allocation failures end the test program (these are test fixtures). */
 #ifndef MOKA_TESTS_BF16_HOST_H
@@ -44,14 +45,14 @@ static inline void *bf16_host_alloc(size_t bytes) {
 
 /* (N, C, S) fp32 -> (N, S, C) bf16 bits (malloc'd), and back */
 static inline uint16_t *nchw_to_nhwc_bf16(const float *x, size_t N, size_t C, size_t S) {
-  uint16_t *o = bf16_host_alloc(N * C * S * 2);
+  uint16_t *o = (uint16_t *)bf16_host_alloc(N * C * S * 2);
   for (size_t n = 0; n < N; n++)
     for (size_t c = 0; c < C; c++)
       for (size_t s = 0; s < S; s++) o[(n * S + s) * C + c] = bf16_bits(x[(n * C + c) * S + s]);
   return o;
 }
 static inline float *nhwc_bf16_to_nchw(const uint16_t *h, size_t N, size_t C, size_t S) {
-  float *o = bf16_host_alloc(N * C * S * 4);
+  float *o = (float *)bf16_host_alloc(N * C * S * 4);
   for (size_t n = 0; n < N; n++)
     for (size_t c = 0; c < C; c++)
       for (size_t s = 0; s < S; s++) o[(n * C + c) * S + s] = bf16_value(h[(n * S + s) * C + c]);

@@ -45,18 +45,11 @@ static void __syncthreads() { emu_sync(1); }
 static void __syncwarp() { emu_sync(2); }
 static void __trap() { abort(); }
 
+#include "bf16_host.h" /* round_bf16: the device's rounding (nearest even) */
+
 struct __nv_bfloat16 { /* 2 bytes, like the device's: the shared-memory layout is the same */
   uint16_t bits;
 };
-static float round_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u) return f;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  memcpy(&f, &u, 4);
-  return f;
-}
 static __nv_bfloat16 __float2bfloat16_rn(float v) {
   const float r = round_bf16(v);
   uint32_t u;
