@@ -143,7 +143,7 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h tests/unit/resnet_nets.h $
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 
-$(BUILD)/tests/%: tests/gpu/%.c tests/unit/testlib.h tests/gpu/gputest.h tests/gpu/bf16_host.h $(BUILD)/libmoka.a
+$(BUILD)/tests/%: tests/gpu/%.c tests/unit/testlib.h tests/unit/resnet_nets.h tests/gpu/gputest.h tests/gpu/bf16_host.h $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 

@@ -54,6 +54,7 @@ int main(void) {
 #include "layers/fast.h"
 #include "manifest.h"
 #include "gputest.h"
+#include "resnet_nets.h"
 #include "moka_cuda.h"
 #include "net.h"
 #include "net_cuda.h"
@@ -344,55 +345,11 @@ static void test_op_shapes(void) {
 
 /* ---- 2. whole nets: fused CUDA vs the CPU reference --------------------------------------- */
 
-/* Two residual blocks (the second with the Eltwise's bottoms swapped), each
- * BatchNorm -> Scale -> ReLU in place, global average pooling, a classifier. */
-static const char *RESNET_TEXT =
-    "name: 'tiny'\n"
-    "layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 3 dim: 5 dim: 11 "
-    "dim: 9 } } }\n"
-    "layer { name: 'label' type: 'Input' top: 'label' input_param { shape { dim: 3 } } }\n"
-    "layer { name: 'conv1' type: 'Convolution' bottom: 'data' top: 'c1' convolution_param { "
-    "num_output: 12 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: 'gaussian' "
-    "std: 0.2 } } }\n"
-    "layer { name: 'bn1' type: 'BatchNorm' bottom: 'c1' top: 'c1' }\n"
-    "layer { name: 'sc1' type: 'Scale' bottom: 'c1' top: 'c1' scale_param { bias_term: true } }\n"
-    "layer { name: 'relu1' type: 'ReLU' bottom: 'c1' top: 'c1' }\n"
-    "layer { name: 'conv2a' type: 'Convolution' bottom: 'c1' top: 'c2a' convolution_param { "
-    "num_output: 12 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: 'gaussian' "
-    "std: 0.2 } } }\n"
-    "layer { name: 'bn2a' type: 'BatchNorm' bottom: 'c2a' top: 'c2a' }\n"
-    "layer { name: 'sc2a' type: 'Scale' bottom: 'c2a' top: 'c2a' scale_param { bias_term: true } }\n"
-    "layer { name: 'relu2a' type: 'ReLU' bottom: 'c2a' top: 'c2a' }\n"
-    "layer { name: 'conv2b' type: 'Convolution' bottom: 'c2a' top: 'c2b' convolution_param { "
-    "num_output: 12 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: 'gaussian' "
-    "std: 0.2 } } }\n"
-    "layer { name: 'bn2b' type: 'BatchNorm' bottom: 'c2b' top: 'c2b' }\n"
-    "layer { name: 'sc2b' type: 'Scale' bottom: 'c2b' top: 'c2b' scale_param { bias_term: true } }\n"
-    "layer { name: 'res2' type: 'Eltwise' bottom: 'c1' bottom: 'c2b' top: 'r2' }\n"
-    "layer { name: 'relu_r2' type: 'ReLU' bottom: 'r2' top: 'r2' }\n"
-    "layer { name: 'conv3a' type: 'Convolution' bottom: 'r2' top: 'c3a' convolution_param { "
-    "num_output: 12 kernel_size: 1 bias_term: false weight_filler { type: 'gaussian' "
-    "std: 0.3 } } }\n"
-    "layer { name: 'bn3a' type: 'BatchNorm' bottom: 'c3a' top: 'c3a' }\n"
-    "layer { name: 'sc3a' type: 'Scale' bottom: 'c3a' top: 'c3a' scale_param { bias_term: true } }\n"
-    "layer { name: 'res3' type: 'Eltwise' bottom: 'c3a' bottom: 'r2' top: 'r3' }\n"
-    "layer { name: 'relu_r3' type: 'ReLU' bottom: 'r3' top: 'r3' }\n"
-    "layer { name: 'pool' type: 'Pooling' bottom: 'r3' top: 'pool' pooling_param { pool: AVE "
-    "global_pooling: true } }\n"
-    "layer { name: 'fc' type: 'InnerProduct' bottom: 'pool' top: 'fc' inner_product_param { "
-    "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
-    "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
 
-/* wide: 8 input channels and 16 in every convolution (multiples of 8: the channel counts
- * that bf16 channels-last activations need, test_tiny_bf16) instead of 5 and 12. */
+/* The tiny ResNet (resnet_nets.h), narrow or wide. */
 static Net *tiny_net_text(Phase ph, Backend be, bool wide) {
-  char *text = moka_strdup(RESNET_TEXT);
+  char *text = tiny_resnet_text(wide);
   if (!text) return NULL;
-  if (wide) {
-    char *p = strstr(text, "dim: 3 dim: 5 dim: 11");
-    if (p) p[12] = '8'; /* "dim: 3 dim: 5": the 5 */
-    while ((p = strstr(text, "num_output: 12"))) memcpy(p + 12, "16", 2);
-  }
   ProtobufCMessage *m = NULL;
   const int prc = prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "tiny", &m);
   free(text);

@@ -1,9 +1,12 @@
-/* resnet_nets.h — nets the unit tests build from text (test_memplan.c, test_net_bf16.c):
+/* resnet_nets.h — nets the tests build from text (test_memplan.c, test_net_bf16.c,
+ * tests/gpu/test_cuda_fused.c):
  * ResNet-50 as Kaiming's deploy prototxt writes it (data/ResNet-50-deploy.prototxt) at a
- * given batch, and its training variant; on the backend in `build_backend`. */
+ * given batch, and its training variant; a tiny two-block ResNet (test_cuda_fused.c,
+ * test_net_bf16.c); on the backend in `build_backend`. */
 #ifndef MOKA_TESTS_RESNET_NETS_H
 #define MOKA_TESTS_RESNET_NETS_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +17,7 @@
 
 /* Nets are built on the reference backend unless a test sets this (the fast
  * CPU backend plans fused chains, src/net_fuse.h, which the plan must respect). */
-static Backend build_backend = MOKA_BACKEND_CPU;
+static Backend build_backend __attribute__((unused)) = MOKA_BACKEND_CPU;
 
 static inline Net *net_from_text(const char *text, Phase phase, const char *what) {
   ProtobufCMessage *m = NULL;
@@ -99,6 +102,57 @@ static inline Net *resnet50_train(int batch) {
   Net *net = net_from_text(t, MOKA_TRAIN, "ResNet-50 train (batch 8)");
   free(t);
   return net;
+}
+
+/* Two residual blocks (the second with the Eltwise's bottoms swapped), each
+ * BatchNorm -> Scale -> ReLU in place, global average pooling, a classifier. */
+static const char *const TINY_RESNET_TEXT =
+    "name: 'tiny'\n"
+    "layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 3 dim: 5 dim: 11 "
+    "dim: 9 } } }\n"
+    "layer { name: 'label' type: 'Input' top: 'label' input_param { shape { dim: 3 } } }\n"
+    "layer { name: 'conv1' type: 'Convolution' bottom: 'data' top: 'c1' convolution_param { "
+    "num_output: 12 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: 'gaussian' "
+    "std: 0.2 } } }\n"
+    "layer { name: 'bn1' type: 'BatchNorm' bottom: 'c1' top: 'c1' }\n"
+    "layer { name: 'sc1' type: 'Scale' bottom: 'c1' top: 'c1' scale_param { bias_term: true } }\n"
+    "layer { name: 'relu1' type: 'ReLU' bottom: 'c1' top: 'c1' }\n"
+    "layer { name: 'conv2a' type: 'Convolution' bottom: 'c1' top: 'c2a' convolution_param { "
+    "num_output: 12 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: 'gaussian' "
+    "std: 0.2 } } }\n"
+    "layer { name: 'bn2a' type: 'BatchNorm' bottom: 'c2a' top: 'c2a' }\n"
+    "layer { name: 'sc2a' type: 'Scale' bottom: 'c2a' top: 'c2a' scale_param { bias_term: true } }\n"
+    "layer { name: 'relu2a' type: 'ReLU' bottom: 'c2a' top: 'c2a' }\n"
+    "layer { name: 'conv2b' type: 'Convolution' bottom: 'c2a' top: 'c2b' convolution_param { "
+    "num_output: 12 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: 'gaussian' "
+    "std: 0.2 } } }\n"
+    "layer { name: 'bn2b' type: 'BatchNorm' bottom: 'c2b' top: 'c2b' }\n"
+    "layer { name: 'sc2b' type: 'Scale' bottom: 'c2b' top: 'c2b' scale_param { bias_term: true } }\n"
+    "layer { name: 'res2' type: 'Eltwise' bottom: 'c1' bottom: 'c2b' top: 'r2' }\n"
+    "layer { name: 'relu_r2' type: 'ReLU' bottom: 'r2' top: 'r2' }\n"
+    "layer { name: 'conv3a' type: 'Convolution' bottom: 'r2' top: 'c3a' convolution_param { "
+    "num_output: 12 kernel_size: 1 bias_term: false weight_filler { type: 'gaussian' "
+    "std: 0.3 } } }\n"
+    "layer { name: 'bn3a' type: 'BatchNorm' bottom: 'c3a' top: 'c3a' }\n"
+    "layer { name: 'sc3a' type: 'Scale' bottom: 'c3a' top: 'c3a' scale_param { bias_term: true } }\n"
+    "layer { name: 'res3' type: 'Eltwise' bottom: 'c3a' bottom: 'r2' top: 'r3' }\n"
+    "layer { name: 'relu_r3' type: 'ReLU' bottom: 'r3' top: 'r3' }\n"
+    "layer { name: 'pool' type: 'Pooling' bottom: 'r3' top: 'pool' pooling_param { pool: AVE "
+    "global_pooling: true } }\n"
+    "layer { name: 'fc' type: 'InnerProduct' bottom: 'pool' top: 'fc' inner_product_param { "
+    "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
+    "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
+
+/* TINY_RESNET_TEXT (malloc'd), or wide: 8 input channels and 16 in every convolution
+ * (multiples of 8, the channel counts bf16 channels-last activations need) instead of 5 and
+ * 12. NULL when out of memory. */
+static inline char *tiny_resnet_text(bool wide) {
+  char *text = moka_strdup(TINY_RESNET_TEXT);
+  if (!text || !wide) return text;
+  char *p = strstr(text, "dim: 3 dim: 5 dim: 11");
+  if (p) p[12] = '8'; /* "dim: 3 dim: 5": the 5 */
+  while ((p = strstr(text, "num_output: 12"))) memcpy(p + 12, "16", 2);
+  return text;
 }
 
 #endif

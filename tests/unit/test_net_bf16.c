@@ -115,6 +115,36 @@ static void test_resnet50_plan(void) {
   REQUIRE(fast_set_precision("fp32") == 0);
 }
 
+/* The tiny two-block ResNet that test_cuda_fused runs with MOKA_BF16_ACT on the GPU: wide
+ * (8 and 16 channels), every activation but the inputs, the pooling's output, the classifier
+ * and the loss is bf16 (its first convolution reads the fp32 Input), the Splits a chain sums
+ * with it; narrow (5 and 12 channels), nothing. */
+static void test_tiny(void) {
+  REQUIRE(fast_set_precision("bf16") == 0);
+  for (int wide = 0; wide < 2; wide++) {
+    char *t = tiny_resnet_text(wide);
+    REQUIRE(t);
+    build_backend = MOKA_BACKEND_CUDA;
+    Net *net = net_from_text(t, MOKA_TRAIN, "tiny");
+    build_backend = MOKA_BACKEND_CPU;
+    free(t);
+    REQUIRE(net);
+    REQUIRE(net->fuse && net->fuse->n_chains == 4);
+    bool *f = calloc((size_t)net->n_blobs, sizeof *f);
+    REQUIRE(f);
+    const int n = net_bf16_decide(net, f);
+    static const char *const fp32[] = {"data", "label", "pool", "fc", "loss"};
+    CHECK_MSG(n == (wide ? net->n_blobs - 5 : 0), "tiny (%s): %d of %d blobs bf16",
+              wide ? "wide" : "narrow", n, net->n_blobs);
+    for (size_t k = 0; wide && k < sizeof fp32 / sizeof fp32[0]; k++)
+      CHECK_MSG(!f[index_of(net, net_blob(net, fp32[k]))], "tiny: '%s' should stay fp32",
+                fp32[k]);
+    free(f);
+    net_free(net);
+  }
+  REQUIRE(fast_set_precision("fp32") == 0);
+}
+
 /* nothing bf16 when the precision is fp32, or the convolutions go to cuDNN / auto */
 static void test_nothing_without(void) {
   static const char *const engines[] = {NULL, "cudnn", "auto"};
@@ -136,6 +166,7 @@ static void test_nothing_without(void) {
 
 int main(void) {
   RUN(test_resnet50_plan);
+  RUN(test_tiny);
   RUN(test_nothing_without);
   return test_summary();
 }
