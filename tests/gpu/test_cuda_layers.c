@@ -377,26 +377,29 @@ static void test_convolution_no_winograd(void) {
   unsetenv("MOKA_CONV_WINOGRAD");
 }
 
-/* MOKA_CONV_WINOGRAD=4 (off by default): the 3x3 stride-1 cases' forward and data gradient
- * by Winograd F(4x4,3x3); again with 1-image chunks. */
-static void test_convolution_winograd4(void) {
-  setenv("MOKA_CONV_WINOGRAD", "4", 1);
-  run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), "Winograd F(4x4)");
+/* A switch (off by default) set to `value` for every case, then again with 1-image chunks
+ * (MOKA_CONV_WS_BYTES=1: sums carried across chunks). */
+static void run_conv_cases_switched(const char *var, const char *value, const char *what) {
+  char w[128];
+  setenv(var, value, 1);
+  run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), what);
   setenv("MOKA_CONV_WS_BYTES", "1", 1);
-  run_conv_cases(0, 1, "Winograd F(4x4), 1-image chunks");
+  snprintf(w, sizeof w, "%s, 1-image chunks", what);
+  run_conv_cases(0, 1, w);
   unsetenv("MOKA_CONV_WS_BYTES");
-  unsetenv("MOKA_CONV_WINOGRAD");
+  unsetenv(var);
 }
 
-/* MOKA_CONV_WINOGRAD_WGRAD=1 (off by default): the 3x3 stride-1 cases' weight gradient by
- * Winograd F(3x3,2x2) too; again with 1-image chunks (the sums carried across chunks). */
+/* MOKA_CONV_WINOGRAD=4: the 3x3 stride-1 cases' forward and data gradient by Winograd
+ * F(4x4,3x3). */
+static void test_convolution_winograd4(void) {
+  run_conv_cases_switched("MOKA_CONV_WINOGRAD", "4", "Winograd F(4x4)");
+}
+
+/* MOKA_CONV_WINOGRAD_WGRAD=1: the 3x3 stride-1 cases' weight gradient by Winograd F(3x3,2x2)
+ * too. */
 static void test_convolution_winograd_wgrad(void) {
-  setenv("MOKA_CONV_WINOGRAD_WGRAD", "1", 1);
-  run_conv_cases(0, MOKA_ARRAY_LEN(conv_params), "Winograd weight gradient");
-  setenv("MOKA_CONV_WS_BYTES", "1", 1);
-  run_conv_cases(0, 1, "Winograd weight gradient, 1-image chunks");
-  unsetenv("MOKA_CONV_WS_BYTES");
-  unsetenv("MOKA_CONV_WINOGRAD_WGRAD");
+  run_conv_cases_switched("MOKA_CONV_WINOGRAD_WGRAD", "1", "Winograd weight gradient");
 }
 
 /* MOKA_CONV_WGRAD_SPLIT=1 (off by default): moka's engine on the cases with >= 4096
