@@ -60,6 +60,11 @@ __device__ static inline float bnf_relu(float v, float slope) {
   return __fadd_rn(mx, __fmul_rn(slope, mn));
 }
 
+__device__ static inline float4 bnf_relu4(float4 v, float slope) {
+  return make_float4(bnf_relu(v.x, slope), bnf_relu(v.y, slope), bnf_relu(v.z, slope),
+                     bnf_relu(v.w, slope));
+}
+
 /* ReLU backward's factor on dy: (y > 0) + slope*(y <= 0). */
 __device__ static inline float bnf_dz(float dy, float y, bool masked, float slope) {
   if (!masked) return dy;
@@ -312,12 +317,7 @@ __global__ void bnf_apply_vec_kernel(const float4 *x, float4 *xz, float4 *y, con
       z.w = __fadd_rn(z.w, b);
     }
     if (residual < 0) {
-      if (relu) {
-        z.x = bnf_relu(z.x, slope);
-        z.y = bnf_relu(z.y, slope);
-        z.z = bnf_relu(z.z, slope);
-        z.w = bnf_relu(z.w, slope);
-      }
+      if (relu) z = bnf_relu4(z, slope);
       xz[i] = z;
     } else {
       const float4 rv = r[i];
@@ -335,12 +335,7 @@ __global__ void bnf_apply_vec_kernel(const float4 *x, float4 *xz, float4 *y, con
         o.z = __fadd_rn(__fadd_rn(0.0f, rv.z), z.z);
         o.w = __fadd_rn(__fadd_rn(0.0f, rv.w), z.w);
       }
-      if (relu) {
-        o.x = bnf_relu(o.x, slope);
-        o.y = bnf_relu(o.y, slope);
-        o.z = bnf_relu(o.z, slope);
-        o.w = bnf_relu(o.w, slope);
-      }
+      if (relu) o = bnf_relu4(o, slope);
       y[i] = o;
     }
   }
