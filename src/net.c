@@ -664,11 +664,12 @@ int net_reshape(Net *net) {
     if (l->type->reshape && l->type->reshape(l))
       return moka_error_prefix("reshaping layer '%s'", l->name);
   }
+  /* The chains' geometry may have changed: plan again, before the device memory, whose plan
+   * (and MOKA_BF16_ACT's choice of formats) reads the chains. */
+  if (net->fuse && net_fuse_plan(net, true)) return -1;
 #ifdef MOKA_WITH_CUDA
   if (net->cuda && net_cuda_reshape(net)) return -1; /* grow the device blobs */
 #endif
-  /* The chains' geometry may have changed: plan again. */
-  if (net->fuse && net_fuse_plan(net, true)) return -1;
   return 0;
 }
 
