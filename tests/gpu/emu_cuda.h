@@ -158,4 +158,57 @@ static bool emu_close_all(const char *what, const std::vector<float> &got,
   return bad == 0;
 }
 
+/* A convolution case for the emulated kernels: inputs on the bf16 grid (x, w, dy, bias, and
+ * dw0 the weight gradient's starting value, drawn in that order from *lcg) and a direct
+ * convolution in double: y (+ bias when with_bias), dx, dw (from dw0), each with the sum of
+ * its terms' magnitudes (sy, sdx, sdw) for emu_close_all. Groups G, Caffe's geometry. */
+struct EmuConv {
+  int num, C, H, W, OC, G, KH, KW, PH, PW, SH, SW, DH, DW, OH, OW;
+  std::vector<float> x, w, dy, bias, dw0;
+  std::vector<double> y, sy, dx, sdx, dw, sdw;
+};
+
+static EmuConv emu_conv(int num, int C, int H, int W, int OC, int G, int KH, int KW, int PH,
+                        int PW, int SH, int SW, int DH, int DW, bool with_bias,
+                        unsigned long long *lcg) {
+  EmuConv e = {num, C, H, W, OC, G, KH, KW, PH, PW, SH, SW, DH, DW, 0, 0, {}, {}, {}, {}, {},
+               {}, {}, {}, {}, {}, {}};
+  e.OH = (H + 2 * PH - (DH * (KH - 1) + 1)) / SH + 1;
+  e.OW = (W + 2 * PW - (DW * (KW - 1) + 1)) / SW + 1;
+  const int Cg = C / G, OCg = OC / G;
+  const size_t nx = (size_t)num * C * H * W, ny = (size_t)num * OC * e.OH * e.OW;
+  const size_t nw = (size_t)OC * Cg * KH * KW;
+  e.x.resize(nx), e.w.resize(nw), e.dy.resize(ny), e.bias.resize(OC), e.dw0.resize(nw);
+  for (auto &v : e.x) v = emu_rnd_grid(lcg);
+  for (auto &v : e.w) v = emu_rnd_grid(lcg);
+  for (auto &v : e.dy) v = emu_rnd_grid(lcg);
+  for (auto &v : e.bias) v = emu_rnd_grid(lcg) * 0.37f;
+  for (auto &v : e.dw0) v = emu_rnd_grid(lcg) * 0.11f;
+  e.y.assign(ny, 0.0), e.sy.assign(ny, 0.0), e.dx.assign(nx, 0.0), e.sdx.assign(nx, 0.0);
+  e.dw.resize(nw), e.sdw.resize(nw);
+  for (size_t i = 0; i < nw; i++) e.dw[i] = e.dw0[i], e.sdw[i] = fabs(e.dw0[i]);
+  for (int n = 0; n < num; n++)
+    for (int oc = 0; oc < OC; oc++)
+      for (int oh = 0; oh < e.OH; oh++)
+        for (int ow = 0; ow < e.OW; ow++) {
+          const int grp = oc / OCg;
+          const size_t yi = (((size_t)n * OC + oc) * e.OH + oh) * e.OW + ow;
+          double s = with_bias ? e.bias[oc] : 0.0, a = fabs(s);
+          for (int ci = 0; ci < Cg; ci++)
+            for (int kh = 0; kh < KH; kh++)
+              for (int kw = 0; kw < KW; kw++) {
+                const int h = oh * SH - PH + kh * DH, ww = ow * SW - PW + kw * DW;
+                if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                const size_t xi = (((size_t)n * C + grp * Cg + ci) * H + h) * W + ww;
+                const size_t wi = (((size_t)oc * Cg + ci) * KH + kh) * KW + kw;
+                const double xv = e.x[xi], wv = e.w[wi], gv = e.dy[yi];
+                s += wv * xv, a += fabs(wv * xv);
+                e.dx[xi] += wv * gv, e.sdx[xi] += fabs(wv * gv);
+                e.dw[wi] += gv * xv, e.sdw[wi] += fabs(gv * xv);
+              }
+          e.y[yi] = s, e.sy[yi] = a;
+        }
+  return e;
+}
+
 #endif

@@ -140,46 +140,19 @@ struct Geo {
 };
 
 static unsigned long long g_lcg = 777;
-static float rnd_grid() { return emu_rnd_grid(&g_lcg); }
 
 /* One geometry, one tile shape, one precision: the three GEMMs. */
 template <class PR>
 static bool run(const Geo &c, int bm, int bn, bool split, const char *pname) {
-  const int OH = (c.H + 2 * c.PH - (c.DH * (c.KH - 1) + 1)) / c.SH + 1;
-  const int OW = (c.W + 2 * c.PW - (c.DW * (c.KW - 1) + 1)) / c.SW + 1;
+  const EmuConv e = emu_conv(c.num, c.C, c.H, c.W, c.OC, c.G, c.KH, c.KW, c.PH, c.PW, c.SH,
+                             c.SW, c.DH, c.DW, true, &g_lcg);
+  const int OH = e.OH, OW = e.OW;
   const IgemmGeom g = igemm_geom(c.num, c.C, c.H, c.W, c.OC, c.G, OH, OW, c.KH, c.KW, c.PH, c.PW,
                                  c.SH, c.SW, c.DH, c.DW);
-  const size_t nx = (size_t)c.num * c.C * g.HW, ny = (size_t)c.num * c.OC * g.OHW;
-  const size_t nw = (size_t)c.OC * g.Cg * g.KHW;
-  std::vector<float> x(nx), w(nw), dy(ny), bias(c.OC), dw0(nw);
-  for (auto &v : x) v = rnd_grid();
-  for (auto &v : w) v = rnd_grid();
-  for (auto &v : dy) v = rnd_grid();
-  for (auto &v : bias) v = rnd_grid() * 0.37f;
-  for (auto &v : dw0) v = rnd_grid() * 0.11f;
-  /* reference */
-  std::vector<double> y(ny), sy(ny), dx(nx, 0.0), sdx(nx, 0.0), dwr(nw), sdw(nw);
-  for (size_t i = 0; i < nw; i++) dwr[i] = dw0[i], sdw[i] = fabs(dw0[i]);
-  for (int n = 0; n < c.num; n++)
-    for (int oc = 0; oc < c.OC; oc++)
-      for (int oh = 0; oh < OH; oh++)
-        for (int ow = 0; ow < OW; ow++) {
-          const int grp = oc / g.OCg;
-          const size_t yi = (((size_t)n * c.OC + oc) * OH + oh) * OW + ow;
-          double s = bias[oc], a = fabs(bias[oc]);
-          for (int ci = 0; ci < g.Cg; ci++)
-            for (int kh = 0; kh < c.KH; kh++)
-              for (int kw = 0; kw < c.KW; kw++) {
-                const int h = oh * c.SH - c.PH + kh * c.DH, ww = ow * c.SW - c.PW + kw * c.DW;
-                if (h < 0 || h >= c.H || ww < 0 || ww >= c.W) continue;
-                const size_t xi = (((size_t)n * c.C + grp * g.Cg + ci) * c.H + h) * c.W + ww;
-                const size_t wi = (((size_t)oc * g.Cg + ci) * c.KH + kh) * c.KW + kw;
-                s += (double)w[wi] * x[xi], a += fabs((double)w[wi] * x[xi]);
-                dx[xi] += (double)w[wi] * dy[yi], sdx[xi] += fabs((double)w[wi] * dy[yi]);
-                dwr[wi] += (double)dy[yi] * x[xi], sdw[wi] += fabs((double)dy[yi] * x[xi]);
-              }
-          y[yi] = s, sy[yi] = a;
-        }
+  const size_t nx = e.x.size(), ny = e.dy.size(), nw = e.w.size();
+  const std::vector<float> &x = e.x, &w = e.w, &dy = e.dy, &bias = e.bias, &dw0 = e.dw0;
+  const std::vector<double> &y = e.y, &sy = e.sy, &dx = e.dx, &sdx = e.sdx, &dwr = e.dw,
+                            &sdw = e.sdw;
   std::vector<IgemmTap> tab(g.Cg * g.KHW), dtab(g.OCg * g.KHW);
   for (int k = 0; k < (int)tab.size(); k++) tab[k] = igemm_fwd_tap(&g, k);
   for (int k = 0; k < (int)dtab.size(); k++) dtab[k] = igemm_dgrad_tap(&g, k);
