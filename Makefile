@@ -159,6 +159,11 @@ $(BUILD)/tests/bn_nhwc_emulate: tests/gpu/bn_nhwc_emulate.cpp tests/gpu/emu_cuda
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function $< -o $@
 
+# Benchmark programs that link the library (tests/bench/*.sh build them with make).
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libmoka.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
+
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@

@@ -20,6 +20,11 @@ static inline __m512i bf16_pairs_consecutive(__m512 x0_15, __m512 x16_31) {
   return (__m512i)_mm512_cvtne2ps_pbh(x16_31, x0_15);
 }
 
+/* Two rows of 16 bf16 values -> 16 dwords, dword j = (lo[j], hi[j]). */
+static inline __m512i bf16_words_interleaved(__m256i lo, __m256i hi) {
+  return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
 /* The first n of 16 lanes (n clamped to 0..16). */
 static inline __mmask16 bf16_mask16(int n) {
   return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);

@@ -38,7 +38,7 @@
 #include "gemm_bf16.h"
 #include "util.h"
 
-enum { MR = 12, NR = BF16_NR, MC = 144, KC = 256, NC = 1024 };
+enum { MR = BF16_MR, NR = BF16_NR, MC = 144, KC = BF16_KC, NC = 1024 };
 
 bool fast_bf16_supported(void) {
   __builtin_cpu_init();
@@ -218,6 +218,26 @@ void bf16_pack_a(bool ta, const float *A, int lda, int M, int K, int32_t *out, b
         pack_a(ta, A, lda, i0, i1 - i0, pc, kc,
                out + (size_t)round_mr(M) * (pc / 2) + (size_t)ip0 * kpt * MR);
     }
+}
+
+void bf16_pack_a_t16(const uint16_t *a16, size_t lda, int M, int K, int32_t *out) {
+  const size_t Mpad = (size_t)round_mr(M);
+  const __mmask16 mr_mask = bf16_mask16(MR);
+  for (int pc = 0; pc < K; pc += KC) {
+    const int kc = K - pc < KC ? K - pc : KC, kpt = (kc + 1) / 2;
+    int32_t *blk = out + Mpad * (pc / 2);
+    for (int kp = 0; kp < kpt; kp++) {
+      const uint16_t *r0 = a16 + (size_t)(pc + 2 * kp) * lda;
+      const bool has1 = 2 * kp + 1 < kc;
+      for (int m0 = 0; m0 < M; m0 += MR) {
+        const __mmask16 mk = bf16_mask16(M - m0) & mr_mask;
+        const __m256i lo = _mm256_maskz_loadu_epi16(mk, r0 + m0);
+        const __m256i hi = has1 ? _mm256_maskz_loadu_epi16(mk, r0 + lda + m0) : _mm256_setzero_si256();
+        _mm512_mask_storeu_epi32(blk + ((size_t)(m0 / MR) * kpt + kp) * MR, mr_mask,
+                                 bf16_words_interleaved(lo, hi));
+      }
+    }
+  }
 }
 
 void bf16_pack_b_plain(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {

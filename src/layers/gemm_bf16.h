@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { BF16_NR = 32 };
+enum { BF16_NR = 32, BF16_MR = 12, BF16_KC = 256 }; /* micro-tile columns/rows; K block */
 
 /* Pack rows [j0, j0+nc) x K range [p0, p0+kc) of B (p0 a multiple of 2, j0
  * of BF16_NR) into out: ceil(nc/BF16_NR) micro-panels of (kc+1)/2 x BF16_NR
@@ -32,6 +32,11 @@ size_t bf16_packed_a_size(int M, int K);
 /* op(A) (M,K) (ta: A stored (K,M)) -> out (bf16_packed_a_size dwords);
  * par: on the pool (ignored inside a parallel region). */
 void bf16_pack_a(bool ta, const float *A, int lda, int M, int K, int32_t *out, bool par);
+
+/* The same packed layout from bf16 values already rounded: A (M,K) stored
+ * transposed, a16 (K, lda) row-major (A(m,k) = a16[k*lda + m]): rows k and
+ * k+1 interleaved, read along m. On the calling thread. */
+void bf16_pack_a_t16(const uint16_t *a16, size_t lda, int M, int K, int32_t *out);
 
 /* B callback for a plain fp32 matrix B (K,N), row-major: ctx a Bf16Plain. */
 typedef struct Bf16Plain {

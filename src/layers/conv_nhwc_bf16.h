@@ -1,0 +1,56 @@
+/* conv_nhwc_bf16.h — channels-last bf16 convolution kernels for the fast CPU
+ * backend (AVX-512 BF16): the first piece of a bf16 channels-last training
+ * path, measured against the NCHW bf16 layers (convolution_bf16.c) by
+ * tests/bench/nhwc_bf16.sh and checked by tests/unit/test_nhwc_bf16.c. Not
+ * yet called by any layer (docs/performance.md, "bf16 channels-last on the
+ * CPU").
+ *
+ * Why. VDPBF16PS multiplies pairs along the reduction dimension. With
+ * activations stored bf16 and channels last (pixel p's C channels
+ * consecutive), the pairs of a 1x1 convolution's reduction (channels) are
+ * already adjacent in memory: the forward and the data gradient broadcast
+ * their A operand straight from the activations (no packing, half the bytes
+ * of fp32), and only the weights are packed, once per call. The weight
+ * gradient reduces over pixels: its two packs interleave two consecutive
+ * pixel rows (sequential reads, no transposes), where the NCHW path
+ * transposes 16x16 blocks of fp32.
+ *
+ * Layout: a tensor is (P, C) row-major with P = N*H*W pixels, bf16 as
+ * uint16 (round to nearest even, denormals to zero: VCVTNEPS2BF16, the
+ * rounding of every bf16 path in moka). The reduction dimension of every
+ * in-place operand must be even.
+ *
+ * Callers check fast_bf16_supported() first. Internal to src/layers. */
+#ifndef MOKA_LAYERS_CONV_NHWC_BF16_H
+#define MOKA_LAYERS_CONV_NHWC_BF16_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* dwords of a packed B (K, N) (32-column panels of K/2 pairs; K even). */
+size_t nhwc_bf16_packed_b_size(int K, int N);
+
+/* The weights w (OC, C) fp32, Caffe's (OC, C, 1, 1), packed as the forward's
+ * B = w^T (K = C, N = OC), or as the data gradient's B = w (K = OC, N = C). */
+void nhwc_bf16_pack_fwd(const float *w, int OC, int C, int32_t *out);
+void nhwc_bf16_pack_dgrad(const float *w, int OC, int C, int32_t *out);
+
+/* y (P, N) fp32 (row stride ldy) = a (P, K) x B, a bf16 read in place (row
+ * stride lda elements, K even), B packed as above. The forward (a = x,
+ * K = C, N = OC) and the data gradient (a = dy, K = OC, N = C) of a 1x1
+ * stride-1 convolution. On the OpenMP pool (rows split); 0, or -1 with
+ * moka_errorf when K or lda is odd. */
+int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *bp, int N,
+                   float *y, size_t ldy);
+
+/* dw (OC, C) += dy^T x x summed over the P pixels: dy (P, OC), x (P, C),
+ * bf16. On the pool in chunks of pixels, each thread's sums added to dw in
+ * thread order (fast_chunked_wgrad: the same sums on every run). 0, or -1
+ * with moka_errorf (workspace). */
+int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C, float *dw);
+
+/* dst[i] = bf16(src[i]), i < n; on the pool. */
+void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst);
+
+#endif

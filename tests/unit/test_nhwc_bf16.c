@@ -1,0 +1,221 @@
+/* test_nhwc_bf16.c — the channels-last bf16 1x1 convolution kernels
+ * (src/layers/conv_nhwc_bf16.c) against sums in double of the same bf16
+ * operands.
+ *
+ * Each case draws x (P, C), dy (P, OC) and w (OC, C), rounds x and dy with
+ * nhwc_bf16_round (checked first against a scalar round-to-nearest-even,
+ * denormals-to-zero), and computes in double, from the bf16 values (w
+ * rounded the same way):
+ *   forward        y[p][o]  = sum_c x[p][c] w[o][c]
+ *   data gradient  dx[p][c] = sum_o dy[p][o] w[o][c]
+ *   weight grad.   dw[o][c] = dw0[o][c] + sum_p dy[p][o] x[p][c]
+ * The kernels multiply the same bf16 values exactly and sum in fp32, so the
+ * error of each output is within fp32 summation rounding of the sum of
+ * |terms|: |got - want| <= TOL * (sum |terms| + |dw0|). Shapes: pixel counts
+ * not a multiple of the 12-row tile, channel counts not a multiple of the
+ * 32-column panel or of 16, an odd number of pairs, ResNet-50's widest
+ * 1x1 shapes at small P, weight gradients in chunks side by side (P large)
+ * and one chunk with the GEMM split (P small), an odd pixel count in a
+ * chunk; with 1, 2 and 3 threads. Rows past P and columns past N must stay
+ * untouched (the outputs live in larger buffers with a sentinel).
+ * SKIP on a CPU without AVX-512 BF16. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers/conv_nhwc_bf16.h"
+#include "layers/fast.h"
+#include "rng.h"
+#include "testlib.h"
+#include "util.h"
+
+#define TOL 1e-6 /* fp32 sums of exact products; seen up to 1.8e-7 (K 2048) */
+#define SENTINEL 12345.0f
+
+static Rng g_rng;
+
+/* Round to nearest even, denormals (and their sign) to zero, NaN quiet. */
+static uint16_t bf16_scalar(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static double bf16_value(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static void fill(float *v, size_t n, float scale) {
+  for (size_t i = 0; i < n; i++) v[i] = rng_gaussian(&g_rng, 0.0f, scale);
+}
+
+static void test_round(void) {
+  enum { N = 1000 };
+  float v[N];
+  uint16_t got[N + 1];
+  fill(v, N, 1.0f);
+  v[0] = 1e-40f, v[1] = -1e-40f, v[2] = 0.0f, v[3] = -0.0f, v[4] = 1.0f + 1.0f / 256.0f;
+  v[5] = 1.0f + 3.0f / 256.0f, v[6] = 3.4e38f, v[7] = -INFINITY, v[8] = NAN;
+  v[9] = 1.17549435e-38f; /* the smallest normal */
+  got[N] = 0xBEEF;
+  nhwc_bf16_round(v, N - 3, got); /* a tail of 13 */
+  nhwc_bf16_round(v + N - 3, 3, got + N - 3);
+  int bad = 0;
+  for (int i = 0; i < N; i++)
+    if (got[i] != bf16_scalar(v[i]) && bad++ < 5)
+      fprintf(stderr, "  value %d (%g): 0x%04x, want 0x%04x\n", i, (double)v[i], got[i],
+              bf16_scalar(v[i]));
+  CHECK(bad == 0);
+  CHECK(got[N] == 0xBEEF);
+}
+
+typedef struct Case {
+  int P, C, OC;
+} Case;
+
+/* max over outputs of |got - want| / (sum |terms| + |base|), and sentinels. */
+typedef struct Err {
+  double worst;
+  int untouched_bad;
+} Err;
+
+static void run_case(const Case *k, int threads) {
+  const int P = k->P, C = k->C, OC = k->OC;
+  float *x = malloc(sizeof(float) * P * C), *dy = malloc(sizeof(float) * P * OC);
+  float *w = malloc(sizeof(float) * OC * C);
+  uint16_t *x16 = malloc(2 * (size_t)P * C), *dy16 = malloc(2 * (size_t)P * OC);
+  uint16_t *w16 = malloc(2 * (size_t)OC * C);
+  /* Outputs with one spare column and one spare row of sentinels. */
+  const size_t ldy = OC + 1, ldx = C + 1;
+  float *y = malloc(sizeof(float) * (P + 1) * ldy), *dx = malloc(sizeof(float) * (P + 1) * ldx);
+  float *dw = malloc(sizeof(float) * OC * C), *dw0 = malloc(sizeof(float) * OC * C);
+  int32_t *bf = malloc(4 * nhwc_bf16_packed_b_size(C, OC));
+  int32_t *bd = malloc(4 * nhwc_bf16_packed_b_size(OC, C));
+  fill(x, (size_t)P * C, 1.0f);
+  fill(dy, (size_t)P * OC, 0.01f);
+  fill(w, (size_t)OC * C, 0.1f);
+  fill(dw0, (size_t)OC * C, 0.05f);
+  for (size_t i = 0; i < (size_t)P * C; i += 97) x[i] = 0.0f; /* ReLU outputs have zeros */
+  nhwc_bf16_round(x, (size_t)P * C, x16);
+  nhwc_bf16_round(dy, (size_t)P * OC, dy16);
+  for (size_t i = 0; i < (size_t)OC * C; i++) w16[i] = bf16_scalar(w[i]);
+  for (size_t i = 0; i < (P + 1) * ldy; i++) y[i] = SENTINEL;
+  for (size_t i = 0; i < (P + 1) * ldx; i++) dx[i] = SENTINEL;
+  memcpy(dw, dw0, sizeof(float) * OC * C);
+
+  omp_set_num_threads(threads);
+  nhwc_bf16_pack_fwd(w, OC, C, bf);
+  nhwc_bf16_pack_dgrad(w, OC, C, bd);
+  CHECK(nhwc_bf16_gemm(x16, C, P, C, bf, OC, y, ldy) == 0);
+  CHECK(nhwc_bf16_gemm(dy16, OC, P, OC, bd, C, dx, ldx) == 0);
+  CHECK(nhwc_bf16_wgrad(dy16, x16, P, OC, C, dw) == 0);
+
+  Err ey = {0, 0}, ex = {0, 0}, ew = {0, 0};
+  for (int p = 0; p <= P; p++) {
+    for (int o = 0; o <= OC; o++) {
+      const float got = y[(size_t)p * ldy + o];
+      if (p == P || o == OC) {
+        ey.untouched_bad += got != SENTINEL;
+        continue;
+      }
+      double s = 0, a = 0;
+      for (int c = 0; c < C; c++) {
+        const double t = bf16_value(x16[(size_t)p * C + c]) * bf16_value(w16[(size_t)o * C + c]);
+        s += t, a += fabs(t);
+      }
+      const double e = fabs(got - s) / (a + 1e-30);
+      if (e > ey.worst) ey.worst = e;
+    }
+    for (int c = 0; c <= C; c++) {
+      const float got = dx[(size_t)p * ldx + c];
+      if (p == P || c == C) {
+        ex.untouched_bad += got != SENTINEL;
+        continue;
+      }
+      double s = 0, a = 0;
+      for (int o = 0; o < OC; o++) {
+        const double t = bf16_value(dy16[(size_t)p * OC + o]) * bf16_value(w16[(size_t)o * C + c]);
+        s += t, a += fabs(t);
+      }
+      const double e = fabs(got - s) / (a + 1e-30);
+      if (e > ex.worst) ex.worst = e;
+    }
+  }
+  for (int o = 0; o < OC; o++)
+    for (int c = 0; c < C; c++) {
+      double s = dw0[(size_t)o * C + c], a = fabs(s);
+      for (int p = 0; p < P; p++) {
+        const double t = bf16_value(dy16[(size_t)p * OC + o]) * bf16_value(x16[(size_t)p * C + c]);
+        s += t, a += fabs(t);
+      }
+      const double e = fabs(dw[(size_t)o * C + c] - s) / (a + 1e-30);
+      if (e > ew.worst) ew.worst = e;
+    }
+  /* The bf16 products are really used: the fp32 operands would give other values. */
+  double fp32_diff = 0;
+  {
+    double s = 0;
+    for (int c = 0; c < C; c++) s += (double)x[c] * w[c];
+    fp32_diff = fabs(s - y[0]);
+  }
+  CHECK_MSG(ey.worst <= TOL && ex.worst <= TOL && ew.worst <= TOL,
+            "P %d C %d OC %d threads %d: errors forward %.2e, data gradient %.2e, weight "
+            "gradient %.2e (tolerance %.0e)",
+            P, C, OC, threads, ey.worst, ex.worst, ew.worst, TOL);
+  CHECK_MSG(ey.untouched_bad == 0 && ex.untouched_bad == 0,
+            "P %d C %d OC %d: %d / %d values written outside the outputs", P, C, OC,
+            ey.untouched_bad, ex.untouched_bad);
+  CHECK_MSG(fp32_diff > 1e-6, "P %d C %d OC %d: y[0] equals the fp32 sum (%g)", P, C, OC,
+            fp32_diff);
+  free(x), free(dy), free(w), free(x16), free(dy16), free(w16), free(y), free(dx), free(dw);
+  free(dw0), free(bf), free(bd);
+}
+
+static void test_shapes(void) {
+  static const Case cases[] = {
+      {1, 2, 2},       /* the smallest */
+      {13, 6, 34},     /* a tile and one row; a panel and two columns */
+      {25, 34, 18},    /* 17 pairs */
+      {100, 64, 256},  /* ResNet's 2c shape */
+      {97, 256, 64},   /* 2a, odd pixel count */
+      {49, 2048, 512}, /* 5x_2a: wide K, one 7x7 image */
+      {40, 512, 2048}, /* 5x_2c */
+      {3001, 64, 48},  /* weight gradient in chunks side by side, an odd chunk */
+      {5000, 18, 10},  /* several chunks, short rows */
+  };
+  const int saved = omp_get_max_threads();
+  static const int threads[] = {1, 2, 3};
+  for (size_t t = 0; t < MOKA_ARRAY_LEN(threads); t++)
+    for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) run_case(&cases[i], threads[t]);
+  omp_set_num_threads(saved);
+}
+
+/* An odd reduction (or row stride) cannot be read in pairs: refused. */
+static void test_odd_refused(void) {
+  uint16_t a[6] = {0};
+  int32_t b[64] = {0};
+  float y[8];
+  CHECK(nhwc_bf16_gemm(a, 3, 2, 3, b, 1, y, 1) == -1);
+  CHECK(nhwc_bf16_gemm(a, 3, 2, 2, b, 1, y, 1) == -1);
+  CHECK(strstr(moka_error(), "even") != NULL);
+}
+
+int main(void) {
+  moka_set_log_level(1);
+  if (!fast_bf16_supported()) {
+    fprintf(stderr, "SKIP test_nhwc_bf16: this CPU has no AVX-512 BF16\n");
+    return 0;
+  }
+  rng_seed(&g_rng, 777);
+  RUN(test_round);
+  RUN(test_shapes);
+  RUN(test_odd_refused);
+  return test_summary();
+}
