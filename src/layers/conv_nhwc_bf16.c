@@ -20,6 +20,8 @@
 #include "conv_nhwc_bf16.h"
 
 #include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fast.h"
@@ -38,14 +40,23 @@ size_t nhwc_bf16_packed_b_size(int K, int N) {
   return (size_t)((N + NR - 1) / NR) * NR * (size_t)((K + 1) / 2);
 }
 
+/* B (K, N) packed whole by fn, its panels split over the pool. */
+static void pack_b_panels(Bf16PackB fn, const void *ctx, int K, int N, int32_t *out) {
+  const int panels = (N + NR - 1) / NR;
+  const size_t panel_dw = (size_t)((K + 1) / 2) * NR;
+#pragma omp parallel for schedule(static) if (panels > 1 && (size_t)K * N >= FAST_GRAIN)
+  for (int jp = 0; jp < panels; jp++)
+    fn(ctx, 0, K, jp * NR, N - jp * NR < NR ? N - jp * NR : NR, out + (size_t)jp * panel_dw);
+}
+
 void nhwc_bf16_pack_fwd(const float *w, int OC, int C, int32_t *out) {
   const Bf16Plain b = {w, C}; /* B = w^T: w stored (N = OC, K = C) */
-  bf16_pack_b_plain_t(&b, 0, C, 0, OC, out);
+  pack_b_panels(bf16_pack_b_plain_t, &b, C, OC, out);
 }
 
 void nhwc_bf16_pack_dgrad(const float *w, int OC, int C, int32_t *out) {
   const Bf16Plain b = {w, C}; /* B = w: (K = OC, N = C) row-major */
-  bf16_pack_b_plain(&b, 0, OC, 0, C, out);
+  pack_b_panels(bf16_pack_b_plain, &b, OC, C, out);
 }
 
 #pragma GCC push_options
@@ -102,6 +113,73 @@ static void pack_rows(const void *ctx, int p0, int kc, int j0, int nc, int32_t *
       const __mmask16 mk = bf16_mask16(nc - n);
       const __m256i lo = _mm256_maskz_loadu_epi16(mk, r0 + n);
       const __m256i hi = has1 ? _mm256_maskz_loadu_epi16(mk, r0 + b->ld + n) : _mm256_setzero_si256();
+      _mm512_storeu_si512(out + ((size_t)(n / NR) * kpt + kp) * NR + n % NR,
+                          bf16_words_interleaved(lo, hi));
+    }
+  }
+}
+
+/* kernel_rows for a convolution: the taps one after another into the same
+ * accumulators; rows[t*MR + m] is tile row m's input row for tap t (the
+ * zero row where the tap falls into the padding), and tap t's pairs are
+ * B's pairs [t*kpt, (t+1)*kpt). */
+static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int32_t *bp, float *y,
+                        size_t ldy, int mr, int nr) {
+  __m512 c[MR][2];
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
+  for (int t = 0; t < taps; t++) {
+    const int32_t *r[MR];
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; m++) r[m] = rows[(size_t)t * MR + m];
+    const int32_t *b = bp + (size_t)t * kpt * NR;
+    for (int p = 0; p < kpt; p++) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
+#pragma GCC unroll 12
+      for (int m = 0; m < MR; m++) {
+        const __m512bh am = (__m512bh)_mm512_set1_epi32(r[m][p]);
+        c[m][0] = _mm512_dpbf16_ps(c[m][0], am, b0);
+        c[m][1] = _mm512_dpbf16_ps(c[m][1], am, b1);
+      }
+    }
+  }
+  const __mmask16 k0 = bf16_mask16(nr), k1 = bf16_mask16(nr - 16);
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; m++) {
+    if (m >= mr) break;
+    float *row = y + (size_t)m * ldy;
+    _mm512_mask_storeu_ps(row, k0, c[m][0]);
+    _mm512_mask_storeu_ps(row + 16, k1, c[m][1]);
+  }
+}
+
+/* Bf16PackB for a tap of the convolution weight gradient: B (K = the
+ * chunk's pixels, N = C), row q = x's pixel under tap (kh, kw) of output
+ * pixel q, or zeros in the padding. */
+typedef struct TapRows {
+  const uint16_t *x;
+  int H, W, C;
+  int dh, dw;                    /* the tap's offsets kh, kw */
+  const int32_t *ih, *iw, *base; /* per chunk pixel: oh*SH - PH, ow*SW - PW, n*H*W */
+} TapRows;
+
+static inline const uint16_t *tap_row(const TapRows *b, int q) {
+  const int ih = b->ih[q] + b->dh, iw = b->iw[q] + b->dw;
+  if ((unsigned)ih >= (unsigned)b->H || (unsigned)iw >= (unsigned)b->W) return NULL;
+  return b->x + ((size_t)b->base[q] + (size_t)ih * b->W + iw) * b->C;
+}
+
+static void pack_rows_tap(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
+  const TapRows *b = ctx;
+  const int kpt = (kc + 1) / 2, panels = (nc + NR - 1) / NR;
+  for (int kp = 0; kp < kpt; kp++) {
+    const uint16_t *r0 = tap_row(b, p0 + 2 * kp);
+    const uint16_t *r1 = 2 * kp + 1 < kc ? tap_row(b, p0 + 2 * kp + 1) : NULL;
+    for (int n = 0; n < panels * NR; n += 16) {
+      const __mmask16 mk = bf16_mask16(nc - n);
+      const __m256i lo = r0 ? _mm256_maskz_loadu_epi16(mk, r0 + j0 + n) : _mm256_setzero_si256();
+      const __m256i hi = r1 ? _mm256_maskz_loadu_epi16(mk, r1 + j0 + n) : _mm256_setzero_si256();
       _mm512_storeu_si512(out + ((size_t)(n / NR) * kpt + kp) * NR + n % NR,
                           bf16_words_interleaved(lo, hi));
     }
@@ -190,5 +268,176 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
   const int n = (P + w.chunk - 1) / w.chunk;
   for (int k = 0; k < n; k++)
     if (wgrad_chunk(&w, k, dw)) return -1;
+  return 0;
+}
+
+/* ---- any kernel size, stride and pad ------------------------------------------------- */
+
+enum { MAX_TAPS = 64 };
+
+void nhwc_geom_finish(NhwcGeom *g) {
+  g->OH = (g->H + 2 * g->PH - g->KH) / g->SH + 1;
+  g->OW = (g->W + 2 * g->PW - g->KW) / g->SW + 1;
+}
+
+size_t nhwc_bf16_conv_packed_size(const NhwcGeom *g) {
+  return nhwc_bf16_packed_b_size(g->KH * g->KW * g->C, g->OC);
+}
+
+/* w (OC, C, T) reordered as r (rows, T, cols): r[i][t][j] = w[o][c][flip ? T-1-t : t]
+ * with (o, c) = (i, j), or (j, i) when swap; then packed as B = r^T. */
+static int pack_reordered(const float *w, int OC, int C, int T, bool swap, int32_t *out) {
+  const int rows = swap ? C : OC, cols = swap ? OC : C, K = T * cols;
+  float *r = fast_workspace(FAST_WS_COL, (size_t)rows * K, "bf16 channels-last weights");
+  if (!r) return -1;
+  /* Row i of r: w's taps read in runs of T (w[o][c][0..T-1]), written T ways. */
+#pragma omp parallel for schedule(static) if ((size_t)rows * K >= FAST_GRAIN)
+  for (int i = 0; i < rows; i++) {
+    float *ri = r + (size_t)i * K;
+    for (int j = 0; j < cols; j++) {
+      const int o = swap ? j : i, c = swap ? i : j;
+      const float *wt = w + ((size_t)o * C + c) * T;
+      for (int t = 0; t < T; t++) ri[(size_t)t * cols + j] = wt[swap ? T - 1 - t : t];
+    }
+  }
+  const Bf16Plain b = {r, K}; /* B = r^T: r stored (N = rows, K) */
+  pack_b_panels(bf16_pack_b_plain_t, &b, K, rows, out);
+  return 0;
+}
+
+int nhwc_bf16_pack_conv_fwd(const NhwcGeom *g, const float *w, int32_t *out) {
+  return pack_reordered(w, g->OC, g->C, g->KH * g->KW, false, out);
+}
+
+int nhwc_bf16_pack_conv_dgrad(const NhwcGeom *g, const float *w, int32_t *out) {
+  return pack_reordered(w, g->OC, g->C, g->KH * g->KW, true, out);
+}
+
+int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d) {
+  if (g->SH != 1 || g->SW != 1 || g->PH >= g->KH || g->PW >= g->KW)
+    return moka_errorf("internal: a channels-last data gradient as a convolution needs stride 1 "
+                       "and pad < kernel");
+  *d = (NhwcGeom){g->N, g->OH, g->OW, g->OC, g->C, g->KH, g->KW, 1, 1,
+                  g->KH - 1 - g->PH, g->KW - 1 - g->PW, 0, 0};
+  nhwc_geom_finish(d);
+  return 0;
+}
+
+int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y) {
+  const int T = g->KH * g->KW, C = g->C, OC = g->OC;
+  if (C % 2 || T > MAX_TAPS)
+    return moka_errorf("internal: a bf16 channels-last convolution needs an even channel count "
+                       "and at most %d taps (C %d, %dx%d)", MAX_TAPS, C, g->KH, g->KW);
+  const long P = (long)g->N * g->OH * g->OW;
+  if (P <= 0 || OC <= 0) return 0;
+  const int kpt = C / 2, panels = (OC + NR - 1) / NR;
+  const long tiles = (P + MR - 1) / MR;
+  const size_t panel_dw = (size_t)T * kpt * NR;
+  int32_t *zero = moka_calloc((size_t)kpt + 16, sizeof(int32_t));
+  if (!zero) return moka_error_prefix("channels-last convolution");
+  int group = (int)(B_GROUP_BYTES / (panel_dw * sizeof(int32_t) + 1));
+  if (group < 1) group = 1;
+  const int32_t *x32 = (const int32_t *)x;
+  const int nth = omp_in_parallel() ? 1 : fast_threads();
+#pragma omp parallel num_threads(nth) if (nth > 1)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const long t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
+    const int32_t *rows[MAX_TAPS * MR];
+    for (int g0 = 0; g0 < panels; g0 += group) {
+      const int g1 = g0 + group < panels ? g0 + group : panels;
+      for (long ti = t0; ti < t1; ti++) {
+        const long m0 = ti * MR;
+        const int mr = P - m0 < MR ? (int)(P - m0) : MR;
+        for (int m = 0; m < MR; m++) {
+          const long q = m0 + (m < mr ? m : 0);
+          const int ow = (int)(q % g->OW), oh = (int)(q / g->OW % g->OH);
+          const long n = q / ((long)g->OW * g->OH);
+          const int ih0 = oh * g->SH - g->PH, iw0 = ow * g->SW - g->PW;
+          for (int kh = 0; kh < g->KH; kh++)
+            for (int kw = 0; kw < g->KW; kw++) {
+              const int ih = ih0 + kh, iw = iw0 + kw;
+              const bool in = m < mr && (unsigned)ih < (unsigned)g->H && (unsigned)iw < (unsigned)g->W;
+              rows[(size_t)(kh * g->KW + kw) * MR + m] =
+                  in ? x32 + (((size_t)n * g->H + ih) * g->W + iw) * kpt : zero;
+            }
+        }
+        for (int jp = g0; jp < g1; jp++)
+          kernel_taps(T, kpt, rows, bp + (size_t)jp * panel_dw, y + (size_t)m0 * OC + (size_t)jp * NR,
+                      (size_t)OC, mr, OC - jp * NR < NR ? OC - jp * NR : NR);
+      }
+    }
+  }
+  free(zero);
+  return 0;
+}
+
+typedef struct ConvWgrad {
+  const NhwcGeom *g;
+  const uint16_t *dy, *x;
+  long P;
+  int chunk;
+  bool par;
+} ConvWgrad;
+
+/* Chunk k's pixels into wacc (OC, T, C). */
+static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
+  const ConvWgrad *w = ctx;
+  const NhwcGeom *g = w->g;
+  const int T = g->KH * g->KW, OC = g->OC, C = g->C;
+  const long p0 = (long)k * w->chunk;
+  const int np = w->P - p0 < w->chunk ? (int)(w->P - p0) : w->chunk;
+  int32_t *ap = (int32_t *)fast_workspace(FAST_WS_PACK_A, bf16_packed_a_size(OC, np),
+                                          "bf16 channels-last weight gradient (A)");
+  int32_t *tab = (int32_t *)fast_workspace(FAST_WS_COL, 3 * (size_t)np,
+                                           "bf16 channels-last weight gradient (pixels)");
+  if (!ap || !tab) return -1;
+  bf16_pack_a_t16(w->dy + (size_t)p0 * OC, (size_t)OC, OC, np, ap);
+  int32_t *ih = tab, *iw = tab + np, *base = tab + 2 * (size_t)np;
+  for (int i = 0; i < np; i++) {
+    const long q = p0 + i;
+    ih[i] = (int)(q / g->OW % g->OH) * g->SH - g->PH;
+    iw[i] = (int)(q % g->OW) * g->SW - g->PW;
+    base[i] = (int32_t)(q / ((long)g->OW * g->OH) * g->H * g->W);
+  }
+  for (int t = 0; t < T; t++) {
+    const TapRows b = {w->x, g->H, g->W, C, t / g->KW, t % g->KW, ih, iw, base};
+    const Bf16Gemm gm = {OC, C, np, ap, pack_rows_tap, &b, wacc + (size_t)t * C, T * C, true, 1.0f};
+    if (bf16_gemm_packed(&gm, w->par)) return -1;
+  }
+  return 0;
+}
+
+int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, float *dw) {
+  const int T = g->KH * g->KW, OC = g->OC, C = g->C;
+  const long P = (long)g->N * g->OH * g->OW;
+  if (P <= 0 || OC <= 0 || C <= 0) return 0;
+  if ((long)g->N * g->H * g->W >= INT32_MAX)
+    return moka_errorf("internal: a channels-last weight gradient over %ld pixels", P);
+  const size_t wcount = (size_t)OC * T * C;
+  float *acc = fast_workspace(FAST_WS_OUT, wcount, "bf16 channels-last weight gradient");
+  if (!acc) return -1;
+  memset(acc, 0, wcount * sizeof(float));
+  const int nth = omp_in_parallel() ? 1 : fast_threads();
+  ConvWgrad w = {g, dy, x, P, WGRAD_PIXELS, false};
+  int rc;
+  if (nth > 1 && P >= (long)nth * WGRAD_MIN_PIXELS) {
+    long n = (P + WGRAD_PIXELS - 1) / WGRAD_PIXELS;
+    n = (n + nth - 1) / nth * nth;
+    w.chunk = (int)((P + n - 1) / n);
+    rc = fast_chunked_wgrad(nth, (int)((P + w.chunk - 1) / w.chunk), acc, wcount,
+                            conv_wgrad_chunk, &w);
+  } else {
+    w.par = nth > 1;
+    rc = 0;
+    for (long k = 0; k * w.chunk < P && !rc; k++) rc = conv_wgrad_chunk(&w, (int)k, acc);
+  }
+  if (rc) return -1;
+  /* (OC, T, C) -> Caffe's (OC, C, KH, KW), added. */
+#pragma omp parallel for schedule(static) if (wcount >= FAST_GRAIN)
+  for (int o = 0; o < OC; o++)
+    for (int c = 0; c < C; c++)
+      for (int t = 0; t < T; t++)
+        dw[((size_t)o * C + c) * T + t] += acc[((size_t)o * T + t) * C + c];
   return 0;
 }

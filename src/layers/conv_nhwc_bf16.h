@@ -50,6 +50,39 @@ int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *b
  * with moka_errorf (workspace). */
 int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C, float *dw);
 
+/* ---- any kernel size, stride and pad (ResNet's 3x3 layers) ---- */
+
+/* A convolution's geometry, channels last: x (N, H, W, C), y (N, OH, OW,
+ * OC), w (OC, C, KH, KW) as Caffe stores it. No groups, no dilation. */
+typedef struct NhwcGeom {
+  int N, H, W, C, OC, KH, KW, SH, SW, PH, PW, OH, OW;
+} NhwcGeom;
+
+/* g's output size from the rest, as Caffe computes it. */
+void nhwc_geom_finish(NhwcGeom *g);
+
+/* The forward's B (K = KH*KW*C ordered (kh, kw, c), N = OC) from w; 0, or
+ * -1 with moka_errorf (workspace). */
+size_t nhwc_bf16_conv_packed_size(const NhwcGeom *g);
+int nhwc_bf16_pack_conv_fwd(const NhwcGeom *g, const float *w, int32_t *out);
+/* y (N*OH*OW, OC) fp32 = the convolution of x (bf16, read in place; C
+ * even). On the pool; 0, or -1 with moka_errorf (odd C, workspace). */
+int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y);
+
+/* The data gradient of a stride-1 convolution is the forward convolution
+ * of dy by the flipped kernel: nhwc_bf16_dgrad_geom gives that
+ * convolution's geometry (input dy: C = OC, OC = C, pad KH-1-PH), and
+ * nhwc_bf16_pack_conv_dgrad its B from w (0 / -1 as above); then nhwc_bf16_conv_fwd(dy) is
+ * dx (N*H*W, C). Stride 1 only (-1 from dgrad_geom otherwise). */
+int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d);
+int nhwc_bf16_pack_conv_dgrad(const NhwcGeom *g, const float *w, int32_t *out);
+
+/* dw (OC, C, KH, KW) += the weight gradient from dy (N*OH*OW, OC) and x,
+ * bf16: per tap a GEMM over the pixels (dy packed once per chunk of pixels,
+ * x's shifted rows packed per tap). On the pool, deterministic; 0, or -1
+ * with moka_errorf (workspace). */
+int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, float *dw);
+
 /* dst[i] = bf16(src[i]), i < n; on the pool. */
 void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst);
 

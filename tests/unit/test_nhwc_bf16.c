@@ -197,6 +197,95 @@ static void test_shapes(void) {
   omp_set_num_threads(saved);
 }
 
+/* Convolutions of any kernel size (nhwc_bf16_conv_*): the same checks with
+ * x (N,H,W,C), dy (N,OH,OW,OC), w (OC,C,KH,KW) and the sums over the taps
+ * inside the image; the data gradient (stride 1 only) through
+ * nhwc_bf16_dgrad_geom as the flipped kernel's convolution of dy. */
+typedef struct ConvCase {
+  int N, H, W, C, OC, KH, KW, SH, SW, PH, PW;
+} ConvCase;
+
+static void run_conv_case(const ConvCase *k, int threads) {
+  NhwcGeom g = {k->N, k->H, k->W, k->C, k->OC, k->KH, k->KW, k->SH, k->SW, k->PH, k->PW, 0, 0};
+  nhwc_geom_finish(&g);
+  const int T = g.KH * g.KW, C = g.C, OC = g.OC;
+  const size_t nx = (size_t)g.N * g.H * g.W * C, P = (size_t)g.N * g.OH * g.OW, ny = P * OC;
+  const size_t nw = (size_t)OC * C * T;
+  float *x = malloc(4 * nx), *dy = malloc(4 * ny), *w = malloc(4 * nw), *y = malloc(4 * ny);
+  float *dx = malloc(4 * nx), *dw = malloc(4 * nw), *dw0 = malloc(4 * nw);
+  uint16_t *x16 = malloc(2 * nx), *dy16 = malloc(2 * ny), *w16 = malloc(2 * nw);
+  NhwcGeom d;
+  const bool s1 = g.SH == 1 && g.SW == 1;
+  CHECK(nhwc_bf16_dgrad_geom(&g, &d) == (s1 ? 0 : -1));
+  int32_t *bf = malloc(4 * nhwc_bf16_conv_packed_size(&g));
+  int32_t *bd = s1 ? malloc(4 * nhwc_bf16_conv_packed_size(&d)) : NULL;
+  fill(x, nx, 1.0f), fill(dy, ny, 0.01f), fill(w, nw, 0.1f), fill(dw0, nw, 0.05f);
+  nhwc_bf16_round(x, nx, x16);
+  nhwc_bf16_round(dy, ny, dy16);
+  for (size_t i = 0; i < nw; i++) w16[i] = bf16_scalar(w[i]);
+  memcpy(dw, dw0, 4 * nw);
+  omp_set_num_threads(threads);
+  CHECK(nhwc_bf16_pack_conv_fwd(&g, w, bf) == 0);
+  CHECK(nhwc_bf16_conv_fwd(&g, x16, bf, y) == 0);
+  if (s1) {
+    CHECK(d.H == g.OH && d.W == g.OW && d.OH == g.H && d.OW == g.W && d.C == OC && d.OC == C);
+    CHECK(nhwc_bf16_pack_conv_dgrad(&g, w, bd) == 0);
+    CHECK(nhwc_bf16_conv_fwd(&d, dy16, bd, dx) == 0);
+  }
+  CHECK(nhwc_bf16_conv_wgrad(&g, dy16, x16, dw) == 0);
+  /* Reference sums: every (output pixel, tap) pair inside the image. */
+  double *sy = calloc(ny, 8), *ay = calloc(ny, 8), *sx = calloc(nx, 8), *ax = calloc(nx, 8);
+  double *sw = calloc(nw, 8), *aw = calloc(nw, 8);
+  for (int n = 0; n < g.N; n++)
+    for (int oh = 0; oh < g.OH; oh++)
+      for (int ow = 0; ow < g.OW; ow++)
+        for (int kh = 0; kh < g.KH; kh++)
+          for (int kw = 0; kw < g.KW; kw++) {
+            const int ih = oh * g.SH - g.PH + kh, iw = ow * g.SW - g.PW + kw;
+            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+            const size_t po = ((size_t)n * g.OH + oh) * g.OW + ow;
+            const size_t pi = ((size_t)n * g.H + ih) * g.W + iw;
+            for (int o = 0; o < OC; o++)
+              for (int c = 0; c < C; c++) {
+                const size_t wi = ((size_t)o * C + c) * T + kh * g.KW + kw;
+                const double xv = bf16_value(x16[pi * C + c]), dv = bf16_value(dy16[po * OC + o]);
+                const double wv = bf16_value(w16[wi]);
+                sy[po * OC + o] += xv * wv, ay[po * OC + o] += fabs(xv * wv);
+                sx[pi * C + c] += dv * wv, ax[pi * C + c] += fabs(dv * wv);
+                sw[wi] += dv * xv, aw[wi] += fabs(dv * xv);
+              }
+          }
+  double ey = 0, ex = 0, ew = 0;
+  for (size_t i = 0; i < ny; i++) ey = fmax(ey, fabs(y[i] - sy[i]) / (ay[i] + 1e-30));
+  for (size_t i = 0; s1 && i < nx; i++) ex = fmax(ex, fabs(dx[i] - sx[i]) / (ax[i] + 1e-30));
+  for (size_t i = 0; i < nw; i++)
+    ew = fmax(ew, fabs(dw[i] - dw0[i] - sw[i]) / (aw[i] + fabs(dw0[i]) + 1e-30));
+  CHECK_MSG(ey <= TOL && ex <= TOL && ew <= TOL,
+            "%dx%dx%dx%d -> %d, %dx%d stride %dx%d pad %dx%d, threads %d: errors forward %.2e, "
+            "data gradient %.2e, weight gradient %.2e",
+            g.N, g.H, g.W, C, OC, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, threads, ey, ex, ew);
+  free(x), free(dy), free(w), free(y), free(dx), free(dw), free(dw0), free(x16), free(dy16);
+  free(w16), free(bf), free(bd), free(sy), free(ay), free(sx), free(ax), free(sw), free(aw);
+}
+
+static void test_conv_shapes(void) {
+  static const ConvCase cases[] = {
+      {2, 7, 5, 6, 34, 3, 3, 1, 1, 1, 1},     /* ResNet's 3x3, odd sizes, images across tiles */
+      {1, 9, 9, 64, 64, 3, 3, 1, 1, 1, 1},    /* res2's channels */
+      {3, 6, 7, 4, 10, 3, 3, 1, 1, 0, 0},     /* no pad */
+      {2, 9, 8, 8, 12, 3, 3, 2, 2, 1, 1},     /* stride 2: forward and weight gradient */
+      {2, 5, 6, 10, 6, 1, 3, 1, 1, 0, 1},     /* 1x3 */
+      {1, 4, 4, 2, 2, 1, 1, 1, 1, 0, 0},      /* 1x1 through the convolution path */
+      {1, 23, 23, 16, 40, 3, 3, 1, 1, 1, 1},  /* weight gradient in chunks (529 pixels) */
+      {2, 7, 7, 512, 64, 3, 3, 1, 1, 1, 1},   /* res5's K, the weight pack in one group */
+  };
+  const int saved = omp_get_max_threads();
+  static const int threads[] = {1, 2, 3};
+  for (size_t t = 0; t < MOKA_ARRAY_LEN(threads); t++)
+    for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) run_conv_case(&cases[i], threads[t]);
+  omp_set_num_threads(saved);
+}
+
 /* An odd reduction (or row stride) cannot be read in pairs: refused. */
 static void test_odd_refused(void) {
   uint16_t a[6] = {0};
@@ -205,6 +294,9 @@ static void test_odd_refused(void) {
   CHECK(nhwc_bf16_gemm(a, 3, 2, 3, b, 1, y, 1) == -1);
   CHECK(nhwc_bf16_gemm(a, 3, 2, 2, b, 1, y, 1) == -1);
   CHECK(strstr(moka_error(), "even") != NULL);
+  NhwcGeom g = {1, 3, 3, 3, 2, 3, 3, 1, 1, 1, 1, 0, 0};
+  nhwc_geom_finish(&g);
+  CHECK(nhwc_bf16_conv_fwd(&g, a, b, y) == -1);
 }
 
 int main(void) {
@@ -216,6 +308,7 @@ int main(void) {
   rng_seed(&g_rng, 777);
   RUN(test_round);
   RUN(test_shapes);
+  RUN(test_conv_shapes);
   RUN(test_odd_refused);
   return test_summary();
 }
