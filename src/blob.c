@@ -1,6 +1,7 @@
 /* blob.c — see blob.h. */
 #include "blob.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,4 +255,23 @@ void blob_zero_data(Blob *b) {
 
 void blob_zero_diff(Blob *b) {
   if (b->diff && b->count) memset(b->diff, 0, b->count * sizeof(float));
+}
+
+void blob_host_f32(const Blob *b, bool diff, float *out) {
+  const float *src = diff ? b->diff : b->data;
+  if (!b->host_bf16) {
+    memcpy(out, src, b->count * sizeof(float));
+    return;
+  }
+  /* (N, H, W, C) bf16 -> (N, C, H, W); any trailing axes count as pixels */
+  const uint16_t *h = (const uint16_t *)src;
+  const size_t N = b->num_axes > 0 ? (size_t)b->shape[0] : 1;
+  const size_t C = b->num_axes > 1 ? (size_t)b->shape[1] : 1;
+  const size_t S = N > 0 && C > 0 ? b->count / (N * C) : 0;
+  for (size_t n = 0; n < N; n++)
+    for (size_t s = 0; s < S; s++)
+      for (size_t c = 0; c < C; c++) {
+        const uint32_t u = (uint32_t)h[(n * S + s) * C + c] << 16;
+        memcpy(&out[(n * C + c) * S + s], &u, sizeof(float));
+      }
 }

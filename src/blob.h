@@ -40,10 +40,19 @@ typedef struct Blob {
    * the device buffers are made; the host copies (data, diff) stay fp32 NCHW and the
    * explicit copies convert. */
   bool dev_bf16;
+  /* The same on the fast CPU backend (MOKA_BF16_ACT=1, net_bf16_plan): `data` and
+   * `diff` hold bf16 channels-last values (N, H, W, C; 2 bytes each, in the first half
+   * of the buffers) instead of fp32 NCHW. Only the layers the plan chose read them
+   * (src/net_bf16.h); blob_host_f32 reads such a blob's values as fp32 NCHW. */
+  bool host_bf16;
 } Blob;
 
 /* Bytes per value of the blob's device copies (2 for bf16 channels-last, else 4). */
 static inline size_t blob_dev_elem_bytes(const Blob *b) { return b->dev_bf16 ? 2 : 4; }
+
+/* The blob's host values (diff: its gradient) as fp32 (shape...) into out
+ * (count floats): a copy, or converted from bf16 channels-last (host_bf16). */
+void blob_host_f32(const Blob *b, bool diff, float *out);
 
 /* Memory limit for blobs (process-wide): an owned blob's data + diff are
  * counted while allocated, and a reshape that would take the total over

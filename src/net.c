@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "net_bf16.h"
 #include "net_check.h"
 #include "net_cuda.h"
 #include "net_fuse.h"
@@ -506,6 +507,9 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
    * even when quiet: `moka time` readers must know where a chain's time
    * shows. */
   if (net_fuse_plan(net, false)) goto fail;
+  /* MOKA_BF16_ACT=1 on the fast CPU backend: which activations are bf16 channels-last
+   * (src/net_bf16.h; the CUDA backend decides in net_to_device). */
+  if (net->backend == MOKA_BACKEND_CPU_FAST && net_bf16_plan(net)) goto fail;
   if (!o.quiet) LOG_INFO("Network initialization done.");
   return net;
 fail:
@@ -590,6 +594,8 @@ int net_forward_layer(Net *net, int i) {
 #ifdef MOKA_WITH_CUDA
   if (net->backend == MOKA_BACKEND_CUDA) return net_cuda_forward_layer(net, i);
 #endif
+  if (net->backend == MOKA_BACKEND_CPU_FAST && net_bf16_layer_check(net->layers[i]))
+    return -1;
   if (net->fuse && net_fuse_sub_enter(net, i, true)) return -1;
   const int rc = layer_forward(net->layers[i], net->backend);
   if (net->fuse) net_fuse_sub_leave(net, i);
@@ -611,6 +617,7 @@ int net_backward_layer(Net *net, int i) {
   for (int t = 0; t < l->n_top; t++)
     if (l->loss_weight[t] != 0.0f)
       for (size_t k = 0; k < l->top[t]->count; k++) l->top[t]->diff[k] = l->loss_weight[t];
+  if (net->backend == MOKA_BACKEND_CPU_FAST && net_bf16_layer_check(l)) return -1;
   if (net->fuse && net_fuse_sub_enter(net, i, false)) return -1;
   const int rc = layer_backward(l, net->backend);
   if (net->fuse) net_fuse_sub_leave(net, i);
@@ -667,6 +674,7 @@ int net_reshape(Net *net) {
   /* The chains' geometry may have changed: plan again, before the device memory, whose plan
    * (and MOKA_BF16_ACT's choice of formats) reads the chains. */
   if (net->fuse && net_fuse_plan(net, true)) return -1;
+  if (net->backend == MOKA_BACKEND_CPU_FAST && net_bf16_plan(net)) return -1;
 #ifdef MOKA_WITH_CUDA
   if (net->cuda && net_cuda_reshape(net)) return -1; /* grow the device blobs */
 #endif

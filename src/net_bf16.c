@@ -60,6 +60,7 @@ int net_bf16_decide(const Net *net, bool *bf16) {
     bad[b] = x->num_axes != 4 || x->count == 0 || x->shape[1] % 8 != 0;
   }
   const NetFusePlan *fp = net->fuse;
+  const bool cpu = net->backend == MOKA_BACKEND_CPU_FAST;
   for (int i = 0; i < net->n_layers; i++) {
     const Layer *l = net->layers[i];
     if (fp && fp->chain_of && fp->chain_of[i] >= 0) continue; /* the chain's groups, below */
@@ -67,7 +68,7 @@ int net_bf16_decide(const Net *net, bool *bf16) {
       bool dgrad = false;
       for (int k = 0; k < l->n_bottom; k++)
         dgrad = dgrad || (net->layer_need_backward[i] && l->propagate_down[k]);
-      if (conv_bf16_nhwc_capable(l, dgrad)) continue;
+      if (cpu ? conv_cpu_bf16_nhwc_capable(l, dgrad) : conv_bf16_nhwc_capable(l, dgrad)) continue;
     }
     if (is_type(l, "Split") && l->n_bottom == 1) {
       /* its backward must be a chain's (or not needed): the Split's own sum is fp32 */
@@ -78,7 +79,8 @@ int net_bf16_decide(const Net *net, bool *bf16) {
         continue;
       }
     }
-    if (is_type(l, "Pooling") && pool_bf16_nhwc_capable(l)) {
+    if (is_type(l, "Pooling") &&
+        (cpu ? pool_cpu_bf16_nhwc_capable(l) : pool_bf16_nhwc_capable(l))) {
       mark(net, bad, l->top, l->n_top); /* its bottom may be bf16, its output is fp32 */
       continue;
     }
@@ -108,15 +110,21 @@ int net_bf16_decide(const Net *net, bool *bf16) {
   return n;
 }
 
+/* The flag the net's backend uses: host_bf16 on the fast CPU backend, else dev_bf16. */
+static bool *flag_of(const Net *net, Blob *b) {
+  return net->backend == MOKA_BACKEND_CPU_FAST ? &b->host_bf16 : &b->dev_bf16;
+}
+
 int net_bf16_count(const Net *net) {
   int n = 0;
-  for (int b = 0; b < net->n_blobs; b++) n += net->blobs[b]->dev_bf16;
+  for (int b = 0; b < net->n_blobs; b++) n += *flag_of(net, net->blobs[b]);
   return n;
 }
 
 int net_bf16_plan(Net *net) {
   const int before = net_bf16_count(net);
-  for (int b = 0; b < net->n_blobs; b++) net->blobs[b]->dev_bf16 = false;
+  const bool cpu = net->backend == MOKA_BACKEND_CPU_FAST;
+  for (int b = 0; b < net->n_blobs; b++) *flag_of(net, net->blobs[b]) = false;
   if (!net_bf16_wanted()) return 0;
   if (fast_precision() != FAST_BF16)
     return moka_errorf("MOKA_BF16_ACT=1 stores activations in bf16: it needs --precision=bf16 "
@@ -125,7 +133,11 @@ int net_bf16_plan(Net *net) {
     return moka_errorf("MOKA_BF16_ACT=1 needs the BatchNorm chains fused, and debug_info runs "
                        "them layer by layer: turn one of the two off (net '%s')",
                        net->name);
-  if (!net->fuse || net->fuse->n_chains == 0 || net->fuse->backend != MOKA_BACKEND_CUDA) {
+  if (cpu && !fast_bf16_supported())
+    return moka_errorf("MOKA_BF16_ACT=1 on the CPU needs AVX-512 BF16 instructions (vdpbf16ps), "
+                       "which this CPU does not have");
+  if ((!cpu && net->backend != MOKA_BACKEND_CUDA) || !net->fuse || net->fuse->n_chains == 0 ||
+      net->fuse->backend != net->backend) {
     LOG_INFO("Net '%s': MOKA_BF16_ACT=1, but the net has no fused BatchNorm chains on this "
              "backend: every activation stays fp32",
              net->name);
@@ -138,11 +150,27 @@ int net_bf16_plan(Net *net) {
     free(f);
     return -1;
   }
-  for (int b = 0; b < net->n_blobs; b++) net->blobs[b]->dev_bf16 = f[b];
+  for (int b = 0; b < net->n_blobs; b++) *flag_of(net, net->blobs[b]) = f[b];
   free(f);
   if (n != before)
-    LOG_INFO("Net '%s': %d of %d activation blobs as bf16 channels-last on the device "
-             "(MOKA_BF16_ACT=1)",
-             net->name, n, net->n_blobs);
+    LOG_INFO("Net '%s': %d of %d activation blobs as bf16 channels-last %s (MOKA_BF16_ACT=1)",
+             net->name, n, net->n_blobs, cpu ? "in memory" : "on the device");
+  return 0;
+}
+
+int net_bf16_layer_check(const Layer *l) {
+  const char *tn = l->type->name;
+  const bool takes = !strcmp(tn, "Convolution") || !strcmp(tn, "Pooling") || !strcmp(tn, "Split");
+  if (takes) return 0;
+  for (int pass = 0; pass < 2; pass++) {
+    const int n = pass == 0 ? l->n_bottom : l->n_top;
+    Blob *const *v = pass == 0 ? l->bottom : l->top;
+    for (int i = 0; i < n; i++)
+      if (v[i]->host_bf16 && v[i]->count)
+        return moka_errorf("layer '%s': %s %d ('%s') is a bf16 channels-last blob "
+                           "(MOKA_BF16_ACT=1), which a %s layer does not read (with "
+                           "MOKA_BF16_ACT the BatchNorm chains must run fused)",
+                           l->name, pass == 0 ? "bottom" : "top", i, v[i]->name, tn);
+  }
   return 0;
 }

@@ -567,6 +567,7 @@ static void forward_plane(const FusedChain *c, const float *x, float *xn, float 
 }
 
 int net_fuse_cpu_forward(Net *net, const FusedChain *c) {
+  if (c->x->host_bf16 || c->y->host_bf16) return net_fuse_cpu_forward_bf16(net, c);
   Layer *bn = net->layers[c->bn];
   BatchNormPriv *p = bn->priv;
   const size_t N = p->num, C = (size_t)p->channels, S = p->spatial;
@@ -775,6 +776,7 @@ static void backward_write(const float *dy, const float *dy1, const float *y, co
 
 int net_fuse_cpu_backward(Net *net, const FusedChain *c) {
   if (!c->need_backward) return 0;
+  if (c->x->host_bf16 || c->y->host_bf16) return net_fuse_cpu_backward_bf16(net, c);
   Layer *bn = net->layers[c->bn];
   BatchNormPriv *p = bn->priv;
   const size_t N = c->num, C = c->channels, S = c->spatial;

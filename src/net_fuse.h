@@ -204,6 +204,10 @@ void net_fuse_sub_leave(Net *net, int i);
 /* The fast CPU backend's chain forward / backward (src/net_fuse.c). */
 int net_fuse_cpu_forward(Net *net, const FusedChain *c);
 int net_fuse_cpu_backward(Net *net, const FusedChain *c);
+/* The two on bf16 channels-last blobs (MOKA_BF16_ACT=1; src/net_fuse_bf16.c), which the
+ * two above hand such a chain to. */
+int net_fuse_cpu_forward_bf16(Net *net, const FusedChain *c);
+int net_fuse_cpu_backward_bf16(Net *net, const FusedChain *c);
 
 #ifdef MOKA_WITH_CUDA
 /* The CUDA backend's chain forward / backward (src/net_fuse_cuda.c, helper

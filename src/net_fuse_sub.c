@@ -80,6 +80,10 @@ int net_fuse_sub_enter(Net *net, int i, bool forward) {
   SubShare *g = &p->subs[p->sub_of[i]];
   Layer *l = net->layers[i];
   ConvPriv *cp = l->priv;
+  if (l->bottom[0]->host_bf16) { /* MOKA_BF16_ACT: the channels-last layer subsamples itself */
+    cp->sub_x = NULL;
+    return 0;
+  }
   const float *x = l->bottom[0]->data;
   if (forward && i == g->first) {
     const size_t n = (size_t)cp->num * cp->channels * cp->out_h * cp->out_w;

@@ -33,7 +33,8 @@ enum {
   NR = BF16_NR,
   B_GROUP_BYTES = 512 * 1024, /* packed weights per pass over a thread's rows */
   WGRAD_PIXELS = 2048,        /* pixels per weight-gradient chunk, about */
-  WGRAD_MIN_PIXELS = 512      /* fewer per thread: one chunk at a time, GEMMs split */
+  WGRAD_MIN_PIXELS = 512,     /* fewer per thread: one chunk at a time, GEMMs split */
+  MAX_TAPS = 64               /* kernel taps at most (KH*KW) */
 };
 
 size_t nhwc_bf16_packed_b_size(int K, int N) {
@@ -63,13 +64,34 @@ void nhwc_bf16_pack_dgrad(const float *w, int OC, int C, int32_t *out) {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 #include <immintrin.h>
 
+#include "avx512_transpose.h"
 #include "bf16_simd.h"
+
+/* The tile's mr rows and nr columns into y (fp32) or y16 (bf16, rounded as
+ * nhwc_bf16_round), rows ldy values apart. */
+static inline void store_tile(__m512 c[MR][2], float *y, uint16_t *y16, size_t ldy, int mr,
+                              int nr) {
+  const __mmask16 k0 = bf16_mask16(nr), k1 = bf16_mask16(nr - 16);
+#pragma GCC unroll 12
+  for (int m = 0; m < MR; m++) {
+    if (m >= mr) break;
+    if (y16) {
+      uint16_t *row = y16 + (size_t)m * ldy;
+      _mm256_mask_storeu_epi16(row, k0, (__m256i)_mm512_cvtneps_pbh(c[m][0]));
+      _mm256_mask_storeu_epi16(row + 16, k1, (__m256i)_mm512_cvtneps_pbh(c[m][1]));
+    } else {
+      float *row = y + (size_t)m * ldy;
+      _mm512_mask_storeu_ps(row, k0, c[m][0]);
+      _mm512_mask_storeu_ps(row + 16, k1, c[m][1]);
+    }
+  }
+}
 
 /* y tile (mr <= MR rows, nr <= NR columns) = a rows x B panel over kpt
  * pairs; a32: row 0's dwords, rows lda32 dwords apart. Rows past mr read
  * row 0 again (never stored). */
 static void kernel_rows(int kpt, const int32_t *a32, size_t lda32, const int32_t *bp, float *y,
-                        size_t ldy, int mr, int nr) {
+                        uint16_t *y16, size_t ldy, int mr, int nr) {
   const int32_t *r[MR];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) r[m] = a32 + (m < mr ? (size_t)m * lda32 : 0);
@@ -86,14 +108,7 @@ static void kernel_rows(int kpt, const int32_t *a32, size_t lda32, const int32_t
       c[m][1] = _mm512_dpbf16_ps(c[m][1], am, b1);
     }
   }
-  const __mmask16 k0 = bf16_mask16(nr), k1 = bf16_mask16(nr - 16);
-#pragma GCC unroll 12
-  for (int m = 0; m < MR; m++) {
-    if (m >= mr) break;
-    float *row = y + (size_t)m * ldy;
-    _mm512_mask_storeu_ps(row, k0, c[m][0]);
-    _mm512_mask_storeu_ps(row + 16, k1, c[m][1]);
-  }
+  store_tile(c, y, y16, ldy, mr, nr);
 }
 
 /* Bf16PackB for the weight gradient's B = x (K = pixels, N = channels),
@@ -124,7 +139,7 @@ static void pack_rows(const void *ctx, int p0, int kc, int j0, int nc, int32_t *
  * zero row where the tap falls into the padding), and tap t's pairs are
  * B's pairs [t*kpt, (t+1)*kpt). */
 static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int32_t *bp, float *y,
-                        size_t ldy, int mr, int nr) {
+                        uint16_t *y16, size_t ldy, int mr, int nr) {
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
@@ -144,14 +159,7 @@ static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int
       }
     }
   }
-  const __mmask16 k0 = bf16_mask16(nr), k1 = bf16_mask16(nr - 16);
-#pragma GCC unroll 12
-  for (int m = 0; m < MR; m++) {
-    if (m >= mr) break;
-    float *row = y + (size_t)m * ldy;
-    _mm512_mask_storeu_ps(row, k0, c[m][0]);
-    _mm512_mask_storeu_ps(row + 16, k1, c[m][1]);
-  }
+  store_tile(c, y, y16, ldy, mr, nr);
 }
 
 /* Bf16PackB for a tap of the convolution weight gradient: B (K = the
@@ -199,10 +207,111 @@ void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst) {
   }
 }
 
+static inline float bf16_to_f32(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* Both layout changes go 16 channels x 16 pixels at a time through a 16 x 16 transpose in
+ * registers (avx512_transpose.h): rows read and written whole, masked at the edges. */
+void nhwc_bf16_from_nchw(const float *x, size_t N, size_t C, size_t S, uint16_t *out) {
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= FAST_GRAIN)
+  for (size_t n = 0; n < N; n++)
+    for (size_t s0 = 0; s0 < S; s0 += 16) {
+      const int ns = S - s0 < 16 ? (int)(S - s0) : 16;
+      for (size_t c0 = 0; c0 < C; c0 += 16) {
+        const int nc = C - c0 < 16 ? (int)(C - c0) : 16;
+        __m512i t[16];
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++) /* row c: channel c0+c's pixels s0.. */
+          t[c] = c < nc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
+                              bf16_mask16(ns), x + (n * C + c0 + c) * S + s0))
+                        : _mm512_setzero_si512();
+        transpose16(t); /* row q: pixel s0+q's channels c0.. */
+        for (int q = 0; q < ns; q++)
+          _mm256_mask_storeu_epi16(out + (n * S + s0 + q) * C + c0, bf16_mask16(nc),
+                                   (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(t[q])));
+      }
+    }
+}
+
+void nhwc_to_nchw(const float *y, const uint16_t *y16, size_t N, size_t C, size_t S, float *out) {
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= FAST_GRAIN)
+  for (size_t n = 0; n < N; n++)
+    for (size_t s0 = 0; s0 < S; s0 += 16) {
+      const int ns = S - s0 < 16 ? (int)(S - s0) : 16;
+      for (size_t c0 = 0; c0 < C; c0 += 16) {
+        const int nc = C - c0 < 16 ? (int)(C - c0) : 16;
+        const __mmask16 mk = bf16_mask16(nc);
+        __m512i t[16];
+#pragma GCC unroll 16
+        for (int q = 0; q < 16; q++) { /* row q: pixel s0+q's channels c0.. */
+          const size_t i = (n * S + s0 + q) * C + c0;
+          t[q] = q >= ns ? _mm512_setzero_si512()
+                 : y     ? _mm512_castps_si512(_mm512_maskz_loadu_ps(mk, y + i))
+                         : _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, y16 + i)), 16);
+        }
+        transpose16(t); /* row c: channel c0+c's pixels s0.. */
+        for (int c = 0; c < nc; c++)
+          _mm512_mask_storeu_ps(out + (n * C + c0 + c) * S + s0, bf16_mask16(ns),
+                                _mm512_castsi512_ps(t[c]));
+      }
+    }
+}
+
 #pragma GCC pop_options
 
+void nhwc_bf16_subsample(const uint16_t *x, const NhwcGeom *g, uint16_t *out) {
+  const size_t C = (size_t)g->C, rows = (size_t)g->N * g->OH;
+#pragma omp parallel for schedule(static) if (rows * g->OW * C >= FAST_GRAIN)
+  for (size_t r = 0; r < rows; r++) {
+    const size_t n = r / g->OH, oh = r % g->OH;
+    const uint16_t *src = x + ((n * g->H + oh * g->SH) * g->W) * C;
+    uint16_t *dst = out + r * g->OW * C;
+    for (int ow = 0; ow < g->OW; ow++)
+      memcpy(dst + (size_t)ow * C, src + (size_t)ow * g->SW * C, C * sizeof(uint16_t));
+  }
+}
+
+void nhwc_spread_strided(const float *d, const uint16_t *d16, const NhwcGeom *g, uint16_t *dx16,
+                         float *dxf) {
+  const size_t C = (size_t)g->C, H = g->H, W = g->W, N = g->N;
+  if (dx16) {
+#pragma omp parallel for schedule(static) if (N * H * W * C >= FAST_GRAIN)
+    for (size_t r = 0; r < N * H; r++) {
+      const size_t n = r / H, ih = r % H;
+      uint16_t *dst = dx16 + r * W * C;
+      memset(dst, 0, W * C * sizeof(uint16_t));
+      if (ih % g->SH || ih / g->SH >= (size_t)g->OH) continue;
+      const size_t orow = (n * g->OH + ih / g->SH) * g->OW;
+      for (int ow = 0; ow < g->OW; ow++) {
+        uint16_t *o = dst + (size_t)ow * g->SW * C;
+        if (d16) {
+          memcpy(o, d16 + (orow + ow) * C, C * sizeof(uint16_t));
+        } else {
+          nhwc_bf16_round(d + (orow + ow) * C, C, o);
+        }
+      }
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (N * H * W * C >= FAST_GRAIN)
+  for (size_t k = 0; k < N * C; k++) {
+    const size_t n = k / C, c = k % C;
+    float *dst = dxf + k * H * W;
+    memset(dst, 0, H * W * sizeof(float));
+    for (int oh = 0; oh < g->OH; oh++)
+      for (int ow = 0; ow < g->OW; ow++) {
+        const size_t i = ((n * g->OH + oh) * g->OW + ow) * C + c;
+        dst[(size_t)oh * g->SH * W + (size_t)ow * g->SW] = d ? d[i] : bf16_to_f32(d16[i]);
+      }
+  }
+}
+
 int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *bp, int N,
-                   float *y, size_t ldy) {
+                   float *y, uint16_t *y16, size_t ldy) {
   if (K % 2 || lda % 2)
     return moka_errorf("internal: a bf16 channels-last GEMM needs an even reduction and row "
                        "stride (K %d, lda %zu)", K, lda);
@@ -223,7 +332,8 @@ int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *b
         const int m0 = ti * MR, mr = P - m0 < MR ? P - m0 : MR;
         for (int jp = g0; jp < g1; jp++)
           kernel_rows(kpt, a32 + (size_t)m0 * lda32, lda32, bp + (size_t)jp * panel_dw,
-                      y + (size_t)m0 * ldy + (size_t)jp * NR, ldy, mr,
+                      y ? y + (size_t)m0 * ldy + (size_t)jp * NR : NULL,
+                      y16 ? y16 + (size_t)m0 * ldy + (size_t)jp * NR : NULL, ldy, mr,
                       N - jp * NR < NR ? N - jp * NR : NR);
       }
     }
@@ -273,8 +383,6 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
 
 /* ---- any kernel size, stride and pad ------------------------------------------------- */
 
-enum { MAX_TAPS = 64 };
-
 void nhwc_geom_finish(NhwcGeom *g) {
   g->OH = (g->H + 2 * g->PH - g->KH) / g->SH + 1;
   g->OW = (g->W + 2 * g->PW - g->KW) / g->SW + 1;
@@ -284,33 +392,51 @@ size_t nhwc_bf16_conv_packed_size(const NhwcGeom *g) {
   return nhwc_bf16_packed_b_size(g->KH * g->KW * g->C, g->OC);
 }
 
-/* w (OC, C, T) reordered as r (rows, T, cols): r[i][t][j] = w[o][c][flip ? T-1-t : t]
- * with (o, c) = (i, j), or (j, i) when swap; then packed as B = r^T. */
-static int pack_reordered(const float *w, int OC, int C, int T, bool swap, int32_t *out) {
-  const int rows = swap ? C : OC, cols = swap ? OC : C, K = T * cols;
-  float *r = fast_workspace(FAST_WS_COL, (size_t)rows * K, "bf16 channels-last weights");
-  if (!r) return -1;
-  /* Row i of r: w's taps read in runs of T (w[o][c][0..T-1]), written T ways. */
-#pragma omp parallel for schedule(static) if ((size_t)rows * K >= FAST_GRAIN)
-  for (int i = 0; i < rows; i++) {
-    float *ri = r + (size_t)i * K;
-    for (int j = 0; j < cols; j++) {
-      const int o = swap ? j : i, c = swap ? i : j;
-      const float *wt = w + ((size_t)o * C + c) * T;
-      for (int t = 0; t < T; t++) ri[(size_t)t * cols + j] = wt[swap ? T - 1 - t : t];
+/* The packed weights of a KH x KW convolution from w (OC, C, T), T = KH*KW taps, through
+ * w_t (T, OC, C) (w_t[t][o][c] = w[o][c][t]: w read in order, T streams written in order).
+ * B's pairs [t*cols/2, (t+1)*cols/2) of a panel are tap t's block, a plain matrix of w_t:
+ *   forward       B (K = (t, c), N = o): the block of tap t is w_t[t]^T, packed as pack_b's
+ *                 transposed source (rows o, C values each);
+ *   data gradient B (K = (t', o), N = c) of the flipped kernel: w_t[T-1-t'] itself (rows o).
+ * Every (tap, panel) block is packed on its own, on the pool. */
+static int pack_taps(const float *w, int OC, int C, int T, bool dgrad, int32_t *out) {
+  const size_t per = (size_t)OC * C;
+  float *wt = fast_workspace(FAST_WS_COL, (size_t)T * per, "bf16 channels-last weights");
+  if (!wt) return -1;
+  /* 16 channels at a time through a small tile, each tap's 16 values then stored at once
+   * (the T streams lie OC*C floats apart: one value at a time to each thrashes the
+   * caches' sets). */
+#pragma omp parallel for schedule(static) if ((size_t)T * per >= FAST_GRAIN)
+  for (int o = 0; o < OC; o++)
+    for (int c0 = 0; c0 < C; c0 += 16) {
+      const int nc = C - c0 < 16 ? C - c0 : 16;
+      float tile[MAX_TAPS][16];
+      const float *src = w + ((size_t)o * C + c0) * T;
+      for (int c = 0; c < nc; c++)
+        for (int t = 0; t < T; t++) tile[t][c] = src[(size_t)c * T + t];
+      for (int t = 0; t < T; t++)
+        memcpy(wt + t * per + (size_t)o * C + c0, tile[t], (size_t)nc * sizeof(float));
     }
-  }
-  const Bf16Plain b = {r, K}; /* B = r^T: r stored (N = rows, K) */
-  pack_b_panels(bf16_pack_b_plain_t, &b, K, rows, out);
+  const int N = dgrad ? C : OC, kb = dgrad ? OC : C; /* columns; K per tap */
+  const int panels = (N + NR - 1) / NR;
+  const size_t panel_dw = (size_t)T * ((kb + 1) / 2) * NR, tap_dw = (size_t)((kb + 1) / 2) * NR;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * per >= FAST_GRAIN)
+  for (int t = 0; t < T; t++)
+    for (int jp = 0; jp < panels; jp++) {
+      const Bf16Plain b = {wt + (size_t)(dgrad ? T - 1 - t : t) * per, C};
+      const int nc = N - jp * NR < NR ? N - jp * NR : NR;
+      (dgrad ? bf16_pack_b_plain : bf16_pack_b_plain_t)(&b, 0, kb, jp * NR, nc,
+                                                        out + jp * panel_dw + t * tap_dw);
+    }
   return 0;
 }
 
 int nhwc_bf16_pack_conv_fwd(const NhwcGeom *g, const float *w, int32_t *out) {
-  return pack_reordered(w, g->OC, g->C, g->KH * g->KW, false, out);
+  return pack_taps(w, g->OC, g->C, g->KH * g->KW, false, out);
 }
 
 int nhwc_bf16_pack_conv_dgrad(const NhwcGeom *g, const float *w, int32_t *out) {
-  return pack_reordered(w, g->OC, g->C, g->KH * g->KW, true, out);
+  return pack_taps(w, g->OC, g->C, g->KH * g->KW, true, out);
 }
 
 int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d) {
@@ -323,7 +449,8 @@ int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d) {
   return 0;
 }
 
-int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y) {
+int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y,
+                       uint16_t *y16) {
   const int T = g->KH * g->KW, C = g->C, OC = g->OC;
   if (C % 2 || T > MAX_TAPS)
     return moka_errorf("internal: a bf16 channels-last convolution needs an even channel count "
@@ -363,8 +490,10 @@ int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, 
             }
         }
         for (int jp = g0; jp < g1; jp++)
-          kernel_taps(T, kpt, rows, bp + (size_t)jp * panel_dw, y + (size_t)m0 * OC + (size_t)jp * NR,
-                      (size_t)OC, mr, OC - jp * NR < NR ? OC - jp * NR : NR);
+          kernel_taps(T, kpt, rows, bp + (size_t)jp * panel_dw,
+                      y ? y + (size_t)m0 * OC + (size_t)jp * NR : NULL,
+                      y16 ? y16 + (size_t)m0 * OC + (size_t)jp * NR : NULL, (size_t)OC, mr,
+                      OC - jp * NR < NR ? OC - jp * NR : NR);
       }
     }
   }

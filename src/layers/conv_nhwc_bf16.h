@@ -36,13 +36,14 @@ size_t nhwc_bf16_packed_b_size(int K, int N);
 void nhwc_bf16_pack_fwd(const float *w, int OC, int C, int32_t *out);
 void nhwc_bf16_pack_dgrad(const float *w, int OC, int C, int32_t *out);
 
-/* y (P, N) fp32 (row stride ldy) = a (P, K) x B, a bf16 read in place (row
+/* y (P, N) fp32, or y16 bf16 (the other NULL; row stride ldy) = a (P, K) x
+ * B, a bf16 read in place (row
  * stride lda elements, K even), B packed as above. The forward (a = x,
  * K = C, N = OC) and the data gradient (a = dy, K = OC, N = C) of a 1x1
  * stride-1 convolution. On the OpenMP pool (rows split); 0, or -1 with
  * moka_errorf when K or lda is odd. */
 int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *bp, int N,
-                   float *y, size_t ldy);
+                   float *y, uint16_t *y16, size_t ldy);
 
 /* dw (OC, C) += dy^T x x summed over the P pixels: dy (P, OC), x (P, C),
  * bf16. On the pool in chunks of pixels, each thread's sums added to dw in
@@ -65,9 +66,11 @@ void nhwc_geom_finish(NhwcGeom *g);
  * -1 with moka_errorf (workspace). */
 size_t nhwc_bf16_conv_packed_size(const NhwcGeom *g);
 int nhwc_bf16_pack_conv_fwd(const NhwcGeom *g, const float *w, int32_t *out);
-/* y (N*OH*OW, OC) fp32 = the convolution of x (bf16, read in place; C
- * even). On the pool; 0, or -1 with moka_errorf (odd C, workspace). */
-int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y);
+/* y (N*OH*OW, OC) fp32, or y16 bf16 (the other NULL) = the convolution of
+ * x (bf16, read in place; C even). On the pool; 0, or -1 with moka_errorf
+ * (odd C, workspace). */
+int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y,
+                       uint16_t *y16);
 
 /* The data gradient of a stride-1 convolution is the forward convolution
  * of dy by the flipped kernel: nhwc_bf16_dgrad_geom gives that
@@ -85,5 +88,19 @@ int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *
 
 /* dst[i] = bf16(src[i]), i < n; on the pool. */
 void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst);
+
+/* ---- layouts (on the pool) ---- */
+
+/* x (N, C, S) fp32 -> out (N, S, C) bf16. */
+void nhwc_bf16_from_nchw(const float *x, size_t N, size_t C, size_t S, uint16_t *out);
+/* y (N, S, C) fp32 or y16 (N, S, C) bf16 (the other NULL) -> out (N, C, S) fp32. */
+void nhwc_to_nchw(const float *y, const uint16_t *y16, size_t N, size_t C, size_t S, float *out);
+/* out (N, OH, OW, C) = x (N, H, W, C) at rows oh*SH, columns ow*SW (bf16). */
+void nhwc_bf16_subsample(const uint16_t *x, const NhwcGeom *g, uint16_t *out);
+/* The strided 1x1 data gradient's spreading: d (N*OH*OW, C) values (fp32 d
+ * or bf16 d16) put at their pixels (oh*SH, ow*SW) of dx (N, H, W, C), bf16
+ * (dx16) or, as fp32 NCHW (dxf), (N, C, H, W); every other value zero. */
+void nhwc_spread_strided(const float *d, const uint16_t *d16, const NhwcGeom *g, uint16_t *dx16,
+                         float *dxf);
 
 #endif

@@ -49,6 +49,7 @@
 
 #include "conv_winograd.h" /* Winograd hook: 3x3 stride-1 convolutions in fp32 */
 #include "convolution_bf16.h"
+#include "convolution_nhwc.h"
 #include "convolution_priv.h"
 #include "fast.h"
 #include "fast_layers.h"
@@ -586,6 +587,7 @@ static int run_subsampled(Layer *l, int (*fn)(Layer *)) {
 
 int conv_forward_fast(Layer *l) {
   ConvPriv *p = l->priv;
+  if (conv_nhwc_in_use(l)) return conv_forward_nhwc(l); /* bf16 channels-last blobs */
   if (p->sub_x) return run_subsampled(l, conv_forward_fast);
   const float *weight = l->params[0]->data;                     /* (OC, IC/G, KH, KW) */
   const float *bias = p->bias_term ? l->params[1]->data : NULL; /* (OC) */
@@ -771,6 +773,7 @@ static int backward_params(Layer *l) { return backward_impl(l, true, false); }
 
 int conv_backward_fast(Layer *l) {
   ConvPriv *p = l->priv;
+  if (conv_nhwc_in_use(l)) return conv_backward_nhwc(l); /* bf16 channels-last blobs */
   if (!p->sub_x) return backward_impl(l, true, true);
   /* The parameters' gradients from the subsampled input; the data gradient
    * (which does not read x) as usual. */

@@ -48,7 +48,10 @@ enum {
   FAST_WS_PACK_B = 4,
   FAST_WS_WINO = 5, /* Winograd's transformed weights or weight gradient (conv_winograd.c) */
   FAST_WS_WPACK = 6, /* the bf16 convolution's packed weights (convolution_bf16.c) */
-  FAST_WS_SLOTS = 7
+  FAST_WS_NHWC_X = 7, /* the channels-last convolution layer (convolution_nhwc.c): */
+  FAST_WS_NHWC_Y = 8, /*   an input, output or gradient in the other format, */
+  FAST_WS_NHWC_D = 9, /*   a subsampled input or a strided layer's gradient */
+  FAST_WS_SLOTS = 10
 };
 
 /* Precision of the convolution and inner-product GEMMs: fp32 (the default,

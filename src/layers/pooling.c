@@ -178,14 +178,6 @@ static int pool_forward_cpu(Layer *l) {
   return 0;
 }
 
-/* A global AVE pooling (one output pixel over the whole plane, no padding): the one that
- * reads bf16 channels-last blobs (MOKA_BF16_ACT, src/net_bf16.h; ResNet's pool5). */
-static bool pool_is_global_ave(const PoolPriv *p) {
-  return p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__AVE && p->out_h == 1 &&
-         p->out_w == 1 && p->kernel_h >= p->height && p->kernel_w >= p->width &&
-         p->pad_h == 0 && p->pad_w == 0;
-}
-
 static int pool_backward_cpu(Layer *l) {
   PoolPriv *p = l->priv;
   if (!l->propagate_down[0]) return 0;

@@ -5,10 +5,12 @@
  * order), so the results, the argmax and the gradients are identical.
  */
 #include <float.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "fast.h"
 #include "fast_layers.h"
+#include "net_bf16.h"
 #include "layer.h"
 #include "pool_geom.h"
 #include "pooling_priv.h"
@@ -63,8 +65,75 @@ static void max_row16(const float *x, int W, int h0, int h1, int kw, int sw, int
 
 #pragma GCC pop_options
 
+/* Global AVE pooling of a bf16 channels-last bottom (MOKA_BF16_ACT=1, src/net_bf16.h; the
+ * CUDA backend's kernels/pool_nhwc.cu, the same definitions): y (N, C) fp32 = the mean over
+ * the S pixels, summed in fp32 in pixel order and divided by S (as Caffe's AVE divides by
+ * its window); back, dx (N*S, C) bf16 = dy / S, rounded to nearest even. */
+static inline float bf16_f32(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static inline uint16_t f32_bf16(float f) { /* round to nearest even, denormals to zero */
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static int pool_nhwc_check(const Layer *l) {
+  if (!pool_cpu_bf16_nhwc_capable(l) || l->top[0]->host_bf16)
+    return moka_errorf("internal error: pooling '%s' has a bf16 channels-last bottom but is not "
+                       "a global AVE pooling into fp32",
+                       l->name);
+  return 0;
+}
+
+static int pool_forward_nhwc(Layer *l) {
+  const PoolPriv *p = l->priv;
+  if (pool_nhwc_check(l)) return -1;
+  const size_t N = p->num, C = p->channels, S = (size_t)p->height * p->width;
+  const uint16_t *x = (const uint16_t *)l->bottom[0]->data;
+  float *y = l->top[0]->data;
+#pragma omp parallel for schedule(static) if (N * C * S >= FAST_GRAIN)
+  for (size_t n = 0; n < N; n++) {
+    float *yn = y + n * C;
+    for (size_t c = 0; c < C; c++) yn[c] = 0.0f;
+    for (size_t s = 0; s < S; s++) {
+      const uint16_t *xs = x + (n * S + s) * C;
+#pragma omp simd
+      for (size_t c = 0; c < C; c++) yn[c] += bf16_f32(xs[c]);
+    }
+    for (size_t c = 0; c < C; c++) yn[c] /= (float)S;
+  }
+  return 0;
+}
+
+static int pool_backward_nhwc(Layer *l) {
+  const PoolPriv *p = l->priv;
+  if (pool_nhwc_check(l)) return -1;
+  const size_t N = p->num, C = p->channels, S = (size_t)p->height * p->width;
+  const float *dy = l->top[0]->diff;
+  uint16_t *dx = (uint16_t *)l->bottom[0]->diff;
+#pragma omp parallel for schedule(static) if (N * C * S >= FAST_GRAIN)
+  for (size_t n = 0; n < N; n++)
+    for (size_t s = 0; s < S; s++)
+      for (size_t c = 0; c < C; c++) dx[(n * S + s) * C + c] = f32_bf16(dy[n * C + c] / (float)S);
+  return 0;
+}
+
+bool pool_cpu_bf16_nhwc_capable(const Layer *l) {
+  const PoolPriv *p = l->priv;
+  return l->n_top == 1 && pool_is_global_ave(p) && p->channels % 8 == 0;
+}
+
 int pool_forward_fast(Layer *l) {
   PoolPriv *p = l->priv;
+  if (l->bottom[0]->host_bf16) return pool_forward_nhwc(l);
   const int H = p->height, W = p->width, PH = p->out_h, PW = p->out_w;
   const bool is_max = p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
   float *mask_top = l->n_top > 1 ? l->top[1]->data : NULL; /* (N,C,PH,PW) argmax as float */
@@ -131,6 +200,7 @@ int pool_forward_fast(Layer *l) {
 int pool_backward_fast(Layer *l) {
   PoolPriv *p = l->priv;
   if (!l->propagate_down[0]) return 0;
+  if (l->bottom[0]->host_bf16) return pool_backward_nhwc(l);
   const int H = p->height, W = p->width, PH = p->out_h, PW = p->out_w;
   const int planes = p->num * p->channels;
   const size_t work = (size_t)planes * H * W;

@@ -46,4 +46,12 @@ static inline void pool_backward_plane(const PoolPriv *p, int nc, const float *d
   }
 }
 
+/* A global AVE pooling (one output pixel over the whole plane, no padding): the one that
+ * reads bf16 channels-last blobs (MOKA_BF16_ACT, src/net_bf16.h; ResNet's pool5). */
+static inline bool pool_is_global_ave(const PoolPriv *p) {
+  return p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__AVE && p->out_h == 1 &&
+         p->out_w == 1 && p->kernel_h >= p->height && p->kernel_w >= p->width &&
+         p->pad_h == 0 && p->pad_w == 0;
+}
+
 #endif

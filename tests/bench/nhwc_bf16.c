@@ -114,16 +114,16 @@ int main(int argc, char **argv) {
         int rc = 0;
         if (T == 1 && k == FWD) {
           nhwc_bf16_pack_fwd(w, OC, C, bp);
-          rc = nhwc_bf16_gemm(x16, C, P, C, bp, OC, y, OC);
+          rc = nhwc_bf16_gemm(x16, C, P, C, bp, OC, y, NULL, OC);
         } else if (T == 1 && k == DGRAD) {
           nhwc_bf16_pack_dgrad(w, OC, C, bp);
-          rc = nhwc_bf16_gemm(dy16, OC, P, OC, bp, C, y, C);
+          rc = nhwc_bf16_gemm(dy16, OC, P, OC, bp, C, y, NULL, C);
         } else if (T == 1) {
           rc = nhwc_bf16_wgrad(dy16, x16, P, OC, C, dw);
         } else if (k == FWD) {
-          rc = nhwc_bf16_pack_conv_fwd(&g, w, bp) || nhwc_bf16_conv_fwd(&g, x16, bp, y);
+          rc = nhwc_bf16_pack_conv_fwd(&g, w, bp) || nhwc_bf16_conv_fwd(&g, x16, bp, y, NULL);
         } else if (k == DGRAD) {
-          rc = nhwc_bf16_pack_conv_dgrad(&g, w, bp) || nhwc_bf16_conv_fwd(&d, dy16, bp, y);
+          rc = nhwc_bf16_pack_conv_dgrad(&g, w, bp) || nhwc_bf16_conv_fwd(&d, dy16, bp, y, NULL);
         } else {
           rc = nhwc_bf16_conv_wgrad(&g, dy16, x16, dw);
         }

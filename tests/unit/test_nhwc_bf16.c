@@ -17,7 +17,8 @@
  * 1x1 shapes at small P, weight gradients in chunks side by side (P large)
  * and one chunk with the GEMM split (P small), an odd pixel count in a
  * chunk; with 1, 2 and 3 threads. Rows past P and columns past N must stay
- * untouched (the outputs live in larger buffers with a sentinel).
+ * untouched (the outputs live in larger buffers with a sentinel). The bf16
+ * outputs are the fp32 ones rounded, bit for bit.
  * SKIP on a CPU without AVX-512 BF16. */
 #include <math.h>
 #include <omp.h>
@@ -113,9 +114,20 @@ static void run_case(const Case *k, int threads) {
   omp_set_num_threads(threads);
   nhwc_bf16_pack_fwd(w, OC, C, bf);
   nhwc_bf16_pack_dgrad(w, OC, C, bd);
-  CHECK(nhwc_bf16_gemm(x16, C, P, C, bf, OC, y, ldy) == 0);
-  CHECK(nhwc_bf16_gemm(dy16, OC, P, OC, bd, C, dx, ldx) == 0);
+  CHECK(nhwc_bf16_gemm(x16, C, P, C, bf, OC, y, NULL, ldy) == 0);
+  CHECK(nhwc_bf16_gemm(dy16, OC, P, OC, bd, C, dx, NULL, ldx) == 0);
   CHECK(nhwc_bf16_wgrad(dy16, x16, P, OC, C, dw) == 0);
+  { /* bf16 outputs: the fp32 ones rounded, bit for bit */
+    uint16_t *y16 = malloc(2 * (size_t)P * OC), *yr = malloc(2 * (size_t)P * OC);
+    CHECK(nhwc_bf16_gemm(x16, C, P, C, bf, OC, NULL, y16, OC) == 0);
+    int bad = 0;
+    for (int p = 0; p < P; p++) {
+      nhwc_bf16_round(y + (size_t)p * ldy, OC, yr + (size_t)p * OC);
+      bad += memcmp(yr + (size_t)p * OC, y16 + (size_t)p * OC, 2 * (size_t)OC) != 0;
+    }
+    CHECK_MSG(bad == 0, "P %d C %d OC %d: %d bf16 output rows differ", P, C, OC, bad);
+    free(y16), free(yr);
+  }
 
   Err ey = {0, 0}, ex = {0, 0}, ew = {0, 0};
   for (int p = 0; p <= P; p++) {
@@ -226,13 +238,20 @@ static void run_conv_case(const ConvCase *k, int threads) {
   memcpy(dw, dw0, 4 * nw);
   omp_set_num_threads(threads);
   CHECK(nhwc_bf16_pack_conv_fwd(&g, w, bf) == 0);
-  CHECK(nhwc_bf16_conv_fwd(&g, x16, bf, y) == 0);
+  CHECK(nhwc_bf16_conv_fwd(&g, x16, bf, y, NULL) == 0);
   if (s1) {
     CHECK(d.H == g.OH && d.W == g.OW && d.OH == g.H && d.OW == g.W && d.C == OC && d.OC == C);
     CHECK(nhwc_bf16_pack_conv_dgrad(&g, w, bd) == 0);
-    CHECK(nhwc_bf16_conv_fwd(&d, dy16, bd, dx) == 0);
+    CHECK(nhwc_bf16_conv_fwd(&d, dy16, bd, dx, NULL) == 0);
   }
   CHECK(nhwc_bf16_conv_wgrad(&g, dy16, x16, dw) == 0);
+  { /* bf16 outputs: the fp32 ones rounded, bit for bit */
+    uint16_t *y16 = malloc(2 * ny), *yr = malloc(2 * ny);
+    CHECK(nhwc_bf16_conv_fwd(&g, x16, bf, NULL, y16) == 0);
+    nhwc_bf16_round(y, ny, yr);
+    CHECK(memcmp(y16, yr, 2 * ny) == 0);
+    free(y16), free(yr);
+  }
   /* Reference sums: every (output pixel, tap) pair inside the image. */
   double *sy = calloc(ny, 8), *ay = calloc(ny, 8), *sx = calloc(nx, 8), *ax = calloc(nx, 8);
   double *sw = calloc(nw, 8), *aw = calloc(nw, 8);
@@ -286,17 +305,86 @@ static void test_conv_shapes(void) {
   omp_set_num_threads(saved);
 }
 
+/* The layout changes against index loops: NCHW fp32 -> NHWC bf16 (rounded as
+ * bf16_scalar), NHWC fp32 and bf16 -> NCHW fp32 (exact), the subsampling and the strided
+ * spreading (zeros between), on sizes that are not multiples of 16. */
+static void test_layouts(void) {
+  const size_t N = 2, C = 20, H = 7, W = 5, S = H * W;
+  float *x = malloc(4 * N * C * S), *back = malloc(4 * N * C * S), *f = malloc(4 * N * C * S);
+  uint16_t *h = malloc(2 * N * C * S);
+  fill(x, N * C * S, 1.0f);
+  nhwc_bf16_from_nchw(x, N, C, S, h);
+  int bad = 0;
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t q = 0; q < S; q++)
+        bad += h[(n * S + q) * C + c] != bf16_scalar(x[(n * C + c) * S + q]);
+  CHECK_MSG(bad == 0, "from_nchw: %d values wrong", bad);
+  nhwc_to_nchw(NULL, h, N, C, S, back);
+  bad = 0;
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t q = 0; q < S; q++)
+        bad += back[(n * C + c) * S + q] != (float)bf16_value(h[(n * S + q) * C + c]);
+  CHECK_MSG(bad == 0, "to_nchw (bf16): %d values wrong", bad);
+  for (size_t i = 0; i < N * C * S; i++) f[i] = x[(i * 7) % (N * C * S)];
+  nhwc_to_nchw(f, NULL, N, C, S, back);
+  bad = 0;
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++)
+      for (size_t q = 0; q < S; q++) bad += back[(n * C + c) * S + q] != f[(n * S + q) * C + c];
+  CHECK_MSG(bad == 0, "to_nchw (fp32): %d values wrong", bad);
+  /* stride 2x3 over 7x5: 4x2 outputs */
+  NhwcGeom g = {(int)N, (int)H, (int)W, (int)C, 4, 1, 1, 2, 3, 0, 0, 0, 0};
+  nhwc_geom_finish(&g);
+  CHECK(g.OH == 4 && g.OW == 2);
+  const size_t P = N * g.OH * g.OW;
+  uint16_t *sub = malloc(2 * P * C), *sp16 = malloc(2 * N * S * C);
+  nhwc_bf16_subsample(h, &g, sub);
+  bad = 0;
+  for (size_t n = 0; n < N; n++)
+    for (int oh = 0; oh < g.OH; oh++)
+      for (int ow = 0; ow < g.OW; ow++)
+        for (size_t c = 0; c < C; c++)
+          bad += sub[((n * g.OH + oh) * g.OW + ow) * C + c] !=
+                 h[((n * H + oh * 2) * W + ow * 3) * C + c];
+  CHECK_MSG(bad == 0, "subsample: %d values wrong", bad);
+  float *d = malloc(4 * P * C);
+  for (size_t i = 0; i < P * C; i++) d[i] = (float)bf16_value(sub[i]);
+  for (int k = 0; k < 3; k++) { /* bf16 from bf16, bf16 from fp32, fp32 NCHW from bf16 */
+    memset(sp16, 0xFF, 2 * N * S * C);
+    for (size_t i = 0; i < N * C * S; i++) back[i] = 99.0f;
+    nhwc_spread_strided(k == 1 ? d : NULL, k == 1 ? NULL : sub, &g, k < 2 ? sp16 : NULL,
+                        k < 2 ? NULL : back);
+    bad = 0;
+    for (size_t n = 0; n < N; n++)
+      for (size_t ih = 0; ih < H; ih++)
+        for (size_t iw = 0; iw < W; iw++)
+          for (size_t c = 0; c < C; c++) {
+            const bool on = ih % 2 == 0 && iw % 3 == 0 && ih / 2 < (size_t)g.OH &&
+                            iw / 3 < (size_t)g.OW;
+            const double want =
+                on ? bf16_value(sub[((n * g.OH + ih / 2) * g.OW + iw / 3) * C + c]) : 0.0;
+            const double got = k < 2 ? bf16_value(sp16[((n * H + ih) * W + iw) * C + c])
+                                     : back[(n * C + c) * S + ih * W + iw];
+            bad += got != want;
+          }
+    CHECK_MSG(bad == 0, "spread (case %d): %d values wrong", k, bad);
+  }
+  free(x), free(back), free(f), free(h), free(sub), free(sp16), free(d);
+}
+
 /* An odd reduction (or row stride) cannot be read in pairs: refused. */
 static void test_odd_refused(void) {
   uint16_t a[6] = {0};
   int32_t b[64] = {0};
   float y[8];
-  CHECK(nhwc_bf16_gemm(a, 3, 2, 3, b, 1, y, 1) == -1);
-  CHECK(nhwc_bf16_gemm(a, 3, 2, 2, b, 1, y, 1) == -1);
+  CHECK(nhwc_bf16_gemm(a, 3, 2, 3, b, 1, y, NULL, 1) == -1);
+  CHECK(nhwc_bf16_gemm(a, 3, 2, 2, b, 1, y, NULL, 1) == -1);
   CHECK(strstr(moka_error(), "even") != NULL);
   NhwcGeom g = {1, 3, 3, 3, 2, 3, 3, 1, 1, 1, 1, 0, 0};
   nhwc_geom_finish(&g);
-  CHECK(nhwc_bf16_conv_fwd(&g, a, b, y) == -1);
+  CHECK(nhwc_bf16_conv_fwd(&g, a, b, y, NULL) == -1);
 }
 
 int main(void) {
@@ -309,6 +397,7 @@ int main(void) {
   RUN(test_round);
   RUN(test_shapes);
   RUN(test_conv_shapes);
+  RUN(test_layouts);
   RUN(test_odd_refused);
   return test_summary();
 }
