@@ -107,7 +107,16 @@ int cmd_forward(int argc, char **argv) {
     char fname[1024], path[4096 + 1024], line[2048];
     file_name_for(b->name, fname, sizeof fname);
     snprintf(path, sizeof path, "%s/%s", outdir, fname);
-    if (moka_write_file_atomic(path, b->data, b->count * sizeof(float))) {
+    /* bf16 channels-last (MOKA_BF16_ACT=1 on the CPU): written as fp32 NCHW like the rest */
+    float *conv = b->host_bf16 ? moka_malloc((b->count ? b->count : 1) * sizeof(float)) : NULL;
+    if (b->host_bf16 && !conv) {
+      rc = -1;
+      break;
+    }
+    if (conv) blob_host_f32(b, false, conv);
+    const int wrc = moka_write_file_atomic(path, conv ? conv : b->data, b->count * sizeof(float));
+    free(conv);
+    if (wrc) {
       rc = -1;
       break;
     }

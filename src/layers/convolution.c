@@ -286,9 +286,10 @@ static void conv_destroy(Layer *l) {
   free(p->wpack);
   free(p->wino_pack);
   free(p->bf16_wpack);
+  free(p->nhwc_wpack);
   free(p->shift_masks);
   p->wpack = p->wino_pack = NULL;
-  p->bf16_wpack = NULL;
+  p->bf16_wpack = p->nhwc_wpack = NULL;
   p->shift_masks = NULL;
 #ifdef MOKA_WITH_CUDA
   moka_cudnn_conv_free(p->cudnn_plan);

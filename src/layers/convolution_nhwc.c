@@ -19,6 +19,7 @@
  * NCHW bf16 path (convolution_bf16.c), fp32 sums in another order; where
  * both sides are bf16 the outputs are rounded to bf16 once, on store.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "conv_nhwc_bf16.h"
@@ -89,7 +90,7 @@ static const uint16_t *input16(const Blob *b, const NhwcGeom *g, bool sub) {
 }
 
 int conv_forward_nhwc(Layer *l) {
-  const ConvPriv *p = l->priv;
+  ConvPriv *p = l->priv;
   if (check(l, false)) return -1;
   const NhwcGeom g = geom_of(p);
   const size_t P = pixels_out(&g);
@@ -97,7 +98,13 @@ int conv_forward_nhwc(Layer *l) {
   Blob *top = l->top[0];
   const bool one = is_1x1(&g);
   const size_t wsize = one ? nhwc_bf16_packed_b_size(g.C, g.OC) : nhwc_bf16_conv_packed_size(&g);
-  int32_t *wp = (int32_t *)fast_workspace(FAST_WS_WPACK, wsize, "channels-last weights");
+  /* Frozen weights (inference): packed by the first forward and kept (ConvPriv.nhwc_wpack);
+   * else packed into the workspace on every call. */
+  const bool keep = l->weights_frozen, pack = !keep || !p->nhwc_wpack;
+  if (keep && !p->nhwc_wpack && !(p->nhwc_wpack = moka_malloc(wsize * sizeof(int32_t))))
+    return moka_error_prefix("layer %s: packed channels-last weights", l->name);
+  int32_t *wp = keep ? p->nhwc_wpack
+                     : (int32_t *)fast_workspace(FAST_WS_WPACK, wsize, "channels-last weights");
   const uint16_t *x16 = input16(l->bottom[0], &g, one && strided(&g));
   float *yf = NULL;
   uint16_t *y16 = top->host_bf16 ? (uint16_t *)top->data : NULL;
@@ -107,10 +114,14 @@ int conv_forward_nhwc(Layer *l) {
   const float *w = l->params[0]->data; /* (OC, C, KH, KW) */
   int rc;
   if (one) {
-    nhwc_bf16_pack_fwd(w, g.OC, g.C, wp);
+    if (pack) nhwc_bf16_pack_fwd(w, g.OC, g.C, wp);
     rc = nhwc_bf16_gemm(x16, (size_t)g.C, (int)P, g.C, wp, g.OC, yf, y16, (size_t)g.OC);
   } else {
-    rc = nhwc_bf16_pack_conv_fwd(&g, w, wp) || nhwc_bf16_conv_fwd(&g, x16, wp, yf, y16);
+    rc = (pack && nhwc_bf16_pack_conv_fwd(&g, w, wp)) || nhwc_bf16_conv_fwd(&g, x16, wp, yf, y16);
+  }
+  if (rc && keep && pack) { /* not a complete pack: not kept */
+    free(p->nhwc_wpack);
+    p->nhwc_wpack = NULL;
   }
   if (rc) return moka_error_prefix("layer %s", l->name);
   if (yf) nhwc_to_nchw(yf, NULL, g.N, g.OC, (size_t)g.OH * g.OW, top->data);

@@ -27,6 +27,7 @@ typedef struct ConvPriv {
   float *wino_pack;
   int wino_m;
   int32_t *bf16_wpack; /* the same for the bf16 GEMMs (convolution_bf16.c) */
+  int32_t *nhwc_wpack; /* and for the channels-last forward (convolution_nhwc.c) */
   /* Fast backend, stride-1 layers whose output rows are as wide as the
    * input's (convolution_fast.c, shift_prepare): per kernel tap, which of
    * each 16 values of an im2col row (KK, ceil(OH*OW/16)) and of a col2im

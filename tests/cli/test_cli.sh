@@ -41,6 +41,22 @@ if $M forward --model="$G/mini_resnet/deploy.prototxt" --weights="$G/mini_resnet
 else
   fail forward_mini_resnet "$(cat "$T/err")"
 fi
+# bf16 channels-last activations (MOKA_BF16_ACT=1, AVX-512 BF16 CPUs): the dumped blobs are
+# fp32 NCHW like the rest (a layout slip gives errors of order 1, bf16 rounding about 1e-2)
+if ! $M device_query 2>/dev/null | grep -q 'AVX-512 BF16: yes'; then
+  echo "SKIP forward_bf16_activations: no AVX-512 BF16"
+elif MOKA_BF16_ACT=1 MOKA_PRECISION=bf16 $M forward --model="$G/mini_resnet/deploy.prototxt" \
+     --weights="$G/mini_resnet/weights.caffemodel" --input="$T/in.txt" --out="$T/fwd16" \
+     2>"$T/err"; then
+  grep -q 'activation blobs as bf16 channels-last' "$T/err" || fail forward_bf16_activations "not bf16: $(tail -3 "$T/err")"
+  bad=""
+  for b in res2a res2b res3a pool5 prob; do
+    $BUILD/tools/cmpf32 "$T/fwd16/$b.f32" "$G/mini_resnet/out64_$b.f32" 3e-2 2>>"$T/cmp" || bad="$bad $b"
+  done
+  [ -z "$bad" ] && ok forward_bf16_activations || fail forward_bf16_activations "$bad $(cat "$T/cmp")"
+else
+  fail forward_bf16_activations "$(cat "$T/err")"
+fi
 printf 'data 2,3,67,61 %s/mini_resnet/input_67x61.bin float32\n' "$(cd "$G" && pwd)" > "$T/in2.txt"
 if $M forward --model="$G/mini_resnet/deploy_67x61.prototxt" --weights="$G/mini_resnet/weights.caffemodel" \
      --input="$T/in2.txt" --out="$T/fwd2" --blobs=pool1,prob 2>"$T/err" &&

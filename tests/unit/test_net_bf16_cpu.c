@@ -71,7 +71,7 @@ static const char *const DOWN_TEXT =
     "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
     "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
 
-static Net *net_of(const char *text, Backend be) {
+static Net *net_of_phase(const char *text, Backend be, Phase ph) {
   ProtobufCMessage *m = NULL;
   if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "net", &m)) {
     fprintf(stderr, "    %s\n", moka_error());
@@ -79,7 +79,7 @@ static Net *net_of(const char *text, Backend be) {
   }
   NetOptions o;
   net_options_default(&o);
-  o.phase = MOKA_TRAIN;
+  o.phase = ph;
   o.backend = be;
   o.quiet = true;
   o.has_seed = true;
@@ -89,6 +89,8 @@ static Net *net_of(const char *text, Backend be) {
   protobuf_c_message_free_unpacked(m, NULL);
   return net;
 }
+
+static Net *net_of(const char *text, Backend be) { return net_of_phase(text, be, MOKA_TRAIN); }
 
 static double nmse(const float *got, const float *want, size_t n) {
   double e = 0, s = 0;
@@ -218,6 +220,34 @@ static void test_downsampling(void) {
   step_vs_reference("downsampling block", DOWN_TEXT, bf, f32);
 }
 
+/* TEST phase (global statistics), weights frozen as the inference tools freeze them: the
+ * channels-last layers keep their packed weights from the first forward, and every forward
+ * gives the same bits as with the weights packed on each call. */
+static void test_frozen_inference(void) {
+  REQUIRE(fast_set_precision("bf16") == 0);
+  setenv("MOKA_BF16_ACT", "1", 1);
+  Net *a = net_of_phase(DOWN_TEXT, MOKA_BACKEND_CPU_FAST, MOKA_TEST);
+  Net *b = net_of_phase(DOWN_TEXT, MOKA_BACKEND_CPU_FAST, MOKA_TEST);
+  unsetenv("MOKA_BF16_ACT");
+  REQUIRE(a && b);
+  CHECK(net_blob(a, "cC")->host_bf16 && net_blob(b, "cC")->host_bf16);
+  Rng r;
+  rng_seed(&r, 5);
+  randomise(a, b, &r);
+  net_freeze_weights(b);
+  Blob *pa = net_blob(a, "pool"), *pb = net_blob(b, "pool");
+  for (int it = 0; it < 2; it++) {
+    float la = 0, lb = 0;
+    REQUIRE(net_forward(a, &la) == 0);
+    CHECK_MSG(net_forward(b, &lb) == 0, "frozen forward: %s", moka_error());
+    CHECK(memcmp(pa->data, pb->data, pa->count * sizeof(float)) == 0);
+    CHECK(memcmp(&la, &lb, sizeof la) == 0);
+  }
+  net_free(a);
+  net_free(b);
+  REQUIRE(fast_set_precision("fp32") == 0);
+}
+
 /* Without --precision=bf16 it is an error (stated, before anything runs); without
  * MOKA_BF16_ACT nothing is bf16. */
 static void test_switches(void) {
@@ -247,6 +277,7 @@ int main(void) {
   }
   RUN(test_tiny);
   RUN(test_downsampling);
+  RUN(test_frozen_inference);
   RUN(test_switches);
   return test_summary();
 }
