@@ -40,7 +40,7 @@ typedef struct Blob {
    * the device buffers are made; the host copies (data, diff) stay fp32 NCHW and the
    * explicit copies convert. */
   bool dev_bf16;
-  /* The same on the fast CPU backend (MOKA_BF16_ACT=1, net_bf16_plan): `data` and
+  /* The same on the fast CPU backend (--precision=bf16, net_bf16_plan): `data` and
    * `diff` hold bf16 channels-last values (N, H, W, C; 2 bytes each, in the first half
    * of the buffers) instead of fp32 NCHW. Only the layers the plan chose read them
    * (src/net_bf16.h); blob_host_f32 reads such a blob's values as fp32 NCHW. */

@@ -13,10 +13,13 @@
 #include "net_fuse.h"
 #include "util.h"
 
-bool net_bf16_wanted(void) {
+int net_bf16_setting(void) {
   const char *e = getenv("MOKA_BF16_ACT");
-  return e && e[0] == '1' && e[1] == 0;
+  if (!e || !*e) return -1;
+  return e[0] == '1' && e[1] == 0;
 }
+
+bool net_bf16_wanted(void) { return net_bf16_setting() == 1; }
 
 static int blob_index(const Net *net, const Blob *b) {
   for (int k = 0; k < net->n_blobs; k++)
@@ -124,23 +127,33 @@ int net_bf16_count(const Net *net) {
 int net_bf16_plan(Net *net) {
   const int before = net_bf16_count(net);
   const bool cpu = net->backend == MOKA_BACKEND_CPU_FAST;
-  for (int b = 0; b < net->n_blobs; b++) *flag_of(net, net->blobs[b]) = false;
-  if (!net_bf16_wanted()) return 0;
+  for (int b = 0; b < net->n_blobs; b++) /* both: a net made on one backend may move */
+    net->blobs[b]->host_bf16 = net->blobs[b]->dev_bf16 = false;
+  /* On: MOKA_BF16_ACT=1; or, on the fast CPU backend, --precision=bf16 unless
+   * MOKA_BF16_ACT=0 (measured there: docs/performance.md). */
+  const int set = net_bf16_setting();
+  if (set == 0 || (set < 0 && !(cpu && fast_precision() == FAST_BF16 && fast_bf16_supported())))
+    return 0;
   if (fast_precision() != FAST_BF16)
     return moka_errorf("MOKA_BF16_ACT=1 stores activations in bf16: it needs --precision=bf16 "
                        "(or MOKA_PRECISION=bf16)");
-  if (net->debug_info)
+  if (net->debug_info && set == 1)
     return moka_errorf("MOKA_BF16_ACT=1 needs the BatchNorm chains fused, and debug_info runs "
                        "them layer by layer: turn one of the two off (net '%s')",
                        net->name);
+  if (net->debug_info) { /* the default: debug_info's per-layer values stay fp32 */
+    LOG_INFO("Net '%s': debug_info runs every layer by itself: activations stay fp32", net->name);
+    return 0;
+  }
   if (cpu && !fast_bf16_supported())
     return moka_errorf("MOKA_BF16_ACT=1 on the CPU needs AVX-512 BF16 instructions (vdpbf16ps), "
                        "which this CPU does not have");
   if ((!cpu && net->backend != MOKA_BACKEND_CUDA) || !net->fuse || net->fuse->n_chains == 0 ||
       net->fuse->backend != net->backend) {
-    LOG_INFO("Net '%s': MOKA_BF16_ACT=1, but the net has no fused BatchNorm chains on this "
-             "backend: every activation stays fp32",
-             net->name);
+    if (set == 1)
+      LOG_INFO("Net '%s': MOKA_BF16_ACT=1, but the net has no fused BatchNorm chains on this "
+               "backend: every activation stays fp32",
+               net->name);
     return 0;
   }
   bool *f = moka_calloc((size_t)net->n_blobs + 1, sizeof *f);
@@ -153,8 +166,9 @@ int net_bf16_plan(Net *net) {
   for (int b = 0; b < net->n_blobs; b++) *flag_of(net, net->blobs[b]) = f[b];
   free(f);
   if (n != before)
-    LOG_INFO("Net '%s': %d of %d activation blobs as bf16 channels-last %s (MOKA_BF16_ACT=1)",
-             net->name, n, net->n_blobs, cpu ? "in memory" : "on the device");
+    LOG_INFO("Net '%s': %d of %d activation blobs as bf16 channels-last %s (%s)", net->name, n,
+             net->n_blobs, cpu ? "in memory" : "on the device",
+             set == 1 ? "MOKA_BF16_ACT=1" : "--precision=bf16; MOKA_BF16_ACT=0 keeps them fp32");
   return 0;
 }
 
@@ -168,8 +182,9 @@ int net_bf16_layer_check(const Layer *l) {
     for (int i = 0; i < n; i++)
       if (v[i]->host_bf16 && v[i]->count)
         return moka_errorf("layer '%s': %s %d ('%s') is a bf16 channels-last blob "
-                           "(MOKA_BF16_ACT=1), which a %s layer does not read (with "
-                           "MOKA_BF16_ACT the BatchNorm chains must run fused)",
+                           "(--precision=bf16; MOKA_BF16_ACT=0 keeps activations fp32), "
+                           "which a %s layer does not read (the BatchNorm chains must run "
+                           "fused)",
                            l->name, pass == 0 ? "bottom" : "top", i, v[i]->name, tn);
   }
   return 0;

@@ -1,9 +1,10 @@
-/* net_bf16.h — bf16 channels-last activations (MOKA_BF16_ACT=1 with --precision=bf16), on
- * the fast CPU backend (measured: docs/performance.md, "bf16 channels-last on the CPU") and
- * on the CUDA backend (the plan in docs/cuda.md, "bf16 channels-last end to end"; written
- * without a GPU run, make gpu-check measures it beside the defaults).
+/* net_bf16.h — bf16 channels-last activations, on the fast CPU backend (the default with
+ * --precision=bf16; MOKA_BF16_ACT=0 turns it off; measured: docs/performance.md, "bf16
+ * channels-last on the CPU") and on the CUDA backend (MOKA_BF16_ACT=1 with --precision=bf16;
+ * the plan in docs/cuda.md, "bf16 channels-last end to end"; written without a GPU run, off
+ * until make gpu-check has measured it).
  *
- * Off by default. When on, the net decides once (the CPU: at creation and after a reshape,
+ * When on, the net decides once (the CPU: at creation and after a reshape,
  * Blob.host_bf16; CUDA: in net_to_device before any device buffer is made, Blob.dev_bf16)
  * which activation blobs hold bf16 (N, H, W, C) values: those whose every user can read and
  * write that format --
@@ -25,6 +26,9 @@
 
 #include "net.h"
 
+/* MOKA_BF16_ACT as set: 1 (=1), 0 (any other value), -1 (unset or empty: the default, which
+ * is on for the fast CPU backend with --precision=bf16, off on CUDA). */
+int net_bf16_setting(void);
 /* Whether MOKA_BF16_ACT=1 asks for it. */
 bool net_bf16_wanted(void);
 /* The decision for `net` (its fused-chain plan made): bf16[b] for each of its n_blobs
@@ -34,8 +38,10 @@ int net_bf16_decide(const Net *net, bool *bf16);
 /* The decision's step (CPU: net_create and net_reshape; CUDA: net_to_device and
  * net_cuda_reshape: a geometry may stop being one the kernels take): when wanted (and the
  * precision is bf16, the backend the fast CPU or CUDA), decide and set every blob's flag
- * (host_bf16 or dev_bf16), logging how many when that changes; else clear them. 0 / -1 (MOKA_BF16_ACT=1 without --precision=bf16, or on a net with debug_info,
- * whose per-layer lines need the chains run layer by layer, is an error). */
+ * (host_bf16 or dev_bf16), logging how many when that changes; else clear them. 0 / -1
+ * (MOKA_BF16_ACT=1 without --precision=bf16, or on a net with debug_info, whose per-layer
+ * lines need the chains run layer by layer, is an error; the CPU default just stays fp32
+ * with debug_info). */
 int net_bf16_plan(Net *net);
 /* How many of the net's blobs are bf16 channels-last (on the device, or in memory on the
  * fast CPU backend). */

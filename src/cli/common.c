@@ -6,6 +6,7 @@
 
 #include "cli/flags.h"
 #include "layers/fast.h"
+#include "net_bf16.h"
 #include "proto_io.h"
 #include "util.h"
 
@@ -65,10 +66,14 @@ int cli_precision(const char *precision, Backend be) {
                        "backend runs fp32 only (unset MOKA_PRECISION or drop --precision)",
                        fast_precision_name(p), backend_name(be));
   if (fast_check_precision(false)) return -1;
+  const int act = net_bf16_setting();
   LOG_INFO("Precision %s: convolution and inner-product GEMMs take bf16-rounded inputs and "
-           "accumulate in fp32 (AVX-512 BF16); weights, gradients and BatchNorm statistics "
+           "accumulate in fp32 (AVX-512 BF16); %s; weights, gradients and BatchNorm statistics "
            "stay fp32",
-           fast_precision_name(p));
+           fast_precision_name(p),
+           act == 0 ? "activations stay fp32 (MOKA_BF16_ACT=0)"
+                    : "activations between the convolutions and BatchNorm chains are stored "
+                      "bf16 channels-last (MOKA_BF16_ACT=0: fp32)");
   return 0;
 }
 

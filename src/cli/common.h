@@ -20,8 +20,8 @@ int cli_backend(const char *gpu, Backend *out);
 int cli_precision(const char *precision, Backend be);
 #define CLI_PRECISION_HELP                                                                   \
   "fp32 (default), bf16 or tf32: convolution/inner-product GEMMs with bf16 (CPU with "       \
-  "AVX-512 BF16, or CUDA) or TF32 (CUDA only) inputs and fp32 accumulation (also "           \
-  "MOKA_PRECISION)"
+  "AVX-512 BF16, or CUDA) or TF32 (CUDA only) inputs and fp32 accumulation; on the CPU, "    \
+  "bf16 also stores activations in bf16 (MOKA_BF16_ACT=0: fp32) (also MOKA_PRECISION)"
 /* The device number of --gpu (one non-negative integer). */
 int cli_gpu_device(const char *gpu, int *device);
 /* Build `model` in `phase` and copy `weights` (comma-separated, may be NULL

@@ -1,9 +1,9 @@
 /* conv_nhwc_bf16.h — channels-last bf16 convolution kernels for the fast CPU
- * backend (AVX-512 BF16): the first piece of a bf16 channels-last training
- * path, measured against the NCHW bf16 layers (convolution_bf16.c) by
- * tests/bench/nhwc_bf16.sh and checked by tests/unit/test_nhwc_bf16.c. Not
- * yet called by any layer (docs/performance.md, "bf16 channels-last on the
- * CPU").
+ * backend (AVX-512 BF16), what its bf16 channels-last training path runs;
+ * measured against the NCHW bf16 layers (convolution_bf16.c) by
+ * tests/bench/nhwc_bf16.sh and checked by tests/unit/test_nhwc_bf16.c; the
+ * Convolution layer runs them on bf16 channels-last blobs (convolution_nhwc.c;
+ * docs/performance.md, "bf16 channels-last on the CPU").
  *
  * Why. VDPBF16PS multiplies pairs along the reduction dimension. With
  * activations stored bf16 and channels last (pixel p's C channels

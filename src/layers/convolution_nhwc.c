@@ -1,6 +1,6 @@
 /* convolution_nhwc.c — the Convolution layer on the fast CPU backend when a
- * bottom or top is a bf16 channels-last blob (Blob.host_bf16: MOKA_BF16_ACT=1
- * with --precision=bf16, decided by src/net_bf16.c), on the kernels of
+ * bottom or top is a bf16 channels-last blob (Blob.host_bf16: --precision=bf16
+ * unless MOKA_BF16_ACT=0, decided by src/net_bf16.c), on the kernels of
  * conv_nhwc_bf16.c.
  *
  * Formats. A bf16 blob holds (N, H, W, C) bf16 values in the first half of

@@ -1,5 +1,5 @@
 /* convolution_nhwc.h — the Convolution layer on bf16 channels-last blobs
- * (fast CPU backend, MOKA_BF16_ACT=1; convolution_nhwc.c). Internal to
+ * (fast CPU backend, --precision=bf16; convolution_nhwc.c). Internal to
  * src/layers and the net's bf16 plan (src/net_bf16.c). */
 #ifndef MOKA_LAYERS_CONVOLUTION_NHWC_H
 #define MOKA_LAYERS_CONVOLUTION_NHWC_H

@@ -65,7 +65,7 @@ static void max_row16(const float *x, int W, int h0, int h1, int kw, int sw, int
 
 #pragma GCC pop_options
 
-/* Global AVE pooling of a bf16 channels-last bottom (MOKA_BF16_ACT=1, src/net_bf16.h; the
+/* Global AVE pooling of a bf16 channels-last bottom (--precision=bf16, src/net_bf16.h; the
  * CUDA backend's kernels/pool_nhwc.cu, the same definitions): y (N, C) fp32 = the mean over
  * the S pixels, summed in fp32 in pixel order and divided by S (as Caffe's AVE divides by
  * its window); back, dx (N*S, C) bf16 = dy / S, rounded to nearest even. */

@@ -8,9 +8,10 @@
 #
 #   moka reference   MOKA_BACKEND=reference moka time ...      (plain loops + per-image GEMMs)
 #   moka fast fp32   moka time ...                             (the default backend)
-#   moka fast bf16   moka time --precision=bf16 ...            (AVX-512 BF16 GEMMs, fp32 rest)
-#   moka fast bf16act MOKA_BF16_ACT=1 moka time --precision=bf16 (and bf16 channels-last
-#                    activations: src/net_bf16.h)
+#   moka fast bf16   moka time --precision=bf16 ...            (AVX-512 BF16 GEMMs, bf16
+#                    channels-last activations (src/net_bf16.h); fp32 weights and statistics)
+#   moka fast bf16f32act MOKA_BF16_ACT=0 moka time --precision=bf16 (the same GEMMs on fp32
+#                    NCHW activations)
 #   PyTorch fp32     tests/bench/torch_resnet50.py             (channels_last, 2 threads)
 #   PyTorch bf16     tests/bench/torch_resnet50_bf16.py        (autocast bf16, channels_last)
 #
@@ -55,10 +56,11 @@ first=$(echo $FORWARD_BATCHES | cut -d" " -f1)
 
 # moka_run LOG KEY BACKEND PRECISION ARGS...: `moka time`, the best of RUNS runs by KEY (as
 # PyTorch's script keeps its best of RUNS), into LOG and LOG.rss
-# PRECISION bf16act: --precision=bf16 with MOKA_BF16_ACT=1 (bf16 channels-last activations).
+# PRECISION bf16f32act: --precision=bf16 with MOKA_BF16_ACT=0 (fp32 NCHW activations, the
+# bf16 mode before 2026-11-29); bf16: the default (bf16 channels-last activations).
 moka_run() {
-  log=$1 key=$2 be=$3 pr=$4 act=0; shift 4
-  if [ "$pr" = bf16act ]; then pr=bf16 act=1; fi
+  log=$1 key=$2 be=$3 pr=$4 act=; shift 4
+  if [ "$pr" = bf16f32act ]; then pr=bf16 act=0; fi
   best_run "$RUNS" "$key" "$log" $(envp "$mode") MOKA_BACKEND="$be" MOKA_BF16_ACT=$act "$M" time \
     --precision="$pr" "$@" --iterations="$ITER" || die "moka time failed: $(tail -2 "$log")"
 }
@@ -81,7 +83,7 @@ for mode in ${MODES:-$(bench_modes)}; do
   frow "engine" "batch" "ms" "img/s" "peak RSS" "others"
   for b in $TRAIN_BATCHES; do
     L=$WORK/$mode.train.b$b
-    for cfg in "reference fp32" "fast fp32" "fast bf16" "fast bf16act"; do
+    for cfg in "reference fp32" "fast fp32" "fast bf16f32act" "fast bf16"; do
       set -- $cfg
       moka_run "$L.moka.$1.$2.log" "Average Forward-Backward" "$1" "$2" \
         --model="$WORK/train_b$b.prototxt"
@@ -98,14 +100,14 @@ for mode in ${MODES:-$(bench_modes)}; do
       "$(rss_mib "$L.torch_bf16.log.rss") MiB" "$(other_load "$L.torch_bf16.log.rss")"
     echo "  ratios at batch $b (img/s over img/s): fast/reference $(ratio "$t_reference_fp32" "$t_fast_fp32")," \
       "fast fp32/PyTorch fp32 $(ratio "$pt" "$t_fast_fp32"), fast bf16/PyTorch bf16 $(ratio "$pb" "$t_fast_bf16")," \
-      "fast bf16act/PyTorch bf16 $(ratio "$pb" "$t_fast_bf16act"), bf16/fp32 $(ratio "$t_fast_fp32" "$t_fast_bf16")"
+      "fast bf16f32act/PyTorch bf16 $(ratio "$pb" "$t_fast_bf16f32act"), bf16/fp32 $(ratio "$t_fast_fp32" "$t_fast_bf16")"
   done
   echo
   echo "  inference (forward, TEST), ms per batch:"
   frow "engine" "batch" "ms" "img/s" "peak RSS" "others"
   for b in $FORWARD_BATCHES; do
     L=$WORK/$mode.forward.b$b
-    for cfg in "reference fp32" "fast fp32" "fast bf16" "fast bf16act"; do
+    for cfg in "reference fp32" "fast fp32" "fast bf16f32act" "fast bf16"; do
       set -- $cfg
       moka_run "$L.moka.$1.$2.log" "Average Forward pass" "$1" "$2" \
         --model="$WORK/deploy_b$b.prototxt" --weights="$WORK/resnet50_msra.caffemodel" --forward_only
@@ -122,14 +124,15 @@ for mode in ${MODES:-$(bench_modes)}; do
       "$(rss_mib "$L.torch_bf16.log.rss") MiB" "$(other_load "$L.torch_bf16.log.rss")"
     echo "  ratios at batch $b: fast/reference $(ratio "$f_reference_fp32" "$f_fast_fp32")," \
       "fast fp32/PyTorch fp32 $(ratio "$pt" "$f_fast_fp32"), fast bf16/PyTorch bf16 $(ratio "$pb" "$f_fast_bf16")," \
-      "fast bf16act/PyTorch bf16 $(ratio "$pb" "$f_fast_bf16act")"
+      "fast bf16f32act/PyTorch bf16 $(ratio "$pb" "$f_fast_bf16f32act")"
   done
   bl=$(echo $TRAIN_BATCHES | cut -d" " -f1)
-  echo "  per layer type, training at batch $bl (reference, fast fp32, fast bf16, fast bf16act):"
+  echo "  per layer type, training at batch $bl (reference, fast fp32, fast bf16 with fp32 and bf16 activations):"
   $PY "$HERE/layer_summary.py" "$WORK/train_b$bl.prototxt" \
     "reference=$WORK/$mode.train.b$bl.moka.reference.fp32.log" \
-    "fast=$WORK/$mode.train.b$bl.moka.fast.fp32.log" "bf16=$WORK/$mode.train.b$bl.moka.fast.bf16.log" \
-    "bf16act=$WORK/$mode.train.b$bl.moka.fast.bf16act.log"
+    "fast=$WORK/$mode.train.b$bl.moka.fast.fp32.log" \
+    "bf16f32act=$WORK/$mode.train.b$bl.moka.fast.bf16f32act.log" \
+    "bf16=$WORK/$mode.train.b$bl.moka.fast.bf16.log"
 done
 echo
 echo "logs: $WORK"

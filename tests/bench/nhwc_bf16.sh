@@ -1,7 +1,7 @@
 #!/bin/sh
 # tests/bench/nhwc_bf16.sh [BUILD] — the channels-last bf16 convolution kernels
 # (src/layers/conv_nhwc_bf16.c, timed by tests/bench/nhwc_bf16.c on bf16 channels-last inputs)
-# beside moka's bf16 layers as they run in training now (NCHW fp32 activations, operands packed
+# beside the NCHW bf16 layers (MOKA_BF16_ACT=0: fp32 NCHW activations, operands packed
 # to bf16 per call: `moka time --precision=bf16` on ResNet-50 train_val at BATCH, default 8),
 # summed over ResNet-50's 36 1x1 and 16 3x3 convolutions, forward and backward, in one run on this machine
 # (RUNS rounds, default 2, alternating). A benchmark, not a test: it prints and never fails on a
@@ -27,7 +27,8 @@ echo "   CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores;" \
 r=1
 while [ "$r" -le "$RUNS" ]; do
   wait_quiet
-  "$M" time --model="$WORK/train.prototxt" --precision=bf16 --iterations=3 >"$WORK/moka.$r.log" 2>&1 ||
+  MOKA_BF16_ACT=0 "$M" time --model="$WORK/train.prototxt" --precision=bf16 --iterations=3 \
+    >"$WORK/moka.$r.log" 2>&1 ||
     die "moka time failed: $(tail -2 "$WORK/moka.$r.log")"
   "$BUILD/bench/nhwc_bf16" "$BATCH" >"$WORK/nhwc.$r.txt" || die "nhwc_bf16 failed"
   r=$((r + 1))

@@ -1,5 +1,5 @@
 /* test_net_bf16_cpu.c — bf16 channels-last activations on the fast CPU backend
- * (MOKA_BF16_ACT=1 with --precision=bf16; src/net_bf16.h): which blobs the net keeps in
+ * (--precision=bf16, unless MOKA_BF16_ACT=0; src/net_bf16.h): which blobs the net keeps in
  * bf16, and a training step of small ResNets with them against the fp32 reference backend.
  *
  * Nets: the wide tiny ResNet of resnet_nets.h (every convolution 16 channels, a 3x3 first
@@ -152,10 +152,10 @@ static void per_param(const char *what, const Net *ref, const Net *got, const Ne
 static void step_vs_reference(const char *name, const char *text, const char *const *want_bf16,
                               const char *const *want_f32) {
   REQUIRE(fast_set_precision("bf16") == 0);
+  setenv("MOKA_BF16_ACT", "0", 1);
   Net *ref = net_of(text, MOKA_BACKEND_CPU), *base = net_of(text, MOKA_BACKEND_CPU_FAST);
-  setenv("MOKA_BF16_ACT", "1", 1);
+  unsetenv("MOKA_BF16_ACT"); /* the fast CPU backend's default with --precision=bf16 */
   Net *net = net_of(text, MOKA_BACKEND_CPU_FAST);
-  unsetenv("MOKA_BF16_ACT");
   REQUIRE(ref && base && net);
   int nb = 0;
   for (int b = 0; b < net->n_blobs; b++) nb += net->blobs[b]->host_bf16;
@@ -248,23 +248,60 @@ static void test_frozen_inference(void) {
   REQUIRE(fast_set_precision("fp32") == 0);
 }
 
-/* Without --precision=bf16 it is an error (stated, before anything runs); without
- * MOKA_BF16_ACT nothing is bf16. */
+/* The switch: on by default on the fast CPU backend with --precision=bf16 (not on the
+ * reference backend, not in fp32, not with debug_info, whose per-layer values stay fp32),
+ * off with MOKA_BF16_ACT=0; MOKA_BF16_ACT=1 without --precision=bf16, or with debug_info,
+ * is an error stated before anything runs. */
+static Net *with_setting(const char *text, const char *set, bool debug_info) {
+  if (set) setenv("MOKA_BF16_ACT", set, 1);
+  char *t = moka_strdup(text);
+  if (debug_info) {
+    char *d = malloc(strlen(text) + 32);
+    snprintf(d, strlen(text) + 32, "debug_info: true\n%s", text);
+    free(t);
+    t = d;
+  }
+  Net *n = net_of(t, MOKA_BACKEND_CPU_FAST);
+  free(t);
+  unsetenv("MOKA_BF16_ACT");
+  return n;
+}
+
 static void test_switches(void) {
   char *text = tiny_resnet_text(true);
   REQUIRE(text);
   REQUIRE(fast_set_precision("fp32") == 0);
-  setenv("MOKA_BF16_ACT", "1", 1);
-  Net *n = net_of(text, MOKA_BACKEND_CPU_FAST);
-  unsetenv("MOKA_BF16_ACT");
+  Net *n = with_setting(text, "1", false);
   CHECK(n == NULL);
   CHECK(strstr(moka_error(), "--precision=bf16") != NULL);
   net_free(n);
-  REQUIRE(fast_set_precision("bf16") == 0);
-  n = net_of(text, MOKA_BACKEND_CPU_FAST);
+  n = with_setting(text, NULL, false); /* fp32: nothing bf16 */
   REQUIRE(n);
   CHECK(net_bf16_count(n) == 0);
   net_free(n);
+  REQUIRE(fast_set_precision("bf16") == 0);
+  n = with_setting(text, NULL, false);
+  REQUIRE(n);
+  CHECK(net_bf16_count(n) > 0); /* the default */
+  net_free(n);
+  n = with_setting(text, "0", false);
+  REQUIRE(n);
+  CHECK(net_bf16_count(n) == 0);
+  net_free(n);
+  n = with_setting(text, NULL, true); /* debug_info: fp32, no error */
+  CHECK_MSG(n != NULL, "%s", moka_error());
+  if (n) CHECK(net_bf16_count(n) == 0);
+  net_free(n);
+  n = with_setting(text, "1", true);
+  CHECK(n == NULL);
+  CHECK(strstr(moka_error(), "debug_info") != NULL);
+  net_free(n);
+  setenv("MOKA_BF16_ACT", "1", 1);
+  Net *ref = net_of(text, MOKA_BACKEND_CPU); /* the reference backend never */
+  unsetenv("MOKA_BF16_ACT");
+  REQUIRE(ref);
+  CHECK(net_bf16_count(ref) == 0);
+  net_free(ref);
   REQUIRE(fast_set_precision("fp32") == 0);
   free(text);
 }
