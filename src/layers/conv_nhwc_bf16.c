@@ -392,43 +392,53 @@ size_t nhwc_bf16_conv_packed_size(const NhwcGeom *g) {
   return nhwc_bf16_packed_b_size(g->KH * g->KW * g->C, g->OC);
 }
 
-/* The packed weights of a KH x KW convolution from w (OC, C, T), T = KH*KW taps, through
- * w_t (T, OC, C) (w_t[t][o][c] = w[o][c][t]: w read in order, T streams written in order).
- * B's pairs [t*cols/2, (t+1)*cols/2) of a panel are tap t's block, a plain matrix of w_t:
- *   forward       B (K = (t, c), N = o): the block of tap t is w_t[t]^T, packed as pack_b's
- *                 transposed source (rows o, C values each);
- *   data gradient B (K = (t', o), N = c) of the flipped kernel: w_t[T-1-t'] itself (rows o).
- * Every (tap, panel) block is packed on its own, on the pool. */
+/* The packed weights of a KH x KW convolution from w (OC, C, T), T = KH*KW taps. B's pairs
+ * [t*kb/2, (t+1)*kb/2) of a panel are tap t's block, a plain matrix:
+ *   forward       B (K = (t, c), N = o): tap t's block is w[.][.][t]^T (rows o, C values);
+ *   data gradient B (K = (t', o), N = c) of the flipped kernel: w[.][.][T-1-t'] (rows o).
+ * One panel (32 columns) at a time, on the pool: the panel's slice of w (forward: its 32
+ * rows o, each C*T floats in a run; data gradient: every row's 32 channels c, 32*T floats in
+ * a run) regrouped by tap into a thread's buffer L[t] (rows o), which stays in L2, then each
+ * tap's block packed from it: w is read once and the packed weights written once. */
 static int pack_taps(const float *w, int OC, int C, int T, bool dgrad, int32_t *out) {
-  const size_t per = (size_t)OC * C;
-  float *wt = fast_workspace(FAST_WS_COL, (size_t)T * per, "bf16 channels-last weights");
-  if (!wt) return -1;
-  /* 16 channels at a time through a small tile, each tap's 16 values then stored at once
-   * (the T streams lie OC*C floats apart: one value at a time to each thrashes the
-   * caches' sets). */
-#pragma omp parallel for schedule(static) if ((size_t)T * per >= FAST_GRAIN)
-  for (int o = 0; o < OC; o++)
-    for (int c0 = 0; c0 < C; c0 += 16) {
-      const int nc = C - c0 < 16 ? C - c0 : 16;
-      float tile[MAX_TAPS][16];
-      const float *src = w + ((size_t)o * C + c0) * T;
-      for (int c = 0; c < nc; c++)
-        for (int t = 0; t < T; t++) tile[t][c] = src[(size_t)c * T + t];
-      for (int t = 0; t < T; t++)
-        memcpy(wt + t * per + (size_t)o * C + c0, tile[t], (size_t)nc * sizeof(float));
-    }
   const int N = dgrad ? C : OC, kb = dgrad ? OC : C; /* columns; K per tap */
   const int panels = (N + NR - 1) / NR;
-  const size_t panel_dw = (size_t)T * ((kb + 1) / 2) * NR, tap_dw = (size_t)((kb + 1) / 2) * NR;
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)T * per >= FAST_GRAIN)
-  for (int t = 0; t < T; t++)
-    for (int jp = 0; jp < panels; jp++) {
-      const Bf16Plain b = {wt + (size_t)(dgrad ? T - 1 - t : t) * per, C};
-      const int nc = N - jp * NR < NR ? N - jp * NR : NR;
-      (dgrad ? bf16_pack_b_plain : bf16_pack_b_plain_t)(&b, 0, kb, jp * NR, nc,
+  const size_t tap_dw = (size_t)((kb + 1) / 2) * NR, panel_dw = (size_t)T * tap_dw;
+  /* L: T blocks of (rows o) x (ld columns): forward 32 x C, data gradient OC x 32 */
+  const size_t ld = dgrad ? NR : (size_t)C, rows = dgrad ? (size_t)OC : NR;
+  int rc = 0;
+#pragma omp parallel for schedule(static) if ((size_t)T * OC * C >= FAST_GRAIN) reduction(| : rc)
+  for (int jp = 0; jp < panels; jp++) {
+    float *L = fast_workspace(FAST_WS_COL, (size_t)T * rows * ld, "bf16 channels-last weights");
+    if (!L) {
+      rc |= 1;
+      continue;
+    }
+    const int j0 = jp * NR, nc = N - j0 < NR ? N - j0 : NR;
+    const size_t blk = rows * ld;
+    if (!dgrad) {
+      for (int r = 0; r < nc; r++) { /* row o = j0 + r: w[o] is (C, T) */
+        const float *src = w + (size_t)(j0 + r) * C * T;
+        for (int c = 0; c < C; c++)
+          for (int t = 0; t < T; t++) L[t * blk + (size_t)r * ld + c] = src[(size_t)c * T + t];
+      }
+    } else {
+      for (int o = 0; o < OC; o++) { /* w[o][j0..j0+nc)[.]: nc*T floats in a run */
+        const float *src = w + ((size_t)o * C + j0) * T;
+        for (int c = 0; c < nc; c++)
+          for (int t = 0; t < T; t++)
+            L[(size_t)(T - 1 - t) * blk + (size_t)o * ld + c] = src[(size_t)c * T + t];
+      }
+    }
+    for (int t = 0; t < T; t++) {
+      const Bf16Plain b = {L + t * blk, (int)ld};
+      /* forward: B = L[t]^T (L's rows are the panel's columns 0..nc); data gradient: B =
+       * L[t] (K = o), the panel's nc columns */
+      (dgrad ? bf16_pack_b_plain : bf16_pack_b_plain_t)(&b, 0, kb, 0, nc,
                                                         out + jp * panel_dw + t * tap_dw);
     }
-  return 0;
+  }
+  return rc ? -1 : 0;
 }
 
 int nhwc_bf16_pack_conv_fwd(const NhwcGeom *g, const float *w, int32_t *out) {
