@@ -507,7 +507,7 @@ Net *net_create(const Caffe__NetParameter *param_in, const NetOptions *o_in, con
    * even when quiet: `moka time` readers must know where a chain's time
    * shows. */
   if (net_fuse_plan(net, false)) goto fail;
-  /* MOKA_BF16_ACT=1 on the fast CPU backend: which activations are bf16 channels-last
+  /* --precision=bf16 on the fast CPU backend: which activations are bf16 channels-last
    * (src/net_bf16.h; the CUDA backend decides in net_to_device). */
   if (net->backend == MOKA_BACKEND_CPU_FAST && net_bf16_plan(net)) goto fail;
   if (!o.quiet) LOG_INFO("Network initialization done.");

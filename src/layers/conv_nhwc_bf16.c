@@ -322,6 +322,7 @@ int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *b
   int group = (int)(B_GROUP_BYTES / (panel_dw * sizeof(int32_t) + 1));
   if (group < 1) group = 1;
   const int T = omp_in_parallel() ? 1 : fast_threads();
+  (void)T; /* read only by the OpenMP clauses */
 #pragma omp parallel num_threads(T) if (T > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -476,6 +477,7 @@ int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, 
   if (group < 1) group = 1;
   const int32_t *x32 = (const int32_t *)x;
   const int nth = omp_in_parallel() ? 1 : fast_threads();
+  (void)nth; /* read only by the OpenMP clauses */
 #pragma omp parallel num_threads(nth) if (nth > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
