@@ -87,6 +87,23 @@ static inline void store_tile(__m512 c[MR][2], float *y, uint16_t *y16, size_t l
   }
 }
 
+/* c (MR x NR accumulators) += rows r[0..MR) x the B panel bp over kpt pairs: per pair two
+ * B vectors and each row's dword r[m][p] broadcast. */
+static inline __attribute__((always_inline)) void dot_rows(__m512 c[MR][2],
+                                                           const int32_t *const r[MR],
+                                                           const int32_t *bp, int kpt) {
+  for (int p = 0; p < kpt; p++) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + (size_t)p * NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + (size_t)p * NR + 16);
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; m++) {
+      const __m512bh am = (__m512bh)_mm512_set1_epi32(r[m][p]);
+      c[m][0] = _mm512_dpbf16_ps(c[m][0], am, b0);
+      c[m][1] = _mm512_dpbf16_ps(c[m][1], am, b1);
+    }
+  }
+}
+
 /* y tile (mr <= MR rows, nr <= NR columns) = a rows x B panel over kpt
  * pairs; a32: row 0's dwords, rows lda32 dwords apart. Rows past mr read
  * row 0 again (never stored). */
@@ -98,16 +115,7 @@ static void kernel_rows(int kpt, const int32_t *a32, size_t lda32, const int32_t
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
-  for (int p = 0; p < kpt; p++) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + (size_t)p * NR);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + (size_t)p * NR + 16);
-#pragma GCC unroll 12
-    for (int m = 0; m < MR; m++) {
-      const __m512bh am = (__m512bh)_mm512_set1_epi32(r[m][p]);
-      c[m][0] = _mm512_dpbf16_ps(c[m][0], am, b0);
-      c[m][1] = _mm512_dpbf16_ps(c[m][1], am, b1);
-    }
-  }
+  dot_rows(c, r, bp, kpt);
   store_tile(c, y, y16, ldy, mr, nr);
 }
 
@@ -147,17 +155,7 @@ static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int
     const int32_t *r[MR];
 #pragma GCC unroll 12
     for (int m = 0; m < MR; m++) r[m] = rows[(size_t)t * MR + m];
-    const int32_t *b = bp + (size_t)t * kpt * NR;
-    for (int p = 0; p < kpt; p++) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (size_t)p * NR + 16);
-#pragma GCC unroll 12
-      for (int m = 0; m < MR; m++) {
-        const __m512bh am = (__m512bh)_mm512_set1_epi32(r[m][p]);
-        c[m][0] = _mm512_dpbf16_ps(c[m][0], am, b0);
-        c[m][1] = _mm512_dpbf16_ps(c[m][1], am, b1);
-      }
-    }
+    dot_rows(c, r, bp + (size_t)t * kpt * NR, kpt);
   }
   store_tile(c, y, y16, ldy, mr, nr);
 }

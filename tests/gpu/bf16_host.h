@@ -1,6 +1,7 @@
-/* bf16_host.h — bf16 on the host for the GPU tests (test_cuda_igemm.c, test_cuda_bn_nhwc.c)
- * and the kernel emulators (emu_cuda.h; C and C++):
- * the device's rounding (__float2bfloat16_rn: nearest even) and channels-last copies.
+/* bf16_host.h — bf16 on the host for the GPU tests (test_cuda_igemm.c, test_cuda_bn_nhwc.c),
+ * the kernel emulators (emu_cuda.h; C and C++) and the CPU's bf16 tests (test_nhwc_bf16.c,
+ * test_bn_nhwc_cpu.c): the device's rounding (__float2bfloat16_rn: nearest even), the CPU's
+ * (denormals to zero), and channels-last copies.
  * Allocation failures end the test program (these are test fixtures). */
 #ifndef MOKA_TESTS_BF16_HOST_H
 #define MOKA_TESTS_BF16_HOST_H
@@ -25,6 +26,16 @@ static inline uint16_t bf16_bits(float f) {
   uint32_t u;
   f = round_bf16(f);
   memcpy(&u, &f, 4);
+  return (uint16_t)(u >> 16);
+}
+/* The CPU's rounding (VCVTNEPS2BF16, what moka's AVX-512 BF16 code stores): nearest even,
+ * denormals (keeping their sign) to zero, NaN quiet. */
+static inline uint16_t bf16_bits_cpu(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
   return (uint16_t)(u >> 16);
 }
 static inline float bf16_value(uint16_t b) {

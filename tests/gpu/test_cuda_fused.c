@@ -372,30 +372,6 @@ static Net *tiny_net_text(Phase ph, Backend be, bool wide) {
 
 static Net *tiny_net(Phase ph, Backend be) { return tiny_net_text(ph, be, false); }
 
-/* Random BN statistics, gammas and betas (the same in both nets: the flat
- * parameter buffers have one layout), inputs and labels. */
-static void randomise(Net *a, Net *b, Rng *r) {
-  for (int i = 0; i < a->n_layers; i++) {
-    Layer *l = a->layers[i];
-    if (!strcmp(l->type->name, "BatchNorm")) {
-      for (size_t c = 0; c < l->params[0]->count; c++) {
-        l->params[0]->data[c] = 0.73f * rng_uniform(r, -0.5f, 0.5f);
-        l->params[1]->data[c] = 0.73f * rng_uniform(r, 0.5f, 1.5f);
-      }
-      l->params[2]->data[0] = 0.73f;
-    } else if (!strcmp(l->type->name, "Scale")) {
-      fill(r, l->params[0]->data, l->params[0]->count, -1.5f, 1.5f);
-      fill(r, l->params[1]->data, l->params[1]->count, -0.5f, 0.5f);
-    }
-  }
-  memcpy(b->param_data, a->param_data, a->param_count * sizeof(float));
-  Blob *da = net_blob(a, "data"), *la = net_blob(a, "label");
-  fill(r, da->data, da->count, -1.0f, 1.0f);
-  for (size_t i = 0; i < la->count; i++) la->data[i] = (float)(rng_u32(r) % 4u);
-  memcpy(net_blob(b, "data")->data, da->data, da->count * sizeof(float));
-  memcpy(net_blob(b, "label")->data, la->data, la->count * sizeof(float));
-}
-
 static int count_fused_runs(const Net *net) {
   int k = 0;
   for (int i = 0; net->fuse && i < net->fuse->n_chains; i++) k += net->fuse->chains[i].ran_fused;
@@ -410,7 +386,7 @@ static void tiny_vs_cpu(Phase ph, bool plan) {
             "ending in Eltwise)", pname, gpu->fuse ? gpu->fuse->n_chains : 0);
   Rng r;
   rng_seed(&r, 77);
-  randomise(cpu, gpu, &r);
+  tiny_randomise(cpu, gpu, &r);
   gpu->plan_device_memory = plan;
   static const char *const keep[] = {"pool"}; /* a blob the test reads: kept by name */
   gpu->memplan_keep = keep;
@@ -498,7 +474,7 @@ static void tiny_bf16_vs_cpu(bool plan) {
   REQUIRE(cpu && gpu);
   Rng r;
   rng_seed(&r, 78);
-  randomise(cpu, gpu, &r);
+  tiny_randomise(cpu, gpu, &r);
   gpu->plan_device_memory = plan;
   setenv("MOKA_CUDA_MEMPLAN", plan ? "1" : "0", 1);
   const int rc = net_to_device(gpu, 0);

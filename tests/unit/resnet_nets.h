@@ -2,7 +2,8 @@
  * tests/gpu/test_cuda_fused.c):
  * ResNet-50 as Kaiming's deploy prototxt writes it (data/ResNet-50-deploy.prototxt) at a
  * given batch, and its training variant; a tiny two-block ResNet (test_cuda_fused.c,
- * test_net_bf16.c); on the backend in `build_backend`. */
+ * test_net_bf16.c, test_net_bf16_cpu.c) and tiny_randomise for two nets of it; on the backend
+ * in `build_backend`. */
 #ifndef MOKA_TESTS_RESNET_NETS_H
 #define MOKA_TESTS_RESNET_NETS_H
 
@@ -13,6 +14,7 @@
 
 #include "net.h"
 #include "prototxt.h"
+#include "rng.h"
 #include "util.h"
 
 /* Nets are built on the reference backend unless a test sets this (the fast
@@ -153,6 +155,33 @@ static inline char *tiny_resnet_text(bool wide) {
   if (p) p[12] = '8'; /* "dim: 3 dim: 5": the 5 */
   while ((p = strstr(text, "num_output: 12"))) memcpy(p + 12, "16", 2);
   return text;
+}
+
+/* Random BatchNorm statistics, Scale gammas and betas in net a, copied to net b (the same
+ * net text: one flat parameter layout), and the same random inputs ('data' uniform in
+ * [-1, 1]) and labels ('label', 4 classes) in both. */
+static inline void tiny_randomise(Net *a, Net *b, Rng *r) {
+  for (int i = 0; i < a->n_layers; i++) {
+    Layer *l = a->layers[i];
+    if (!strcmp(l->type->name, "BatchNorm")) {
+      for (size_t c = 0; c < l->params[0]->count; c++) {
+        l->params[0]->data[c] = 0.73f * rng_uniform(r, -0.5f, 0.5f);
+        l->params[1]->data[c] = 0.73f * rng_uniform(r, 0.5f, 1.5f);
+      }
+      l->params[2]->data[0] = 0.73f;
+    } else if (!strcmp(l->type->name, "Scale")) {
+      for (size_t c = 0; c < l->params[0]->count; c++)
+        l->params[0]->data[c] = rng_uniform(r, -1.5f, 1.5f);
+      for (size_t c = 0; c < l->params[1]->count; c++)
+        l->params[1]->data[c] = rng_uniform(r, -0.5f, 0.5f);
+    }
+  }
+  memcpy(b->param_data, a->param_data, a->param_count * sizeof(float));
+  Blob *da = net_blob(a, "data"), *la = net_blob(a, "label");
+  for (size_t i = 0; i < da->count; i++) da->data[i] = rng_uniform(r, -1.0f, 1.0f);
+  for (size_t i = 0; i < la->count; i++) la->data[i] = (float)(rng_u32(r) % 4u);
+  memcpy(net_blob(b, "data")->data, da->data, da->count * sizeof(float));
+  memcpy(net_blob(b, "label")->data, la->data, la->count * sizeof(float));
 }
 
 #endif

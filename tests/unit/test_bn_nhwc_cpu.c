@@ -54,6 +54,7 @@
 #include "net_fuse.h"
 #include "prototxt.h"
 #include "rng.h"
+#include "../gpu/bf16_host.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -65,23 +66,6 @@ static Rng g_rng;
 static long g_compared; /* values compared against the references */
 
 /* ---- bf16 ---------------------------------------------------------------------------- */
-
-/* Round to nearest even, denormals (and their sign) to zero, NaN quiet: VCVTNEPS2BF16. */
-static uint16_t bf16_scalar(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-static float bf16_value(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 /* Half a bf16 ulp at magnitude v (8 significant bits). */
 static double half_ulp(double v) {
@@ -139,7 +123,7 @@ static bool guard_ok(const uint16_t *p, size_t n) {
 }
 
 static uint16_t gauss_bf16(float mu, float sigma) {
-  return bf16_scalar(rng_gaussian(&g_rng, mu, sigma));
+  return bf16_bits_cpu(rng_gaussian(&g_rng, mu, sigma));
 }
 
 static Inputs make_inputs(const Mode *m) {
@@ -160,11 +144,11 @@ static Inputs make_inputs(const Mode *m) {
     for (size_t i = 0; i < n; i++) {
       const float sx = i % 13 == 1 ? 0x1p-18f : i % 29 == 2 ? 64.0f : 1.0f;
       const float sd = i % 17 == 3 ? 1024.0f : i % 23 == 4 ? 0x1p-14f : 1.0f;
-      in.x[i] = bf16_scalar(bf16_value(in.x[i]) * sx);
-      in.dy[i] = bf16_scalar(bf16_value(in.dy[i]) * sd);
+      in.x[i] = bf16_bits_cpu(bf16_value(in.x[i]) * sx);
+      in.dy[i] = bf16_bits_cpu(bf16_value(in.dy[i]) * sd);
     }
   if (C > 8)
-    for (size_t p = 0; p < in.P; p++) in.x[p * C + 3] = bf16_scalar(0.375f); /* var 0 */
+    for (size_t p = 0; p < in.P; p++) in.x[p * C + 3] = bf16_bits_cpu(0.375f); /* var 0 */
   in.gamma = malloc(4 * C), in.beta = malloc(4 * C), in.b0 = malloc(4 * C);
   in.b1 = malloc(4 * C), in.dg0 = malloc(4 * C), in.db0 = malloc(4 * C);
   for (size_t c = 0; c < C; c++) {
@@ -412,9 +396,9 @@ static void check_forward(const Mode *m, const Inputs *in, const Outs *o, Tally 
       const float sum = m->residual == 0 ? fz + fr : fr + fz;
       my = m->relu ? relu_f(sum, m->slope) : sum;
     }
-    if (o->xn && o->xn[i] != bf16_scalar(fv)) report(t, true, "x_norm", i, bf16_value(o->xn[i]), fv, m);
-    if (o->xz[i] != bf16_scalar(mxz)) report(t, true, "xz", i, bf16_value(o->xz[i]), mxz, m);
-    if (o->y && o->y[i] != bf16_scalar(my)) report(t, true, "y", i, bf16_value(o->y[i]), my, m);
+    if (o->xn && o->xn[i] != bf16_bits_cpu(fv)) report(t, true, "x_norm", i, bf16_value(o->xn[i]), fv, m);
+    if (o->xz[i] != bf16_bits_cpu(mxz)) report(t, true, "xz", i, bf16_value(o->xz[i]), mxz, m);
+    if (o->y && o->y[i] != bf16_bits_cpu(my)) report(t, true, "y", i, bf16_value(o->y[i]), my, m);
     g_compared += 1 + (o->xn != NULL) + (o->y != NULL);
   }
   free(mean), free(var), free(sd), free(s), free(q), free(v1), free(v2);
@@ -472,7 +456,7 @@ static void check_backward(const Mode *m, const Inputs *in, const BwIn *bw, cons
     if (o->dr) {
       if (!near_bf16(o->dr[i], dz[i], 2 * U * ab + U * fabs(dz[i])))
         report(t, false, "dr", i, bf16_value(o->dr[i]), dz[i], m);
-      if (o->dr[i] != bf16_scalar(fdz[i])) report(t, true, "dr", i, bf16_value(o->dr[i]), fdz[i], m);
+      if (o->dr[i] != bf16_bits_cpu(fdz[i])) report(t, true, "dr", i, bf16_value(o->dr[i]), fdz[i], m);
       g_compared++;
     }
     if (!o->dx) continue;
@@ -500,7 +484,7 @@ static void check_backward(const Mode *m, const Inputs *in, const BwIn *bw, cons
       mdx = (fdz[i] * fg - fwa - fwb * fxh) / fsd;
     }
     if (!near_bf16(o->dx[i], want, e)) report(t, false, "dx", i, bf16_value(o->dx[i]), want, m);
-    if (o->dx[i] != bf16_scalar(mdx)) report(t, true, "dx", i, bf16_value(o->dx[i]), mdx, m);
+    if (o->dx[i] != bf16_bits_cpu(mdx)) report(t, true, "dx", i, bf16_value(o->dx[i]), mdx, m);
     g_compared++;
   }
   free(sdz), free(sdzx), free(adzx), free(adz), free(ad), free(adx), free(msz), free(mszx);
@@ -639,10 +623,10 @@ static void test_sum_order(void) {
   uint16_t *dx = malloc(2 * n);
   static const float seq[4] = {0x1p60f, 1.0f, -0x1p60f, 0.5f};
   for (int j = 0; j < 4; j++) {
-    x[(size_t)j * BN_NHWC_CPU_CHUNK * C + ch] = bf16_scalar(seq[j]);
-    dy[(size_t)j * BN_NHWC_CPU_CHUNK * C + ch] = bf16_scalar(seq[j]);
+    x[(size_t)j * BN_NHWC_CPU_CHUNK * C + ch] = bf16_bits_cpu(seq[j]);
+    dy[(size_t)j * BN_NHWC_CPU_CHUNK * C + ch] = bf16_bits_cpu(seq[j]);
   }
-  for (size_t i = 0; i < n; i++) xn[i] = bf16_scalar(1.0f);
+  for (size_t i = 0; i < n; i++) xn[i] = bf16_bits_cpu(1.0f);
   float st[3 * 64], b0[64] = {0}, b1[64] = {0}, b2 = 0, gm[64], dg[64], db[64];
   for (size_t c = 0; c < C; c++) gm[c] = 1.0f;
   const int saved = omp_get_max_threads();

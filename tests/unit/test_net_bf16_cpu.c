@@ -102,33 +102,6 @@ static double nmse(const float *got, const float *want, size_t n) {
   return s > 0 ? e / s : e;
 }
 
-static void fill(Rng *r, float *p, size_t n, float lo, float hi) {
-  for (size_t i = 0; i < n; i++) p[i] = rng_uniform(r, lo, hi);
-}
-
-/* The same random BN statistics, scales, inputs and labels in both nets. */
-static void randomise(Net *a, Net *b, Rng *r) {
-  for (int i = 0; i < a->n_layers; i++) {
-    Layer *l = a->layers[i];
-    if (!strcmp(l->type->name, "BatchNorm")) {
-      for (size_t c = 0; c < l->params[0]->count; c++) {
-        l->params[0]->data[c] = 0.73f * rng_uniform(r, -0.5f, 0.5f);
-        l->params[1]->data[c] = 0.73f * rng_uniform(r, 0.5f, 1.5f);
-      }
-      l->params[2]->data[0] = 0.73f;
-    } else if (!strcmp(l->type->name, "Scale")) {
-      fill(r, l->params[0]->data, l->params[0]->count, -1.5f, 1.5f);
-      fill(r, l->params[1]->data, l->params[1]->count, -0.5f, 0.5f);
-    }
-  }
-  memcpy(b->param_data, a->param_data, a->param_count * sizeof(float));
-  Blob *da = net_blob(a, "data"), *la = net_blob(a, "label");
-  fill(r, da->data, da->count, -1.0f, 1.0f);
-  for (size_t i = 0; i < la->count; i++) la->data[i] = (float)(rng_u32(r) % 4u);
-  memcpy(net_blob(b, "data")->data, da->data, da->count * sizeof(float));
-  memcpy(net_blob(b, "label")->data, la->data, la->count * sizeof(float));
-}
-
 /* Every layer's parameters (diff: gradients, else values) within NMSE bound of the
  * reference's; with `base` (the bf16 path with fp32 activations), within twice base's own
  * NMSE plus bound. */
@@ -169,7 +142,7 @@ static void step_vs_reference(const char *name, const char *text, const char *co
   CHECK(net_bf16_count(ref) == 0 && net_bf16_count(base) == 0);
   Rng r;
   rng_seed(&r, 78);
-  randomise(ref, net, &r);
+  tiny_randomise(ref, net, &r);
   memcpy(base->param_data, ref->param_data, ref->param_count * sizeof(float));
   memcpy(net_blob(base, "data")->data, net_blob(ref, "data")->data,
          net_blob(ref, "data")->count * sizeof(float));
@@ -233,7 +206,7 @@ static void test_frozen_inference(void) {
   CHECK(net_blob(a, "cC")->host_bf16 && net_blob(b, "cC")->host_bf16);
   Rng r;
   rng_seed(&r, 5);
-  randomise(a, b, &r);
+  tiny_randomise(a, b, &r);
   net_freeze_weights(b);
   Blob *pa = net_blob(a, "pool"), *pb = net_blob(b, "pool");
   for (int it = 0; it < 2; it++) {

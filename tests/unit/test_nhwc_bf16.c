@@ -28,6 +28,7 @@
 #include "layers/conv_nhwc_bf16.h"
 #include "layers/fast.h"
 #include "rng.h"
+#include "../gpu/bf16_host.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -35,23 +36,6 @@
 #define SENTINEL 12345.0f
 
 static Rng g_rng;
-
-/* Round to nearest even, denormals (and their sign) to zero, NaN quiet. */
-static uint16_t bf16_scalar(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-static double bf16_value(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 static void fill(float *v, size_t n, float scale) {
   for (size_t i = 0; i < n; i++) v[i] = rng_gaussian(&g_rng, 0.0f, scale);
@@ -70,9 +54,9 @@ static void test_round(void) {
   nhwc_bf16_round(v + N - 3, 3, got + N - 3);
   int bad = 0;
   for (int i = 0; i < N; i++)
-    if (got[i] != bf16_scalar(v[i]) && bad++ < 5)
+    if (got[i] != bf16_bits_cpu(v[i]) && bad++ < 5)
       fprintf(stderr, "  value %d (%g): 0x%04x, want 0x%04x\n", i, (double)v[i], got[i],
-              bf16_scalar(v[i]));
+              bf16_bits_cpu(v[i]));
   CHECK(bad == 0);
   CHECK(got[N] == 0xBEEF);
 }
@@ -106,7 +90,7 @@ static void run_case(const Case *k, int threads) {
   for (size_t i = 0; i < (size_t)P * C; i += 97) x[i] = 0.0f; /* ReLU outputs have zeros */
   nhwc_bf16_round(x, (size_t)P * C, x16);
   nhwc_bf16_round(dy, (size_t)P * OC, dy16);
-  for (size_t i = 0; i < (size_t)OC * C; i++) w16[i] = bf16_scalar(w[i]);
+  for (size_t i = 0; i < (size_t)OC * C; i++) w16[i] = bf16_bits_cpu(w[i]);
   for (size_t i = 0; i < (P + 1) * ldy; i++) y[i] = SENTINEL;
   for (size_t i = 0; i < (P + 1) * ldx; i++) dx[i] = SENTINEL;
   memcpy(dw, dw0, sizeof(float) * OC * C);
@@ -234,7 +218,7 @@ static void run_conv_case(const ConvCase *k, int threads) {
   fill(x, nx, 1.0f), fill(dy, ny, 0.01f), fill(w, nw, 0.1f), fill(dw0, nw, 0.05f);
   nhwc_bf16_round(x, nx, x16);
   nhwc_bf16_round(dy, ny, dy16);
-  for (size_t i = 0; i < nw; i++) w16[i] = bf16_scalar(w[i]);
+  for (size_t i = 0; i < nw; i++) w16[i] = bf16_bits_cpu(w[i]);
   memcpy(dw, dw0, 4 * nw);
   omp_set_num_threads(threads);
   CHECK(nhwc_bf16_pack_conv_fwd(&g, w, bf) == 0);
@@ -306,7 +290,7 @@ static void test_conv_shapes(void) {
 }
 
 /* The layout changes against index loops: NCHW fp32 -> NHWC bf16 (rounded as
- * bf16_scalar), NHWC fp32 and bf16 -> NCHW fp32 (exact), the subsampling and the strided
+ * bf16_bits_cpu), NHWC fp32 and bf16 -> NCHW fp32 (exact), the subsampling and the strided
  * spreading (zeros between), on sizes that are not multiples of 16. */
 static void test_layouts(void) {
   const size_t N = 2, C = 20, H = 7, W = 5, S = H * W;
@@ -318,7 +302,7 @@ static void test_layouts(void) {
   for (size_t n = 0; n < N; n++)
     for (size_t c = 0; c < C; c++)
       for (size_t q = 0; q < S; q++)
-        bad += h[(n * S + q) * C + c] != bf16_scalar(x[(n * C + c) * S + q]);
+        bad += h[(n * S + q) * C + c] != bf16_bits_cpu(x[(n * C + c) * S + q]);
   CHECK_MSG(bad == 0, "from_nchw: %d values wrong", bad);
   nhwc_to_nchw(NULL, h, N, C, S, back);
   bad = 0;
