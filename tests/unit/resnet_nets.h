@@ -21,7 +21,9 @@
  * CPU backend plans fused chains, src/net_fuse.h, which the plan must respect). */
 static Backend build_backend __attribute__((unused)) = MOKA_BACKEND_CPU;
 
-static inline Net *net_from_text(const char *text, Phase phase, const char *what) {
+/* A net from prototxt text on backend be (net_from_text: on build_backend); NULL (the
+ * error printed) when it does not build. */
+static inline Net *net_from_text_on(const char *text, Phase phase, Backend be, const char *what) {
   ProtobufCMessage *m = NULL;
   if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), what, &m)) {
     fprintf(stderr, "    %s: %s\n", what, moka_error());
@@ -30,12 +32,16 @@ static inline Net *net_from_text(const char *text, Phase phase, const char *what
   NetOptions o;
   net_options_default(&o);
   o.phase = phase;
-  o.backend = build_backend;
+  o.backend = be;
   o.quiet = true;
   Net *net = net_create((Caffe__NetParameter *)m, &o, what);
   if (!net) fprintf(stderr, "    %s: %s\n", what, moka_error());
   protobuf_c_message_free_unpacked(m, NULL);
   return net;
+}
+
+static inline Net *net_from_text(const char *text, Phase phase, const char *what) {
+  return net_from_text_on(text, phase, build_backend, what);
 }
 
 static inline char *read_text(const char *path) {

@@ -8,13 +8,16 @@
  * shortcut and a bottleneck whose first 1x1 is strided too, so the channels-last layers read
  * an fp32 NCHW bottom and write its gradient back into fp32 NCHW, including the strided
  * spreading. bf16 rounds every stored activation and every convolution operand to 8 bits of
- * mantissa: loss within 2% relative, each BatchNorm's running statistics NMSE <= 1e-3 of
- * the reference's; each parameter gradient within twice the NMSE of the bf16 path with fp32
- * activations (--precision=bf16 alone: the same bf16 convolution operands) plus 1e-3. That
- * path's own gradient errors reach 3e-2 on these small random nets (sums over a few hundred
- * pixels that nearly cancel); the stored activations add little to it (measured: at most
- * 1.3x), a wrong layout, channel or stride about 1. Two iterations: the second on the
- * running statistics the first updated. SKIP on a CPU without AVX-512 BF16. */
+ * mantissa. Bounds: loss within 2% relative; each BatchNorm's running statistics NMSE <= 1e-3
+ * of the reference's; all parameter gradients together NMSE <= 2e-2 and each parameter blob's
+ * <= 0.5. Measured on 16 seeds of both nets: all gradients together at most 7.9e-3 (the old
+ * bf16 mode, fp32 activations with the same bf16 operands, 1.0e-2); single blobs up to 0.10
+ * (old mode 0.13): in a BatchNorm net many parameter gradients are sums that nearly cancel
+ * (a 1x1 convolution's input gradient under a BatchNorm has channel means near 0), so their
+ * relative error is large in any bf16 mode; a wrong layout, channel or stride gives about 1.
+ * The global pooling is checked exactly (forward and backward values bit for bit). Two
+ * iterations: the second on the running statistics the first updated. SKIP on a CPU without
+ * AVX-512 BF16. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +28,7 @@
 #include "prototxt.h"
 #include "resnet_nets.h"
 #include "rng.h"
+#include "../gpu/bf16_host.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -71,6 +75,8 @@ static const char *const DOWN_TEXT =
     "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
     "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
 
+/* Seeded (the fillers' weights the same on every run: the bounds below were measured on
+ * 16 seeds, but a test must not depend on the clock). */
 static Net *net_of_phase(const char *text, Backend be, Phase ph) {
   ProtobufCMessage *m = NULL;
   if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "net", &m)) {
@@ -103,27 +109,44 @@ static double nmse(const float *got, const float *want, size_t n) {
 }
 
 /* Every layer's parameters (diff: gradients, else values) within NMSE bound of the
- * reference's; with `base` (the bf16 path with fp32 activations), within twice base's own
- * NMSE plus bound. */
-static void per_param(const char *what, const Net *ref, const Net *got, const Net *base, bool diff,
-                      bool bn_only, double bound) {
+ * reference's. */
+static void per_param(const char *what, const Net *ref, const Net *got, bool diff, bool bn_only,
+                      double bound) {
   for (int i = 0; i < ref->n_layers; i++) {
     const Layer *l = ref->layers[i];
     if (bn_only && strcmp(l->type->name, "BatchNorm")) continue;
     for (int k = 0; k < l->n_params; k++) {
       const size_t off = (size_t)(l->params[k]->data - ref->param_data), n = l->params[k]->count;
-      const float *want = (diff ? ref->param_diff : ref->param_data) + off;
-      const double e = nmse((diff ? got->param_diff : got->param_data) + off, want, n);
-      const double b =
-          base ? 2 * nmse((diff ? base->param_diff : base->param_data) + off, want, n) : 0;
-      CHECK_MSG(e <= b + bound, "%s: layer '%s' param %d %s NMSE %.3g > %.3g (fp32 activations: %.3g)",
-                what, l->name, k, diff ? "gradient" : "value", e, b + bound, b / 2);
+      const double e = nmse((diff ? got->param_diff : got->param_data) + off,
+                            (diff ? ref->param_diff : ref->param_data) + off, n);
+      CHECK_MSG(e <= bound, "%s: layer '%s' param %d %s NMSE %.3g > %.2g", what, l->name, k,
+                diff ? "gradient" : "value", e, bound);
     }
   }
 }
 
-static void step_vs_reference(const char *name, const char *text, const char *const *want_bf16,
-                              const char *const *want_f32) {
+/* The global AVE pooling on a bf16 blob, exactly: forward the fp32 sum of the bf16 values
+ * in pixel order over S, backward bf16(dy / S) at every pixel. */
+static void check_pool(const char *what, const Net *net, const char *in, const char *out) {
+  const Blob *x = net_blob(net, in), *y = net_blob(net, out);
+  REQUIRE(x->host_bf16 && !y->host_bf16);
+  const size_t N = (size_t)x->shape[0], C = (size_t)x->shape[1], S = x->count / (N * C);
+  const uint16_t *xd = (const uint16_t *)x->data, *xg = (const uint16_t *)x->diff;
+  int bad_f = 0, bad_b = 0;
+  for (size_t n = 0; n < N; n++)
+    for (size_t c = 0; c < C; c++) {
+      float sum = 0.0f;
+      for (size_t q = 0; q < S; q++) sum += bf16_value(xd[(n * S + q) * C + c]);
+      bad_f += memcmp(&(float){sum / (float)S}, &y->data[n * C + c], sizeof(float)) != 0;
+      const uint16_t g = bf16_bits_cpu(y->diff[n * C + c] / (float)S);
+      for (size_t q = 0; q < S; q++) bad_b += xg[(n * S + q) * C + c] != g;
+    }
+  CHECK_MSG(bad_f == 0 && bad_b == 0, "%s: pooling '%s' -> '%s': %d forward, %d backward values "
+            "differ", what, in, out, bad_f, bad_b);
+}
+
+static void step_vs_reference(const char *name, const char *text, const char *pool_in,
+                              const char *const *want_bf16, const char *const *want_f32) {
   REQUIRE(fast_set_precision("bf16") == 0);
   setenv("MOKA_BF16_ACT", "0", 1);
   Net *ref = net_of(text, MOKA_BACKEND_CPU), *base = net_of(text, MOKA_BACKEND_CPU_FAST);
@@ -158,7 +181,7 @@ static void step_vs_reference(const char *name, const char *text, const char *co
     CHECK_MSG(fabs((double)lr - (double)ln) <= 2e-2 * (1 + fabs((double)lr)),
               "%s it %d: loss %.9g with bf16 activations, %.9g reference", name, it, (double)ln,
               (double)lr);
-    per_param(name, ref, net, NULL, false, true, 1e-3); /* the running statistics */
+    per_param(name, ref, net, false, true, 1e-3); /* the running statistics */
     { /* a bf16 blob read through blob_host_f32 */
       const char *bn = want_bf16[0];
       Blob *a = net_blob(ref, bn), *b = net_blob(net, bn);
@@ -170,7 +193,12 @@ static void step_vs_reference(const char *name, const char *text, const char *co
     }
     REQUIRE(net_backward(ref) == 0 && net_backward(base) == 0);
     CHECK_MSG(net_backward(net) == 0, "%s: backward: %s", name, moka_error());
-    per_param(name, ref, net, base, true, false, 1e-3);
+    per_param(name, ref, net, true, false, 0.5);
+    const double all = nmse(net->param_diff, ref->param_diff, ref->param_count);
+    const double all_base = nmse(base->param_diff, ref->param_diff, ref->param_count);
+    CHECK_MSG(all <= 2e-2, "%s it %d: all gradients NMSE %.3g (fp32 activations: %.3g)", name, it,
+              all, all_base);
+    check_pool(name, net, pool_in, "pool");
   }
   net_free(ref);
   net_free(base);
@@ -183,14 +211,14 @@ static void test_tiny(void) {
   REQUIRE(text);
   static const char *const bf[] = {"c1", "c2a", "c2b", "r2", "c3a", "r3", NULL};
   static const char *const f32[] = {"data", "pool", "fc", "loss", NULL};
-  step_vs_reference("tiny ResNet", text, bf, f32);
+  step_vs_reference("tiny ResNet", text, "r3", bf, f32);
   free(text);
 }
 
 static void test_downsampling(void) {
   static const char *const bf[] = {"cA", "cB", "cC", "cD", "r", NULL};
   static const char *const f32[] = {"data", "c0", "p0", "pool", NULL};
-  step_vs_reference("downsampling block", DOWN_TEXT, bf, f32);
+  step_vs_reference("downsampling block", DOWN_TEXT, "r", bf, f32);
 }
 
 /* TEST phase (global statistics), weights frozen as the inference tools freeze them: the
