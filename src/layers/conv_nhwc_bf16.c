@@ -1,5 +1,14 @@
-/* conv_nhwc_bf16.c — channels-last bf16 1x1 convolution kernels (see
+/* conv_nhwc_bf16.c — channels-last bf16 convolution kernels (see
  * conv_nhwc_bf16.h for the layout and why).
+ *
+ * 1x1 kernels below; kernels of any size (3x3) at the end, built the same
+ * way: the forward's tile rows are, tap by tap, the input rows under the
+ * kernel (kernel_taps: a zero row in the padding); the data gradient of
+ * stride 1 is the flipped kernel's forward; the weight gradient is a GEMM
+ * per tap over the chunk's pixels, dy packed once, x's shifted rows per tap
+ * (pack_rows_tap); the weights are packed a panel at a time (pack_taps).
+ * The layout changes the layer needs at fp32 neighbours (NCHW <-> NHWC,
+ * subsampling, the strided 1x1's spreading) are here too.
  *
  * Forward and data gradient: y (P, N) = a (P, K) x B with a read in place.
  * The micro-kernel is gemm_bf16.c's (12 x 32 tile of y in 24 accumulators,
