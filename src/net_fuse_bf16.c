@@ -3,10 +3,8 @@
  * when its blobs are bf16, and src/layers/bn_nhwc_cpu.c runs it with the chain's math
  * (src/net_fuse.h) on (N*S, C) bf16 buffers, as net_fuse_cuda.c does on the device. The
  * BatchNorm layer's x_norm buffer (N*C*S floats) keeps x_norm in bf16 (its first half), its
- * mean / var / std arrays the statistics.
+ * mean | var | std block (3C floats) the statistics.
  */
-#include <stdlib.h>
-#include <string.h>
 
 #include "layers/batchnorm_priv.h"
 #include "layers/bn_nhwc_cpu.h"
@@ -44,33 +42,24 @@ int net_fuse_cpu_forward_bf16(Net *net, const FusedChain *c) {
   if (chain_formats(c)) return -1;
   Layer *bn = net->layers[c->bn];
   BatchNormPriv *p = bn->priv;
-  const size_t C = c->channels, count = c->num * C * c->spatial;
+  const size_t count = c->num * c->channels * c->spatial;
   if (c->keep_xhat && (!p->x_norm || p->x_norm_cap < count))
     return moka_errorf("internal error: BatchNorm '%s' has no x_norm buffer", bn->name);
-  float *st = moka_malloc(3 * C * sizeof(float)); /* mean | var | std */
-  if (!st) return -1;
+  float *st = p->mean; /* mean | var | std: one block (batchnorm_priv.h) */
   const BnNhwcGeom g = geom_of(net, c);
   const bool elt = c->kind == FUSED_BN_SCALE_ELTWISE;
-  const int rc = bn_nhwc_cpu_forward(&g, (const uint16_t *)c->x->data, (uint16_t *)c->x->data,
+  return bn_nhwc_cpu_forward(&g, (const uint16_t *)c->x->data, (uint16_t *)c->x->data,
                           elt ? (uint16_t *)c->y->data : NULL,
                           elt ? (const uint16_t *)c->shortcut->data : NULL,
                           c->keep_xhat ? (uint16_t *)p->x_norm : NULL, st, bn->params[0]->data,
                           bn->params[1]->data, bn->params[2]->data, c->gamma->data,
                           c->beta ? c->beta->data : NULL);
-  if (!rc) {
-    memcpy(p->mean, st, C * sizeof(float));
-    memcpy(p->var, st + C, C * sizeof(float));
-    memcpy(p->std, st + 2 * C, C * sizeof(float));
-  }
-  free(st);
-  return rc;
 }
 
 int net_fuse_cpu_backward_bf16(Net *net, const FusedChain *c) {
   if (chain_formats(c)) return -1;
   Layer *bn = net->layers[c->bn];
   BatchNormPriv *p = bn->priv;
-  const size_t C = c->channels;
   const Layer *split = c->split >= 0 ? net->layers[c->split] : NULL;
   if (split && (!split->top[0]->host_bf16 || !split->top[1]->host_bf16))
     return moka_errorf("internal error: the Split after the bf16 chain at layer '%s' is not "
@@ -78,20 +67,14 @@ int net_fuse_cpu_backward_bf16(Net *net, const FusedChain *c) {
                        bn->name);
   const float *dy = split ? split->top[0]->diff : c->y->diff;
   const float *dy1 = split ? split->top[1]->diff : NULL;
-  float *st = moka_malloc(3 * C * sizeof(float)); /* mean | var | std */
-  if (!st) return -1;
-  memcpy(st, p->mean, C * sizeof(float));
-  memcpy(st + C, p->var, C * sizeof(float));
-  memcpy(st + 2 * C, p->std, C * sizeof(float));
+  const float *st = p->mean; /* mean | var | std: one block (batchnorm_priv.h) */
   const BnNhwcGeom g = geom_of(net, c);
   /* x's diff: BN's dx; not dz where BN has no backward (x_diff_dz: as on the device, that
    * diff is left unwritten: no layer reads it) */
-  const int rc = bn_nhwc_cpu_backward(
+  return bn_nhwc_cpu_backward(
       &g, (const uint16_t *)dy, (const uint16_t *)dy1, (const uint16_t *)c->y->data,
       c->keep_xhat ? (const uint16_t *)p->x_norm : NULL, st, c->gamma->data,
       c->bn_bw ? (uint16_t *)c->x->diff : NULL,
       c->shortcut_bw ? (uint16_t *)c->shortcut->diff : NULL,
       c->want_dgamma ? c->gamma->diff : NULL, c->want_dbeta ? c->beta->diff : NULL);
-  free(st);
-  return rc;
 }

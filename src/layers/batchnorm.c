@@ -50,10 +50,12 @@ static int bn_setup(Layer *l) {
   if (!layer_add_param(l, 1, &c, NULL) || !layer_add_param(l, 1, &c, NULL) ||
       !layer_add_param(l, 1, &one, NULL))
     return -1;
-  p->mean = moka_calloc((size_t)c + 1, sizeof(float));
-  p->var = moka_calloc((size_t)c + 1, sizeof(float));
-  p->std = moka_calloc((size_t)c + 1, sizeof(float));
-  if (!p->mean || !p->var || !p->std) return -1;
+  /* mean | var | std in one block (3C): the channels-last bf16 chain
+   * (net_fuse_bf16.c) reads and writes them as one array */
+  p->mean = moka_calloc(3 * (size_t)c + 1, sizeof(float));
+  if (!p->mean) return -1;
+  p->var = p->mean + c;
+  p->std = p->var + c;
   return 0;
 }
 
@@ -176,9 +178,7 @@ static int bn_backward(Layer *l) {
 static void bn_destroy(Layer *l) {
   BatchNormPriv *p = l->priv;
   moka_free_big(p->x_norm, p->x_norm_cap * sizeof(float));
-  free(p->mean);
-  free(p->var);
-  free(p->std);
+  free(p->mean); /* var and std live in the same block */
 #ifdef MOKA_WITH_CUDA
   moka_devbuf_free(&p->dev_x_norm);
   moka_devbuf_free(&p->dev_stats);

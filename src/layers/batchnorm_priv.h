@@ -19,7 +19,8 @@ typedef struct BatchNormPriv {
   float *x_norm;        /* (N,C,spatial) normalised output, for backward */
   size_t x_norm_cap;
   float *mean, *var;    /* (C) statistics used by the last forward */
-  float *std;           /* (C) sqrt(var + eps) of the last forward */
+  float *std;           /* (C) sqrt(var + eps) of the last forward; mean | var | std are
+                           one block of 3C floats (owned through mean) */
 #ifdef MOKA_WITH_CUDA
   DevBuf dev_x_norm;    /* (N,C,S) on the device */
   DevBuf dev_stats;     /* (3C) mean | var | std on the device */

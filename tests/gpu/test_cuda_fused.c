@@ -350,23 +350,8 @@ static void test_op_shapes(void) {
 static Net *tiny_net_text(Phase ph, Backend be, bool wide) {
   char *text = tiny_resnet_text(wide);
   if (!text) return NULL;
-  ProtobufCMessage *m = NULL;
-  const int prc = prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "tiny", &m);
+  Net *net = net_from_text_on(text, ph, be, 3, "tiny");
   free(text);
-  if (prc) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return NULL;
-  }
-  NetOptions o;
-  net_options_default(&o);
-  o.phase = ph;
-  o.backend = be;
-  o.quiet = true;
-  o.has_seed = true;
-  o.seed = 3;
-  Net *net = net_create((Caffe__NetParameter *)m, &o, "tiny");
-  if (!net) fprintf(stderr, "    %s\n", moka_error());
-  protobuf_c_message_free_unpacked(m, NULL);
   return net;
 }
 

@@ -21,9 +21,11 @@
  * CPU backend plans fused chains, src/net_fuse.h, which the plan must respect). */
 static Backend build_backend __attribute__((unused)) = MOKA_BACKEND_CPU;
 
-/* A net from prototxt text on backend be (net_from_text: on build_backend); NULL (the
- * error printed) when it does not build. */
-static inline Net *net_from_text_on(const char *text, Phase phase, Backend be, const char *what) {
+/* A net from prototxt text on backend be, its fillers seeded with `seed` (< 0: not seeded;
+ * net_from_text: on build_backend, not seeded); NULL (the error printed) when it does not
+ * build. */
+static inline Net *net_from_text_on(const char *text, Phase phase, Backend be, long long seed,
+                                    const char *what) {
   ProtobufCMessage *m = NULL;
   if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), what, &m)) {
     fprintf(stderr, "    %s: %s\n", what, moka_error());
@@ -34,6 +36,10 @@ static inline Net *net_from_text_on(const char *text, Phase phase, Backend be, c
   o.phase = phase;
   o.backend = be;
   o.quiet = true;
+  if (seed >= 0) {
+    o.has_seed = true;
+    o.seed = (uint32_t)seed;
+  }
   Net *net = net_create((Caffe__NetParameter *)m, &o, what);
   if (!net) fprintf(stderr, "    %s: %s\n", what, moka_error());
   protobuf_c_message_free_unpacked(m, NULL);
@@ -41,7 +47,7 @@ static inline Net *net_from_text_on(const char *text, Phase phase, Backend be, c
 }
 
 static inline Net *net_from_text(const char *text, Phase phase, const char *what) {
-  return net_from_text_on(text, phase, build_backend, what);
+  return net_from_text_on(text, phase, build_backend, -1, what);
 }
 
 static inline char *read_text(const char *path) {

@@ -53,6 +53,7 @@
 #include "net.h"
 #include "net_fuse.h"
 #include "prototxt.h"
+#include "resnet_nets.h"
 #include "rng.h"
 #include "../gpu/bf16_host.h"
 #include "testlib.h"
@@ -750,20 +751,7 @@ static int bench_f32(const BenchShape *s, size_t N, double *fwd_ms, double *bwd_
            s->residual ? "layer { name: \"next_a\" type: \"ReLU\" bottom: \"y\" top: \"a\" }\n"
                          "layer { name: \"next_b\" type: \"ReLU\" bottom: \"y\" top: \"b\" }\n"
                        : "");
-  ProtobufCMessage *msg;
-  if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "bench", &msg)) {
-    fprintf(stderr, "  fp32 chain: %s\n", moka_error());
-    return -1;
-  }
-  NetOptions o;
-  net_options_default(&o);
-  o.phase = MOKA_TRAIN;
-  o.backend = MOKA_BACKEND_CPU_FAST;
-  o.quiet = true;
-  o.has_seed = true;
-  o.seed = 7;
-  Net *net = net_create((Caffe__NetParameter *)msg, &o, "bench");
-  protobuf_c_message_free_unpacked(msg, NULL);
+  Net *net = net_from_text_on(text, MOKA_TRAIN, MOKA_BACKEND_CPU_FAST, 7, "fp32 chain");
   if (!net || !net->fuse || net->fuse->n_chains != 1 ||
       (s->residual && net->fuse->chains[0].split < 0)) {
     fprintf(stderr, "  fp32 chain: %s\n", net ? "not fused" : moka_error());

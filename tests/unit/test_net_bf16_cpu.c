@@ -78,22 +78,7 @@ static const char *const DOWN_TEXT =
 /* Seeded (the fillers' weights the same on every run: the bounds below were measured on
  * 16 seeds, but a test must not depend on the clock). */
 static Net *net_of_phase(const char *text, Backend be, Phase ph) {
-  ProtobufCMessage *m = NULL;
-  if (prototxt_parse(&caffe__net_parameter__descriptor, text, strlen(text), "net", &m)) {
-    fprintf(stderr, "    %s\n", moka_error());
-    return NULL;
-  }
-  NetOptions o;
-  net_options_default(&o);
-  o.phase = ph;
-  o.backend = be;
-  o.quiet = true;
-  o.has_seed = true;
-  o.seed = 3;
-  Net *net = net_create((Caffe__NetParameter *)m, &o, "net");
-  if (!net) fprintf(stderr, "    %s\n", moka_error());
-  protobuf_c_message_free_unpacked(m, NULL);
-  return net;
+  return net_from_text_on(text, ph, be, 3, "net");
 }
 
 static Net *net_of(const char *text, Backend be) { return net_of_phase(text, be, MOKA_TRAIN); }
