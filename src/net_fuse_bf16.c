@@ -1,11 +1,11 @@
 /* net_fuse_bf16.c — the fused chains of the fast CPU backend on bf16 channels-last blobs
- * (--precision=bf16 unless MOKA_BF16_ACT=0, src/net_bf16.h): net_fuse_cpu_forward / _backward hand a chain here
- * when its blobs are bf16, and src/layers/bn_nhwc_cpu.c runs it with the chain's math
- * (src/net_fuse.h) on (N*S, C) bf16 buffers, as net_fuse_cuda.c does on the device. The
+ * (--precision=bf16 unless MOKA_BF16_ACT=0, src/net_bf16.h): net_fuse_cpu_forward /
+ * _backward hand a chain here when its blobs are bf16, and src/layers/bn_nhwc_cpu.c runs
+ * it with the chain's math (src/net_fuse.h) on (N*S, C) bf16 buffers, as net_fuse_cuda.c
+ * does on the device. The
  * BatchNorm layer's x_norm buffer (N*C*S floats) keeps x_norm in bf16 (its first half), its
  * mean | var | std block (3C floats) the statistics.
  */
-
 #include "layers/batchnorm_priv.h"
 #include "layers/bn_nhwc_cpu.h"
 #include "net_fuse.h"

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fast.h"
+#include "conv_nhwc_bf16.h"
 #include "fast_layers.h"
 #include "net_bf16.h"
 #include "layer.h"
@@ -68,21 +69,13 @@ static void max_row16(const float *x, int W, int h0, int h1, int kw, int sw, int
 /* Global AVE pooling of a bf16 channels-last bottom (--precision=bf16, src/net_bf16.h; the
  * CUDA backend's kernels/pool_nhwc.cu, the same definitions): y (N, C) fp32 = the mean over
  * the S pixels, summed in fp32 in pixel order and divided by S (as Caffe's AVE divides by
- * its window); back, dx (N*S, C) bf16 = dy / S, rounded to nearest even. */
+ * its window); back, dx (N*S, C) bf16 = dy / S, rounded as every bf16 store
+ * (nhwc_bf16_round). */
 static inline float bf16_f32(uint16_t h) {
   const uint32_t u = (uint32_t)h << 16;
   float f;
   memcpy(&f, &u, sizeof f);
   return f;
-}
-
-static inline uint16_t f32_bf16(float f) { /* round to nearest even, denormals to zero */
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
 }
 
 static int pool_nhwc_check(const Layer *l) {
@@ -119,10 +112,17 @@ static int pool_backward_nhwc(Layer *l) {
   const size_t N = p->num, C = p->channels, S = (size_t)p->height * p->width;
   const float *dy = l->top[0]->diff;
   uint16_t *dx = (uint16_t *)l->bottom[0]->diff;
-#pragma omp parallel for schedule(static) if (N * C * S >= FAST_GRAIN)
-  for (size_t n = 0; n < N; n++)
-    for (size_t s = 0; s < S; s++)
-      for (size_t c = 0; c < C; c++) dx[(n * S + s) * C + c] = f32_bf16(dy[n * C + c] / (float)S);
+  if (N * S * C == 0) return 0;
+  /* an image's row dy / S, rounded once (nhwc_bf16_round), copied to each of its pixels */
+  float *row = fast_workspace(FAST_WS_COL, C, "pooling gradient row");
+  if (!row) return -1;
+  for (size_t n = 0; n < N; n++) {
+    uint16_t *d0 = dx + n * S * C;
+    for (size_t c = 0; c < C; c++) row[c] = dy[n * C + c] / (float)S;
+    nhwc_bf16_round(row, C, d0);
+#pragma omp parallel for schedule(static) if (S * C >= FAST_GRAIN)
+    for (size_t s = 1; s < S; s++) memcpy(d0 + s * C, d0, C * sizeof(uint16_t));
+  }
   return 0;
 }
 
