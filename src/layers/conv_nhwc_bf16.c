@@ -40,6 +40,7 @@
 enum {
   MR = BF16_MR,
   NR = BF16_NR,
+  PACK_PAIRS = BF16_PACK_PAIRS,
   B_GROUP_BYTES = 512 * 1024, /* packed weights per pass over a thread's rows */
   WGRAD_PIXELS = 2048,        /* pixels per weight-gradient chunk, about */
   WGRAD_MIN_PIXELS = 512,     /* fewer per thread: one chunk at a time, GEMMs split */
@@ -138,15 +139,19 @@ typedef struct Rows16 {
 static void pack_rows(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
   const Rows16 *b = ctx;
   const int kpt = (kc + 1) / 2, panels = (nc + NR - 1) / NR;
-  for (int kp = 0; kp < kpt; kp++) {
-    const uint16_t *r0 = b->x + (size_t)(p0 + 2 * kp) * b->ld + j0;
-    const bool has1 = 2 * kp + 1 < kc;
+  for (int kq = 0; kq < kpt; kq += PACK_PAIRS) { /* as bf16_pack_a_t16: panel after panel */
+    const int kn = kpt - kq < PACK_PAIRS ? kpt - kq : PACK_PAIRS;
     for (int n = 0; n < panels * NR; n += 16) {
       const __mmask16 mk = bf16_mask16(nc - n);
-      const __m256i lo = _mm256_maskz_loadu_epi16(mk, r0 + n);
-      const __m256i hi = has1 ? _mm256_maskz_loadu_epi16(mk, r0 + b->ld + n) : _mm256_setzero_si256();
-      _mm512_storeu_si512(out + ((size_t)(n / NR) * kpt + kp) * NR + n % NR,
-                          bf16_words_interleaved(lo, hi));
+      int32_t *dst = out + ((size_t)(n / NR) * kpt + kq) * NR + n % NR;
+      for (int j = 0; j < kn; j++) {
+        const int kp = kq + j;
+        const uint16_t *r0 = b->x + (size_t)(p0 + 2 * kp) * b->ld + j0 + n;
+        const __m256i lo = _mm256_maskz_loadu_epi16(mk, r0);
+        const __m256i hi =
+            2 * kp + 1 < kc ? _mm256_maskz_loadu_epi16(mk, r0 + b->ld) : _mm256_setzero_si256();
+        _mm512_storeu_si512(dst + (size_t)j * NR, bf16_words_interleaved(lo, hi));
+      }
     }
   }
 }
@@ -188,15 +193,20 @@ static inline const uint16_t *tap_row(const TapRows *b, int q) {
 static void pack_rows_tap(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
   const TapRows *b = ctx;
   const int kpt = (kc + 1) / 2, panels = (nc + NR - 1) / NR;
-  for (int kp = 0; kp < kpt; kp++) {
-    const uint16_t *r0 = tap_row(b, p0 + 2 * kp);
-    const uint16_t *r1 = 2 * kp + 1 < kc ? tap_row(b, p0 + 2 * kp + 1) : NULL;
+  const uint16_t *rows[2 * PACK_PAIRS];
+  for (int kq = 0; kq < kpt; kq += PACK_PAIRS) { /* as pack_rows */
+    const int kn = kpt - kq < PACK_PAIRS ? kpt - kq : PACK_PAIRS;
+    for (int j = 0; j < 2 * kn; j++)
+      rows[j] = 2 * kq + j < kc ? tap_row(b, p0 + 2 * kq + j) : NULL;
     for (int n = 0; n < panels * NR; n += 16) {
       const __mmask16 mk = bf16_mask16(nc - n);
-      const __m256i lo = r0 ? _mm256_maskz_loadu_epi16(mk, r0 + j0 + n) : _mm256_setzero_si256();
-      const __m256i hi = r1 ? _mm256_maskz_loadu_epi16(mk, r1 + j0 + n) : _mm256_setzero_si256();
-      _mm512_storeu_si512(out + ((size_t)(n / NR) * kpt + kp) * NR + n % NR,
-                          bf16_words_interleaved(lo, hi));
+      int32_t *dst = out + ((size_t)(n / NR) * kpt + kq) * NR + n % NR;
+      for (int j = 0; j < kn; j++) {
+        const uint16_t *r0 = rows[2 * j], *r1 = rows[2 * j + 1];
+        const __m256i lo = r0 ? _mm256_maskz_loadu_epi16(mk, r0 + j0 + n) : _mm256_setzero_si256();
+        const __m256i hi = r1 ? _mm256_maskz_loadu_epi16(mk, r1 + j0 + n) : _mm256_setzero_si256();
+        _mm512_storeu_si512(dst + (size_t)j * NR, bf16_words_interleaved(lo, hi));
+      }
     }
   }
 }
@@ -354,7 +364,8 @@ int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *b
 typedef struct Wgrad {
   const uint16_t *dy, *x;
   int P, OC, C, chunk;
-  bool par; /* the GEMMs split over the pool (chunks one after another) */
+  bool par;  /* the GEMMs split over the pool (chunks one after another) */
+  int step;  /* this thread's next chunk is k + step (chunks side by side) */
 } Wgrad;
 
 static int wgrad_chunk(void *ctx, int k, float *wacc) {
@@ -365,14 +376,22 @@ static int wgrad_chunk(void *ctx, int k, float *wacc) {
   if (!ap) return -1;
   bf16_pack_a_t16(w->dy + (size_t)p0 * w->OC, (size_t)w->OC, w->OC, np, ap);
   const Rows16 b = {w->x + (size_t)p0 * w->C, (size_t)w->C};
-  const Bf16Gemm g = {w->OC, w->C, np, ap, pack_rows, &b, wacc, w->C, true, 1.0f};
+  Bf16Gemm g = {w->OC, w->C, np, ap, pack_rows, &b, wacc, w->C, true, 1.0f};
+  const long q0 = (long)(k + w->step) * w->chunk; /* the next chunk's dy and x stream in */
+  if (w->step && q0 < w->P) {
+    const size_t nq = (size_t)(w->P - q0 < w->chunk ? w->P - q0 : w->chunk);
+    g.prefetch[0] = (const char *)(w->dy + (size_t)q0 * w->OC);
+    g.prefetch_bytes[0] = nq * w->OC * 2;
+    g.prefetch[1] = (const char *)(w->x + (size_t)q0 * w->C);
+    g.prefetch_bytes[1] = nq * w->C * 2;
+  }
   return bf16_gemm_packed(&g, w->par);
 }
 
 int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C, float *dw) {
   if (P <= 0 || OC <= 0 || C <= 0) return 0;
   const int T = omp_in_parallel() ? 1 : fast_threads();
-  Wgrad w = {dy, x, P, OC, C, P, false};
+  Wgrad w = {dy, x, P, OC, C, P, false, T};
   if (T > 1 && P >= T * WGRAD_MIN_PIXELS) {
     /* Chunks side by side: a multiple of T of them, about WGRAD_PIXELS each. */
     int n = (P + WGRAD_PIXELS - 1) / WGRAD_PIXELS;
@@ -382,6 +401,7 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
     return fast_chunked_wgrad(T, n, dw, (size_t)OC * C, wgrad_chunk, &w);
   }
   w.par = T > 1;
+  w.step = 1;
   w.chunk = WGRAD_PIXELS;
   const int n = (P + w.chunk - 1) / w.chunk;
   for (int k = 0; k < n; k++)
@@ -526,6 +546,7 @@ typedef struct ConvWgrad {
   long P;
   int chunk;
   bool par;
+  int step; /* this thread's next chunk is k + step (chunks side by side) */
 } ConvWgrad;
 
 /* Chunk k's pixels into wacc (OC, T, C). */
@@ -548,9 +569,23 @@ static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
     iw[i] = (int)(q % g->OW) * g->SW - g->PW;
     base[i] = (int32_t)(q / ((long)g->OW * g->OH) * g->H * g->W);
   }
+  /* The next chunk's dy, and x from the first row it reads, stream in over the taps. */
+  const long q0 = p0 + (long)w->step * w->chunk;
+  const size_t nq = q0 < w->P ? (size_t)(w->P - q0 < w->chunk ? w->P - q0 : w->chunk) : 0;
+  const long img = q0 / ((long)g->OW * g->OH), top = q0 / g->OW % g->OH * g->SH - g->PH;
+  const size_t x_at = ((size_t)img * g->H + (size_t)(top > 0 ? top : 0)) * g->W * C * 2;
+  const size_t dy_bytes = nq * OC * 2, x_bytes = nq * C * 2 * g->SH * g->SW;
+  const size_t x_end = (size_t)g->N * g->H * g->W * C * 2;
   for (int t = 0; t < T; t++) {
     const TapRows b = {w->x, g->H, g->W, C, t / g->KW, t % g->KW, ih, iw, base};
-    const Bf16Gemm gm = {OC, C, np, ap, pack_rows_tap, &b, wacc + (size_t)t * C, T * C, true, 1.0f};
+    Bf16Gemm gm = {OC, C, np, ap, pack_rows_tap, &b, wacc + (size_t)t * C, T * C, true, 1.0f};
+    if (w->step && nq) { /* tap t: its share of both */
+      gm.prefetch[0] = (const char *)(w->dy + (size_t)q0 * OC) + dy_bytes * t / T;
+      gm.prefetch_bytes[0] = dy_bytes * (t + 1) / T - dy_bytes * t / T;
+      const size_t a = x_at + x_bytes * t / T, e = x_at + x_bytes * (t + 1) / T;
+      gm.prefetch[1] = (const char *)w->x + a;
+      gm.prefetch_bytes[1] = a < x_end ? (e < x_end ? e : x_end) - a : 0;
+    }
     if (bf16_gemm_packed(&gm, w->par)) return -1;
   }
   return 0;
@@ -567,7 +602,7 @@ int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *
   if (!acc) return -1;
   memset(acc, 0, wcount * sizeof(float));
   const int nth = omp_in_parallel() ? 1 : fast_threads();
-  ConvWgrad w = {g, dy, x, P, WGRAD_PIXELS, false};
+  ConvWgrad w = {g, dy, x, P, WGRAD_PIXELS, false, nth};
   int rc;
   if (nth > 1 && P >= (long)nth * WGRAD_MIN_PIXELS) {
     long n = (P + WGRAD_PIXELS - 1) / WGRAD_PIXELS;
@@ -577,6 +612,7 @@ int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *
                             conv_wgrad_chunk, &w);
   } else {
     w.par = nth > 1;
+    w.step = 1;
     rc = 0;
     for (long k = 0; k * w.chunk < P && !rc; k++) rc = conv_wgrad_chunk(&w, (int)k, acc);
   }

@@ -38,7 +38,7 @@
 #include "gemm_bf16.h"
 #include "util.h"
 
-enum { MR = BF16_MR, NR = BF16_NR, MC = 144, KC = BF16_KC, NC = 1024 };
+enum { MR = BF16_MR, NR = BF16_NR, MC = 144, KC = BF16_KC, NC = 1024, PACK_PAIRS = BF16_PACK_PAIRS };
 
 bool fast_bf16_supported(void) {
   __builtin_cpu_init();
@@ -157,7 +157,7 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
 
 /* C tile (mr <= MR rows, nr <= NR columns) (+)= alpha * Ap x Bp over kpt pairs. */
 static void kernel(int kpt, const int32_t *Ap, const int32_t *Bp, float *C, int ldc, int mr,
-                   int nr, bool accumulate, float alpha) {
+                   int nr, bool accumulate, float alpha, const char *pf) {
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
@@ -170,6 +170,7 @@ static void kernel(int kpt, const int32_t *Ap, const int32_t *Bp, float *C, int 
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + (size_t)p * NR);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bp + (size_t)p * NR + 16);
     const int32_t *a = Ap + (size_t)p * MR;
+    if (pf) _mm_prefetch(pf + (size_t)p * 64, _MM_HINT_T1);
 #pragma GCC unroll 12
     for (int m = 0; m < MR; m++) {
       const __m512bh am = (__m512bh)_mm512_set1_epi32(a[m]);
@@ -226,15 +227,22 @@ void bf16_pack_a_t16(const uint16_t *a16, size_t lda, int M, int K, int32_t *out
   for (int pc = 0; pc < K; pc += KC) {
     const int kc = K - pc < KC ? K - pc : KC, kpt = (kc + 1) / 2;
     int32_t *blk = out + Mpad * (pc / 2);
-    for (int kp = 0; kp < kpt; kp++) {
-      const uint16_t *r0 = a16 + (size_t)(pc + 2 * kp) * lda;
-      const bool has1 = 2 * kp + 1 < kc;
+    /* PACK_PAIRS pairs at a time (their rows stay in L1), panel after panel: the panels are
+     * kpt * MR dwords apart, a multiple of 2 KiB, so storing every panel's row of one pair
+     * in turn would keep a few L1 sets busy with all of them. */
+    for (int kq = 0; kq < kpt; kq += PACK_PAIRS) {
+      const int kn = kpt - kq < PACK_PAIRS ? kpt - kq : PACK_PAIRS;
       for (int m0 = 0; m0 < M; m0 += MR) {
         const __mmask16 mk = bf16_mask16(M - m0) & mr_mask;
-        const __m256i lo = _mm256_maskz_loadu_epi16(mk, r0 + m0);
-        const __m256i hi = has1 ? _mm256_maskz_loadu_epi16(mk, r0 + lda + m0) : _mm256_setzero_si256();
-        _mm512_mask_storeu_epi32(blk + ((size_t)(m0 / MR) * kpt + kp) * MR, mr_mask,
-                                 bf16_words_interleaved(lo, hi));
+        int32_t *dst = blk + ((size_t)(m0 / MR) * kpt + kq) * MR;
+        for (int j = 0; j < kn; j++) {
+          const int kp = kq + j;
+          const uint16_t *r0 = a16 + (size_t)(pc + 2 * kp) * lda + m0;
+          const __m256i lo = _mm256_maskz_loadu_epi16(mk, r0);
+          const __m256i hi =
+              2 * kp + 1 < kc ? _mm256_maskz_loadu_epi16(mk, r0 + lda) : _mm256_setzero_si256();
+          _mm512_mask_storeu_epi32(dst + (size_t)j * MR, mr_mask, bf16_words_interleaved(lo, hi));
+        }
       }
     }
   }
@@ -250,12 +258,33 @@ void bf16_pack_b_plain_t(const void *ctx, int p0, int kc, int j0, int nc, int32_
   pack_b(true, b->B, b->ldb, p0, kc, j0, nc, out);
 }
 
+/* Bf16Gemm.prefetch's ranges, consumed a kernel call at a time. */
+typedef struct Prefetch {
+  const char *p[2];
+  size_t left[2];
+} Prefetch;
+
+/* The next kernel call's prefetch start (kpt lines), or NULL when done. */
+static const char *prefetch_next(Prefetch *f, int kpt) {
+  for (int r = 0; r < 2; r++) {
+    if (!f->left[r]) continue;
+    const char *at = f->p[r];
+    const size_t bytes = (size_t)kpt * 64 < f->left[r] ? (size_t)kpt * 64 : f->left[r];
+    f->p[r] += bytes;
+    f->left[r] -= bytes;
+    return bytes == (size_t)kpt * 64 ? at : NULL; /* a short tail: left to the hardware */
+  }
+  return NULL;
+}
+
 /* Rows [i0, i1) (i0 a multiple of MR) and columns [j0, j1) (j0 a multiple
- * of NR) of g, on this thread. */
-static int gemm_packed_1(const Bf16Gemm *g, int i0, int i1, int j0, int j1) {
+ * of NR) of g, on this thread; prefetch: honour g->prefetch (the GEMM is not split). */
+static int gemm_packed_1(const Bf16Gemm *g, int i0, int i1, int j0, int j1, bool prefetch) {
   int32_t *bbuf = (int32_t *)fast_workspace(FAST_WS_PACK_B, (size_t)NC * (KC / 2 + 1),
                                             "bf16 GEMM packing (B)");
   if (!bbuf) return -1;
+  Prefetch pf = {{g->prefetch[0], g->prefetch[1]},
+                 {prefetch ? g->prefetch_bytes[0] : 0, prefetch ? g->prefetch_bytes[1] : 0}};
   const size_t Mpad = (size_t)round_mr(g->M);
   for (int jc = j0; jc < j1; jc += NC) {
     const int nc = j1 - jc < NC ? j1 - jc : NC;
@@ -270,7 +299,8 @@ static int gemm_packed_1(const Bf16Gemm *g, int i0, int i1, int j0, int j1) {
           for (int ir = 0; ir < mc; ir += MR)
             kernel(kpt, ablk + (size_t)((ic + ir) / MR) * kpt * MR,
                    bbuf + (size_t)(jr / NR) * kpt * NR, g->C + (size_t)(ic + ir) * g->ldc + jc + jr,
-                   g->ldc, mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, acc, g->alpha);
+                   g->ldc, mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, acc, g->alpha,
+                   prefetch_next(&pf, kpt));
       }
     }
   }
@@ -293,7 +323,7 @@ int bf16_gemm_packed(const Bf16Gemm *g, bool par) {
   const int units = by_cols ? col_units : row_units, unit = by_cols ? NR : MR;
   int nb = T < units ? T : units;
   if (2.0 * g->M * g->N * g->K < 2e6) nb = 1;
-  if (nb <= 1) return gemm_packed_1(g, 0, g->M, 0, g->N);
+  if (nb <= 1) return gemm_packed_1(g, 0, g->M, 0, g->N, true);
   int rc = 0;
 #pragma omp parallel for schedule(static, 1) num_threads(nb) reduction(| : rc)
   for (int b = 0; b < nb; b++) {
@@ -301,7 +331,8 @@ int bf16_gemm_packed(const Bf16Gemm *g, bool par) {
     int lo = (int)((long)units * b / nb) * unit, hi = (int)((long)units * (b + 1) / nb) * unit;
     if (hi > len) hi = len;
     if (hi <= lo) continue;
-    rc |= by_cols ? gemm_packed_1(g, 0, g->M, lo, hi) : gemm_packed_1(g, lo, hi, 0, g->N);
+    rc |= by_cols ? gemm_packed_1(g, 0, g->M, lo, hi, false)
+                  : gemm_packed_1(g, lo, hi, 0, g->N, false);
   }
   return rc ? -1 : 0;
 }

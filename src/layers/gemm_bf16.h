@@ -20,6 +20,9 @@
 #include <stdint.h>
 
 enum { BF16_NR = 32, BF16_MR = 12, BF16_KC = 256 }; /* micro-tile columns/rows; K block */
+/* Packing from bf16 rows (bf16_pack_a_t16, the channels-last weight gradient's B): pairs
+ * of K per pass over the micro-panels, panel after panel. */
+enum { BF16_PACK_PAIRS = 8 };
 
 /* Pack rows [j0, j0+nc) x K range [p0, p0+kc) of B (p0 a multiple of 2, j0
  * of BF16_NR) into out: ceil(nc/BF16_NR) micro-panels of (kc+1)/2 x BF16_NR
@@ -56,6 +59,12 @@ typedef struct Bf16Gemm {
   int ldc;
   bool accumulate;    /* C += alpha A x B, else C = alpha A x B */
   float alpha;
+  /* Optional: memory the caller reads next (the next chunk's operands),
+   * prefetched into L2 a cache line per pair of K as the micro-kernels run,
+   * so that it streams in while they compute. Honoured when the GEMM runs on
+   * one thread. */
+  const char *prefetch[2];
+  size_t prefetch_bytes[2];
 } Bf16Gemm;
 
 /* Run it; par: split the columns (or rows) over the OpenMP pool (ignored

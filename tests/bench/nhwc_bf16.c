@@ -7,7 +7,10 @@
  * the totals over the 36 1x1 and the 16 3x3 layers: ms and GFLOP/s of the forward (weights packed + GEMM,
  * fp32 output), the data gradient (the same) and the weight gradient,
  * each the median of REPS calls (default 11) after one warm-up, on random
- * bf16 inputs (never zeros). Built and run by tests/bench/nhwc_bf16.sh,
+ * bf16 inputs (never zeros); with NHWC_BENCH_COLD=1 in the environment,
+ * 96 MiB are written before each call, so that the operands come from
+ * memory as they do in a net (the default leaves them in the caches from
+ * the call before). Built and run by tests/bench/nhwc_bf16.sh,
  * which puts moka time's figures for the NCHW bf16 layers beside them. A
  * benchmark, not a test. */
 #include <omp.h>
@@ -64,6 +67,7 @@ static const Shape shapes[] = {
 };
 
 enum { FWD, DGRAD, WGRAD, KINDS };
+enum { FLUSH_BYTES = 96 << 20 }; /* NHWC_BENCH_COLD: written before each call (L3 is 32 MiB) */
 
 int main(int argc, char **argv) {
   const int batch = argc > 1 ? atoi(argv[1]) : 8, reps = argc > 2 ? atoi(argv[2]) : 11;
@@ -82,6 +86,7 @@ int main(int argc, char **argv) {
   printf("   %-34s %5s %5s %4s  %15s %15s %15s\n", "layers", "C", "OC", "HW", "forward",
          "data grad", "weight grad");
   double total[2][KINDS] = {{0}};
+  char *flush = getenv("NHWC_BENCH_COLD") && *getenv("NHWC_BENCH_COLD") ? malloc(FLUSH_BYTES) : NULL;
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     const Shape *sh = &shapes[s];
     const int C = sh->C, OC = sh->OC, P = batch * sh->hw * sh->hw;
@@ -110,6 +115,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < KINDS; k++) {
       double *t = malloc(sizeof(double) * reps);
       for (int r = -1; r < reps; r++) {
+        if (flush) memset(flush, r & 0xff, FLUSH_BYTES); /* operands from memory, as in a net */
         const double t0 = now_ms();
         int rc = 0;
         if (T == 1 && k == FWD) {

@@ -35,6 +35,10 @@ while [ "$r" -le "$RUNS" ]; do
 done
 echo "-- the kernels (last run):"
 cat "$WORK/nhwc.$RUNS.txt"
+wait_quiet
+NHWC_BENCH_COLD=1 "$BUILD/bench/nhwc_bf16" "$BATCH" >"$WORK/nhwc.cold.txt" || die "nhwc_bf16 failed"
+echo "-- the kernels with their operands from memory (NHWC_BENCH_COLD=1: 96 MiB written before each call):"
+grep "^   all " "$WORK/nhwc.cold.txt"
 $PY - "$WORK" "$RUNS" <<'EOF'
 import re, sys
 work, runs = sys.argv[1], int(sys.argv[2])
