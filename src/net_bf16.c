@@ -74,9 +74,10 @@ int net_bf16_decide(const Net *net, bool *bf16) {
       if (cpu ? conv_cpu_bf16_nhwc_capable(l, dgrad) : conv_bf16_nhwc_capable(l, dgrad)) continue;
     }
     if (is_type(l, "Split") && l->n_bottom == 1) {
-      /* its backward must be a chain's (or not needed): the Split's own sum is fp32 */
+      /* on CUDA its backward must be a chain's (or not needed): the Split's own sum is fp32
+       * there; the fast CPU backend's sums bf16 gradients too */
       const bool bw = net->layer_need_backward[i] && l->propagate_down[0];
-      if (!bw || (fp && fp->split_into && fp->split_into[i] >= 0)) {
+      if (cpu || !bw || (fp && fp->split_into && fp->split_into[i] >= 0)) {
         const int x = blob_index(net, l->bottom[0]);
         for (int t = 0; t < l->n_top; t++) join(up, x, blob_index(net, l->top[t]));
         continue;
@@ -84,7 +85,10 @@ int net_bf16_decide(const Net *net, bool *bf16) {
     }
     if (is_type(l, "Pooling") &&
         (cpu ? pool_cpu_bf16_nhwc_capable(l) : pool_bf16_nhwc_capable(l))) {
-      mark(net, bad, l->top, l->n_top); /* its bottom may be bf16, its output is fp32 */
+      if (cpu && pool_cpu_bf16_nhwc_top(l)) /* MAX: bf16 in and out, or neither */
+        join(up, blob_index(net, l->bottom[0]), blob_index(net, l->top[0]));
+      else
+        mark(net, bad, l->top, l->n_top); /* its bottom may be bf16, its output is fp32 */
       continue;
     }
     mark(net, bad, l->bottom, l->n_bottom);

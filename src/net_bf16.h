@@ -56,8 +56,11 @@ int net_bf16_layer_check(const Layer *l);
 /* dgrad: whether the convolution's data gradient runs (its geometry must suit it then). */
 bool conv_bf16_nhwc_capable(const Layer *l, bool dgrad);
 bool pool_bf16_nhwc_capable(const Layer *l);
-/* The same on the fast CPU backend (src/layers/convolution_nhwc.c, pooling_fast.c). */
+/* The same on the fast CPU backend (src/layers/convolution_nhwc.c, pooling_fast.c,
+ * split_fast.c). A capable pooling's output is bf16 too when pool_cpu_bf16_nhwc_top (MAX),
+ * else fp32 (global AVE). A Split sums its tops' bf16 gradients itself. */
 bool conv_cpu_bf16_nhwc_capable(const Layer *l, bool dgrad);
 bool pool_cpu_bf16_nhwc_capable(const Layer *l);
+bool pool_cpu_bf16_nhwc_top(const Layer *l);
 
 #endif

@@ -44,7 +44,10 @@ enum {
   B_GROUP_BYTES = 512 * 1024, /* packed weights per pass over a thread's rows */
   WGRAD_PIXELS = 2048,        /* pixels per weight-gradient chunk, about */
   WGRAD_MIN_PIXELS = 512,     /* fewer per thread: one chunk at a time, GEMMs split */
-  MAX_TAPS = 64               /* kernel taps at most (KH*KW) */
+  MAX_TAPS = 64,              /* kernel taps at most (KH*KW) */
+  PATCH_C = 16,               /* fewer channels: the weight gradient over whole patches */
+  BIAS_PIXELS = 1024,         /* pixels per partial sum of the bias gradient */
+  MAX_RUN = 64                /* the stem's KW*C at most (values per kernel row) */
 };
 
 size_t nhwc_bf16_packed_b_size(int K, int N) {
@@ -160,8 +163,8 @@ static void pack_rows(const void *ctx, int p0, int kc, int j0, int nc, int32_t *
  * accumulators; rows[t*MR + m] is tile row m's input row for tap t (the
  * zero row where the tap falls into the padding), and tap t's pairs are
  * B's pairs [t*kpt, (t+1)*kpt). */
-static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int32_t *bp, float *y,
-                        uint16_t *y16, size_t ldy, int mr, int nr) {
+static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int32_t *bp,
+                        const float *bias, float *y, uint16_t *y16, size_t ldy, int mr, int nr) {
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MR; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
@@ -170,6 +173,15 @@ static void kernel_taps(int taps, int kpt, const int32_t *const *rows, const int
 #pragma GCC unroll 12
     for (int m = 0; m < MR; m++) r[m] = rows[(size_t)t * MR + m];
     dot_rows(c, r, bp + (size_t)t * kpt * NR, kpt);
+  }
+  if (bias) { /* the panel's biases, added to the sums before the one rounding (Caffe's order) */
+    const __m512 b0 = _mm512_maskz_loadu_ps(bf16_mask16(nr), bias);
+    const __m512 b1 = _mm512_maskz_loadu_ps(bf16_mask16(nr - 16), bias + 16);
+#pragma GCC unroll 12
+    for (int m = 0; m < MR; m++) {
+      c[m][0] = _mm512_add_ps(c[m][0], b0);
+      c[m][1] = _mm512_add_ps(c[m][1], b1);
+    }
   }
   store_tile(c, y, y16, ldy, mr, nr);
 }
@@ -211,6 +223,112 @@ static void pack_rows_tap(const void *ctx, int p0, int kc, int j0, int nc, int32
   }
 }
 
+/* ---- the stem: few input channels (C < PATCH_C, ResNet's 3 padded to 4) --------------
+ *
+ * The input is converted once into a zero-padded buffer xp (N, H+2PH, W+2PW, C), so that a
+ * kernel row (kh) of a window is one run of KW*C values: the forward's tile rows are those
+ * runs (KH of them per pixel, KW*C/2 pairs each, where one row per tap would give 49 rows of
+ * 2 pairs), and the weight gradient is one GEMM over whole patches (N = KH*KW*C columns,
+ * where a GEMM per tap would fill C of a panel's 32 columns). The weights are packed as for
+ * any kernel (pack_taps: (kh, kw, c) order, which is the runs' order). */
+
+/* Bf16PackB for the stem's weight gradient: B (K = the chunk's pixels, N = KH*KW*C), row q
+ * = output pixel q's patch: its KH runs of xp. */
+typedef struct Patches {
+  const uint16_t *xp;
+  int Hp, Wp, C, KH, run; /* run = KW*C values */
+  const int32_t *ih, *iw, *base; /* per chunk pixel: oh*SH, ow*SW (in xp), n*Hp */
+} Patches;
+
+static void pack_patches(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
+  const Patches *b = ctx;
+  const int kpt = (kc + 1) / 2, panels = (nc + NR - 1) / NR, run = b->run;
+  int32_t row[BF16_NC_MAX + 2 * MAX_RUN]; /* one pair's interleaved dwords, whole runs */
+  const int r0 = j0 / run, r1 = (j0 + nc + run - 1) / run, off = j0 - r0 * run;
+  for (int kp = 0; kp < kpt; kp++) {
+    const int q = p0 + 2 * kp;
+    const bool has1 = 2 * kp + 1 < kc;
+    for (int kh = r0; kh < r1; kh++) {
+      const uint16_t *a = b->xp + (((size_t)b->base[q] + b->ih[q] + kh) * b->Wp + b->iw[q]) * b->C;
+      const uint16_t *z =
+          has1 ? b->xp + (((size_t)b->base[q + 1] + b->ih[q + 1] + kh) * b->Wp + b->iw[q + 1]) * b->C
+               : NULL;
+      int32_t *d = row + (kh - r0) * run;
+      for (int c = 0; c < run; c += 16) {
+        const __mmask16 mk = bf16_mask16(run - c);
+        const __m256i lo = _mm256_maskz_loadu_epi16(mk, a + c);
+        const __m256i hi = z ? _mm256_maskz_loadu_epi16(mk, z + c) : _mm256_setzero_si256();
+        _mm512_mask_storeu_epi32(d + c, mk, bf16_words_interleaved(lo, hi));
+      }
+    }
+    for (int n = 0; n < panels * NR; n += 16)
+      _mm512_storeu_si512(out + ((size_t)(n / NR) * kpt + kp) * NR + n % NR,
+                          _mm512_maskz_loadu_epi32(bf16_mask16(nc - n), row + off + n));
+  }
+}
+
+void nhwc_bf16_stem_input(const float *x, int C_x, const NhwcGeom *g, uint16_t *xp) {
+  const int C = g->C, H = g->H, W = g->W, Hp = H + 2 * g->PH, Wp = W + 2 * g->PW;
+  const size_t S = (size_t)H * W, rows = (size_t)g->N * Hp;
+  /* dword lane j of the result: pixel j/2's channels 0,1 (even j) or 2,3 (odd j) */
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+#pragma omp parallel for schedule(static) if (rows * Wp * C >= FAST_GRAIN)
+  for (size_t r = 0; r < rows; r++) {
+    const size_t n = r / Hp;
+    const int h = (int)(r % Hp) - g->PH;
+    uint16_t *dst = xp + r * Wp * C;
+    if (h < 0 || h >= H) {
+      memset(dst, 0, (size_t)Wp * C * sizeof(uint16_t));
+      continue;
+    }
+    memset(dst, 0, (size_t)g->PW * C * sizeof(uint16_t));
+    memset(dst + (size_t)(g->PW + W) * C, 0, (size_t)g->PW * C * sizeof(uint16_t));
+    uint16_t *out = dst + (size_t)g->PW * C;
+    const float *src = x + n * C_x * S + (size_t)h * W;
+    for (int w0 = 0; w0 < W; w0 += 16) {
+      const int nw = W - w0 < 16 ? W - w0 : 16;
+      const __mmask16 k = bf16_mask16(nw);
+      if (C == 4) { /* ResNet's: 16 pixels' 4 channels in two stores */
+        __m512i ch[4]; /* channel c of the 16 pixels, one bf16 per dword (0 past C_x) */
+        for (int c = 0; c < 4; c++)
+          ch[c] = c < C_x ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
+                                _mm512_maskz_loadu_ps(k, src + (size_t)c * S + w0)))
+                          : _mm512_setzero_si512();
+        const __m512i c01 = _mm512_or_si512(ch[0], _mm512_slli_epi32(ch[1], 16));
+        const __m512i c23 = _mm512_or_si512(ch[2], _mm512_slli_epi32(ch[3], 16));
+        uint32_t *o = (uint32_t *)(out + (size_t)w0 * 4); /* 2 dwords per pixel */
+        _mm512_mask_storeu_epi32(o, bf16_mask16(2 * nw),
+                                 _mm512_permutex2var_epi32(c01, lo_idx, c23));
+        _mm512_mask_storeu_epi32(o + 16, bf16_mask16(2 * nw - 16),
+                                 _mm512_permutex2var_epi32(c01, hi_idx, c23));
+        continue;
+      }
+      for (int c = 0; c < C; c++) {
+        uint16_t v[16] = {0};
+        if (c < C_x)
+          _mm256_storeu_si256((__m256i *)v, (__m256i)_mm512_cvtneps_pbh(
+                                                 _mm512_maskz_loadu_ps(k, src + (size_t)c * S + w0)));
+        for (int q = 0; q < nw; q++) out[(size_t)(w0 + q) * C + c] = v[q];
+      }
+    }
+  }
+}
+
+/* The stem's forward: rows[kh*MR + m] = tile row m's run kh in xp. */
+static void stem_fwd_rows(const NhwcGeom *g, const int32_t *xp32, long m0, int mr,
+                          const int32_t **rows) {
+  const int Hp = g->H + 2 * g->PH, Wp = g->W + 2 * g->PW;
+  for (int m = 0; m < MR; m++) {
+    const long q = m0 + (m < mr ? m : 0);
+    const int ow = (int)(q % g->OW), oh = (int)(q / g->OW % g->OH);
+    const long n = q / ((long)g->OW * g->OH);
+    for (int kh = 0; kh < g->KH; kh++)
+      rows[(size_t)kh * MR + m] =
+          xp32 + (((size_t)n * Hp + (size_t)oh * g->SH + kh) * Wp + (size_t)ow * g->SW) * g->C / 2;
+  }
+}
+
 void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst) {
   const size_t blocks = (n + 4095) / 4096;
 #pragma omp parallel for schedule(static) if (n >= FAST_GRAIN)
@@ -234,6 +352,11 @@ static inline float bf16_to_f32(uint16_t h) {
 /* Both layout changes go 16 channels x 16 pixels at a time through a 16 x 16 transpose in
  * registers (avx512_transpose.h): rows read and written whole, masked at the edges. */
 void nhwc_bf16_from_nchw(const float *x, size_t N, size_t C, size_t S, uint16_t *out) {
+  nhwc_bf16_from_nchw_pad(x, N, C, S, C, out);
+}
+
+void nhwc_bf16_from_nchw_pad(const float *x, size_t N, size_t C, size_t S, size_t Cp,
+                             uint16_t *out) {
 #pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= FAST_GRAIN)
   for (size_t n = 0; n < N; n++)
     for (size_t s0 = 0; s0 < S; s0 += 16) {
@@ -246,9 +369,10 @@ void nhwc_bf16_from_nchw(const float *x, size_t N, size_t C, size_t S, uint16_t 
           t[c] = c < nc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(
                               bf16_mask16(ns), x + (n * C + c0 + c) * S + s0))
                         : _mm512_setzero_si512();
-        transpose16(t); /* row q: pixel s0+q's channels c0.. */
+        transpose16(t); /* row q: pixel s0+q's channels c0.., zero past C */
+        const int keep = Cp - c0 < 16 ? (int)(Cp - c0) : 16; /* and the padding after C */
         for (int q = 0; q < ns; q++)
-          _mm256_mask_storeu_epi16(out + (n * S + s0 + q) * C + c0, bf16_mask16(nc),
+          _mm256_mask_storeu_epi16(out + (n * S + s0 + q) * Cp + c0, bf16_mask16(keep),
                                    (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(t[q])));
       }
     }
@@ -487,15 +611,19 @@ int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d) {
   return 0;
 }
 
-int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y,
-                       uint16_t *y16) {
+/* The forward of any kernel (stem: x is the stem's padded input, the rows its runs). */
+static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, const float *bias,
+                    float *y, uint16_t *y16, bool stem) {
   const int T = g->KH * g->KW, C = g->C, OC = g->OC;
-  if (C % 2 || T > MAX_TAPS)
+  if (C % 2 || T > MAX_TAPS || (stem && (g->KW * C > MAX_RUN || C >= PATCH_C)))
     return moka_errorf("internal: a bf16 channels-last convolution needs an even channel count "
-                       "and at most %d taps (C %d, %dx%d)", MAX_TAPS, C, g->KH, g->KW);
+                       "and at most %d taps (C %d, %dx%d%s)", MAX_TAPS, C, g->KH, g->KW,
+                       stem ? ", the stem's" : "");
   const long P = (long)g->N * g->OH * g->OW;
   if (P <= 0 || OC <= 0) return 0;
   const int kpt = C / 2, panels = (OC + NR - 1) / NR;
+  /* the kernel's rows: one per tap, or the stem's one run per kernel row */
+  const int n_rows = stem ? g->KH : T, row_kpt = stem ? g->KW * kpt : kpt;
   const long tiles = (P + MR - 1) / MR;
   const size_t panel_dw = (size_t)T * kpt * NR;
   int32_t *zero = moka_calloc((size_t)kpt + 16, sizeof(int32_t));
@@ -515,7 +643,8 @@ int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, 
       for (long ti = t0; ti < t1; ti++) {
         const long m0 = ti * MR;
         const int mr = P - m0 < MR ? (int)(P - m0) : MR;
-        for (int m = 0; m < MR; m++) {
+        if (stem) stem_fwd_rows(g, x32, m0, mr, rows);
+        for (int m = 0; m < MR && !stem; m++) {
           const long q = m0 + (m < mr ? m : 0);
           const int ow = (int)(q % g->OW), oh = (int)(q / g->OW % g->OH);
           const long n = q / ((long)g->OW * g->OH);
@@ -529,7 +658,8 @@ int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, 
             }
         }
         for (int jp = g0; jp < g1; jp++)
-          kernel_taps(T, kpt, rows, bp + (size_t)jp * panel_dw,
+          kernel_taps(n_rows, row_kpt, rows, bp + (size_t)jp * panel_dw,
+                      bias ? bias + (size_t)jp * NR : NULL,
                       y ? y + (size_t)m0 * OC + (size_t)jp * NR : NULL,
                       y16 ? y16 + (size_t)m0 * OC + (size_t)jp * NR : NULL, (size_t)OC, mr,
                       OC - jp * NR < NR ? OC - jp * NR : NR);
@@ -540,13 +670,71 @@ int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, 
   return 0;
 }
 
+int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y,
+                       uint16_t *y16) {
+  return conv_fwd(g, x, bp, NULL, y, y16, false);
+}
+
+int nhwc_bf16_conv_fwd_bias(const NhwcGeom *g, const uint16_t *x, const int32_t *bp,
+                            const float *bias, float *y, uint16_t *y16) {
+  return conv_fwd(g, x, bp, bias, y, y16, false);
+}
+
+bool nhwc_bf16_stem_fits(const NhwcGeom *g) {
+  return g->C % 2 == 0 && g->C < PATCH_C && g->KW * g->C <= MAX_RUN &&
+         g->KH * g->KW <= MAX_TAPS;
+}
+
+size_t nhwc_bf16_stem_input_size(const NhwcGeom *g) {
+  return (size_t)g->N * (g->H + 2 * g->PH) * (g->W + 2 * g->PW) * g->C;
+}
+
+int nhwc_bf16_stem_fwd(const NhwcGeom *g, const uint16_t *xp, const int32_t *bp,
+                       const float *bias, float *y, uint16_t *y16) {
+  return conv_fwd(g, xp, bp, bias, y, y16, true);
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+/* s (OC) = the fp32 sums of dy's rows [p0, p1), row after row. */
+static void bias_rows(const uint16_t *dy, long p0, long p1, int OC, float *s) {
+  for (int c = 0; c < OC; c += 16) {
+    const __mmask16 mk = bf16_mask16(OC - c);
+    __m512 acc = _mm512_setzero_ps();
+    for (long p = p0; p < p1; p++) {
+      const __m256i h = _mm256_maskz_loadu_epi16(mk, dy + (size_t)p * OC + c);
+      acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+    _mm512_mask_storeu_ps(s + c, mk, acc);
+  }
+}
+#pragma GCC pop_options
+
+int nhwc_bf16_bias_grad(const uint16_t *dy, long P, int OC, float *db) {
+  if (P <= 0 || OC <= 0) return 0;
+  const long chunks = (P + BIAS_PIXELS - 1) / BIAS_PIXELS;
+  float *part = fast_workspace(FAST_WS_AUX, (size_t)chunks * OC, "bias gradient");
+  if (!part) return -1;
+#pragma omp parallel for schedule(static) if ((size_t)P * OC >= FAST_GRAIN)
+  for (long k = 0; k < chunks; k++)
+    bias_rows(dy, k * BIAS_PIXELS, (k + 1) * BIAS_PIXELS < P ? (k + 1) * BIAS_PIXELS : P, OC,
+              part + (size_t)k * OC);
+  for (int c = 0; c < OC; c++) {
+    double t = 0;
+    for (long k = 0; k < chunks; k++) t += part[(size_t)k * OC + c];
+    db[c] += (float)t;
+  }
+  return 0;
+}
+
 typedef struct ConvWgrad {
   const NhwcGeom *g;
   const uint16_t *dy, *x;
   long P;
   int chunk;
   bool par;
-  int step; /* this thread's next chunk is k + step (chunks side by side) */
+  int step;     /* this thread's next chunk is k + step (chunks side by side) */
+  bool stem;    /* x the stem's padded input: one GEMM over the patches (pack_patches) */
 } ConvWgrad;
 
 /* Chunk k's pixels into wacc (OC, T, C). */
@@ -563,11 +751,18 @@ static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
   if (!ap || !tab) return -1;
   bf16_pack_a_t16(w->dy + (size_t)p0 * OC, (size_t)OC, OC, np, ap);
   int32_t *ih = tab, *iw = tab + np, *base = tab + 2 * (size_t)np;
+  const int Hp = g->H + 2 * g->PH, Wp = g->W + 2 * g->PW;
   for (int i = 0; i < np; i++) {
     const long q = p0 + i;
-    ih[i] = (int)(q / g->OW % g->OH) * g->SH - g->PH;
-    iw[i] = (int)(q % g->OW) * g->SW - g->PW;
-    base[i] = (int32_t)(q / ((long)g->OW * g->OH) * g->H * g->W);
+    /* the window's corner; in the stem's padded input, its image's first row */
+    ih[i] = (int)(q / g->OW % g->OH) * g->SH - (w->stem ? 0 : g->PH);
+    iw[i] = (int)(q % g->OW) * g->SW - (w->stem ? 0 : g->PW);
+    base[i] = (int32_t)(q / ((long)g->OW * g->OH) * (w->stem ? Hp : g->H * g->W));
+  }
+  if (w->stem) {
+    const Patches b = {w->x, Hp, Wp, C, g->KH, g->KW * C, ih, iw, base};
+    const Bf16Gemm gm = {OC, T * C, np, ap, pack_patches, &b, wacc, T * C, true, 1.0f};
+    return bf16_gemm_packed(&gm, w->par);
   }
   /* The next chunk's dy, and x from the first row it reads, stream in over the taps. */
   const long q0 = p0 + (long)w->step * w->chunk;
@@ -591,8 +786,11 @@ static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
   return 0;
 }
 
-int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, float *dw) {
+static int conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, int dw_c,
+                      float *dw, bool stem) {
   const int T = g->KH * g->KW, OC = g->OC, C = g->C;
+  if (dw_c > C || dw_c < 1)
+    return moka_errorf("internal: a channels-last weight gradient for %d of %d channels", dw_c, C);
   const long P = (long)g->N * g->OH * g->OW;
   if (P <= 0 || OC <= 0 || C <= 0) return 0;
   if ((long)g->N * g->H * g->W >= INT32_MAX)
@@ -602,7 +800,9 @@ int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *
   if (!acc) return -1;
   memset(acc, 0, wcount * sizeof(float));
   const int nth = omp_in_parallel() ? 1 : fast_threads();
-  ConvWgrad w = {g, dy, x, P, WGRAD_PIXELS, false, nth};
+  if (stem && !nhwc_bf16_stem_fits(g))
+    return moka_errorf("internal: not a stem convolution (C %d, %dx%d)", C, g->KH, g->KW);
+  ConvWgrad w = {g, dy, x, P, WGRAD_PIXELS, false, nth, stem};
   int rc;
   if (nth > 1 && P >= (long)nth * WGRAD_MIN_PIXELS) {
     long n = (P + WGRAD_PIXELS - 1) / WGRAD_PIXELS;
@@ -617,11 +817,20 @@ int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *
     for (long k = 0; k * w.chunk < P && !rc; k++) rc = conv_wgrad_chunk(&w, (int)k, acc);
   }
   if (rc) return -1;
-  /* (OC, T, C) -> Caffe's (OC, C, KH, KW), added. */
+  /* (OC, T, C) -> Caffe's (OC, dw_c, KH, KW), added (x's zero channels past dw_c dropped). */
 #pragma omp parallel for schedule(static) if (wcount >= FAST_GRAIN)
   for (int o = 0; o < OC; o++)
-    for (int c = 0; c < C; c++)
+    for (int c = 0; c < dw_c; c++)
       for (int t = 0; t < T; t++)
-        dw[((size_t)o * C + c) * T + t] += acc[((size_t)o * T + t) * C + c];
+        dw[((size_t)o * dw_c + c) * T + t] += acc[((size_t)o * T + t) * C + c];
   return 0;
+}
+
+int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, float *dw) {
+  return conv_wgrad(g, dy, x, g->C, dw, false);
+}
+
+int nhwc_bf16_stem_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *xp, int dw_c,
+                         float *dw) {
+  return conv_wgrad(g, dy, xp, dw_c, dw, true);
 }

@@ -71,6 +71,13 @@ int nhwc_bf16_pack_conv_fwd(const NhwcGeom *g, const float *w, int32_t *out);
  * (odd C, workspace). */
 int nhwc_bf16_conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, float *y,
                        uint16_t *y16);
+/* The same plus bias (OC fp32, NULL: none), added to each output's sum before it is
+ * stored (and rounded). */
+int nhwc_bf16_conv_fwd_bias(const NhwcGeom *g, const uint16_t *x, const int32_t *bp,
+                            const float *bias, float *y, uint16_t *y16);
+/* db (OC) += the sum of dy (P, OC) bf16 over the pixels: fp32 sums of fixed runs of pixels,
+ * added in order in double (the same on any number of threads). 0, or -1 (workspace). */
+int nhwc_bf16_bias_grad(const uint16_t *dy, long P, int OC, float *db);
 
 /* The data gradient of a stride-1 convolution is the forward convolution
  * of dy by the flipped kernel: nhwc_bf16_dgrad_geom gives that
@@ -85,14 +92,33 @@ int nhwc_bf16_pack_conv_dgrad(const NhwcGeom *g, const float *w, int32_t *out);
  * x's shifted rows packed per tap). On the pool, deterministic; 0, or -1
  * with moka_errorf (workspace). */
 int nhwc_bf16_conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, float *dw);
+/* ---- the stem: few input channels (ResNet's conv1: 3, stored as 4) ---- */
+
+/* Whether g (C the stored, even channel count) is one: C < 16, KW*C <= 64, <= 64 taps. */
+bool nhwc_bf16_stem_fits(const NhwcGeom *g);
+/* Its input xp (N, H+2PH, W+2PW, C) bf16, zero-padded: values, and from x (N, C_x, H, W)
+ * fp32 (channels past C_x zero too). */
+size_t nhwc_bf16_stem_input_size(const NhwcGeom *g);
+void nhwc_bf16_stem_input(const float *x, int C_x, const NhwcGeom *g, uint16_t *xp);
+/* The forward from xp (weights packed by nhwc_bf16_pack_conv_fwd; bias as above): the same
+ * sums as nhwc_bf16_conv_fwd on the unpadded input, a tile row per kernel row. */
+int nhwc_bf16_stem_fwd(const NhwcGeom *g, const uint16_t *xp, const int32_t *bp,
+                       const float *bias, float *y, uint16_t *y16);
+/* dw (OC, dw_c, KH, KW) += the weight gradient from dy and xp, dw_c <= C (the channels past
+ * it are padding, their gradient dropped): one GEMM over whole patches (KH*KW*C columns). */
+int nhwc_bf16_stem_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *xp, int dw_c,
+                         float *dw);
 
 /* dst[i] = bf16(src[i]), i < n; on the pool. */
 void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst);
 
 /* ---- layouts (on the pool) ---- */
 
-/* x (N, C, S) fp32 -> out (N, S, C) bf16. */
+/* x (N, C, S) fp32 -> out (N, S, C) bf16; _pad: out (N, S, Cp), Cp > C only when C is
+ * odd (Cp = C + 1, the channels past C zero). */
 void nhwc_bf16_from_nchw(const float *x, size_t N, size_t C, size_t S, uint16_t *out);
+void nhwc_bf16_from_nchw_pad(const float *x, size_t N, size_t C, size_t S, size_t Cp,
+                             uint16_t *out);
 /* y (N, S, C) fp32 or y16 (N, S, C) bf16 (the other NULL) -> out (N, C, S) fp32. */
 void nhwc_to_nchw(const float *y, const uint16_t *y16, size_t N, size_t C, size_t S, float *out);
 /* out (N, OH, OW, C) = x (N, H, W, C) at rows oh*SH, columns ow*SW (bf16). */

@@ -5,19 +5,23 @@
  *
  * Formats. A bf16 blob holds (N, H, W, C) bf16 values in the first half of
  * its buffers; the layer reads and writes it in place. A blob on the other
- * side that is still fp32 NCHW (ResNet's first block reads pool1, which the
- * net keeps fp32) is converted through a workspace: the input rounded and
+ * side that is still fp32 NCHW (a layer the bf16 path does not take before or
+ * after it) is converted through a workspace: the input rounded and
  * transposed once per forward and once per backward, the output (or the
  * data gradient) computed channels-last in fp32 and transposed back.
  *
- * Geometry (conv_cpu_bf16_nhwc_capable): one bottom, group 1, no dilation,
- * no bias, an even channel count; 1x1 kernels with no pad at any stride
- * (strided: the input subsampled first, then the data gradient spread back
- * at the stride with zeros between), other kernels of at most 64 taps, with
- * stride 1 when the data gradient runs (it is the flipped kernel's
- * convolution of dy). The same bf16 rounding of the same operands as the
- * NCHW bf16 path (convolution_bf16.c), fp32 sums in another order; where
- * both sides are bf16 the outputs are rounded to bf16 once, on store.
+ * Geometry (conv_cpu_bf16_nhwc_capable): one bottom, group 1, no dilation;
+ * 1x1 kernels with no pad and no bias at any stride (strided: the input
+ * subsampled first, then the data gradient spread back at the stride with
+ * zeros between), other kernels of at most 64 taps, with stride 1 when the
+ * data gradient runs (it is the flipped kernel's convolution of dy), a bias
+ * added before the one rounding. An even channel count, except for the stem
+ * (conv_nhwc_bf16.h: ResNet's conv1 on the 3-channel fp32 image, no data
+ * gradient): its input is converted into a zero-padded buffer with a zero
+ * fourth channel, and its kernel rows read as runs. The same bf16 rounding of
+ * the same operands as the NCHW bf16 path (convolution_bf16.c), fp32 sums in
+ * another order; where both sides are bf16 the outputs are rounded to bf16
+ * once, on store.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,14 +33,27 @@
 #include "layer.h"
 #include "util.h"
 
+static NhwcGeom geom_of(const ConvPriv *p);
+
+/* The stem's kernels (conv_nhwc_bf16.h): an fp32 input with few channels, no data gradient
+ * (the layer's own choice at run time; the capability for an odd channel count). */
+static bool stem_of(const Layer *l) {
+  const ConvPriv *p = l->priv;
+  const NhwcGeom g = geom_of(p);
+  return !l->bottom[0]->host_bf16 && !(p->kernel_h == 1 && p->kernel_w == 1) &&
+         !l->propagate_down[0] && nhwc_bf16_stem_fits(&g);
+}
+
 bool conv_cpu_bf16_nhwc_capable(const Layer *l, bool dgrad) {
   const ConvPriv *p = l->priv;
-  if (l->n_bottom != 1 || l->n_top != 1 || p->group != 1 || p->bias_term ||
-      p->dilation_h != 1 || p->dilation_w != 1 || p->channels % 2 ||
-      fast_precision() != FAST_BF16 || !fast_bf16_supported())
+  if (l->n_bottom != 1 || l->n_top != 1 || p->group != 1 || p->dilation_h != 1 || p->dilation_w != 1 || fast_precision() != FAST_BF16 ||
+      !fast_bf16_supported())
     return false;
   const bool one = p->kernel_h == 1 && p->kernel_w == 1;
-  if (one) return p->pad_h == 0 && p->pad_w == 0;
+  /* An odd channel count (an fp32 input, as ResNet's 3-channel image): the stem's kernels
+   * (stored with one zero channel more); no data gradient then. */
+  if (p->channels % 2 && (one || dgrad || !stem_of(l))) return false;
+  if (one) return p->pad_h == 0 && p->pad_w == 0 && !p->bias_term; /* a bias: kernels of taps */
   if (p->kernel_h * p->kernel_w > 64) return false;
   if (dgrad && (p->stride_h != 1 || p->stride_w != 1 || p->pad_h >= p->kernel_h ||
                 p->pad_w >= p->kernel_w))
@@ -49,8 +66,9 @@ bool conv_nhwc_in_use(const Layer *l) {
          (l->bottom[0]->host_bf16 || l->top[0]->host_bf16);
 }
 
+/* The kernels' geometry: an odd channel count padded to the next even one. */
 static NhwcGeom geom_of(const ConvPriv *p) {
-  NhwcGeom g = {p->num,      p->height,   p->width,    p->channels, p->num_output,
+  NhwcGeom g = {p->num,      p->height,   p->width,    p->channels + p->channels % 2, p->num_output,
                 p->kernel_h, p->kernel_w, p->stride_h, p->stride_w, p->pad_h,
                 p->pad_w,    p->out_h,    p->out_w};
   return g;
@@ -70,15 +88,22 @@ static int check(const Layer *l, bool dgrad) {
   return 0;
 }
 
-/* x as bf16 channels-last: the blob itself, or converted into `slot`; for a
- * strided 1x1, subsampled (the GEMM's input) into FAST_WS_NHWC_D. */
-static const uint16_t *input16(const Blob *b, const NhwcGeom *g, bool sub) {
+/* x as bf16 channels-last: the blob itself, or converted into `slot` (C channels, then a
+ * zero one when C is odd); for a strided 1x1, subsampled (the GEMM's input) into
+ * FAST_WS_NHWC_D. */
+static const uint16_t *input16(const Blob *b, const NhwcGeom *g, int C, bool sub, bool stem) {
   const size_t n = (size_t)g->N * g->H * g->W * g->C;
   const uint16_t *x16 = (const uint16_t *)b->data;
+  if (stem) { /* the stem's zero-padded input */
+    uint16_t *w = (uint16_t *)fast_workspace(FAST_WS_NHWC_X, nhwc_bf16_stem_input_size(g) / 2 + 1,
+                                             "channels-last input");
+    if (w) nhwc_bf16_stem_input(b->data, C, g, w);
+    return w;
+  }
   if (!b->host_bf16) {
     uint16_t *w = (uint16_t *)fast_workspace(FAST_WS_NHWC_X, n / 2 + 1, "channels-last input");
     if (!w) return NULL;
-    nhwc_bf16_from_nchw(b->data, g->N, g->C, (size_t)g->H * g->W, w);
+    nhwc_bf16_from_nchw_pad(b->data, g->N, C, (size_t)g->H * g->W, g->C, w);
     x16 = w;
   }
   if (!sub) return x16;
@@ -87,6 +112,18 @@ static const uint16_t *input16(const Blob *b, const NhwcGeom *g, bool sub) {
   if (!s) return NULL;
   nhwc_bf16_subsample(x16, g, s);
   return s;
+}
+
+/* w (OC, C, KH, KW) with a zero channel after the C (g->C = C + 1), in a workspace. */
+static const float *padded_weights(const float *w, const NhwcGeom *g, int C) {
+  const size_t T = (size_t)g->KH * g->KW;
+  float *wp = fast_workspace(FAST_WS_OUT, (size_t)g->OC * g->C * T, "padded weights");
+  if (!wp) return NULL;
+  for (int o = 0; o < g->OC; o++) {
+    memcpy(wp + (size_t)o * g->C * T, w + (size_t)o * C * T, (size_t)C * T * sizeof(float));
+    memset(wp + ((size_t)o * g->C + C) * T, 0, (size_t)(g->C - C) * T * sizeof(float));
+  }
+  return wp;
 }
 
 int conv_forward_nhwc(Layer *l) {
@@ -105,7 +142,8 @@ int conv_forward_nhwc(Layer *l) {
     return moka_error_prefix("layer %s: packed channels-last weights", l->name);
   int32_t *wp = keep ? p->nhwc_wpack
                      : (int32_t *)fast_workspace(FAST_WS_WPACK, wsize, "channels-last weights");
-  const uint16_t *x16 = input16(l->bottom[0], &g, one && strided(&g));
+  const bool stem = stem_of(l);
+  const uint16_t *x16 = input16(l->bottom[0], &g, p->channels, one && strided(&g), stem);
   float *yf = NULL;
   uint16_t *y16 = top->host_bf16 ? (uint16_t *)top->data : NULL;
   if (!y16 && !(yf = fast_workspace(FAST_WS_NHWC_Y, P * g.OC, "channels-last output")))
@@ -117,7 +155,12 @@ int conv_forward_nhwc(Layer *l) {
     if (pack) nhwc_bf16_pack_fwd(w, g.OC, g.C, wp);
     rc = nhwc_bf16_gemm(x16, (size_t)g.C, (int)P, g.C, wp, g.OC, yf, y16, (size_t)g.OC);
   } else {
-    rc = (pack && nhwc_bf16_pack_conv_fwd(&g, w, wp)) || nhwc_bf16_conv_fwd(&g, x16, wp, yf, y16);
+    if (pack && g.C != p->channels && !(w = padded_weights(w, &g, p->channels)))
+      return moka_error_prefix("layer %s", l->name);
+    const float *bias = p->bias_term ? l->params[1]->data : NULL;
+    rc = (pack && nhwc_bf16_pack_conv_fwd(&g, w, wp)) ||
+         (stem ? nhwc_bf16_stem_fwd(&g, x16, wp, bias, yf, y16)
+               : nhwc_bf16_conv_fwd_bias(&g, x16, wp, bias, yf, y16));
   }
   if (rc && keep && pack) { /* not a complete pack: not kept */
     free(p->nhwc_wpack);
@@ -133,10 +176,11 @@ int conv_backward_nhwc(Layer *l) {
   Blob *bottom = l->bottom[0], *top = l->top[0];
   const bool want_dx = l->propagate_down[0];
   float *dw = layer_param_needs_grad(l, 0) ? l->params[0]->diff : NULL; /* accumulated */
+  float *db = p->bias_term && layer_param_needs_grad(l, 1) ? l->params[1]->diff : NULL;
   if (check(l, want_dx)) return -1;
   const NhwcGeom g = geom_of(p);
   const size_t P = pixels_out(&g);
-  if (P == 0 || (!dw && !want_dx)) return 0;
+  if (P == 0 || (!dw && !db && !want_dx)) return 0;
   const bool one = is_1x1(&g), sub = one && strided(&g);
   /* dy as bf16 channels-last */
   const uint16_t *dy16 = (const uint16_t *)top->diff;
@@ -147,11 +191,15 @@ int conv_backward_nhwc(Layer *l) {
     nhwc_bf16_from_nchw(top->diff, g.N, g.OC, (size_t)g.OH * g.OW, t);
     dy16 = t;
   }
+  if (db && nhwc_bf16_bias_grad(dy16, (long)P, g.OC, db))
+    return moka_error_prefix("layer %s", l->name);
   if (dw) {
-    const uint16_t *x16 = input16(bottom, &g, sub);
+    const bool stem = stem_of(l);
+    const uint16_t *x16 = input16(bottom, &g, p->channels, sub, stem);
     if (!x16) return moka_error_prefix("layer %s", l->name);
-    const int rc = one ? nhwc_bf16_wgrad(dy16, x16, (int)P, g.OC, g.C, dw)
-                       : nhwc_bf16_conv_wgrad(&g, dy16, x16, dw);
+    const int rc = one    ? nhwc_bf16_wgrad(dy16, x16, (int)P, g.OC, g.C, dw)
+                   : stem ? nhwc_bf16_stem_wgrad(&g, dy16, x16, p->channels, dw)
+                          : nhwc_bf16_conv_wgrad(&g, dy16, x16, dw);
     if (rc) return moka_error_prefix("layer %s", l->name);
   }
   if (!want_dx) return 0;

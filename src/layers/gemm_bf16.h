@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 enum { BF16_NR = 32, BF16_MR = 12, BF16_KC = 256 }; /* micro-tile columns/rows; K block */
+enum { BF16_NC_MAX = 1024 }; /* columns of B a callback packs at most per call */
 /* Packing from bf16 rows (bf16_pack_a_t16, the channels-last weight gradient's B): pairs
  * of K per pass over the micro-panels, panel after panel. */
 enum { BF16_PACK_PAIRS = 8 };

@@ -66,11 +66,23 @@ static void max_row16(const float *x, int W, int h0, int h1, int kw, int sw, int
 
 #pragma GCC pop_options
 
-/* Global AVE pooling of a bf16 channels-last bottom (--precision=bf16, src/net_bf16.h; the
- * CUDA backend's kernels/pool_nhwc.cu, the same definitions): y (N, C) fp32 = the mean over
- * the S pixels, summed in fp32 in pixel order and divided by S (as Caffe's AVE divides by
- * its window); back, dx (N*S, C) bf16 = dy / S, rounded as every bf16 store
- * (nhwc_bf16_round). */
+/* ---- bf16 channels-last blobs (--precision=bf16, src/net_bf16.h) ----------------------
+ *
+ * Global AVE pooling (ResNet's pool5; the CUDA backend's kernels/pool_nhwc.cu, the same
+ * definitions): y (N, C) fp32 = the mean over the S pixels, summed in fp32 in pixel order and
+ * divided by S (as Caffe's AVE divides by its window); back, dx (N*S, C) bf16 = dy / S,
+ * rounded as every bf16 store (nhwc_bf16_round).
+ *
+ * MAX pooling (ResNet's pool1), bf16 (N, H, W, C) to bf16 (N, PH, PW, C): the fp32 path's
+ * definitions channel by channel, 16 channels at a time: each window scanned in (h, w)
+ * order, a value replacing the maximum when greater (the first of equal maxima wins, NaN
+ * never does), from -FLT_MAX; the maximum is one of the bf16 inputs, stored as it is, and
+ * its place in the window, (h - ph*SH + PH) * KW + (w - pw*SW + PW), kept as one byte per
+ * output and channel in PoolPriv.argmax's buffer, laid out (N, PH, PW, C) (255: none; at
+ * most 255 window places). Back, each input pixel's dx is the sum, in fp32 and in output
+ * order (ph, then pw: the fp32 path's order), of the dy of the outputs whose maximum it was,
+ * rounded to bf16 once: computed pixel by pixel from the at most ceil(kernel/stride)^2
+ * outputs whose windows hold it, so every dx is written once and nothing is zeroed first. */
 static inline float bf16_f32(uint16_t h) {
   const uint32_t u = (uint32_t)h << 16;
   float f;
@@ -78,17 +90,152 @@ static inline float bf16_f32(uint16_t h) {
   return f;
 }
 
+static bool pool_is_max(const PoolPriv *p) {
+  return p->method == CAFFE__POOLING_PARAMETER__POOL_METHOD__MAX;
+}
+
 static int pool_nhwc_check(const Layer *l) {
-  if (!pool_cpu_bf16_nhwc_capable(l) || l->top[0]->host_bf16)
-    return moka_errorf("internal error: pooling '%s' has a bf16 channels-last bottom but is not "
-                       "a global AVE pooling into fp32",
+  const PoolPriv *p = l->priv;
+  if (!pool_cpu_bf16_nhwc_capable(l) || l->top[0]->host_bf16 != pool_is_max(p))
+    return moka_errorf("internal error: pooling '%s' has a bf16 channels-last bottom but is "
+                       "neither a global AVE pooling into fp32 nor a MAX pooling into bf16",
                        l->name);
   return 0;
 }
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+
+static inline __m512 ld16_bf16(const uint16_t *p, __mmask16 k) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+}
+
+static int max_forward_nhwc(Layer *l) {
+  PoolPriv *p = l->priv;
+  const int N = p->num, C = p->channels, H = p->height, W = p->width, PH = p->out_h,
+            PW = p->out_w;
+  const uint16_t *x = (const uint16_t *)l->bottom[0]->data;
+  uint16_t *y = (uint16_t *)l->top[0]->data;
+  uint8_t *am = (uint8_t *)p->argmax; /* (N, PH, PW, C) window places */
+  const size_t work = (size_t)N * PH * PW * C * p->kernel_h * p->kernel_w;
+  (void)work; /* read only by the OpenMP if clause */
+#pragma omp parallel for collapse(2) schedule(static) if (work >= FAST_GRAIN)
+  for (int n = 0; n < N; n++)
+    for (int ph = 0; ph < PH; ph++) {
+      int h0, h1;
+      (void)pool_window(ph, p->stride_h, p->pad_h, p->kernel_h, H, &h0, &h1);
+      for (int pw = 0; pw < PW; pw++) {
+        int w0, w1;
+        (void)pool_window(pw, p->stride_w, p->pad_w, p->kernel_w, W, &w0, &w1);
+        const size_t o = (((size_t)n * PH + ph) * PW + pw) * C;
+        const int hs = ph * p->stride_h - p->pad_h, ws = pw * p->stride_w - p->pad_w;
+        for (int c = 0; c < C; c += 16) {
+          const __mmask16 k = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+          __m512 m = _mm512_set1_ps(-FLT_MAX);
+          __m512i arg = _mm512_set1_epi32(255);
+          for (int h = h0; h < h1; h++)
+            for (int w = w0; w < w1; w++) {
+              const __m512 v = ld16_bf16(x + (((size_t)n * H + h) * W + w) * C + c, k);
+              const __mmask16 gt = _mm512_mask_cmp_ps_mask(k, v, m, _CMP_GT_OQ);
+              m = _mm512_mask_blend_ps(gt, m, v);
+              arg = _mm512_mask_blend_epi32(gt, arg,
+                                            _mm512_set1_epi32((h - hs) * p->kernel_w + w - ws));
+            }
+          _mm256_mask_storeu_epi16(y + o + c, k, (__m256i)_mm512_cvtneps_pbh(m));
+          _mm_mask_storeu_epi8(am + o + c, k, _mm512_cvtepi32_epi8(arg));
+        }
+      }
+    }
+  return 0;
+}
+
+/* Image n's dx: its outputs in order (ph, then pw), each 16 channels' dy added to the fp32
+ * sums of the window places its bytes name (at most one place per channel: every pixel's
+ * sum in output order). The sums of the input rows live windows reach are a ring of
+ * max_ring_rows rows of acc, each W*C + 16 floats (rows a multiple of 4 KiB apart would
+ * make every load look like it hits the store to the row above: 3x slower); a row is zeroed
+ * when a window first reaches it and rounded into dx once no later window does. */
+static int max_ring_rows(const PoolPriv *p) { return p->kernel_h + p->stride_h; }
+
+static void max_backward_image(const PoolPriv *p, const uint8_t *am, const uint16_t *dy,
+                               float *ring, uint16_t *dx) {
+  const int C = p->channels, H = p->height, W = p->width, PH = p->out_h, PW = p->out_w;
+  const int R = max_ring_rows(p);
+  const size_t row = (size_t)W * C, ld = row + 16;
+  int zeroed = 0, done = 0; /* rows [0, zeroed) zeroed, [0, done) written to dx */
+  for (int ph = 0; ph <= PH; ph++) {
+    /* rows no window from ph on reaches: done (untouched ones are zeros) */
+    const int next = ph < PH ? (ph * p->stride_h - p->pad_h > 0 ? ph * p->stride_h - p->pad_h : 0) : H;
+    for (; done < next && done < H; done++) {
+      uint16_t *d = dx + (size_t)done * row;
+      const float *a = ring + (size_t)(done % R) * ld;
+      if (done >= zeroed) {
+        memset(d, 0, row * sizeof(uint16_t));
+        continue;
+      }
+      for (size_t i = 0; i < row; i += 16) {
+        const __mmask16 k = row - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (row - i)) - 1);
+        _mm256_mask_storeu_epi16(d + i, k, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, a + i)));
+      }
+    }
+    if (ph == PH) break;
+    int h0, h1;
+    (void)pool_window(ph, p->stride_h, p->pad_h, p->kernel_h, H, &h0, &h1);
+    if (zeroed < done) zeroed = done;
+    for (; zeroed < h1; zeroed++) memset(ring + (size_t)(zeroed % R) * ld, 0, row * sizeof(float));
+    const int hs = ph * p->stride_h - p->pad_h;
+    for (int pw = 0; pw < PW; pw++) {
+      int w0, w1;
+      (void)pool_window(pw, p->stride_w, p->pad_w, p->kernel_w, W, &w0, &w1);
+      const int ws = pw * p->stride_w - p->pad_w;
+      const size_t o = ((size_t)ph * PW + pw) * C;
+      for (int c = 0; c < C; c += 16) {
+        const __mmask16 k = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+        const __m128i places = _mm_maskz_loadu_epi8(k, am + o + c);
+        const __m512 g = ld16_bf16(dy + o + c, k);
+        for (int h = h0; h < h1; h++)
+          for (int w = w0; w < w1; w++) {
+            /* no branch (which pixels hit is data: mispredicted half the time) */
+            const __mmask16 hit = _mm_mask_cmpeq_epi8_mask(
+                k, places, _mm_set1_epi8((char)((h - hs) * p->kernel_w + w - ws)));
+            float *a = ring + (size_t)(h % R) * ld + (size_t)w * C + c;
+            const __m512 cur = _mm512_maskz_loadu_ps(k, a);
+            _mm512_mask_storeu_ps(a, k, _mm512_mask_add_ps(cur, hit, cur, g));
+          }
+      }
+    }
+  }
+}
+
+static int max_backward_nhwc(Layer *l) {
+  const PoolPriv *p = l->priv;
+  const int N = p->num, C = p->channels, H = p->height, W = p->width, PH = p->out_h,
+            PW = p->out_w;
+  const uint16_t *dy = (const uint16_t *)l->top[0]->diff;
+  uint16_t *dx = (uint16_t *)l->bottom[0]->diff;
+  const uint8_t *am = (const uint8_t *)p->argmax;
+  const size_t img = (size_t)H * W * C, out = (size_t)PH * PW * C;
+  int rc = 0;
+
+#pragma omp parallel for schedule(static) if ((size_t)N * img >= FAST_GRAIN) reduction(| : rc)
+  for (int n = 0; n < N; n++) {
+    float *acc = fast_workspace(FAST_WS_COL, (size_t)max_ring_rows(p) * ((size_t)W * C + 16),
+                                "pooling gradient sums");
+    if (!acc) {
+      rc |= 1;
+      continue;
+    }
+    max_backward_image(p, am + n * out, dy + n * out, acc, dx + n * img);
+  }
+  return rc ? -1 : 0;
+}
+
+#pragma GCC pop_options
+
 static int pool_forward_nhwc(Layer *l) {
   const PoolPriv *p = l->priv;
   if (pool_nhwc_check(l)) return -1;
+  if (pool_is_max(p)) return max_forward_nhwc(l);
   const size_t N = p->num, C = p->channels, S = (size_t)p->height * p->width;
   const uint16_t *x = (const uint16_t *)l->bottom[0]->data;
   float *y = l->top[0]->data;
@@ -109,6 +256,7 @@ static int pool_forward_nhwc(Layer *l) {
 static int pool_backward_nhwc(Layer *l) {
   const PoolPriv *p = l->priv;
   if (pool_nhwc_check(l)) return -1;
+  if (pool_is_max(p)) return max_backward_nhwc(l);
   const size_t N = p->num, C = p->channels, S = (size_t)p->height * p->width;
   const float *dy = l->top[0]->diff;
   uint16_t *dx = (uint16_t *)l->bottom[0]->diff;
@@ -128,8 +276,11 @@ static int pool_backward_nhwc(Layer *l) {
 
 bool pool_cpu_bf16_nhwc_capable(const Layer *l) {
   const PoolPriv *p = l->priv;
-  return l->n_top == 1 && pool_is_global_ave(p) && p->channels % 8 == 0;
+  return l->n_top == 1 && (pool_is_global_ave(p) || (pool_is_max(p) && p->kernel_h * p->kernel_w < 255)) &&
+         p->channels % 8 == 0 && fast_bf16_supported();
 }
+
+bool pool_cpu_bf16_nhwc_top(const Layer *l) { return pool_is_max((const PoolPriv *)l->priv); }
 
 int pool_forward_fast(Layer *l) {
   PoolPriv *p = l->priv;

@@ -42,7 +42,10 @@ else
   fail forward_mini_resnet "$(cat "$T/err")"
 fi
 # bf16 channels-last activations (MOKA_BF16_ACT=1, AVX-512 BF16 CPUs): the dumped blobs are
-# fp32 NCHW like the rest (a layout slip gives errors of order 1, bf16 rounding about 1e-2)
+# fp32 NCHW like the rest, against Caffe's fp32 within 5e-2 of the blob's largest value (a
+# layout slip gives errors of order 1; bf16's rounding, every activation from the stem's
+# output on stored in bf16, measured at most 0.3% at conv1 and pool1 and 3.7% at res3a, one
+# value of 8192, its 99.9th percentile 2.2%)
 if ! $M device_query 2>/dev/null | grep -q 'AVX-512 BF16: yes'; then
   echo "SKIP forward_bf16_activations: no AVX-512 BF16"
 elif MOKA_BF16_ACT=1 MOKA_PRECISION=bf16 $M forward --model="$G/mini_resnet/deploy.prototxt" \
@@ -50,8 +53,8 @@ elif MOKA_BF16_ACT=1 MOKA_PRECISION=bf16 $M forward --model="$G/mini_resnet/depl
      2>"$T/err"; then
   grep -q 'activation blobs as bf16 channels-last' "$T/err" || fail forward_bf16_activations "not bf16: $(tail -3 "$T/err")"
   bad=""
-  for b in res2a res2b res3a pool5 prob; do
-    $BUILD/tools/cmpf32 "$T/fwd16/$b.f32" "$G/mini_resnet/out64_$b.f32" 3e-2 2>>"$T/cmp" || bad="$bad $b"
+  for b in conv1 pool1 res2a res2b res3a pool5 prob; do
+    $BUILD/tools/cmpf32 "$T/fwd16/$b.f32" "$G/mini_resnet/out64_$b.f32" 5e-2 2>>"$T/cmp" || bad="$bad $b"
   done
   [ -z "$bad" ] && ok forward_bf16_activations || fail forward_bf16_activations "$bad $(cat "$T/cmp")"
 else

@@ -289,6 +289,109 @@ static void test_conv_shapes(void) {
   omp_set_num_threads(saved);
 }
 
+/* The stem (few input channels, nhwc_bf16_stem_*): the padded input against index loops
+ * (bit for bit, zeros in the padding and past C_x); the forward with a bias, the weight
+ * gradient (dw with C_x channels) and the bias gradient against double sums of the same bf16
+ * operands; bf16 outputs the fp32 ones rounded. */
+typedef struct StemCase {
+  int N, H, W, C_x, OC, KH, KW, SH, SW, PH, PW;
+} StemCase;
+
+static void run_stem_case(const StemCase *k, int threads) {
+  NhwcGeom g = {k->N, k->H, k->W, k->C_x + k->C_x % 2, k->OC, k->KH, k->KW, k->SH, k->SW, k->PH,
+                k->PW, 0, 0};
+  nhwc_geom_finish(&g);
+  CHECK(nhwc_bf16_stem_fits(&g));
+  const int T = g.KH * g.KW, C = g.C, Cx = k->C_x, OC = g.OC, Hp = g.H + 2 * g.PH,
+            Wp = g.W + 2 * g.PW;
+  const size_t nx = (size_t)g.N * Cx * g.H * g.W, P = (size_t)g.N * g.OH * g.OW, ny = P * OC;
+  const size_t nw = (size_t)OC * Cx * T, nwp = (size_t)OC * C * T, nxp = nhwc_bf16_stem_input_size(&g);
+  float *x = malloc(4 * nx), *dy = malloc(4 * ny), *w = malloc(4 * nw), *wp = calloc(nwp, 4);
+  float *y = malloc(4 * ny), *b = malloc(4 * OC), *dw = malloc(4 * nw), *dw0 = malloc(4 * nw);
+  float *db = malloc(4 * OC), *db0 = malloc(4 * OC);
+  uint16_t *xp = malloc(2 * nxp), *dy16 = malloc(2 * ny);
+  int32_t *bf = malloc(4 * nhwc_bf16_conv_packed_size(&g));
+  fill(x, nx, 1.0f), fill(dy, ny, 0.01f), fill(w, nw, 0.1f), fill(b, OC, 0.5f);
+  fill(dw0, nw, 0.05f), fill(db0, OC, 0.05f);
+  nhwc_bf16_round(dy, ny, dy16);
+  for (int o = 0; o < OC; o++) /* the weights with the zero channel, as the layer pads them */
+    for (int c = 0; c < Cx; c++)
+      memcpy(wp + ((size_t)o * C + c) * T, w + ((size_t)o * Cx + c) * T, 4 * (size_t)T);
+  memcpy(dw, dw0, 4 * nw), memcpy(db, db0, 4 * OC);
+  omp_set_num_threads(threads);
+  memset(xp, 0xAB, 2 * nxp); /* every value written */
+  nhwc_bf16_stem_input(x, Cx, &g, xp);
+  int bad = 0;
+  for (int n = 0; n < g.N; n++)
+    for (int h = 0; h < Hp; h++)
+      for (int ww = 0; ww < Wp; ww++)
+        for (int c = 0; c < C; c++) {
+          const int ih = h - g.PH, iw = ww - g.PW;
+          const bool in = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W && c < Cx;
+          const uint16_t want = in ? bf16_bits_cpu(x[(((size_t)n * Cx + c) * g.H + ih) * g.W + iw]) : 0;
+          bad += xp[(((size_t)n * Hp + h) * Wp + ww) * C + c] != want;
+        }
+  CHECK_MSG(bad == 0, "stem input %dx%d, %d of %d channels: %d values wrong", g.H, g.W, Cx, C, bad);
+  CHECK(nhwc_bf16_pack_conv_fwd(&g, wp, bf) == 0);
+  CHECK(nhwc_bf16_stem_fwd(&g, xp, bf, b, y, NULL) == 0);
+  CHECK(nhwc_bf16_stem_wgrad(&g, dy16, xp, Cx, dw) == 0);
+  CHECK(nhwc_bf16_bias_grad(dy16, (long)P, OC, db) == 0);
+  { /* bf16 outputs: the fp32 ones rounded, bit for bit */
+    uint16_t *y16 = malloc(2 * ny), *yr = malloc(2 * ny);
+    CHECK(nhwc_bf16_stem_fwd(&g, xp, bf, b, NULL, y16) == 0);
+    nhwc_bf16_round(y, ny, yr);
+    CHECK(memcmp(y16, yr, 2 * ny) == 0);
+    free(y16), free(yr);
+  }
+  double *sy = calloc(ny, 8), *ay = calloc(ny, 8), *sw = calloc(nw, 8), *aw = calloc(nw, 8);
+  double *sb = calloc(OC, 8), *ab = calloc(OC, 8);
+  for (size_t i = 0; i < ny; i++) sy[i] = b[i % OC], ay[i] = fabs(b[i % OC]);
+  for (size_t i = 0; i < ny; i++) sb[i % OC] += bf16_value(dy16[i]), ab[i % OC] += fabs(bf16_value(dy16[i]));
+  for (int n = 0; n < g.N; n++)
+    for (int oh = 0; oh < g.OH; oh++)
+      for (int ow = 0; ow < g.OW; ow++)
+        for (int kh = 0; kh < g.KH; kh++)
+          for (int kw = 0; kw < g.KW; kw++) {
+            const int ih = oh * g.SH - g.PH + kh, iw = ow * g.SW - g.PW + kw;
+            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+            const size_t po = ((size_t)n * g.OH + oh) * g.OW + ow;
+            for (int o = 0; o < OC; o++)
+              for (int c = 0; c < Cx; c++) {
+                const size_t wi = ((size_t)o * Cx + c) * T + kh * g.KW + kw;
+                const double xv = bf16_value(bf16_bits_cpu(x[(((size_t)n * Cx + c) * g.H + ih) * g.W + iw]));
+                const double dv = bf16_value(dy16[po * OC + o]), wv = bf16_value(bf16_bits_cpu(w[wi]));
+                sy[po * OC + o] += xv * wv, ay[po * OC + o] += fabs(xv * wv);
+                sw[wi] += dv * xv, aw[wi] += fabs(dv * xv);
+              }
+          }
+  double ey = 0, ew = 0, eb = 0;
+  for (size_t i = 0; i < ny; i++) ey = fmax(ey, fabs(y[i] - sy[i]) / (ay[i] + 1e-30));
+  for (size_t i = 0; i < nw; i++)
+    ew = fmax(ew, fabs(dw[i] - dw0[i] - sw[i]) / (aw[i] + fabs(dw0[i]) + 1e-30));
+  for (int o = 0; o < OC; o++) eb = fmax(eb, fabs(db[o] - db0[o] - sb[o]) / (ab[o] + fabs(db0[o]) + 1e-30));
+  CHECK_MSG(ey <= TOL && ew <= TOL && eb <= TOL,
+            "stem %dx%dx%dx%d (%d stored) -> %d, %dx%d stride %dx%d pad %dx%d, threads %d: errors "
+            "forward %.2e, weight gradient %.2e, bias gradient %.2e",
+            g.N, g.H, g.W, Cx, C, OC, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, threads, ey, ew, eb);
+  free(x), free(dy), free(w), free(wp), free(y), free(b), free(dw), free(dw0), free(db), free(db0);
+  free(xp), free(dy16), free(bf), free(sy), free(ay), free(sw), free(aw), free(sb), free(ab);
+}
+
+static void test_stem(void) {
+  static const StemCase cases[] = {
+      {2, 17, 15, 3, 40, 7, 7, 2, 2, 3, 3}, /* ResNet's conv1 on odd sizes */
+      {4, 40, 36, 3, 64, 7, 7, 2, 2, 3, 3}, /* its 64 outputs, the weight gradient in chunks */
+      {1, 9, 8, 1, 34, 3, 3, 1, 1, 1, 1},   /* one channel (2 stored) */
+      {3, 10, 11, 5, 12, 5, 3, 2, 1, 2, 1}, /* 5 channels (6 stored): not the 4-channel path */
+      {2, 6, 7, 4, 10, 3, 3, 1, 1, 0, 0},   /* even, no pad */
+  };
+  const int saved = omp_get_max_threads();
+  static const int threads[] = {1, 2, 3};
+  for (size_t t = 0; t < MOKA_ARRAY_LEN(threads); t++)
+    for (size_t i = 0; i < MOKA_ARRAY_LEN(cases); i++) run_stem_case(&cases[i], threads[t]);
+  omp_set_num_threads(saved);
+}
+
 /* The layout changes against index loops: NCHW fp32 -> NHWC bf16 (rounded as
  * bf16_bits_cpu), NHWC fp32 and bf16 -> NCHW fp32 (exact), the subsampling and the strided
  * spreading (zeros between), on sizes that are not multiples of 16. */
@@ -381,6 +484,7 @@ int main(void) {
   RUN(test_round);
   RUN(test_shapes);
   RUN(test_conv_shapes);
+  RUN(test_stem);
   RUN(test_layouts);
   RUN(test_odd_refused);
   return test_summary();
