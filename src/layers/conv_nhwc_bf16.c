@@ -522,7 +522,18 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
     n = (n + T - 1) / T * T;
     w.chunk = (P + n - 1) / n;
     n = (P + w.chunk - 1) / w.chunk;
-    return fast_chunked_wgrad(T, n, dw, (size_t)OC * C, wgrad_chunk, &w);
+    /* Every thread's sums in a zeroed buffer of its own (dw itself would be the first
+     * thread's: a net's parameter gradients, cleared by a memset that leaves them in
+     * memory, not in the caches, made the micro-kernels wait on each tile of it), then
+     * added to dw in one streaming pass. */
+    const size_t wcount = (size_t)OC * C;
+    float *acc = fast_workspace(FAST_WS_OUT, wcount, "bf16 channels-last weight gradient");
+    if (!acc) return -1;
+    memset(acc, 0, wcount * sizeof(float));
+    if (fast_chunked_wgrad(T, n, acc, wcount, wgrad_chunk, &w)) return -1;
+#pragma omp parallel for simd schedule(static) if (wcount >= FAST_GRAIN)
+    for (size_t i = 0; i < wcount; i++) dw[i] += acc[i];
+    return 0;
   }
   w.par = T > 1;
   w.step = 1;
