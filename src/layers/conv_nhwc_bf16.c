@@ -528,11 +528,16 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
      * added to dw in one streaming pass. */
     const size_t wcount = (size_t)OC * C;
     float *acc = fast_workspace(FAST_WS_OUT, wcount, "bf16 channels-last weight gradient");
+    float *parts[64];
     if (!acc) return -1;
     memset(acc, 0, wcount * sizeof(float));
-    if (fast_chunked_wgrad(T, n, acc, wcount, wgrad_chunk, &w)) return -1;
-#pragma omp parallel for simd schedule(static) if (wcount >= FAST_GRAIN)
-    for (size_t i = 0; i < wcount; i++) dw[i] += acc[i];
+    if (fast_chunked_wgrad_parts(T, n, acc, wcount, wgrad_chunk, &w, parts)) return -1;
+#pragma omp parallel for schedule(static) if (wcount >= FAST_GRAIN)
+    for (size_t i = 0; i < wcount; i++) {
+      float v = parts[0][i];
+      for (int t = 1; t < T; t++) v += parts[t][i];
+      dw[i] += v;
+    }
     return 0;
   }
   w.par = T > 1;
@@ -814,13 +819,15 @@ static int conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, 
   if (stem && !nhwc_bf16_stem_fits(g))
     return moka_errorf("internal: not a stem convolution (C %d, %dx%d)", C, g->KH, g->KW);
   ConvWgrad w = {g, dy, x, P, WGRAD_PIXELS, false, nth, stem};
-  int rc;
+  float *parts[64] = {acc};
+  int rc, n_parts = 1;
   if (nth > 1 && P >= (long)nth * WGRAD_MIN_PIXELS) {
     long n = (P + WGRAD_PIXELS - 1) / WGRAD_PIXELS;
     n = (n + nth - 1) / nth * nth;
     w.chunk = (int)((P + n - 1) / n);
-    rc = fast_chunked_wgrad(nth, (int)((P + w.chunk - 1) / w.chunk), acc, wcount,
-                            conv_wgrad_chunk, &w);
+    rc = fast_chunked_wgrad_parts(nth, (int)((P + w.chunk - 1) / w.chunk), acc, wcount,
+                                  conv_wgrad_chunk, &w, parts);
+    n_parts = nth;
   } else {
     w.par = nth > 1;
     w.step = 1;
@@ -828,12 +835,17 @@ static int conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, 
     for (long k = 0; k * w.chunk < P && !rc; k++) rc = conv_wgrad_chunk(&w, (int)k, acc);
   }
   if (rc) return -1;
-  /* (OC, T, C) -> Caffe's (OC, dw_c, KH, KW), added (x's zero channels past dw_c dropped). */
+  /* (OC, T, C) -> Caffe's (OC, dw_c, KH, KW), the threads' sums added in thread order, then
+   * to dw (x's zero channels past dw_c dropped): one pass, memory-bound. */
 #pragma omp parallel for schedule(static) if (wcount >= FAST_GRAIN)
   for (int o = 0; o < OC; o++)
     for (int c = 0; c < dw_c; c++)
-      for (int t = 0; t < T; t++)
-        dw[((size_t)o * dw_c + c) * T + t] += acc[((size_t)o * T + t) * C + c];
+      for (int t = 0; t < T; t++) {
+        const size_t i = ((size_t)o * T + t) * C + c;
+        float v = parts[0][i];
+        for (int q = 1; q < n_parts; q++) v += parts[q][i];
+        dw[((size_t)o * dw_c + c) * T + t] += v;
+      }
   return 0;
 }
 

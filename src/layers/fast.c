@@ -239,6 +239,12 @@ int fast_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *A
 
 int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
                        int (*fn)(void *ctx, int k, float *wacc), void *ctx) {
+  return fast_chunked_wgrad_parts(T, n_chunks, wdiff, wcount, fn, ctx, NULL);
+}
+
+int fast_chunked_wgrad_parts(int T, int n_chunks, float *wdiff, size_t wcount,
+                             int (*fn)(void *ctx, int k, float *wacc), void *ctx,
+                             float **parts) {
   float *acc[64] = {0};
   if (T > 64) return moka_errorf("internal: more than 64 threads");
   int rc = 0;
@@ -253,6 +259,10 @@ int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
       acc[t] = wacc;
     }
     for (int k = t; k < n_chunks && !rc; k += T) rc |= fn(ctx, k, wacc) != 0;
+  }
+  if (!rc && parts) {
+    for (int t = 0; t < T; t++) parts[t] = t ? acc[t] : wdiff;
+    return 0;
   }
   if (!rc && wdiff) {
 #pragma omp parallel for simd schedule(static) if (wcount >= FAST_GRAIN)

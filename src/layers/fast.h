@@ -111,6 +111,12 @@ bool fast_gemm_prepare_c(int M, int N, int K, float beta, float *C, int ldc);
  * (fn then gets NULL). fn returns 0 / non-zero; 0 / -1. */
 int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
                        int (*fn)(void *ctx, int k, float *wacc), void *ctx);
+/* The same without the final additions: parts[t] (t < T, parts[0] = wdiff) gets thread t's
+ * sums, for the caller to add in thread order in a pass of its own (valid until the threads'
+ * next FAST_WS_AUX workspace). */
+int fast_chunked_wgrad_parts(int T, int n_chunks, float *wdiff, size_t wcount,
+                             int (*fn)(void *ctx, int k, float *wacc), void *ctx,
+                             float **parts);
 
 /* C (M,N) = alpha * op(A) * op(B) + beta * C, row-major with leading
  * dimensions, op(A) (M,K) and op(B) (K,N) as in moka_gemm. Runs on the
