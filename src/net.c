@@ -256,11 +256,13 @@ static int flatten_params(Net *net) {
   snprintf(what, sizeof what, "net '%s': the flat parameter arrays (2 x %zu floats)", net->name,
            total + 1);
   if (blob_memory_reserve(2 * (total + 1) * sizeof(float), what)) return -1;
-  net->param_data = moka_calloc(total + 1, sizeof(float));
-  net->param_diff = moka_calloc(total + 1, sizeof(float));
+  /* Zeroed, and on huge pages from 2 MiB on (moka_alloc_big): the layers walk the weights
+   * in blocks of rows to pack them and the solver streams them every iteration. */
+  net->param_data = moka_alloc_big((total + 1) * sizeof(float));
+  net->param_diff = moka_alloc_big((total + 1) * sizeof(float));
   if (!net->param_data || !net->param_diff) {
-    free(net->param_data);
-    free(net->param_diff);
+    moka_free_big(net->param_data, (total + 1) * sizeof(float));
+    moka_free_big(net->param_diff, (total + 1) * sizeof(float));
     net->param_data = net->param_diff = NULL;
     blob_memory_release(2 * (total + 1) * sizeof(float));
     return moka_error_prefix("allocating %zu parameters", total);
@@ -541,8 +543,8 @@ void net_free(Net *net) {
   free(net->param_lr_mult);
   free(net->param_decay_mult);
   if (net->param_data) blob_memory_release(2 * (net->param_count + 1) * sizeof(float));
-  free(net->param_data);
-  free(net->param_diff);
+  moka_free_big(net->param_data, (net->param_count + 1) * sizeof(float));
+  moka_free_big(net->param_diff, (net->param_count + 1) * sizeof(float));
   free(net->outputs);
   if (net->param) caffe__net_parameter__free_unpacked(net->param, NULL);
   free(net->name);

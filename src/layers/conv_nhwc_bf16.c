@@ -267,6 +267,30 @@ static void pack_patches(const void *ctx, int p0, int kc, int j0, int nc, int32_
   }
 }
 
+/* dst[t'*blk + c] = src[c*T + t] for c < n, t < T (t' = t, or T-1-t when flip): one
+ * weight row's (C, T) values regrouped by tap. T <= 16: 16 channels' T values loaded as 16
+ * rows and turned by a 16 x 16 transpose in registers; more taps one by one. */
+static void taps_apart(const float *src, int n, int T, float *dst, size_t blk, bool flip) {
+  if (T > 16) {
+    for (int c = 0; c < n; c++)
+      for (int t = 0; t < T; t++) dst[(size_t)(flip ? T - 1 - t : t) * blk + c] = src[(size_t)c * T + t];
+    return;
+  }
+  const __mmask16 kt = bf16_mask16(T);
+  for (int c0 = 0; c0 < n; c0 += 16) {
+    const int nc = n - c0 < 16 ? n - c0 : 16;
+    __m512i r[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++) /* row j: channel c0+j's T values */
+      r[j] = j < nc ? _mm512_castps_si512(_mm512_maskz_loadu_ps(kt, src + (size_t)(c0 + j) * T))
+                    : _mm512_setzero_si512();
+    transpose16(r); /* r[t]: tap t's 16 channels */
+    for (int t = 0; t < T; t++)
+      _mm512_mask_storeu_ps(dst + (size_t)(flip ? T - 1 - t : t) * blk + c0, bf16_mask16(nc),
+                            _mm512_castsi512_ps(r[t]));
+  }
+}
+
 void nhwc_bf16_stem_input(const float *x, int C_x, const NhwcGeom *g, uint16_t *xp) {
   const int C = g->C, H = g->H, W = g->W, Hp = H + 2 * g->PH, Wp = W + 2 * g->PW;
   const size_t S = (size_t)H * W, rows = (size_t)g->N * Hp;
@@ -585,18 +609,11 @@ static int pack_taps(const float *w, int OC, int C, int T, bool dgrad, int32_t *
     const int j0 = jp * NR, nc = N - j0 < NR ? N - j0 : NR;
     const size_t blk = rows * ld;
     if (!dgrad) {
-      for (int r = 0; r < nc; r++) { /* row o = j0 + r: w[o] is (C, T) */
-        const float *src = w + (size_t)(j0 + r) * C * T;
-        for (int c = 0; c < C; c++)
-          for (int t = 0; t < T; t++) L[t * blk + (size_t)r * ld + c] = src[(size_t)c * T + t];
-      }
+      for (int r = 0; r < nc; r++) /* row o = j0 + r: w[o] is (C, T) */
+        taps_apart(w + (size_t)(j0 + r) * C * T, C, T, L + (size_t)r * ld, blk, false);
     } else {
-      for (int o = 0; o < OC; o++) { /* w[o][j0..j0+nc)[.]: nc*T floats in a run */
-        const float *src = w + ((size_t)o * C + j0) * T;
-        for (int c = 0; c < nc; c++)
-          for (int t = 0; t < T; t++)
-            L[(size_t)(T - 1 - t) * blk + (size_t)o * ld + c] = src[(size_t)c * T + t];
-      }
+      for (int o = 0; o < OC; o++) /* w[o][j0..j0+nc)[.]: nc*T floats in a run */
+        taps_apart(w + ((size_t)o * C + j0) * T, nc, T, L + (size_t)o * ld, blk, true);
     }
     for (int t = 0; t < T; t++) {
       const Bf16Plain b = {L + t * blk, (int)ld};
