@@ -304,9 +304,9 @@ static void test_stem(void) {
  * (scanned in (h, w) order, strictly greater), bit for bit; backward, layer by layer down to
  * the pooling: the Split's gradient bf16(fp32 sum of its tops'), and the pooling's dx at each
  * pixel bf16 of the fp32 sum, in output order, of the dy of the outputs whose maximum it is. */
-static void test_max_pool_exact(void) {
+static void max_pool_exact(const char *text, int K, int S, int pad, int want_ph, int want_pw) {
   REQUIRE(fast_set_precision("bf16") == 0);
-  Net *net = net_of(STEM_TEXT, MOKA_BACKEND_CPU_FAST);
+  Net *net = net_of(text, MOKA_BACKEND_CPU_FAST);
   REQUIRE(net);
   const Blob *x = net_blob(net, "c1"), *y = net_blob(net, "p1");
   REQUIRE(x->host_bf16 && y->host_bf16);
@@ -319,7 +319,7 @@ static void test_max_pool_exact(void) {
   REQUIRE(net_forward(net, &loss) == 0);
   const int N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
   const int PH = y->shape[2], PW = y->shape[3];
-  CHECK(PH == 8 && PW == 7); /* (16 - 3) / 2 and (15 - 3) / 2 rounded up, plus 1 */
+  CHECK_MSG(PH == want_ph && PW == want_pw, "pooled %dx%d, want %dx%d", PH, PW, want_ph, want_pw);
   const uint16_t *xd = (const uint16_t *)x->data, *yd = (const uint16_t *)y->data;
   int *arg = malloc(sizeof(int) * (size_t)N * PH * PW * C);
   int bad_f = 0;
@@ -329,8 +329,9 @@ static void test_max_pool_exact(void) {
         for (int c = 0; c < C; c++) {
           float m = -FLT_MAX;
           int a = -1;
-          for (int h = ph * 2; h < ph * 2 + 3 && h < H; h++)
-            for (int w = pw * 2; w < pw * 2 + 3 && w < W; w++) {
+          for (int h = ph * S - pad; h < ph * S - pad + K && h < H; h++)
+            for (int w = pw * S - pad; w < pw * S - pad + K && w < W; w++) {
+              if (h < 0 || w < 0) continue;
               const float v = (float)bf16_value(xd[(((size_t)n * H + h) * W + w) * C + c]);
               if (v > m) m = v, a = h * W + w;
             }
@@ -373,6 +374,18 @@ static void test_max_pool_exact(void) {
   free(sum);
   net_free(net);
   REQUIRE(fast_set_precision("fp32") == 0);
+}
+
+static void test_max_pool_exact(void) {
+  /* the stem's: 16x15 -> (16 - 3) / 2 and (15 - 3) / 2 rounded up, plus 1 */
+  max_pool_exact(STEM_TEXT, 3, 2, 0, 8, 7);
+  /* padded, stride 1, 2x2: windows clipped at the top and left, overlapping by one */
+  char *t = moka_strdup(STEM_TEXT);
+  REQUIRE(t);
+  t = replace1(t, "pool: MAX kernel_size: 3 stride: 2 }", "pool: MAX kernel_size: 2 stride: 1 pad: 1 }");
+  REQUIRE(t);
+  max_pool_exact(t, 2, 1, 1, 17, 16);
+  free(t);
 }
 
 /* TEST phase (global statistics), weights frozen as the inference tools freeze them: the
