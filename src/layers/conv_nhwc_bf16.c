@@ -47,7 +47,8 @@ enum {
   MAX_TAPS = 64,              /* kernel taps at most (KH*KW) */
   PATCH_C = 16,               /* fewer channels: the weight gradient over whole patches */
   BIAS_PIXELS = 1024,         /* pixels per partial sum of the bias gradient */
-  MAX_RUN = 64                /* the stem's KW*C at most (values per kernel row) */
+  MAX_RUN = 64,               /* the stem's KW*C at most (values per kernel row) */
+  ROW_CACHE = 1 << 16         /* a thread's kept tile rows at most (pointers) */
 };
 
 size_t nhwc_bf16_packed_b_size(int K, int N) {
@@ -644,6 +645,33 @@ int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d) {
   return 0;
 }
 
+/* rows[t*MR + m] = tile row m's input row under tap t, or the zero row in the padding (and
+ * for rows past mr): the pixel (n, oh, ow) stepped along from the tile's first, no divisions
+ * per row. */
+static void tap_rows(const NhwcGeom *g, const int32_t *x32, const int32_t *zero, long m0, int mr,
+                     const int32_t **rows) {
+  const int kpt = g->C / 2;
+  int ow = (int)(m0 % g->OW), oh = (int)(m0 / g->OW % g->OH);
+  long n = m0 / ((long)g->OW * g->OH);
+  for (int m = 0; m < MR; m++) {
+    const int ih0 = oh * g->SH - g->PH, iw0 = ow * g->SW - g->PW;
+    const int32_t *img = x32 + (size_t)n * g->H * g->W * kpt;
+    for (int kh = 0; kh < g->KH; kh++) {
+      const int ih = ih0 + kh;
+      const bool row_in = m < mr && (unsigned)ih < (unsigned)g->H;
+      for (int kw = 0; kw < g->KW; kw++) {
+        const int iw = iw0 + kw;
+        rows[(size_t)(kh * g->KW + kw) * MR + m] =
+            row_in && (unsigned)iw < (unsigned)g->W ? img + ((size_t)ih * g->W + iw) * kpt : zero;
+      }
+    }
+    if (++ow == g->OW) {
+      ow = 0;
+      if (++oh == g->OH) oh = 0, n++;
+    }
+  }
+}
+
 /* The forward of any kernel (stem: x is the stem's padded input, the rows its runs). */
 static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, const float *bias,
                     float *y, uint16_t *y16, bool stem) {
@@ -670,25 +698,24 @@ static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, con
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const long t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
-    const int32_t *rows[MAX_TAPS * MR];
+    const size_t per_tile = (size_t)n_rows * MR;
+    /* Several groups of panels (large weights, few pixels): the thread's tiles' rows made
+     * once and kept (at most ROW_CACHE pointers), not once per group. */
+    const int32_t **cache = NULL;
+    if (group < panels && (size_t)(t1 - t0) * per_tile <= ROW_CACHE)
+      cache = moka_malloc((size_t)(t1 - t0) * per_tile * sizeof(*cache) + 1);
+    const int32_t *own[MAX_TAPS * MR];
     for (int g0 = 0; g0 < panels; g0 += group) {
       const int g1 = g0 + group < panels ? g0 + group : panels;
       for (long ti = t0; ti < t1; ti++) {
         const long m0 = ti * MR;
         const int mr = P - m0 < MR ? (int)(P - m0) : MR;
-        if (stem) stem_fwd_rows(g, x32, m0, mr, rows);
-        for (int m = 0; m < MR && !stem; m++) {
-          const long q = m0 + (m < mr ? m : 0);
-          const int ow = (int)(q % g->OW), oh = (int)(q / g->OW % g->OH);
-          const long n = q / ((long)g->OW * g->OH);
-          const int ih0 = oh * g->SH - g->PH, iw0 = ow * g->SW - g->PW;
-          for (int kh = 0; kh < g->KH; kh++)
-            for (int kw = 0; kw < g->KW; kw++) {
-              const int ih = ih0 + kh, iw = iw0 + kw;
-              const bool in = m < mr && (unsigned)ih < (unsigned)g->H && (unsigned)iw < (unsigned)g->W;
-              rows[(size_t)(kh * g->KW + kw) * MR + m] =
-                  in ? x32 + (((size_t)n * g->H + ih) * g->W + iw) * kpt : zero;
-            }
+        const int32_t **rows = cache ? cache + (size_t)(ti - t0) * per_tile : own;
+        if (!cache || g0 == 0) {
+          if (stem)
+            stem_fwd_rows(g, x32, m0, mr, rows);
+          else
+            tap_rows(g, x32, zero, m0, mr, rows);
         }
         for (int jp = g0; jp < g1; jp++)
           kernel_taps(n_rows, row_kpt, rows, bp + (size_t)jp * panel_dw,
@@ -698,6 +725,7 @@ static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, con
                       OC - jp * NR < NR ? OC - jp * NR : NR);
       }
     }
+    free(cache);
   }
   free(zero);
   return 0;
