@@ -42,6 +42,15 @@
 #include "testlib.h"
 #include "util.h"
 
+/* Both nets' end: the residual sum's ReLU, global AVE pooling, a classifier and its loss. */
+#define NETS_TAIL                                                                                  \
+  "layer { name: 'relu_r' type: 'ReLU' bottom: 'r' top: 'r' }\n"                                  \
+  "layer { name: 'pool' type: 'Pooling' bottom: 'r' top: 'pool' pooling_param { pool: AVE "       \
+  "global_pooling: true } }\n"                                                                    \
+  "layer { name: 'fc' type: 'InnerProduct' bottom: 'pool' top: 'fc' inner_product_param { "       \
+  "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"                               \
+  "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n"
+
 static const char *const DOWN_TEXT =
     "name: 'down'\n"
     "layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 8 dim: 10 "
@@ -78,12 +87,7 @@ static const char *const DOWN_TEXT =
     "layer { name: 'bnD' type: 'BatchNorm' bottom: 'cD' top: 'cD' }\n"
     "layer { name: 'scD' type: 'Scale' bottom: 'cD' top: 'cD' scale_param { bias_term: true } }\n"
     "layer { name: 'res' type: 'Eltwise' bottom: 'cA' bottom: 'cD' top: 'r' }\n"
-    "layer { name: 'relu_r' type: 'ReLU' bottom: 'r' top: 'r' }\n"
-    "layer { name: 'pool' type: 'Pooling' bottom: 'r' top: 'pool' pooling_param { pool: AVE "
-    "global_pooling: true } }\n"
-    "layer { name: 'fc' type: 'InnerProduct' bottom: 'pool' top: 'fc' inner_product_param { "
-    "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
-    "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
+    NETS_TAIL;
 
 /* ResNet's stem on a small image: a 7x7 stride-2 convolution with a bias reading the 3-channel
  * fp32 input (the stem kernels: channels-last bf16 from its output on), its chain, a 3x3
@@ -119,12 +123,7 @@ static const char *const STEM_TEXT =
     "layer { name: 'bnC' type: 'BatchNorm' bottom: 'cC' top: 'cC' }\n"
     "layer { name: 'scC' type: 'Scale' bottom: 'cC' top: 'cC' scale_param { bias_term: true } }\n"
     "layer { name: 'res' type: 'Eltwise' bottom: 'cA' bottom: 'cC' top: 'r' }\n"
-    "layer { name: 'relu_r' type: 'ReLU' bottom: 'r' top: 'r' }\n"
-    "layer { name: 'pool' type: 'Pooling' bottom: 'r' top: 'pool' pooling_param { pool: AVE "
-    "global_pooling: true } }\n"
-    "layer { name: 'fc' type: 'InnerProduct' bottom: 'pool' top: 'fc' inner_product_param { "
-    "num_output: 4 weight_filler { type: 'gaussian' std: 0.3 } } }\n"
-    "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'fc' bottom: 'label' top: 'loss' }\n";
+    NETS_TAIL;
 
 /* Seeded (the fillers' weights the same on every run: the bounds below were measured on
  * 16 seeds, but a test must not depend on the clock). */

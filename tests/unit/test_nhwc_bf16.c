@@ -197,6 +197,41 @@ static void test_shapes(void) {
  * x (N,H,W,C), dy (N,OH,OW,OC), w (OC,C,KH,KW) and the sums over the taps
  * inside the image; the data gradient (stride 1 only) through
  * nhwc_bf16_dgrad_geom as the flipped kernel's convolution of dy. */
+/* Every (output pixel, tap) pair of g whose input pixel lies inside the image, in order:
+ * the reference sums' terms. */
+typedef struct WinTap {
+  size_t po, pi; /* the output pixel, the input pixel (n, ih, iw) as an index */
+  int n, ih, iw, tap;
+} WinTap;
+
+static WinTap *window_taps(const NhwcGeom *g, size_t *count) {
+  WinTap *v = malloc(sizeof *v * (size_t)g->N * g->OH * g->OW * g->KH * g->KW + 1);
+  size_t k = 0;
+  for (int n = 0; v && n < g->N; n++)
+    for (int oh = 0; oh < g->OH; oh++)
+      for (int ow = 0; ow < g->OW; ow++)
+        for (int kh = 0; kh < g->KH; kh++)
+          for (int kw = 0; kw < g->KW; kw++) {
+            const int ih = oh * g->SH - g->PH + kh, iw = ow * g->SW - g->PW + kw;
+            if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W) continue;
+            v[k++] = (WinTap){((size_t)n * g->OH + oh) * g->OW + ow,
+                              ((size_t)n * g->H + ih) * g->W + iw, n, ih, iw, kh * g->KW + kw};
+          }
+  *count = k;
+  return v;
+}
+
+/* max over i < n of |got[i] - base[i] - s[i]| / (a[i] + |base[i]|) (base NULL: 0). */
+static double max_rel(const float *got, const float *base, const double *s, const double *a,
+                      size_t n) {
+  double e = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double b = base ? base[i] : 0.0;
+    e = fmax(e, fabs(got[i] - b - s[i]) / (a[i] + fabs(b) + 1e-30));
+  }
+  return e;
+}
+
 typedef struct ConvCase {
   int N, H, W, C, OC, KH, KW, SH, SW, PH, PW;
 } ConvCase;
@@ -239,30 +274,23 @@ static void run_conv_case(const ConvCase *k, int threads) {
   /* Reference sums: every (output pixel, tap) pair inside the image. */
   double *sy = calloc(ny, 8), *ay = calloc(ny, 8), *sx = calloc(nx, 8), *ax = calloc(nx, 8);
   double *sw = calloc(nw, 8), *aw = calloc(nw, 8);
-  for (int n = 0; n < g.N; n++)
-    for (int oh = 0; oh < g.OH; oh++)
-      for (int ow = 0; ow < g.OW; ow++)
-        for (int kh = 0; kh < g.KH; kh++)
-          for (int kw = 0; kw < g.KW; kw++) {
-            const int ih = oh * g.SH - g.PH + kh, iw = ow * g.SW - g.PW + kw;
-            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-            const size_t po = ((size_t)n * g.OH + oh) * g.OW + ow;
-            const size_t pi = ((size_t)n * g.H + ih) * g.W + iw;
-            for (int o = 0; o < OC; o++)
-              for (int c = 0; c < C; c++) {
-                const size_t wi = ((size_t)o * C + c) * T + kh * g.KW + kw;
-                const double xv = bf16_value(x16[pi * C + c]), dv = bf16_value(dy16[po * OC + o]);
-                const double wv = bf16_value(w16[wi]);
-                sy[po * OC + o] += xv * wv, ay[po * OC + o] += fabs(xv * wv);
-                sx[pi * C + c] += dv * wv, ax[pi * C + c] += fabs(dv * wv);
-                sw[wi] += dv * xv, aw[wi] += fabs(dv * xv);
-              }
-          }
-  double ey = 0, ex = 0, ew = 0;
-  for (size_t i = 0; i < ny; i++) ey = fmax(ey, fabs(y[i] - sy[i]) / (ay[i] + 1e-30));
-  for (size_t i = 0; s1 && i < nx; i++) ex = fmax(ex, fabs(dx[i] - sx[i]) / (ax[i] + 1e-30));
-  for (size_t i = 0; i < nw; i++)
-    ew = fmax(ew, fabs(dw[i] - dw0[i] - sw[i]) / (aw[i] + fabs(dw0[i]) + 1e-30));
+  size_t nt;
+  WinTap *wt = window_taps(&g, &nt);
+  for (size_t k = 0; k < nt; k++) {
+    const size_t po = wt[k].po, pi = wt[k].pi;
+    for (int o = 0; o < OC; o++)
+      for (int c = 0; c < C; c++) {
+        const size_t wi = ((size_t)o * C + c) * T + wt[k].tap;
+        const double xv = bf16_value(x16[pi * C + c]), dv = bf16_value(dy16[po * OC + o]);
+        const double wv = bf16_value(w16[wi]);
+        sy[po * OC + o] += xv * wv, ay[po * OC + o] += fabs(xv * wv);
+        sx[pi * C + c] += dv * wv, ax[pi * C + c] += fabs(dv * wv);
+        sw[wi] += dv * xv, aw[wi] += fabs(dv * xv);
+      }
+  }
+  free(wt);
+  const double ey = max_rel(y, NULL, sy, ay, ny), ex = s1 ? max_rel(dx, NULL, sx, ax, nx) : 0;
+  const double ew = max_rel(dw, dw0, sw, aw, nw);
   CHECK_MSG(ey <= TOL && ex <= TOL && ew <= TOL,
             "%dx%dx%dx%d -> %d, %dx%d stride %dx%d pad %dx%d, threads %d: errors forward %.2e, "
             "data gradient %.2e, weight gradient %.2e",
@@ -347,28 +375,23 @@ static void run_stem_case(const StemCase *k, int threads) {
   double *sb = calloc(OC, 8), *ab = calloc(OC, 8);
   for (size_t i = 0; i < ny; i++) sy[i] = b[i % OC], ay[i] = fabs(b[i % OC]);
   for (size_t i = 0; i < ny; i++) sb[i % OC] += bf16_value(dy16[i]), ab[i % OC] += fabs(bf16_value(dy16[i]));
-  for (int n = 0; n < g.N; n++)
-    for (int oh = 0; oh < g.OH; oh++)
-      for (int ow = 0; ow < g.OW; ow++)
-        for (int kh = 0; kh < g.KH; kh++)
-          for (int kw = 0; kw < g.KW; kw++) {
-            const int ih = oh * g.SH - g.PH + kh, iw = ow * g.SW - g.PW + kw;
-            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-            const size_t po = ((size_t)n * g.OH + oh) * g.OW + ow;
-            for (int o = 0; o < OC; o++)
-              for (int c = 0; c < Cx; c++) {
-                const size_t wi = ((size_t)o * Cx + c) * T + kh * g.KW + kw;
-                const double xv = bf16_value(bf16_bits_cpu(x[(((size_t)n * Cx + c) * g.H + ih) * g.W + iw]));
-                const double dv = bf16_value(dy16[po * OC + o]), wv = bf16_value(bf16_bits_cpu(w[wi]));
-                sy[po * OC + o] += xv * wv, ay[po * OC + o] += fabs(xv * wv);
-                sw[wi] += dv * xv, aw[wi] += fabs(dv * xv);
-              }
-          }
-  double ey = 0, ew = 0, eb = 0;
-  for (size_t i = 0; i < ny; i++) ey = fmax(ey, fabs(y[i] - sy[i]) / (ay[i] + 1e-30));
-  for (size_t i = 0; i < nw; i++)
-    ew = fmax(ew, fabs(dw[i] - dw0[i] - sw[i]) / (aw[i] + fabs(dw0[i]) + 1e-30));
-  for (int o = 0; o < OC; o++) eb = fmax(eb, fabs(db[o] - db0[o] - sb[o]) / (ab[o] + fabs(db0[o]) + 1e-30));
+  size_t nt;
+  WinTap *wt = window_taps(&g, &nt);
+  for (size_t k = 0; k < nt; k++) {
+    const size_t po = wt[k].po;
+    for (int o = 0; o < OC; o++)
+      for (int c = 0; c < Cx; c++) {
+        const size_t wi = ((size_t)o * Cx + c) * T + wt[k].tap;
+        const float xf = x[(((size_t)wt[k].n * Cx + c) * g.H + wt[k].ih) * g.W + wt[k].iw];
+        const double xv = bf16_value(bf16_bits_cpu(xf));
+        const double dv = bf16_value(dy16[po * OC + o]), wv = bf16_value(bf16_bits_cpu(w[wi]));
+        sy[po * OC + o] += xv * wv, ay[po * OC + o] += fabs(xv * wv);
+        sw[wi] += dv * xv, aw[wi] += fabs(dv * xv);
+      }
+  }
+  free(wt);
+  const double ey = max_rel(y, NULL, sy, ay, ny), ew = max_rel(dw, dw0, sw, aw, nw);
+  const double eb = max_rel(db, db0, sb, ab, (size_t)OC);
   CHECK_MSG(ey <= TOL && ew <= TOL && eb <= TOL,
             "stem %dx%dx%dx%d (%d stored) -> %d, %dx%d stride %dx%d pad %dx%d, threads %d: errors "
             "forward %.2e, weight gradient %.2e, bias gradient %.2e",
