@@ -241,6 +241,11 @@ typedef struct Patches {
   const int32_t *ih, *iw, *base; /* per chunk pixel: oh*SH, ow*SW (in xp), n*Hp */
 } Patches;
 
+/* Chunk pixel q's kernel row kh in xp. */
+static inline const uint16_t *run_at(const Patches *b, int q, int kh) {
+  return b->xp + (((size_t)b->base[q] + b->ih[q] + kh) * b->Wp + b->iw[q]) * b->C;
+}
+
 static void pack_patches(const void *ctx, int p0, int kc, int j0, int nc, int32_t *out) {
   const Patches *b = ctx;
   const int kpt = (kc + 1) / 2, panels = (nc + NR - 1) / NR, run = b->run;
@@ -250,10 +255,7 @@ static void pack_patches(const void *ctx, int p0, int kc, int j0, int nc, int32_
     const int q = p0 + 2 * kp;
     const bool has1 = 2 * kp + 1 < kc;
     for (int kh = r0; kh < r1; kh++) {
-      const uint16_t *a = b->xp + (((size_t)b->base[q] + b->ih[q] + kh) * b->Wp + b->iw[q]) * b->C;
-      const uint16_t *z =
-          has1 ? b->xp + (((size_t)b->base[q + 1] + b->ih[q + 1] + kh) * b->Wp + b->iw[q + 1]) * b->C
-               : NULL;
+      const uint16_t *a = run_at(b, q, kh), *z = has1 ? run_at(b, q + 1, kh) : NULL;
       int32_t *d = row + (kh - r0) * run;
       for (int c = 0; c < run; c += 16) {
         const __mmask16 mk = bf16_mask16(run - c);
@@ -274,7 +276,8 @@ static void pack_patches(const void *ctx, int p0, int kc, int j0, int nc, int32_
 static void taps_apart(const float *src, int n, int T, float *dst, size_t blk, bool flip) {
   if (T > 16) {
     for (int c = 0; c < n; c++)
-      for (int t = 0; t < T; t++) dst[(size_t)(flip ? T - 1 - t : t) * blk + c] = src[(size_t)c * T + t];
+      for (int t = 0; t < T; t++)
+        dst[(size_t)(flip ? T - 1 - t : t) * blk + c] = src[(size_t)c * T + t];
     return;
   }
   const __mmask16 kt = bf16_mask16(T);
@@ -296,8 +299,10 @@ void nhwc_bf16_stem_input(const float *x, int C_x, const NhwcGeom *g, uint16_t *
   const int C = g->C, H = g->H, W = g->W, Hp = H + 2 * g->PH, Wp = W + 2 * g->PW;
   const size_t S = (size_t)H * W, rows = (size_t)g->N * Hp;
   /* dword lane j of the result: pixel j/2's channels 0,1 (even j) or 2,3 (odd j) */
-  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i lo_idx =
+      _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
 #pragma omp parallel for schedule(static) if (rows * Wp * C >= FAST_GRAIN)
   for (size_t r = 0; r < rows; r++) {
     const size_t n = r / Hp;
@@ -332,8 +337,8 @@ void nhwc_bf16_stem_input(const float *x, int C_x, const NhwcGeom *g, uint16_t *
       for (int c = 0; c < C; c++) {
         uint16_t v[16] = {0};
         if (c < C_x)
-          _mm256_storeu_si256((__m256i *)v, (__m256i)_mm512_cvtneps_pbh(
-                                                 _mm512_maskz_loadu_ps(k, src + (size_t)c * S + w0)));
+          _mm256_storeu_si256((__m256i *)v, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(
+                                                 k, src + (size_t)c * S + w0)));
         for (int q = 0; q < nw; q++) out[(size_t)(w0 + q) * C + c] = v[q];
       }
     }
@@ -764,7 +769,8 @@ static void bias_rows(const uint16_t *dy, long p0, long p1, int OC, float *s) {
     __m512 acc = _mm512_setzero_ps();
     for (long p = p0; p < p1; p++) {
       const __m256i h = _mm256_maskz_loadu_epi16(mk, dy + (size_t)p * OC + c);
-      acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+      const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      acc = _mm512_add_ps(acc, v);
     }
     _mm512_mask_storeu_ps(s + c, mk, acc);
   }

@@ -46,8 +46,8 @@ static bool stem_of(const Layer *l) {
 
 bool conv_cpu_bf16_nhwc_capable(const Layer *l, bool dgrad) {
   const ConvPriv *p = l->priv;
-  if (l->n_bottom != 1 || l->n_top != 1 || p->group != 1 || p->dilation_h != 1 || p->dilation_w != 1 || fast_precision() != FAST_BF16 ||
-      !fast_bf16_supported())
+  if (l->n_bottom != 1 || l->n_top != 1 || p->group != 1 || p->dilation_h != 1 ||
+      p->dilation_w != 1 || fast_precision() != FAST_BF16 || !fast_bf16_supported())
     return false;
   const bool one = p->kernel_h == 1 && p->kernel_w == 1;
   /* An odd channel count (an fp32 input, as ResNet's 3-channel image): the stem's kernels

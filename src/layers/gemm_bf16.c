@@ -38,7 +38,14 @@
 #include "gemm_bf16.h"
 #include "util.h"
 
-enum { MR = BF16_MR, NR = BF16_NR, MC = 144, KC = BF16_KC, NC = BF16_NC_MAX, PACK_PAIRS = BF16_PACK_PAIRS };
+enum {
+  MR = BF16_MR,
+  NR = BF16_NR,
+  MC = 144,
+  KC = BF16_KC,
+  NC = BF16_NC_MAX,
+  PACK_PAIRS = BF16_PACK_PAIRS
+};
 
 bool fast_bf16_supported(void) {
   __builtin_cpu_init();

@@ -107,7 +107,8 @@ static int pool_nhwc_check(const Layer *l) {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 
 static inline __m512 ld16_bf16(const uint16_t *p, __mmask16 k) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 static int max_forward_nhwc(Layer *l) {
@@ -165,7 +166,7 @@ static void max_backward_image(const PoolPriv *p, const uint8_t *am, const uint1
   int zeroed = 0, done = 0; /* rows [0, zeroed) zeroed, [0, done) written to dx */
   for (int ph = 0; ph <= PH; ph++) {
     /* rows no window from ph on reaches: done (untouched ones are zeros) */
-    const int next = ph < PH ? (ph * p->stride_h - p->pad_h > 0 ? ph * p->stride_h - p->pad_h : 0) : H;
+    const int start = ph * p->stride_h - p->pad_h, next = ph < PH ? (start > 0 ? start : 0) : H;
     for (; done < next && done < H; done++) {
       uint16_t *d = dx + (size_t)done * row;
       const float *a = ring + (size_t)(done % R) * ld;
@@ -175,7 +176,8 @@ static void max_backward_image(const PoolPriv *p, const uint8_t *am, const uint1
       }
       for (size_t i = 0; i < row; i += 16) {
         const __mmask16 k = row - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (row - i)) - 1);
-        _mm256_mask_storeu_epi16(d + i, k, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, a + i)));
+        const __m512 v = _mm512_maskz_loadu_ps(k, a + i);
+        _mm256_mask_storeu_epi16(d + i, k, (__m256i)_mm512_cvtneps_pbh(v));
       }
     }
     if (ph == PH) break;
@@ -276,8 +278,9 @@ static int pool_backward_nhwc(Layer *l) {
 
 bool pool_cpu_bf16_nhwc_capable(const Layer *l) {
   const PoolPriv *p = l->priv;
-  return l->n_top == 1 && (pool_is_global_ave(p) || (pool_is_max(p) && p->kernel_h * p->kernel_w < 255)) &&
-         p->channels % 8 == 0 && fast_bf16_supported();
+  const bool max = pool_is_max(p) && p->kernel_h * p->kernel_w < 255; /* places in a byte */
+  return l->n_top == 1 && (pool_is_global_ave(p) || max) && p->channels % 8 == 0 &&
+         fast_bf16_supported();
 }
 
 bool pool_cpu_bf16_nhwc_top(const Layer *l) { return pool_is_max((const PoolPriv *)l->priv); }

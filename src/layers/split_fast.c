@@ -51,7 +51,8 @@ int split_forward_fast(Layer *l) {
 #include <immintrin.h>
 
 static inline __m512 ld16(const uint16_t *p, __mmask16 k) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 /* dx = bf16((dy0 + dy1) + dy2 ...), the sums in fp32. */

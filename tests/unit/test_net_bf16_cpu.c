@@ -348,7 +348,8 @@ static void max_pool_exact(const char *text, int K, int S, int pad, int want_ph,
     if (!strcmp(net->layers[i]->type->name, "Split") && net->layers[i]->bottom[0] == y)
       split = net->layers[i];
   REQUIRE(split && split->n_top == 2);
-  const uint16_t *t0 = (const uint16_t *)split->top[0]->diff, *t1 = (const uint16_t *)split->top[1]->diff;
+  const uint16_t *t0 = (const uint16_t *)split->top[0]->diff;
+  const uint16_t *t1 = (const uint16_t *)split->top[1]->diff;
   const uint16_t *dy = (const uint16_t *)y->diff, *dx = (const uint16_t *)x->diff;
   int bad_s = 0;
   for (size_t i = 0; i < y->count; i++)
@@ -381,7 +382,8 @@ static void test_max_pool_exact(void) {
   /* padded, stride 1, 2x2: windows clipped at the top and left, overlapping by one */
   char *t = moka_strdup(STEM_TEXT);
   REQUIRE(t);
-  t = replace1(t, "pool: MAX kernel_size: 3 stride: 2 }", "pool: MAX kernel_size: 2 stride: 1 pad: 1 }");
+  t = replace1(t, "pool: MAX kernel_size: 3 stride: 2 }",
+               "pool: MAX kernel_size: 2 stride: 1 pad: 1 }");
   REQUIRE(t);
   max_pool_exact(t, 2, 1, 1, 17, 16);
   free(t);

@@ -333,7 +333,8 @@ static void run_stem_case(const StemCase *k, int threads) {
   const int T = g.KH * g.KW, C = g.C, Cx = k->C_x, OC = g.OC, Hp = g.H + 2 * g.PH,
             Wp = g.W + 2 * g.PW;
   const size_t nx = (size_t)g.N * Cx * g.H * g.W, P = (size_t)g.N * g.OH * g.OW, ny = P * OC;
-  const size_t nw = (size_t)OC * Cx * T, nwp = (size_t)OC * C * T, nxp = nhwc_bf16_stem_input_size(&g);
+  const size_t nw = (size_t)OC * Cx * T, nwp = (size_t)OC * C * T;
+  const size_t nxp = nhwc_bf16_stem_input_size(&g);
   float *x = malloc(4 * nx), *dy = malloc(4 * ny), *w = malloc(4 * nw), *wp = calloc(nwp, 4);
   float *y = malloc(4 * ny), *b = malloc(4 * OC), *dw = malloc(4 * nw), *dw0 = malloc(4 * nw);
   float *db = malloc(4 * OC), *db0 = malloc(4 * OC);
@@ -356,7 +357,8 @@ static void run_stem_case(const StemCase *k, int threads) {
         for (int c = 0; c < C; c++) {
           const int ih = h - g.PH, iw = ww - g.PW;
           const bool in = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W && c < Cx;
-          const uint16_t want = in ? bf16_bits_cpu(x[(((size_t)n * Cx + c) * g.H + ih) * g.W + iw]) : 0;
+          const float v = in ? x[(((size_t)n * Cx + c) * g.H + ih) * g.W + iw] : 0.0f;
+          const uint16_t want = in ? bf16_bits_cpu(v) : 0;
           bad += xp[(((size_t)n * Hp + h) * Wp + ww) * C + c] != want;
         }
   CHECK_MSG(bad == 0, "stem input %dx%d, %d of %d channels: %d values wrong", g.H, g.W, Cx, C, bad);
