@@ -6,8 +6,12 @@
  * kernel (kernel_taps: a zero row in the padding); the data gradient of
  * stride 1 is the flipped kernel's forward; the weight gradient is a GEMM
  * per tap over the chunk's pixels, dy packed once, x's shifted rows per tap
- * (pack_rows_tap); the weights are packed a panel at a time (pack_taps).
- * The layout changes the layer needs at fp32 neighbours (NCHW <-> NHWC,
+ * (pack_rows_tap); the weights are packed a panel at a time (pack_taps,
+ * each weight row regrouped by tap through 16 x 16 transposes); a tile's
+ * input rows are kept across groups of weight panels. The stem (few input
+ * channels: ResNet's conv1) reads a zero-padded copy of its input, a kernel
+ * row at a time, and its weight gradient is one GEMM over whole patches. The
+ * layout changes the layer needs at fp32 neighbours (NCHW <-> NHWC,
  * subsampling, the strided 1x1's spreading) are here too.
  *
  * Forward and data gradient: y (P, N) = a (P, K) x B with a read in place.
@@ -23,8 +27,11 @@
  * with K = pixels: A = dy^T packed by bf16_pack_a_t16 (two pixel rows
  * interleaved), B = x packed a block at a time by pack_rows (the same), and
  * gemm_bf16.c's blocked GEMM. Chunks of pixels side by side on the threads
- * (fast_chunked_wgrad) when there are enough of them, else one chunk after
- * another with each GEMM split over the pool.
+ * (fast_chunked_wgrad_parts: each thread's sums in a buffer of its own, added
+ * to dw in one pass), the next chunk's dy and x prefetched into L2 by the
+ * micro-kernels while they compute (Bf16Gemm.prefetch), when there are
+ * enough chunks; else one chunk after another with each GEMM split over the
+ * pool.
  */
 #include "conv_nhwc_bf16.h"
 
