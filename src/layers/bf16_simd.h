@@ -1,7 +1,8 @@
 /* bf16_simd.h — the fp32 -> bf16 pair conversions shared by the bf16 packing
  * routines (gemm_bf16.c, convolution_bf16.c). VDPBF16PS multiplies pairs:
  * dword i of a packed operand holds two bf16 values (low word first), both
- * rounded to nearest even by VCVTNE2PS2BF16 (denormal inputs become zero).
+ * rounded to nearest even by VCVTNE2PS2BF16 (denormal inputs become zero); and bf16 values
+ * widened back (pooling_fast.c, split_fast.c, nhwc_layout.c).
  * Include it inside a `#pragma GCC target("avx512f,avx512bw,avx512bf16")`
  * region, after <immintrin.h>. Internal to src/layers. */
 #ifndef MOKA_LAYERS_BF16_SIMD_H
@@ -23,6 +24,12 @@ static inline __m512i bf16_pairs_consecutive(__m512 x0_15, __m512 x16_31) {
 /* Two rows of 16 bf16 values -> 16 dwords, dword j = (lo[j], hi[j]). */
 static inline __m512i bf16_words_interleaved(__m256i lo, __m256i hi) {
   return _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
+/* 16 bf16 values (lanes past mask k zero) widened to fp32, exactly. */
+static inline __m512 bf16x16_load_f32(const uint16_t *p, __mmask16 k) {
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 /* The first n of 16 lanes (n clamped to 0..16). */

@@ -112,7 +112,8 @@ int nhwc_bf16_stem_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *
 /* dst[i] = bf16(src[i]), i < n; on the pool. */
 void nhwc_bf16_round(const float *src, size_t n, uint16_t *dst);
 
-/* ---- layouts (on the pool) ---- */
+/* ---- layouts (on the pool; nhwc_layout.c, as are nhwc_bf16_round, nhwc_bf16_stem_input and
+ * nhwc_bf16_bias_grad) ---- */
 
 /* x (N, C, S) fp32 -> out (N, S, C) bf16; _pad: out (N, S, Cp), Cp > C only when C is
  * odd (Cp = C + 1, the channels past C zero). */

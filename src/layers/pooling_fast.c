@@ -106,10 +106,7 @@ static int pool_nhwc_check(const Layer *l) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 
-static inline __m512 ld16_bf16(const uint16_t *p, __mmask16 k) {
-  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+#include "bf16_simd.h"
 
 static int max_forward_nhwc(Layer *l) {
   PoolPriv *p = l->priv;
@@ -136,7 +133,7 @@ static int max_forward_nhwc(Layer *l) {
           __m512i arg = _mm512_set1_epi32(255);
           for (int h = h0; h < h1; h++)
             for (int w = w0; w < w1; w++) {
-              const __m512 v = ld16_bf16(x + (((size_t)n * H + h) * W + w) * C + c, k);
+              const __m512 v = bf16x16_load_f32(x + (((size_t)n * H + h) * W + w) * C + c, k);
               const __mmask16 gt = _mm512_mask_cmp_ps_mask(k, v, m, _CMP_GT_OQ);
               m = _mm512_mask_blend_ps(gt, m, v);
               arg = _mm512_mask_blend_epi32(gt, arg,
@@ -194,7 +191,7 @@ static void max_backward_image(const PoolPriv *p, const uint8_t *am, const uint1
       for (int c = 0; c < C; c += 16) {
         const __mmask16 k = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
         const __m128i places = _mm_maskz_loadu_epi8(k, am + o + c);
-        const __m512 g = ld16_bf16(dy + o + c, k);
+        const __m512 g = bf16x16_load_f32(dy + o + c, k);
         for (int h = h0; h < h1; h++)
           for (int w = w0; w < w1; w++) {
             /* no branch (which pixels hit is data: mispredicted half the time) */

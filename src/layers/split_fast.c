@@ -50,10 +50,7 @@ int split_forward_fast(Layer *l) {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 #include <immintrin.h>
 
-static inline __m512 ld16(const uint16_t *p, __mmask16 k) {
-  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+#include "bf16_simd.h"
 
 /* dx = bf16((dy0 + dy1) + dy2 ...), the sums in fp32. */
 static void sum_bf16(const Layer *l, uint16_t *dx, size_t n) {
@@ -63,9 +60,9 @@ static void sum_bf16(const Layer *l, uint16_t *dx, size_t n) {
     const size_t i1 = (b + 1) * 4096 < n ? (b + 1) * 4096 : n;
     for (size_t i = b * 4096; i < i1; i += 16) {
       const __mmask16 k = i1 - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (i1 - i)) - 1);
-      __m512 v = ld16((const uint16_t *)l->top[0]->diff + i, k);
+      __m512 v = bf16x16_load_f32((const uint16_t *)l->top[0]->diff + i, k);
       for (int t = 1; t < l->n_top; t++)
-        v = _mm512_add_ps(v, ld16((const uint16_t *)l->top[t]->diff + i, k));
+        v = _mm512_add_ps(v, bf16x16_load_f32((const uint16_t *)l->top[t]->diff + i, k));
       _mm256_mask_storeu_epi16(dx + i, k, (__m256i)_mm512_cvtneps_pbh(v));
     }
   }
