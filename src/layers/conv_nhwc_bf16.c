@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amx.h"
 #include "fast.h"
 #include "gemm_bf16.h"
 #include "util.h"
@@ -315,6 +316,93 @@ static void stem_fwd_rows(const NhwcGeom *g, const int32_t *xp32, long m0, int m
   }
 }
 
+/* ---- AMX (amx.h): the forward's tiles ------------------------------------------------
+ *
+ * A block of AMX_MR = 32 output rows by a 32-column panel: four C tiles, A's two tiles per
+ * step of 16 pairs read from `a` (rows a_row bytes apart, tile 1 a_half dwords after tile 0,
+ * a step a_step dwords on, a tap a_tap dwords on), B's two straight from the packed panel.
+ * Where the 32 rows are one run of memory (the 1x1 layers' whole blocks) A is read in place;
+ * else the rows are copied into a stage first (amx_stage: a tap's step is 2 KiB there). */
+
+enum { AMX_MR = 32 };
+
+/* stage[(t*ks + s)*512 + m*16 ..] = rows[t*AMX_MR + m][s*16 ..] (16 dwords). */
+static void amx_stage(int taps, int ks, const int32_t *const *rows, int32_t *stage) {
+  for (int t = 0; t < taps; t++)
+    for (int s = 0; s < ks; s++) {
+      int32_t *d = stage + ((size_t)t * ks + s) * 512;
+      const int32_t *const *r = rows + (size_t)t * AMX_MR;
+#pragma GCC unroll 8
+      for (int m = 0; m < AMX_MR; m++)
+        _mm512_storeu_si512(d + m * 16, _mm512_loadu_si512(r[m] + (size_t)s * 16));
+    }
+}
+
+/* The 32 x nr block into y / y16 (rows ldy apart, mr of them) from the four tiles, bias
+ * (the panel's, or NULL) added before the one rounding. */
+static void amx_store_block(float *y, uint16_t *y16, size_t ldy, int mr, int nr,
+                            const float *bias) {
+  float S[AMX_MR * NR] __attribute__((aligned(64)));
+  AMX_STORE(0, S, NR * 4);
+  AMX_STORE(1, S + 16, NR * 4);
+  AMX_STORE(2, S + 16 * NR, NR * 4);
+  AMX_STORE(3, S + 16 * NR + 16, NR * 4);
+  const __mmask16 k0 = bf16_mask16(nr), k1 = bf16_mask16(nr - 16);
+  __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+  if (bias) {
+    b0 = _mm512_maskz_loadu_ps(k0, bias);
+    b1 = _mm512_maskz_loadu_ps(k1, bias + 16);
+  }
+  for (int m = 0; m < mr; m++) {
+    __m512 c0 = _mm512_load_ps(S + m * NR), c1 = _mm512_load_ps(S + m * NR + 16);
+    if (bias) {
+      c0 = _mm512_add_ps(c0, b0);
+      c1 = _mm512_add_ps(c1, b1);
+    }
+    if (y16) {
+      uint16_t *row = y16 + (size_t)m * ldy;
+      _mm256_mask_storeu_epi16(row, k0, (__m256i)_mm512_cvtneps_pbh(c0));
+      _mm256_mask_storeu_epi16(row + 16, k1, (__m256i)_mm512_cvtneps_pbh(c1));
+    } else {
+      float *row = y + (size_t)m * ldy;
+      _mm512_mask_storeu_ps(row, k0, c0);
+      _mm512_mask_storeu_ps(row + 16, k1, c1);
+    }
+  }
+}
+
+/* One 32-row block by panels [j0, j1) of bp (panel_dw dwords each; tap t's pairs
+ * [t*kpt, (t+1)*kpt)); y/y16 at the block's first row, column 0; N columns. */
+static void amx_block(int taps, int kpt, const int32_t *a, long a_row, size_t a_half,
+                      size_t a_step, size_t a_tap, const int32_t *bp, size_t panel_dw, int j0,
+                      int j1, int N, const float *bias, float *y, uint16_t *y16, size_t ldy,
+                      int mr) {
+  const int ks = kpt / 16;
+  for (int jp = j0; jp < j1; jp++) {
+    const int32_t *b = bp + (size_t)jp * panel_dw;
+    AMX_ZERO(0);
+    AMX_ZERO(1);
+    AMX_ZERO(2);
+    AMX_ZERO(3);
+    for (int t = 0; t < taps; t++)
+      for (int s = 0; s < ks; s++) {
+        const int32_t *at = a + t * a_tap + s * a_step;
+        const int32_t *bt = b + ((size_t)t * kpt + (size_t)s * 16) * NR;
+        AMX_LOAD(4, at, a_row);
+        AMX_LOAD(6, bt, NR * 4);
+        AMX_LOAD(7, bt + 16, NR * 4);
+        AMX_LOAD(5, at + a_half, a_row);
+        AMX_DP(0, 4, 6);
+        AMX_DP(1, 4, 7);
+        AMX_DP(2, 5, 6);
+        AMX_DP(3, 5, 7);
+      }
+    const size_t col = (size_t)jp * NR;
+    amx_store_block(y ? y + col : NULL, y16 ? y16 + col : NULL, ldy, mr,
+                    N - jp * NR < NR ? N - jp * NR : NR, bias ? bias + col : NULL);
+  }
+}
+
 #pragma GCC pop_options
 
 int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *bp, int N,
@@ -330,6 +418,47 @@ int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *b
   if (group < 1) group = 1;
   const int T = omp_in_parallel() ? 1 : fast_threads();
   (void)T; /* read only by the OpenMP clauses */
+  if (fast_amx_active() && kpt % 16 == 0) {
+    const long blocks = (P + AMX_MR - 1) / AMX_MR;
+    int32_t *zero = moka_calloc((size_t)kpt + 16, sizeof(int32_t));
+    if (!zero) return moka_error_prefix("channels-last GEMM");
+    int rc = 0;
+#pragma omp parallel num_threads(T) if (T > 1) reduction(| : rc)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const long b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+      int32_t *stage = NULL;
+      amx_ready();
+      for (int g0 = 0; g0 < panels; g0 += group) {
+        const int g1 = g0 + group < panels ? g0 + group : panels;
+        for (long bi = b0; bi < b1; bi++) {
+          const long m0 = bi * AMX_MR;
+          const int mr = P - m0 < AMX_MR ? (int)(P - m0) : AMX_MR;
+          const int32_t *at = a32 + (size_t)m0 * lda32;
+          long a_row = (long)lda * 2;
+          size_t a_half = 16 * lda32, a_step = 16;
+          if (mr < AMX_MR) { /* the last block: its rows and zeros after them, staged */
+            if (!stage)
+              stage = (int32_t *)fast_workspace(FAST_WS_PACK_A, (size_t)kpt * AMX_MR,
+                                                "bf16 channels-last GEMM (rows)");
+            if (!stage) {
+              rc |= 1;
+              break;
+            }
+            const int32_t *rows[AMX_MR];
+            for (int m = 0; m < AMX_MR; m++) rows[m] = m < mr ? at + m * lda32 : zero;
+            amx_stage(1, kpt / 16, rows, stage);
+            at = stage, a_row = 64, a_half = 256, a_step = 512;
+          }
+          amx_block(1, kpt, at, a_row, a_half, a_step, 0, bp, panel_dw, g0, g1, N, NULL,
+                    y ? y + (size_t)m0 * ldy : NULL, y16 ? y16 + (size_t)m0 * ldy : NULL, ldy,
+                    mr);
+        }
+      }
+    }
+    free(zero);
+    return rc ? -1 : 0;
+  }
 #pragma omp parallel num_threads(T) if (T > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -486,15 +615,15 @@ int nhwc_bf16_dgrad_geom(const NhwcGeom *g, NhwcGeom *d) {
   return 0;
 }
 
-/* rows[t*MR + m] = tile row m's input row under tap t, or the zero row in the padding (and
+/* rows[t*unit + m] = tile row m's input row under tap t, or the zero row in the padding (and
  * for rows past mr): the pixel (n, oh, ow) stepped along from the tile's first, no divisions
  * per row. */
 static void tap_rows(const NhwcGeom *g, const int32_t *x32, const int32_t *zero, long m0, int mr,
-                     const int32_t **rows) {
+                     int unit, const int32_t **rows) {
   const int kpt = g->C / 2;
   int ow = (int)(m0 % g->OW), oh = (int)(m0 / g->OW % g->OH);
   long n = m0 / ((long)g->OW * g->OH);
-  for (int m = 0; m < MR; m++) {
+  for (int m = 0; m < unit; m++) {
     const int ih0 = oh * g->SH - g->PH, iw0 = ow * g->SW - g->PW;
     const int32_t *img = x32 + (size_t)n * g->H * g->W * kpt;
     for (int kh = 0; kh < g->KH; kh++) {
@@ -502,7 +631,7 @@ static void tap_rows(const NhwcGeom *g, const int32_t *x32, const int32_t *zero,
       const bool row_in = m < mr && (unsigned)ih < (unsigned)g->H;
       for (int kw = 0; kw < g->KW; kw++) {
         const int iw = iw0 + kw;
-        rows[(size_t)(kh * g->KW + kw) * MR + m] =
+        rows[(size_t)(kh * g->KW + kw) * unit + m] =
             row_in && (unsigned)iw < (unsigned)g->W ? img + ((size_t)ih * g->W + iw) * kpt : zero;
       }
     }
@@ -511,6 +640,41 @@ static void tap_rows(const NhwcGeom *g, const int32_t *x32, const int32_t *zero,
       if (++oh == g->OH) oh = 0, n++;
     }
   }
+}
+
+/* conv_fwd with AMX: blocks of 32 output rows, each block's input rows staged (a tap's step
+ * of 16 pairs 2 KiB) once per group of panels. */
+static int conv_fwd_amx(const NhwcGeom *g, const int32_t *x32, const int32_t *zero,
+                        const int32_t *bp, size_t panel_dw, int group, const float *bias,
+                        float *y, uint16_t *y16, int nth) {
+  const int T = g->KH * g->KW, kpt = g->C / 2, OC = g->OC, panels = (OC + NR - 1) / NR;
+  const long P = (long)g->N * g->OH * g->OW, blocks = (P + AMX_MR - 1) / AMX_MR;
+  const size_t stage_dw = (size_t)T * kpt * AMX_MR;
+  int rc = 0;
+  (void)nth;
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : rc)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const long b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    int32_t *stage = (int32_t *)fast_workspace(FAST_WS_PACK_A, stage_dw,
+                                               "bf16 channels-last convolution (rows)");
+    const int32_t *rows[MAX_TAPS * AMX_MR];
+    if (!stage) rc |= 1;
+    amx_ready();
+    for (int g0 = 0; g0 < panels && stage; g0 += group) {
+      const int g1 = g0 + group < panels ? g0 + group : panels;
+      for (long bi = b0; bi < b1; bi++) {
+        const long m0 = bi * AMX_MR;
+        const int mr = P - m0 < AMX_MR ? (int)(P - m0) : AMX_MR;
+        tap_rows(g, x32, zero, m0, mr, AMX_MR, rows);
+        amx_stage(T, kpt / 16, rows, stage);
+        amx_block(T, kpt, stage, 64, 256, 512, (size_t)kpt / 16 * 512, bp, panel_dw, g0, g1, OC,
+                  bias, y ? y + (size_t)m0 * OC : NULL, y16 ? y16 + (size_t)m0 * OC : NULL,
+                  (size_t)OC, mr);
+      }
+    }
+  }
+  return rc ? -1 : 0;
 }
 
 /* The forward of any kernel (stem: x is the stem's padded input, the rows its runs). */
@@ -535,6 +699,11 @@ static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, con
   const int32_t *x32 = (const int32_t *)x;
   const int nth = omp_in_parallel() ? 1 : fast_threads();
   (void)nth; /* read only by the OpenMP clauses */
+  if (!stem && fast_amx_active() && kpt % 16 == 0) {
+    const int rc = conv_fwd_amx(g, x32, zero, bp, panel_dw, group, bias, y, y16, nth);
+    free(zero);
+    return rc;
+  }
 #pragma omp parallel num_threads(nth) if (nth > 1)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -556,7 +725,7 @@ static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, con
           if (stem)
             stem_fwd_rows(g, x32, m0, mr, rows);
           else
-            tap_rows(g, x32, zero, m0, mr, rows);
+            tap_rows(g, x32, zero, m0, mr, MR, rows);
         }
         for (int jp = g0; jp < g1; jp++)
           kernel_taps(n_rows, row_kpt, rows, bp + (size_t)jp * panel_dw,
