@@ -25,6 +25,7 @@
 
 #include "goldentest.h"
 #include "layers/batchnorm_priv.h"
+#include "layers/amx.h"
 #include "layers/fast.h"
 #include "net.h"
 #include "prototxt.h"
@@ -564,7 +565,9 @@ static void check_own_gemm(bool bf16) {
                                   /* M = 64 (8-row micro-panels), short N */
                                   {64, 49, 130},    {200, 196, 70}, {40, 9, 300},
                                   /* K in three blocks */
-                                  {30, 45, 1100}};
+                                  {30, 45, 1100},
+                                  /* AMX: 32-row blocks whole and partial, 16-row tail */
+                                  {80, 64, 512}, {48, 33, 97}};
   for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++) {
@@ -604,8 +607,16 @@ static void check_own_gemm(bool bf16) {
       }
 }
 
+/* With every kernel set this CPU has (AMX where it has it, AVX-512 BF16). */
 static void test_gemm_bf16(void) {
-  if (bf16_available()) check_own_gemm(true);
+  if (!bf16_available()) return;
+  const bool amx = fast_amx_active();
+  if (!amx) fprintf(stderr, "  note: no AMX-BF16 here: the AMX GEMM is not tested\n");
+  for (int pass = 0; pass < 1 + amx; pass++) {
+    fast_amx_set(amx && pass == 0);
+    check_own_gemm(true);
+  }
+  fast_amx_set(amx);
 }
 
 static void test_gemm_f32(void) {
