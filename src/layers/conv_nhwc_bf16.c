@@ -302,46 +302,101 @@ static void taps_apart(const float *src, int n, int T, float *dst, size_t blk, b
   }
 }
 
-/* The stem's forward: rows[kh*MR + m] = tile row m's run kh in xp. */
-static void stem_fwd_rows(const NhwcGeom *g, const int32_t *xp32, long m0, int mr,
+/* The stem's forward: rows[kh*unit + m] = tile row m's run kh in xp. */
+static void stem_fwd_rows(const NhwcGeom *g, const int32_t *xp32, long m0, int mr, int unit,
                           const int32_t **rows) {
   const int Hp = g->H + 2 * g->PH, Wp = g->W + 2 * g->PW;
-  for (int m = 0; m < MR; m++) {
+  for (int m = 0; m < unit; m++) {
     const long q = m0 + (m < mr ? m : 0);
     const int ow = (int)(q % g->OW), oh = (int)(q / g->OW % g->OH);
     const long n = q / ((long)g->OW * g->OH);
     for (int kh = 0; kh < g->KH; kh++)
-      rows[(size_t)kh * MR + m] =
+      rows[(size_t)kh * unit + m] =
           xp32 + (((size_t)n * Hp + (size_t)oh * g->SH + kh) * Wp + (size_t)ow * g->SW) * g->C / 2;
   }
 }
 
 /* ---- AMX (amx.h): the forward's tiles ------------------------------------------------
  *
- * A block of AMX_MR = 32 output rows by a 32-column panel: four C tiles, A's two tiles per
- * step of 16 pairs read from `a` (rows a_row bytes apart, tile 1 a_half dwords after tile 0,
- * a step a_step dwords on, a tap a_tap dwords on), B's two straight from the packed panel.
- * Where the 32 rows are one run of memory (the 1x1 layers' whole blocks) A is read in place;
- * else the rows are copied into a stage first (amx_stage: a tap's step is 2 KiB there). */
+ * Blocks of AMX_MR = 32 output rows by 32-column panels: four C tiles, A's two tiles per
+ * step of 16 pairs of K, B's two straight from the packed panel (step q of a panel at dword
+ * q*16*NR: the taps' pairs follow one another). A is read in place where a block's 32 rows
+ * are one run of memory (the 1x1 layers' whole blocks), else copied into a stage first, step
+ * after step (2 KiB each): a tap's input rows, or the stem's patches (its KH runs end to end,
+ * zeros to a whole step). When all of B is larger than AMX_B_BYTES (L2), the panels are cut
+ * into groups, and for staged rows K into chunks of AMX_CHUNK steps, so that a group's chunk
+ * of B stays in L2 across a thread's blocks (the stage made once per group and chunk, not
+ * once per panel); the sums wait in fp32 between chunks (a workspace). */
 
-enum { AMX_MR = 32 };
+enum { AMX_MR = 32, AMX_B_BYTES = 512 * 1024, AMX_CHUNK = 32, AMX_STEP_DW = 512 };
+enum { MAX_PATCH = MAX_TAPS * PATCH_C / 2 + 32 }; /* the stem's patch in dwords, and a step */
 
-/* stage[(t*ks + s)*512 + m*16 ..] = rows[t*AMX_MR + m][s*16 ..] (16 dwords). */
-static void amx_stage(int taps, int ks, const int32_t *const *rows, int32_t *stage) {
-  for (int t = 0; t < taps; t++)
-    for (int s = 0; s < ks; s++) {
-      int32_t *d = stage + ((size_t)t * ks + s) * 512;
-      const int32_t *const *r = rows + (size_t)t * AMX_MR;
-#pragma GCC unroll 8
-      for (int m = 0; m < AMX_MR; m++)
-        _mm512_storeu_si512(d + m * 16, _mm512_loadu_si512(r[m] + (size_t)s * 16));
+typedef enum { AMX_ROWS, AMX_TAPS, AMX_STEM } AmxKind;
+
+/* Where a block's rows of A come from. */
+typedef struct AmxSrc {
+  AmxKind kind;
+  const int32_t *a32;  /* AMX_ROWS: row p at a32 + p*lda32 */
+  size_t lda32;
+  const NhwcGeom *g;   /* AMX_TAPS, AMX_STEM: the geometry and its input */
+  const int32_t *x32;
+  const int32_t *zero; /* a zero row, a step longer than any row */
+  int ks;              /* AMX_TAPS: steps per tap */
+} AmxSrc;
+
+static void tap_rows(const NhwcGeom *g, const int32_t *x32, const int32_t *zero, long m0, int mr,
+                     int unit, const int32_t **rows);
+
+/* Steps [q0, q1) of the block at row m0 (mr rows, zeros after them) into stage; rows: room
+ * for MAX_TAPS * AMX_MR pointers. */
+static void amx_stage(const AmxSrc *src, long m0, int mr, int q0, int q1, int32_t *stage,
+                      const int32_t **rows) {
+  if (src->kind == AMX_STEM) {
+    const NhwcGeom *g = src->g;
+    const int run = g->KW * g->C / 2, len = g->KH * run;
+    int32_t patch[MAX_PATCH] __attribute__((aligned(64)));
+    stem_fwd_rows(g, src->x32, m0, mr, AMX_MR, rows);
+    for (int i = len; i < q1 * 16; i++) patch[i] = 0;
+    for (int m = 0; m < AMX_MR; m++) {
+      for (int kh = 0; kh < g->KH; kh++)
+        for (int c = 0; c < run; c += 16)
+          _mm512_mask_storeu_epi32(patch + kh * run + c, bf16_mask16(run - c),
+                                   _mm512_maskz_loadu_epi32(bf16_mask16(run - c),
+                                                            rows[kh * AMX_MR + m] + c));
+      for (int q = q0; q < q1; q++)
+        _mm512_storeu_si512(stage + (size_t)(q - q0) * AMX_STEP_DW + m * 16,
+                            _mm512_loadu_si512(patch + q * 16));
     }
+    return;
+  }
+  const bool taps = src->kind == AMX_TAPS;
+  if (taps)
+    tap_rows(src->g, src->x32, src->zero, m0, mr, AMX_MR, rows);
+  else
+    for (int m = 0; m < AMX_MR; m++)
+      rows[m] = m < mr ? src->a32 + (size_t)(m0 + m) * src->lda32 : src->zero;
+  for (int q = q0; q < q1; q++) {
+    const int t = taps ? q / src->ks : 0, s = taps ? q % src->ks : q;
+    int32_t *d = stage + (size_t)(q - q0) * AMX_STEP_DW;
+    const int32_t *const *r = rows + (size_t)t * AMX_MR;
+#pragma GCC unroll 8
+    for (int m = 0; m < AMX_MR; m++)
+      _mm512_storeu_si512(d + m * 16, _mm512_loadu_si512(r[m] + (size_t)s * 16));
+  }
 }
 
 /* The 32 x nr block into y / y16 (rows ldy apart, mr of them) from the four tiles, bias
  * (the panel's, or NULL) added before the one rounding. */
 static void amx_store_block(float *y, uint16_t *y16, size_t ldy, int mr, int nr,
                             const float *bias) {
+  if (y && !bias && mr == AMX_MR && nr == NR) { /* fp32 as it is: the tiles in place */
+    const long ldb = (long)ldy * (long)sizeof(float);
+    AMX_STORE(0, y, ldb);
+    AMX_STORE(1, y + 16, ldb);
+    AMX_STORE(2, y + 16 * ldy, ldb);
+    AMX_STORE(3, y + 16 * ldy + 16, ldb);
+    return;
+  }
   float S[AMX_MR * NR] __attribute__((aligned(64)));
   AMX_STORE(0, S, NR * 4);
   AMX_STORE(1, S + 16, NR * 4);
@@ -353,16 +408,15 @@ static void amx_store_block(float *y, uint16_t *y16, size_t ldy, int mr, int nr,
     b0 = _mm512_maskz_loadu_ps(k0, bias);
     b1 = _mm512_maskz_loadu_ps(k1, bias + 16);
   }
+  const __mmask32 k32 = (__mmask32)k0 | (__mmask32)k1 << 16;
   for (int m = 0; m < mr; m++) {
     __m512 c0 = _mm512_load_ps(S + m * NR), c1 = _mm512_load_ps(S + m * NR + 16);
     if (bias) {
       c0 = _mm512_add_ps(c0, b0);
       c1 = _mm512_add_ps(c1, b1);
     }
-    if (y16) {
-      uint16_t *row = y16 + (size_t)m * ldy;
-      _mm256_mask_storeu_epi16(row, k0, (__m256i)_mm512_cvtneps_pbh(c0));
-      _mm256_mask_storeu_epi16(row + 16, k1, (__m256i)_mm512_cvtneps_pbh(c1));
+    if (y16) { /* the row's 32 values rounded by one instruction, stored by one */
+      _mm512_mask_storeu_epi16(y16 + (size_t)m * ldy, k32, (__m512i)_mm512_cvtne2ps_pbh(c1, c0));
     } else {
       float *row = y + (size_t)m * ldy;
       _mm512_mask_storeu_ps(row, k0, c0);
@@ -371,36 +425,101 @@ static void amx_store_block(float *y, uint16_t *y16, size_t ldy, int mr, int nr,
   }
 }
 
-/* One 32-row block by panels [j0, j1) of bp (panel_dw dwords each; tap t's pairs
- * [t*kpt, (t+1)*kpt)); y/y16 at the block's first row, column 0; N columns. */
-static void amx_block(int taps, int kpt, const int32_t *a, long a_row, size_t a_half,
-                      size_t a_step, size_t a_tap, const int32_t *bp, size_t panel_dw, int j0,
-                      int j1, int N, const float *bias, float *y, uint16_t *y16, size_t ldy,
-                      int mr) {
-  const int ks = kpt / 16;
-  for (int jp = j0; jp < j1; jp++) {
-    const int32_t *b = bp + (size_t)jp * panel_dw;
-    AMX_ZERO(0);
-    AMX_ZERO(1);
-    AMX_ZERO(2);
-    AMX_ZERO(3);
-    for (int t = 0; t < taps; t++)
-      for (int s = 0; s < ks; s++) {
-        const int32_t *at = a + t * a_tap + s * a_step;
-        const int32_t *bt = b + ((size_t)t * kpt + (size_t)s * 16) * NR;
-        AMX_LOAD(4, at, a_row);
-        AMX_LOAD(6, bt, NR * 4);
-        AMX_LOAD(7, bt + 16, NR * 4);
-        AMX_LOAD(5, at + a_half, a_row);
-        AMX_DP(0, 4, 6);
-        AMX_DP(1, 4, 7);
-        AMX_DP(2, 5, 6);
-        AMX_DP(3, 5, 7);
-      }
-    const size_t col = (size_t)jp * NR;
-    amx_store_block(y ? y + col : NULL, y16 ? y16 + col : NULL, ldy, mr,
-                    N - jp * NR < NR ? N - jp * NR : NR, bias ? bias + col : NULL);
+/* y (P, N) (+bias) = A (P, steps*32 bf16, from src) x B (bp: panels panel_dw dwords apart);
+ * on nth threads, blocks of rows split between them. 0, or -1 (workspace). */
+static int amx_conv(const AmxSrc *src, long P, int steps, const int32_t *bp, size_t panel_dw,
+                    int N, const float *bias, float *y, uint16_t *y16, size_t ldy, int nth) {
+  const int panels = (N + NR - 1) / NR;
+  const size_t step_bytes = 16 * NR * sizeof(int32_t);
+  int chunk = steps, group = panels;
+  if ((size_t)steps * panels * step_bytes > AMX_B_BYTES) {
+    /* Rows read in place: whole K a group (A again for each group: cheaper than the sums
+     * stored and loaded between chunks). */
+    chunk = steps < AMX_CHUNK || src->kind == AMX_ROWS ? steps : AMX_CHUNK;
+    group = (int)(AMX_B_BYTES / ((size_t)chunk * step_bytes));
+    group = group < 1 ? 1 : group > panels ? panels : group;
   }
+  const long blocks = (P + AMX_MR - 1) / AMX_MR;
+  int rc = 0;
+  (void)nth; /* read only by the OpenMP clauses */
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : rc)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const long b0 = blocks * t / nt;
+    long b1 = blocks * (t + 1) / nt;
+    const int32_t *rows[MAX_TAPS * AMX_MR];
+    int32_t *stage = (int32_t *)fast_workspace(FAST_WS_PACK_A, (size_t)chunk * AMX_STEP_DW,
+                                               "bf16 channels-last convolution (rows)");
+    const size_t acc_ld = (size_t)group * NR; /* the sums between chunks: a block's rows */
+    float *acc = chunk < steps && b1 > b0
+                     ? fast_workspace(FAST_WS_AUX, (size_t)(b1 - b0) * AMX_MR * acc_ld,
+                                      "bf16 channels-last convolution (sums)")
+                     : NULL;
+    if (!stage || (chunk < steps && b1 > b0 && !acc)) {
+      rc |= 1;
+      b1 = b0;
+    }
+    amx_ready();
+    for (int g0 = 0; g0 < panels; g0 += group) {
+      const int g1 = g0 + group < panels ? g0 + group : panels;
+      for (int q0 = 0; q0 < steps; q0 += chunk) {
+        const int q1 = q0 + chunk < steps ? q0 + chunk : steps, nq = q1 - q0;
+        for (long bi = b0; bi < b1; bi++) {
+          const long m0 = bi * AMX_MR;
+          const int mr = P - m0 < AMX_MR ? (int)(P - m0) : AMX_MR;
+          const int32_t *a = stage;
+          long a_row = 64;
+          size_t a_half = 256, a_step = AMX_STEP_DW;
+          if (src->kind == AMX_ROWS && mr == AMX_MR) { /* in place */
+            a = src->a32 + (size_t)m0 * src->lda32 + (size_t)q0 * 16;
+            a_row = (long)src->lda32 * 4, a_half = 16 * src->lda32, a_step = 16;
+          } else {
+            amx_stage(src, m0, mr, q0, q1, stage, rows);
+          }
+          float *ab = acc ? acc + (size_t)(bi - b0) * AMX_MR * acc_ld : NULL;
+          const long ab_row = (long)(acc_ld * sizeof(float));
+          for (int jp = g0; jp < g1; jp++) {
+            float *cb = ab ? ab + (size_t)(jp - g0) * NR : NULL;
+            if (q0 == 0) {
+              AMX_ZERO(0);
+              AMX_ZERO(1);
+              AMX_ZERO(2);
+              AMX_ZERO(3);
+            } else {
+              AMX_LOAD(0, cb, ab_row);
+              AMX_LOAD(1, cb + 16, ab_row);
+              AMX_LOAD(2, cb + 16 * acc_ld, ab_row);
+              AMX_LOAD(3, cb + 16 * acc_ld + 16, ab_row);
+            }
+            const int32_t *b = bp + (size_t)jp * panel_dw + (size_t)q0 * 16 * NR;
+            for (int q = 0; q < nq; q++) {
+              const int32_t *at = a + q * a_step, *bt = b + (size_t)q * 16 * NR;
+              AMX_LOAD(4, at, a_row);
+              AMX_LOAD(6, bt, NR * 4);
+              AMX_LOAD(7, bt + 16, NR * 4);
+              AMX_LOAD(5, at + a_half, a_row);
+              AMX_DP(0, 4, 6);
+              AMX_DP(1, 4, 7);
+              AMX_DP(2, 5, 6);
+              AMX_DP(3, 5, 7);
+            }
+            if (q1 == steps) {
+              const size_t at = (size_t)m0 * ldy + (size_t)jp * NR;
+              amx_store_block(y ? y + at : NULL, y16 ? y16 + at : NULL, ldy, mr,
+                              N - jp * NR < NR ? N - jp * NR : NR,
+                              bias ? bias + (size_t)jp * NR : NULL);
+            } else {
+              AMX_STORE(0, cb, ab_row);
+              AMX_STORE(1, cb + 16, ab_row);
+              AMX_STORE(2, cb + 16 * acc_ld, ab_row);
+              AMX_STORE(3, cb + 16 * acc_ld + 16, ab_row);
+            }
+          }
+        }
+      }
+    }
+  }
+  return rc ? -1 : 0;
 }
 
 #pragma GCC pop_options
@@ -419,45 +538,12 @@ int nhwc_bf16_gemm(const uint16_t *a, size_t lda, int P, int K, const int32_t *b
   const int T = omp_in_parallel() ? 1 : fast_threads();
   (void)T; /* read only by the OpenMP clauses */
   if (fast_amx_active() && kpt % 16 == 0) {
-    const long blocks = (P + AMX_MR - 1) / AMX_MR;
     int32_t *zero = moka_calloc((size_t)kpt + 16, sizeof(int32_t));
     if (!zero) return moka_error_prefix("channels-last GEMM");
-    int rc = 0;
-#pragma omp parallel num_threads(T) if (T > 1) reduction(| : rc)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const long b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-      int32_t *stage = NULL;
-      amx_ready();
-      for (int g0 = 0; g0 < panels; g0 += group) {
-        const int g1 = g0 + group < panels ? g0 + group : panels;
-        for (long bi = b0; bi < b1; bi++) {
-          const long m0 = bi * AMX_MR;
-          const int mr = P - m0 < AMX_MR ? (int)(P - m0) : AMX_MR;
-          const int32_t *at = a32 + (size_t)m0 * lda32;
-          long a_row = (long)lda * 2;
-          size_t a_half = 16 * lda32, a_step = 16;
-          if (mr < AMX_MR) { /* the last block: its rows and zeros after them, staged */
-            if (!stage)
-              stage = (int32_t *)fast_workspace(FAST_WS_PACK_A, (size_t)kpt * AMX_MR,
-                                                "bf16 channels-last GEMM (rows)");
-            if (!stage) {
-              rc |= 1;
-              break;
-            }
-            const int32_t *rows[AMX_MR];
-            for (int m = 0; m < AMX_MR; m++) rows[m] = m < mr ? at + m * lda32 : zero;
-            amx_stage(1, kpt / 16, rows, stage);
-            at = stage, a_row = 64, a_half = 256, a_step = 512;
-          }
-          amx_block(1, kpt, at, a_row, a_half, a_step, 0, bp, panel_dw, g0, g1, N, NULL,
-                    y ? y + (size_t)m0 * ldy : NULL, y16 ? y16 + (size_t)m0 * ldy : NULL, ldy,
-                    mr);
-        }
-      }
-    }
+    const AmxSrc src = {AMX_ROWS, a32, lda32, NULL, NULL, zero, 0};
+    const int rc = amx_conv(&src, P, kpt / 16, bp, panel_dw, N, NULL, y, y16, ldy, T);
     free(zero);
-    return rc ? -1 : 0;
+    return rc;
   }
 #pragma omp parallel num_threads(T) if (T > 1)
   {
@@ -642,39 +728,28 @@ static void tap_rows(const NhwcGeom *g, const int32_t *x32, const int32_t *zero,
   }
 }
 
-/* conv_fwd with AMX: blocks of 32 output rows, each block's input rows staged (a tap's step
- * of 16 pairs 2 KiB) once per group of panels. */
+/* conv_fwd with AMX (amx_conv): the taps' rows, or the stem's patches (its weights copied
+ * with zero pairs to a whole step). */
 static int conv_fwd_amx(const NhwcGeom *g, const int32_t *x32, const int32_t *zero,
-                        const int32_t *bp, size_t panel_dw, int group, const float *bias,
-                        float *y, uint16_t *y16, int nth) {
-  const int T = g->KH * g->KW, kpt = g->C / 2, OC = g->OC, panels = (OC + NR - 1) / NR;
-  const long P = (long)g->N * g->OH * g->OW, blocks = (P + AMX_MR - 1) / AMX_MR;
-  const size_t stage_dw = (size_t)T * kpt * AMX_MR;
-  int rc = 0;
-  (void)nth;
-#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : rc)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const long b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    int32_t *stage = (int32_t *)fast_workspace(FAST_WS_PACK_A, stage_dw,
-                                               "bf16 channels-last convolution (rows)");
-    const int32_t *rows[MAX_TAPS * AMX_MR];
-    if (!stage) rc |= 1;
-    amx_ready();
-    for (int g0 = 0; g0 < panels && stage; g0 += group) {
-      const int g1 = g0 + group < panels ? g0 + group : panels;
-      for (long bi = b0; bi < b1; bi++) {
-        const long m0 = bi * AMX_MR;
-        const int mr = P - m0 < AMX_MR ? (int)(P - m0) : AMX_MR;
-        tap_rows(g, x32, zero, m0, mr, AMX_MR, rows);
-        amx_stage(T, kpt / 16, rows, stage);
-        amx_block(T, kpt, stage, 64, 256, 512, (size_t)kpt / 16 * 512, bp, panel_dw, g0, g1, OC,
-                  bias, y ? y + (size_t)m0 * OC : NULL, y16 ? y16 + (size_t)m0 * OC : NULL,
-                  (size_t)OC, mr);
-      }
-    }
+                        const int32_t *bp, size_t panel_dw, const float *bias, float *y,
+                        uint16_t *y16, bool stem, int nth) {
+  const long P = (long)g->N * g->OH * g->OW;
+  const int kpt = g->C / 2, T = g->KH * g->KW;
+  if (!stem) {
+    const AmxSrc src = {AMX_TAPS, NULL, 0, g, x32, zero, kpt / 16};
+    return amx_conv(&src, P, T * (kpt / 16), bp, panel_dw, g->OC, bias, y, y16, (size_t)g->OC,
+                    nth);
   }
-  return rc ? -1 : 0;
+  const int pairs = T * kpt, steps = (pairs + 15) / 16, panels = (g->OC + NR - 1) / NR;
+  const size_t pad_dw = (size_t)steps * 16 * NR;
+  int32_t *bpad = moka_calloc((size_t)panels * pad_dw, sizeof(int32_t));
+  if (!bpad) return moka_error_prefix("channels-last convolution");
+  for (int jp = 0; jp < panels; jp++)
+    memcpy(bpad + jp * pad_dw, bp + jp * panel_dw, (size_t)pairs * NR * sizeof(int32_t));
+  const AmxSrc src = {AMX_STEM, NULL, 0, g, x32, zero, 0};
+  const int rc = amx_conv(&src, P, steps, bpad, pad_dw, g->OC, bias, y, y16, (size_t)g->OC, nth);
+  free(bpad);
+  return rc;
 }
 
 /* The forward of any kernel (stem: x is the stem's padded input, the rows its runs). */
@@ -699,8 +774,8 @@ static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, con
   const int32_t *x32 = (const int32_t *)x;
   const int nth = omp_in_parallel() ? 1 : fast_threads();
   (void)nth; /* read only by the OpenMP clauses */
-  if (!stem && fast_amx_active() && kpt % 16 == 0) {
-    const int rc = conv_fwd_amx(g, x32, zero, bp, panel_dw, group, bias, y, y16, nth);
+  if (fast_amx_active() && (stem || kpt % 16 == 0)) {
+    const int rc = conv_fwd_amx(g, x32, zero, bp, panel_dw, bias, y, y16, stem, nth);
     free(zero);
     return rc;
   }
@@ -723,7 +798,7 @@ static int conv_fwd(const NhwcGeom *g, const uint16_t *x, const int32_t *bp, con
         const int32_t **rows = cache ? cache + (size_t)(ti - t0) * per_tile : own;
         if (!cache || g0 == 0) {
           if (stem)
-            stem_fwd_rows(g, x32, m0, mr, rows);
+            stem_fwd_rows(g, x32, m0, mr, MR, rows);
           else
             tap_rows(g, x32, zero, m0, mr, MR, rows);
         }
