@@ -68,9 +68,10 @@ int cli_precision(const char *precision, Backend be) {
   if (fast_check_precision(false)) return -1;
   const int act = net_bf16_setting();
   LOG_INFO("Precision %s: convolution and inner-product GEMMs take bf16-rounded inputs and "
-           "accumulate in fp32 (AVX-512 BF16); %s; weights, gradients and BatchNorm statistics "
-           "stay fp32",
+           "accumulate in fp32 (%s); %s; weights, gradients and BatchNorm statistics stay fp32",
            fast_precision_name(p),
+           fast_amx_active() ? "AMX tiles, TDPBF16PS; MOKA_AMX=0: AVX-512 BF16 vectors"
+                             : "AVX-512 BF16 vectors, VDPBF16PS",
            act == 0 ? "activations stay fp32 (MOKA_BF16_ACT=0)"
                     : "activations between the convolutions and BatchNorm chains are stored "
                       "bf16 channels-last (MOKA_BF16_ACT=0: fp32)");

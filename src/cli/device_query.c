@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli/flags.h"
+#include "layers/fast.h"
 #include "util.h"
 
 #ifdef MOKA_WITH_CUDA
@@ -43,6 +44,10 @@ static void cpu_info(void) {
   printf("  logical cores online: %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
   printf("  AVX2: %s  AVX-512F: %s  AVX-512 BF16: %s  AMX: %s\n", avx2 ? "yes" : "no",
          avx512f ? "yes" : "no", avx512bf16 ? "yes" : "no", amx ? "yes" : "no");
+  printf("  --precision=bf16 multiplies with: %s\n",
+         !fast_bf16_supported() ? "(not available: no AVX-512 BF16)"
+         : fast_amx_active()    ? "AMX tiles (MOKA_AMX=0: AVX-512 BF16 vectors)"
+                                : "AVX-512 BF16 vectors");
   const char *ct = getenv("OPENBLAS_CORETYPE");
   printf("  OpenBLAS: %s; kernel in use: %s; threads: %d; OPENBLAS_CORETYPE=%s\n",
          openblas_get_config(), openblas_get_corename(), openblas_get_num_threads(),

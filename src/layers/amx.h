@@ -28,8 +28,9 @@
 
 #include <stdbool.h>
 
-/* Does this process multiply bf16 with AMX? (see above) */
-bool fast_amx_active(void);
+#include "fast.h"
+
+/* fast_amx_active() (fast.h): does this process multiply bf16 with AMX? (see above) */
 /* For tests: force the AVX-512 BF16 kernels (false) or AMX again (true, only
  * where the CPU allows it); returns the previous setting. Not while kernels run. */
 bool fast_amx_set(bool on);

@@ -88,6 +88,9 @@ FastPrecision fast_precision(void);
 const char *fast_precision_name(FastPrecision p);
 /* Does this CPU have AVX-512 BF16 (and AVX-512 F/BW)? */
 bool fast_bf16_supported(void);
+/* Do the bf16 GEMMs multiply AMX tiles (the CPU has AMX-BF16, Linux granted the tile state and
+ * MOKA_AMX is not 0; decided once per process)? Else VDPBF16PS vectors. See amx.h. */
+bool fast_amx_active(void);
 
 /* A scratch buffer of at least `count` floats (64-byte aligned), this
  * thread's buffer for `slot`; its contents are undefined. NULL with
