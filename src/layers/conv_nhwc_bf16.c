@@ -27,7 +27,7 @@
  * with K = pixels: A = dy^T packed by bf16_pack_a_t16 (two pixel rows
  * interleaved), B = x packed a block at a time by pack_rows (the same), and
  * gemm_bf16.c's blocked GEMM. Chunks of pixels side by side on the threads
- * (fast_chunked_wgrad_parts: each thread's sums in a buffer of its own, added
+ * (fast_chunked_wgrad_fresh: each thread's sums in a buffer of its own, added
  * to dw in one pass), the next chunk's dy and x prefetched into L2 by the
  * micro-kernels while they compute (Bf16Gemm.prefetch), when there are
  * enough chunks; else one chunk after another with each GEMM split over the
@@ -573,7 +573,7 @@ typedef struct Wgrad {
   int step;  /* this thread's next chunk is k + step (chunks side by side) */
 } Wgrad;
 
-static int wgrad_chunk(void *ctx, int k, float *wacc) {
+static int wgrad_chunk(void *ctx, int k, float *wacc, bool fresh) {
   const Wgrad *w = ctx;
   const int p0 = k * w->chunk, np = w->P - p0 < w->chunk ? w->P - p0 : w->chunk;
   int32_t *ap = (int32_t *)fast_workspace(FAST_WS_PACK_A, bf16_packed_a_size(w->OC, np),
@@ -581,7 +581,7 @@ static int wgrad_chunk(void *ctx, int k, float *wacc) {
   if (!ap) return -1;
   bf16_pack_a_t16(w->dy + (size_t)p0 * w->OC, (size_t)w->OC, w->OC, np, ap);
   const Rows16 b = {w->x + (size_t)p0 * w->C, (size_t)w->C};
-  Bf16Gemm g = {w->OC, w->C, np, ap, pack_rows, &b, wacc, w->C, true, 1.0f};
+  Bf16Gemm g = {w->OC, w->C, np, ap, pack_rows, &b, wacc, w->C, !fresh, 1.0f};
   const long q0 = (long)(k + w->step) * w->chunk; /* the next chunk's dy and x stream in */
   if (w->step && q0 < w->P) {
     const size_t nq = (size_t)(w->P - q0 < w->chunk ? w->P - q0 : w->chunk);
@@ -603,16 +603,15 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
     n = (n + T - 1) / T * T;
     w.chunk = (P + n - 1) / n;
     n = (P + w.chunk - 1) / w.chunk;
-    /* Every thread's sums in a zeroed buffer of its own (dw itself would be the first
-     * thread's: a net's parameter gradients, cleared by a memset that leaves them in
-     * memory, not in the caches, made the micro-kernels wait on each tile of it), then
-     * added to dw in one streaming pass. */
+    /* Every thread's sums in a buffer of its own (dw itself would be the first thread's:
+     * a net's parameter gradients, cleared by a memset that leaves them in memory, not in
+     * the caches, made the micro-kernels wait on each tile of it), its first chunk's
+     * written, not added (no buffer zeroed first), then added to dw in one streaming pass. */
     const size_t wcount = (size_t)OC * C;
     float *acc = fast_workspace(FAST_WS_OUT, wcount, "bf16 channels-last weight gradient");
     float *parts[64];
     if (!acc) return -1;
-    memset(acc, 0, wcount * sizeof(float));
-    if (fast_chunked_wgrad_parts(T, n, acc, wcount, wgrad_chunk, &w, parts)) return -1;
+    if (fast_chunked_wgrad_fresh(T, n, acc, wcount, wgrad_chunk, &w, parts)) return -1;
 #pragma omp parallel for schedule(static) if (wcount >= FAST_GRAIN)
     for (size_t i = 0; i < wcount; i++) {
       float v = parts[0][i];
@@ -626,7 +625,7 @@ int nhwc_bf16_wgrad(const uint16_t *dy, const uint16_t *x, int P, int OC, int C,
   w.chunk = WGRAD_PIXELS;
   const int n = (P + w.chunk - 1) / w.chunk;
   for (int k = 0; k < n; k++)
-    if (wgrad_chunk(&w, k, dw)) return -1;
+    if (wgrad_chunk(&w, k, dw, false)) return -1;
   return 0;
 }
 
@@ -851,7 +850,7 @@ typedef struct ConvWgrad {
 } ConvWgrad;
 
 /* Chunk k's pixels into wacc (OC, T, C). */
-static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
+static int conv_wgrad_chunk(void *ctx, int k, float *wacc, bool fresh) {
   const ConvWgrad *w = ctx;
   const NhwcGeom *g = w->g;
   const int T = g->KH * g->KW, OC = g->OC, C = g->C;
@@ -874,7 +873,7 @@ static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
   }
   if (w->stem) {
     const Patches b = {w->x, Hp, Wp, C, g->KH, g->KW * C, ih, iw, base};
-    const Bf16Gemm gm = {OC, T * C, np, ap, pack_patches, &b, wacc, T * C, true, 1.0f};
+    const Bf16Gemm gm = {OC, T * C, np, ap, pack_patches, &b, wacc, T * C, !fresh, 1.0f};
     return bf16_gemm_packed(&gm, w->par);
   }
   /* The next chunk's dy, and x from the first row it reads, stream in over the taps. */
@@ -886,7 +885,7 @@ static int conv_wgrad_chunk(void *ctx, int k, float *wacc) {
   const size_t x_end = (size_t)g->N * g->H * g->W * C * 2;
   for (int t = 0; t < T; t++) {
     const TapRows b = {w->x, g->H, g->W, C, t / g->KW, t % g->KW, ih, iw, base};
-    Bf16Gemm gm = {OC, C, np, ap, pack_rows_tap, &b, wacc + (size_t)t * C, T * C, true, 1.0f};
+    Bf16Gemm gm = {OC, C, np, ap, pack_rows_tap, &b, wacc + (size_t)t * C, T * C, !fresh, 1.0f};
     if (w->step && nq) { /* tap t: its share of both */
       gm.prefetch[0] = (const char *)(w->dy + (size_t)q0 * OC) + dy_bytes * t / T;
       gm.prefetch_bytes[0] = dy_bytes * (t + 1) / T - dy_bytes * t / T;
@@ -910,8 +909,7 @@ static int conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, 
     return moka_errorf("internal: a channels-last weight gradient over %ld pixels", P);
   const size_t wcount = (size_t)OC * T * C;
   float *acc = fast_workspace(FAST_WS_OUT, wcount, "bf16 channels-last weight gradient");
-  if (!acc) return -1;
-  memset(acc, 0, wcount * sizeof(float));
+  if (!acc) return -1; /* not zeroed: each thread's first chunk writes its sums */
   const int nth = omp_in_parallel() ? 1 : fast_threads();
   if (stem && !nhwc_bf16_stem_fits(g))
     return moka_errorf("internal: not a stem convolution (C %d, %dx%d)", C, g->KH, g->KW);
@@ -922,14 +920,14 @@ static int conv_wgrad(const NhwcGeom *g, const uint16_t *dy, const uint16_t *x, 
     long n = (P + WGRAD_PIXELS - 1) / WGRAD_PIXELS;
     n = (n + nth - 1) / nth * nth;
     w.chunk = (int)((P + n - 1) / n);
-    rc = fast_chunked_wgrad_parts(nth, (int)((P + w.chunk - 1) / w.chunk), acc, wcount,
+    rc = fast_chunked_wgrad_fresh(nth, (int)((P + w.chunk - 1) / w.chunk), acc, wcount,
                                   conv_wgrad_chunk, &w, parts);
     n_parts = nth;
   } else {
     w.par = nth > 1;
     w.step = 1;
     rc = 0;
-    for (long k = 0; k * w.chunk < P && !rc; k++) rc = conv_wgrad_chunk(&w, (int)k, acc);
+    for (long k = 0; k * w.chunk < P && !rc; k++) rc = conv_wgrad_chunk(&w, (int)k, acc, k == 0);
   }
   if (rc) return -1;
   /* (OC, T, C) -> Caffe's (OC, dw_c, KH, KW), the threads' sums added in thread order, then

@@ -276,6 +276,33 @@ int fast_chunked_wgrad_parts(int T, int n_chunks, float *wdiff, size_t wcount,
   return rc ? -1 : 0;
 }
 
+int fast_chunked_wgrad_fresh(int T, int n_chunks, float *wacc0, size_t wcount,
+                             int (*fn)(void *ctx, int k, float *wacc, bool fresh), void *ctx,
+                             float **parts) {
+  float *acc[64] = {0};
+  if (T > 64) return moka_errorf("internal: more than 64 threads");
+  int rc = 0;
+#pragma omp parallel num_threads(T) reduction(| : rc)
+  {
+    const int t = omp_get_thread_num();
+    float *wacc = t ? fast_workspace(FAST_WS_AUX, wcount, "convolution weight-gradient buffer")
+                    : wacc0;
+    if (!wacc) {
+      rc |= 1;
+    } else {
+      acc[t] = wacc;
+      bool fresh = true;
+      for (int k = t; k < n_chunks && !rc; k += T, fresh = false) rc |= fn(ctx, k, wacc, fresh) != 0;
+      if (fresh) memset(wacc, 0, wcount * sizeof(float)); /* no chunk of its own */
+    }
+  }
+  for (int t = 0; t < T && !rc; t++)
+    if (!acc[t]) rc = moka_errorf("internal: the pool ran fewer than %d threads", T) != 0;
+  if (rc) return -1;
+  for (int t = 0; t < T; t++) parts[t] = acc[t];
+  return 0;
+}
+
 bool fast_gemm_prepare_c(int M, int N, int K, float beta, float *C, int ldc) {
   if (beta != 0.0f && beta != 1.0f)
     for (int i = 0; i < M; i++)

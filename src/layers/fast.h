@@ -120,6 +120,12 @@ int fast_chunked_wgrad(int T, int n_chunks, float *wdiff, size_t wcount,
 int fast_chunked_wgrad_parts(int T, int n_chunks, float *wdiff, size_t wcount,
                              int (*fn)(void *ctx, int k, float *wacc), void *ctx,
                              float **parts);
+/* The same with no buffer zeroed first: fn(ctx, k, wacc, fresh) gets fresh true for its
+ * thread's first chunk and then writes its sums instead of adding them (a thread with no
+ * chunk has its buffer zeroed); wacc0 is thread 0's buffer, parts[t] thread t's. */
+int fast_chunked_wgrad_fresh(int T, int n_chunks, float *wacc0, size_t wcount,
+                             int (*fn)(void *ctx, int k, float *wacc, bool fresh), void *ctx,
+                             float **parts);
 
 /* C (M,N) = alpha * op(A) * op(B) + beta * C, row-major with leading
  * dimensions, op(A) (M,K) and op(B) (K,N) as in moka_gemm. Runs on the
