@@ -292,7 +292,8 @@ int fast_chunked_wgrad_fresh(int T, int n_chunks, float *wacc0, size_t wcount,
     } else {
       acc[t] = wacc;
       bool fresh = true;
-      for (int k = t; k < n_chunks && !rc; k += T, fresh = false) rc |= fn(ctx, k, wacc, fresh) != 0;
+      for (int k = t; k < n_chunks && !rc; k += T, fresh = false)
+        rc |= fn(ctx, k, wacc, fresh) != 0;
       if (fresh) memset(wacc, 0, wcount * sizeof(float)); /* no chunk of its own */
     }
   }

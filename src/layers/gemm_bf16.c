@@ -268,10 +268,10 @@ static void amx_pack_a_t16(const uint16_t *a16, size_t lda, int M, int K, int32_
         for (int j = 0; j < 16; j++) {
           const int k = 32 * s + 2 * j;
           const uint16_t *r0 = a16 + (size_t)(pc + k) * lda + m0;
+          const __m256i hi =
+              k + 1 < kc ? _mm256_maskz_loadu_epi16(mk, r0 + lda) : _mm256_setzero_si256();
           r[j] = k >= kc ? _mm512_setzero_si512()
-                         : bf16_words_interleaved(_mm256_maskz_loadu_epi16(mk, r0),
-                                                  k + 1 < kc ? _mm256_maskz_loadu_epi16(mk, r0 + lda)
-                                                             : _mm256_setzero_si256());
+                         : bf16_words_interleaved(_mm256_maskz_loadu_epi16(mk, r0), hi);
         }
         transpose16(r);
         int32_t *dst = blk + ((size_t)(m0 / AMX_M) * ks + s) * 256;

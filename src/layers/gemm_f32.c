@@ -28,11 +28,12 @@
 #include "fast.h"
 #include "util.h"
 
-/* KC = 512: K up to 512 (ResNet's 3x3 data gradients at 7x7, 1x1 layers of
- * 512 channels) in one pass over C instead of two (ResNet-50 training at
- * batch 8 with this GEMM: 542 -> 538 ms, six runs each; the res5 3x3 data
- * gradient 415 -> 450 GFLOP/s); a B micro-panel (64 KiB) then lives in L2. */
-enum { MR = 12, NR = 32, MC = 144, KC = 512, NC = 512 }; /* MR: the largest micro-panel height */
+/* KC = 256: a B micro-panel (32 KiB) and an A micro-panel (12 KiB) together in a 48 KiB L1.
+ * On the Zen 5 build machine KC = 512 (K up to 512 in one pass over C, the B micro-panel in
+ * L2) was 1% faster (ResNet-50 training at batch 8 with this GEMM: 542 -> 538 ms); on the
+ * Xeon that replaced it (session 13) 256 is 3% faster (alternating runs: 756 / 754 / 720 ->
+ * 730 / 733 / 712 ms; 192 and 384 between, MC 96 and 240 the same within the noise). */
+enum { MR = 12, NR = 32, MC = 144, KC = 256, NC = 512 }; /* MR: the largest micro-panel height */
 /* Packing a transposed operand reads 16 rows far apart (a long K) a cache
  * line at a time, too little of each for the hardware prefetchers: PF
  * floats ahead are prefetched by hand (measured, ResNet-50 training at

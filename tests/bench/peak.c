@@ -159,7 +159,8 @@ int main(void) {
   }
   if (!has_bf16) printf("bf16 peak: no AVX-512 BF16 on this CPU\n");
   if (amx_available()) {
-    for (int i = 0; i < 256; i++) amx_a[0][i] = amx_a[1][i] = amx_b[0][i] = amx_b[1][i] = 0x3a833a83;
+    for (int i = 0; i < 256; i++)
+      amx_a[0][i] = amx_a[1][i] = amx_b[0][i] = amx_b[1][i] = 0x3a833a83;
     run_amx(T, n / 10);
     double best1 = 0, bestT = 0;
     for (int r = 0; r < 3; r++) {
