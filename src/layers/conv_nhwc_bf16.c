@@ -21,7 +21,9 @@
  * twelve pixel rows are one contiguous run of memory. B, the packed
  * weights, is read in groups of panels of about B_GROUP_BYTES (L2), every
  * tile of a thread's rows running over a group before the next group. Rows
- * are split over the threads in whole tiles.
+ * are split over the threads in whole tiles. With AMX (amx.h) the forward and the data
+ * gradient run amx_conv instead: blocks of 32 rows by 32-column panels in tiles (see "AMX"
+ * below), the same packed weights.
  *
  * Weight gradient: dw (OC, C) += sum over pixels of dy[p]^T x[p], a GEMM
  * with K = pixels: A = dy^T packed by bf16_pack_a_t16 (two pixel rows

@@ -20,6 +20,9 @@
  * rounding of every bf16 path in moka). The reduction dimension of every
  * in-place operand must be even.
  *
+ * Where the CPU has AMX-BF16 the same functions multiply AMX tiles (amx.h), with the same
+ * packed weights and results within the same bounds (fp32 sums of the same bf16 products).
+ *
  * Callers check fast_bf16_supported() first. Internal to src/layers. */
 #ifndef MOKA_LAYERS_CONV_NHWC_BF16_H
 #define MOKA_LAYERS_CONV_NHWC_BF16_H

@@ -27,6 +27,11 @@
  * prefetch when they cannot: the strided reads of a row-by-row walk were
  * latency-bound (up to half the micro-kernel's time on ResNet's 1x1 layers).
  *
+ * Where the CPU has AMX-BF16 (amx.h, fast_amx_active), the same GEMM multiplies tiles
+ * instead: A packed in 16-row tiles, B's micro-panels padded to whole tiles, a 32 x 32 block
+ * of C in four tiles ("AMX" below); the packing entry points and bf16_gemm_packed pick the
+ * layout, so callers do not change.
+ *
  * The file is compiled for AVX-512 BF16 by a target pragma; callers must
  * check fast_bf16_supported() first (fast_set_precision does).
  */
@@ -231,11 +236,13 @@ static void amx_pack_a(bool ta, const float *A, int lda, int i0, int mc, int p0,
 #pragma GCC unroll 16
         for (int j = 0; j < 16; j++) {
           const int k = 32 * s + 2 * j;
+          if (k >= kc) {
+            r[j] = _mm512_setzero_si512();
+            continue;
+          }
           const float *r0 = A + (size_t)(p0 + k) * lda + i0 + m0;
-          r[j] = k >= kc ? _mm512_setzero_si512()
-                         : bf16_pairs_interleaved(_mm512_maskz_loadu_ps(mk, r0),
-                                                  k + 1 < kc ? _mm512_maskz_loadu_ps(mk, r0 + lda)
-                                                             : _mm512_setzero_ps());
+          const __m512 hi = k + 1 < kc ? _mm512_maskz_loadu_ps(mk, r0 + lda) : _mm512_setzero_ps();
+          r[j] = bf16_pairs_interleaved(_mm512_maskz_loadu_ps(mk, r0), hi);
         }
         transpose16(r); /* r[m]: row m's 16 pairs */
       } else { /* A(m,k) = A[m*lda + k]: a row's 32 values are its 16 pairs */
@@ -267,11 +274,14 @@ static void amx_pack_a_t16(const uint16_t *a16, size_t lda, int M, int K, int32_
 #pragma GCC unroll 16
         for (int j = 0; j < 16; j++) {
           const int k = 32 * s + 2 * j;
+          if (k >= kc) {
+            r[j] = _mm512_setzero_si512();
+            continue;
+          }
           const uint16_t *r0 = a16 + (size_t)(pc + k) * lda + m0;
           const __m256i hi =
               k + 1 < kc ? _mm256_maskz_loadu_epi16(mk, r0 + lda) : _mm256_setzero_si256();
-          r[j] = k >= kc ? _mm512_setzero_si512()
-                         : bf16_words_interleaved(_mm256_maskz_loadu_epi16(mk, r0), hi);
+          r[j] = bf16_words_interleaved(_mm256_maskz_loadu_epi16(mk, r0), hi);
         }
         transpose16(r);
         int32_t *dst = blk + ((size_t)(m0 / AMX_M) * ks + s) * 256;

@@ -39,6 +39,8 @@ enum { MR = 12, NR = 32, MC = 144, KC = 256, NC = 512 }; /* MR: the largest micr
  * floats ahead are prefetched by hand (measured, ResNet-50 training at
  * batch 8 with this GEMM: 5% faster; 32 and 64 alike, 16 less). */
 enum { PF = 64 };
+/* The micro-kernels' modes: add to C; stream C's lines past the caches (whole lines only). */
+enum { KERN_ACC = 1, KERN_STREAM = 2, STREAM_C_BYTES = 1 << 20 };
 
 bool fast_avx512_supported(void) {
   __builtin_cpu_init();
@@ -132,8 +134,9 @@ static void pack_b(bool tb, const float *B, int ldb, int p0, int kc, int j0, int
 static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const bool HALF,
                                                             int kc, const float *Ap, size_t as,
                                                             const float *Bp, float *C, int ldc,
-                                                            int mr, int nr, bool accumulate,
+                                                            int mr, int nr, int mode,
                                                             float alpha) {
+  const bool accumulate = mode & KERN_ACC, stream = mode & KERN_STREAM;
   __m512 c[MR][2];
 #pragma GCC unroll 12
   for (int m = 0; m < MRK; m++) c[m][0] = c[m][1] = _mm512_setzero_ps();
@@ -156,34 +159,42 @@ static inline __attribute__((always_inline)) void kernel_mr(const int MRK, const
     float *row = C + (size_t)m * ldc;
     __m512 v0 = alpha == 1.0f ? c[m][0] : _mm512_mul_ps(c[m][0], va);
     if (accumulate) v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, row));
-    _mm512_mask_storeu_ps(row, k0, v0);
-    if (HALF) continue;
+    if (HALF) {
+      _mm512_mask_storeu_ps(row, k0, v0);
+      continue;
+    }
     __m512 v1 = alpha == 1.0f ? c[m][1] : _mm512_mul_ps(c[m][1], va);
     if (accumulate) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, row + 16));
-    _mm512_mask_storeu_ps(row + 16, k1, v1);
+    if (stream && nr == NR) { /* the row's two whole lines past the caches */
+      _mm512_stream_ps(row, v0);
+      _mm512_stream_ps(row + 16, v1);
+    } else {
+      _mm512_mask_storeu_ps(row, k0, v0);
+      _mm512_mask_storeu_ps(row + 16, k1, v1);
+    }
   }
 }
 
 typedef void KernelFn(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
-                      int mr, int nr, bool accumulate, float alpha);
+                      int mr, int nr, int mode, float alpha);
 
 /* Full-width kernels, and half-width ones for a panel of at most 16 columns
  * (the last of N, e.g. 8 of N = 392): half the FMAs, all of them useful. */
 static void kernel12(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
-                     int mr, int nr, bool accumulate, float alpha) {
-  kernel_mr(12, false, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
+                     int mr, int nr, int mode, float alpha) {
+  kernel_mr(12, false, kc, Ap, as, Bp, C, ldc, mr, nr, mode, alpha);
 }
 static void kernel12h(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
-                      int mr, int nr, bool accumulate, float alpha) {
-  kernel_mr(12, true, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
+                      int mr, int nr, int mode, float alpha) {
+  kernel_mr(12, true, kc, Ap, as, Bp, C, ldc, mr, nr, mode, alpha);
 }
 static void kernel8(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
-                    int mr, int nr, bool accumulate, float alpha) {
-  kernel_mr(8, false, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
+                    int mr, int nr, int mode, float alpha) {
+  kernel_mr(8, false, kc, Ap, as, Bp, C, ldc, mr, nr, mode, alpha);
 }
 static void kernel8h(int kc, const float *Ap, size_t as, const float *Bp, float *C, int ldc,
-                     int mr, int nr, bool accumulate, float alpha) {
-  kernel_mr(8, true, kc, Ap, as, Bp, C, ldc, mr, nr, accumulate, alpha);
+                     int mr, int nr, int mode, float alpha) {
+  kernel_mr(8, true, kc, Ap, as, Bp, C, ldc, mr, nr, mode, alpha);
 }
 
 /* The micro-panel height for M rows: 12 (24 accumulators, more FMAs per
@@ -234,11 +245,16 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
   const size_t mpad = Ap ? (size_t)(Mfull + mr - 1) / mr * mr : 0;
   KernelFn *const kern = mr == 8 ? kernel8 : kernel12;
   KernelFn *const kern_half = mr == 8 ? kernel8h : kernel12h; /* panels of <= 16 columns */
+  /* C's last writes streamed past the caches when C is large (its reader, the next layer, finds
+   * it in memory anyway; no read for ownership) and its rows are whole 64-byte lines apart. */
+  const bool stream = (size_t)M * N * sizeof(float) >= STREAM_C_BYTES && ldc % 16 == 0 &&
+                      ((uintptr_t)C & 63) == 0;
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = N - jc < NC ? N - jc : NC;
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = K - pc < KC ? K - pc : KC;
       const bool acc = accumulate || pc > 0;
+      const int mode = (acc ? KERN_ACC : 0) | (stream && pc + kc >= K ? KERN_STREAM : 0);
       pack_b(tb, B, ldb, pc, kc, jc, nc, bbuf);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
@@ -261,11 +277,12 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
                           : ablk + (size_t)((ir - full_m) / mr) * kc * mr,
               ir < full_m ? (size_t)lda : (size_t)mr, bbuf + (size_t)(jr / NR) * kc * NR,
               C + (size_t)(ic + ir) * ldc + jc + jr, ldc, mc - ir < mr ? mc - ir : mr,
-              nc - jr < NR ? nc - jr : NR, acc, alpha);
+              nc - jr < NR ? nc - jr : NR, mode, alpha);
         }
       }
     }
   }
+  if (stream) _mm_sfence(); /* the streamed lines out before anything reads C */
   return 0;
 }
 
