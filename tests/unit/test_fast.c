@@ -627,6 +627,42 @@ static void test_gemm_f32(void) {
   check_own_gemm(false);
 }
 
+/* A C of 1 MiB or more, 64-byte aligned with whole-line rows: its last writes go past the
+ * caches (streamed); the same sums as the double GEMM, for K in one block and in two (the
+ * first block's writes not streamed, the second's streamed after reading them), beta 0 and 1,
+ * a partial last panel (kept as ordinary stores), and the rows past M untouched. */
+static void test_gemm_f32_streamed(void) {
+  if (!fast_avx512_supported()) {
+    fprintf(stderr, "  SKIP %s: this CPU has no AVX-512\n", t_cur_name);
+    return;
+  }
+  static const int shapes[][3] = {{512, 1040, 64}, {600, 1024, 300}}; /* a thread: >= 1 MiB */
+  for (size_t si = 0; si < MOKA_ARRAY_LEN(shapes); si++)
+    for (int beta = 0; beta < 2; beta++) {
+      const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], ldc = N;
+      float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+      float *C = aligned_alloc(64, sizeof(float) * (size_t)(M + 1) * ldc);
+      float *want = malloc(sizeof(float) * (size_t)M * N);
+      REQUIRE(A && B && C && want);
+      fill_random(A, (size_t)M * K, 1.0f);
+      fill_random(B, (size_t)K * N, 1.0f);
+      fill_random(C, (size_t)(M + 1) * ldc, 1.0f);
+      const float guard = C[(size_t)M * ldc];
+      for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+          double acc = 0;
+          for (int k = 0; k < K; k++) acc += (double)A[(size_t)i * K + k] * B[(size_t)k * N + j];
+          want[(size_t)i * N + j] = (float)(acc + (beta ? C[(size_t)i * ldc + j] : 0.0));
+        }
+      CHECK(fast_gemm_f32(false, false, M, N, K, 1.0f, A, K, B, N, (float)beta, C, ldc) == 0);
+      CHECK(C[(size_t)M * ldc] == guard);
+      char name[64];
+      snprintf(name, sizeof name, "streamed fp32 GEMM %dx%dx%d beta %d", M, N, K, beta);
+      CHECK_MSG(same("C", name, C, want, (size_t)M * N, 2e-5), "%s", name);
+      free(A), free(B), free(C), free(want);
+    }
+}
+
 /* op(A) transposed read in place (the default) or every panel packed
  * first: the same values bit for bit (the
  * same FMAs), for all four transposes, row and column counts with and
@@ -758,6 +794,7 @@ int main(void) {
   RUN(test_softmax_concat_dropout);
   RUN(test_gemm_bf16);
   RUN(test_gemm_f32);
+  RUN(test_gemm_f32_streamed);
   RUN(test_gemm_f32_prepacked);
   RUN(test_gemm_f32_in_place);
   RUN(test_layers_bf16);
