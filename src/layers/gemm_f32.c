@@ -246,9 +246,10 @@ static int gemm_f32_1(bool ta, bool tb, int M, int N, int K, float alpha, const 
   KernelFn *const kern = mr == 8 ? kernel8 : kernel12;
   KernelFn *const kern_half = mr == 8 ? kernel8h : kernel12h; /* panels of <= 16 columns */
   /* C's last writes streamed past the caches when C is large (its reader, the next layer, finds
-   * it in memory anyway; no read for ownership) and its rows are whole 64-byte lines apart. */
-  const bool stream = (size_t)M * N * sizeof(float) >= STREAM_C_BYTES && ldc % 16 == 0 &&
-                      ((uintptr_t)C & 63) == 0;
+   * it in memory anyway; no read for ownership) and its rows are whole 64-byte lines apart;
+   * not when the call adds to C (a weight gradient summed over images reads it again next). */
+  const bool stream = !accumulate && (size_t)M * N * sizeof(float) >= STREAM_C_BYTES &&
+                      ldc % 16 == 0 && ((uintptr_t)C & 63) == 0;
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = N - jc < NC ? N - jc : NC;
     for (int pc = 0; pc < K; pc += KC) {

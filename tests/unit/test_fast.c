@@ -627,10 +627,11 @@ static void test_gemm_f32(void) {
   check_own_gemm(false);
 }
 
-/* A C of 1 MiB or more, 64-byte aligned with whole-line rows: its last writes go past the
- * caches (streamed); the same sums as the double GEMM, for K in one block and in two (the
- * first block's writes not streamed, the second's streamed after reading them), beta 0 and 1,
- * a partial last panel (kept as ordinary stores), and the rows past M untouched. */
+/* A C of 1 MiB or more, 64-byte aligned with whole-line rows: with beta 0 its last writes go
+ * past the caches (streamed; beta 1 adds to C: ordinary stores); the same sums as the double
+ * GEMM, for K in one block and in two (the first block's writes not streamed, the second's
+ * streamed after reading them), a partial last panel (ordinary stores), and the row past M
+ * untouched. */
 static void test_gemm_f32_streamed(void) {
   if (!fast_avx512_supported()) {
     fprintf(stderr, "  SKIP %s: this CPU has no AVX-512\n", t_cur_name);
