@@ -139,7 +139,7 @@ $(BUILD)/libmoka.a: $(LIB_OBJS)
 $(BUILD)/moka: $(CLI_OBJS) $(BUILD)/libmoka.a
 	$(CC) $(LDFLAGS) $(CLI_OBJS) -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LIBS) -o $@
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h tests/unit/resnet_nets.h tests/gpu/bf16_host.h $(BUILD)/libmoka.a
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h tests/unit/resnet_nets.h tests/unit/bf16_kernel_sets.h tests/gpu/bf16_host.h $(BUILD)/libmoka.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $< -Wl,--whole-archive $(BUILD)/libmoka.a -Wl,--no-whole-archive $(LDFLAGS) $(LIBS) -o $@
 

@@ -23,9 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16_kernel_sets.h"
 #include "goldentest.h"
 #include "layers/batchnorm_priv.h"
-#include "layers/amx.h"
 #include "layers/fast.h"
 #include "net.h"
 #include "prototxt.h"
@@ -607,16 +607,11 @@ static void check_own_gemm(bool bf16) {
       }
 }
 
+static void check_own_gemm_bf16(void) { check_own_gemm(true); }
+
 /* With every kernel set this CPU has (AMX where it has it, AVX-512 BF16). */
 static void test_gemm_bf16(void) {
-  if (!bf16_available()) return;
-  const bool amx = fast_amx_active();
-  if (!amx) fprintf(stderr, "  note: no AMX-BF16 here: the AMX GEMM is not tested\n");
-  for (int pass = 0; pass < 1 + amx; pass++) {
-    fast_amx_set(amx && pass == 0);
-    check_own_gemm(true);
-  }
-  fast_amx_set(amx);
+  if (bf16_available()) bf16_kernel_sets(check_own_gemm_bf16);
 }
 
 static void test_gemm_f32(void) {

@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "layers/amx.h"
 #include "layers/fast.h"
 #include "net.h"
 #include "net_bf16.h"
@@ -40,6 +39,7 @@
 #include "resnet_nets.h"
 #include "rng.h"
 #include "../gpu/bf16_host.h"
+#include "bf16_kernel_sets.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -476,26 +476,22 @@ static void test_switches(void) {
   free(text);
 }
 
+/* The suite, run with each kernel set (bf16_kernel_sets). */
+static void suite(void) {
+  RUN(test_tiny);
+  RUN(test_downsampling);
+  RUN(test_stem);
+  RUN(test_max_pool_exact);
+  RUN(test_frozen_inference);
+  RUN(test_switches);
+}
+
 int main(void) {
   moka_set_log_level(2);
   if (!fast_bf16_supported()) {
     fprintf(stderr, "SKIP test_net_bf16_cpu: this CPU has no AVX-512 BF16\n");
     return 0;
   }
-  /* Every kernel set this CPU has: AMX where it has it, then AVX-512 BF16. */
-  const bool amx = fast_amx_active();
-  if (!amx)
-    fprintf(stderr, "  note: no AMX-BF16 here (CPU or kernel): its kernels are not tested\n");
-  for (int pass = 0; pass < 1 + amx; pass++) {
-    fast_amx_set(amx && pass == 0);
-    fprintf(stderr, "== kernels: %s\n", fast_amx_active() ? "AMX" : "AVX-512 BF16");
-    RUN(test_tiny);
-    RUN(test_downsampling);
-    RUN(test_stem);
-    RUN(test_max_pool_exact);
-    RUN(test_frozen_inference);
-    RUN(test_switches);
-  }
-  fast_amx_set(amx);
+  bf16_kernel_sets(suite);
   return test_summary();
 }

@@ -25,11 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "layers/amx.h"
 #include "layers/conv_nhwc_bf16.h"
 #include "layers/fast.h"
 #include "rng.h"
 #include "../gpu/bf16_host.h"
+#include "bf16_kernel_sets.h"
 #include "testlib.h"
 #include "util.h"
 
@@ -508,27 +508,23 @@ static void test_odd_refused(void) {
   CHECK(nhwc_bf16_conv_fwd(&g, a, b, y, NULL) == -1);
 }
 
+/* The suite, run with each kernel set (bf16_kernel_sets). */
+static void suite(void) {
+  rng_seed(&g_rng, 777);
+  RUN(test_round);
+  RUN(test_shapes);
+  RUN(test_conv_shapes);
+  RUN(test_stem);
+  RUN(test_layouts);
+  RUN(test_odd_refused);
+}
+
 int main(void) {
   moka_set_log_level(1);
   if (!fast_bf16_supported()) {
     fprintf(stderr, "SKIP test_nhwc_bf16: this CPU has no AVX-512 BF16\n");
     return 0;
   }
-  /* Every kernel set this CPU has: AMX where it has it, then AVX-512 BF16. */
-  const bool amx = fast_amx_active();
-  if (!amx)
-    fprintf(stderr, "  note: no AMX-BF16 here (CPU or kernel): its kernels are not tested\n");
-  for (int pass = 0; pass < 1 + amx; pass++) {
-    fast_amx_set(amx && pass == 0);
-    fprintf(stderr, "== kernels: %s\n", fast_amx_active() ? "AMX" : "AVX-512 BF16");
-    rng_seed(&g_rng, 777);
-    RUN(test_round);
-    RUN(test_shapes);
-    RUN(test_conv_shapes);
-    RUN(test_stem);
-    RUN(test_layouts);
-    RUN(test_odd_refused);
-  }
-  fast_amx_set(amx);
+  bf16_kernel_sets(suite);
   return test_summary();
 }
