@@ -57,6 +57,7 @@ $(FUZZ_OBJDIR)/src/layers/convolution_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx
 $(FUZZ_OBJDIR)/src/layers/batchnorm_fast.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512vl -mavx512dq
 $(FUZZ_OBJDIR)/src/layers/bn_nhwc_cpu.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
 $(FUZZ_OBJDIR)/src/layers/conv_nhwc_bf16.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
+$(FUZZ_OBJDIR)/src/layers/conv_nhwc_amx.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
 $(FUZZ_OBJDIR)/src/layers/nhwc_layout.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
 $(FUZZ_OBJDIR)/src/layers/convolution_fast.o: FUZZ_FILE_FLAGS := -mavx512f
 $(FUZZ_OBJDIR)/src/layers/pooling_fast.o: FUZZ_FILE_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16
